@@ -1,0 +1,1 @@
+"""Model backends behind the stages. Each loads once per worker (see stages.base.load_stage)."""

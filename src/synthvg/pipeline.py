@@ -1,0 +1,208 @@
+"""The build's logic as plain functions: plan, run a stage on a shard, commit, summarise.
+
+Prefect flows (:mod:`synthvg.flows`) are thin orchestration over these; :func:`run_build`
+runs the same steps sequentially without Prefect (benchmarks and tests compare the two).
+
+Resumability rests on fingerprints. A shard's fingerprint for stage *i* hashes its image ids,
+stage *i*'s version and config, the code version and the fingerprint of stage *i-1*. A rerun
+skips every shard already committed with the same fingerprint; changing one stage's config
+changes its fingerprint and those of the stages after it, and nothing before it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from synthvg import __version__
+from synthvg.schemas import RunManifest, StageSummary, to_table
+from synthvg.schemas.config import BuildConfig
+from synthvg.schemas.records import ErrorRecord
+from synthvg.stages import STAGE_ORDER, STAGES, BuildPlan, ShardSpec, StageInputs, load_stage, plan_build, table_writers
+from synthvg.stages.base import RunContext, stable_hash
+from synthvg.storage.dataset import Dataset, utcnow
+
+log = logging.getLogger("synthvg")
+
+PLAN_STAGE = "plan"
+
+
+class ShardResult(BaseModel):
+    stage: str
+    shard: int
+    status: Literal["written", "up_to_date", "failed"]
+    rows: dict[str, int] = Field(default_factory=dict)
+    errors: int = 0
+    seconds: float = 0.0
+    message: str | None = None
+
+
+def new_run_id() -> str:
+    return utcnow().strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def active_stages(config: BuildConfig) -> list[str]:
+    return [s for s in STAGE_ORDER if STAGES[s].skip_reason(config) is None]
+
+
+def fingerprints(config: BuildConfig, shard: ShardSpec) -> dict[str, str]:
+    """Every stage's fingerprint for ``shard``, chained in build order."""
+    out, previous = {}, shard.digest()
+    for name in STAGE_ORDER:
+        cls = STAGES[name]
+        reason = cls.skip_reason(config)
+        payload = {"skipped": True} if reason else cls.fingerprint_payload(config)
+        previous = stable_hash([name, cls.version, __version__, payload, previous])
+        out[name] = previous
+    return out
+
+
+def prepare(config: BuildConfig, run_id: str) -> tuple[Dataset, BuildPlan]:
+    """Plan the shards, record planning faults, withdraw shards the plan no longer has."""
+    dataset = Dataset(config.out)
+    dataset.init()
+    plan = plan_build(config, run_id)
+    fp = stable_hash([STAGES["seeds"].fingerprint_payload(config), [e.model_dump(exclude={"run_id", "created_at"}) for e in plan.errors]])
+    if not dataset.is_committed(PLAN_STAGE, 0, fp):
+        tables = {"errors": to_table(ErrorRecord, plan.errors)} if plan.errors else {}
+        dataset.commit_shard(PLAN_STAGE, 0, fp, tables, run_id=run_id, image_count=plan.image_count, started_at=utcnow())
+    n = len(plan.shards)
+    for stage in STAGE_ORDER:
+        for shard in dataset.committed_shards(stage):
+            if shard >= n:
+                dataset.drop_stage_shard(stage, shard)
+    return dataset, plan
+
+
+def withdraw_stage(dataset: Dataset, stage: str) -> int:
+    """Remove a now-skipped stage's earlier output so no stale rows stay visible."""
+    shards = dataset.committed_shards(stage)
+    for shard in shards:
+        dataset.drop_stage_shard(stage, shard)
+    return len(shards)
+
+
+def run_shard(dataset: Dataset, config: BuildConfig, stage_name: str, shard: ShardSpec, run_id: str) -> ShardResult:
+    """Run one stage on one shard and commit it, unless it is already committed as is."""
+    started = time.perf_counter()
+    fps = fingerprints(config, shard)
+    fp = fps[stage_name]
+    if dataset.is_committed(stage_name, shard.index, fp):
+        return ShardResult(stage=stage_name, shard=shard.index, status="up_to_date")
+    earlier = STAGE_ORDER[: STAGE_ORDER.index(stage_name)]
+    active_earlier = [s for s in earlier if STAGES[s].skip_reason(config) is None]
+    for upstream in active_earlier:
+        if not dataset.is_committed(upstream, shard.index, fps[upstream]):
+            return ShardResult(
+                stage=stage_name,
+                shard=shard.index,
+                status="failed",
+                message=f"upstream stage '{upstream}' has not completed shard {shard.index}",
+            )
+    stage = load_stage(STAGES[stage_name], config)
+    writers = {t: [s for s in stages if s in active_earlier] for t, stages in table_writers().items()}
+    inputs = StageInputs(dataset, shard.index, writers)
+    ctx = RunContext(run_id=run_id, stage=stage_name, shard=shard.index)
+    started_at = utcnow()
+    output = stage.process(shard, inputs, ctx)
+    tables = output.arrow_tables()
+    dataset.commit_shard(stage_name, shard.index, fp, tables, run_id=run_id, image_count=len(shard.image_ids), started_at=started_at)
+    return ShardResult(
+        stage=stage_name,
+        shard=shard.index,
+        status="written",
+        rows={t: v.num_rows for t, v in tables.items() if t != "errors"},
+        errors=len(output.errors),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def summarize_stage(stage: str, results: Iterable[ShardResult], seconds: float, skipped: str | None = None) -> StageSummary:
+    results = list(results)
+    if skipped:
+        return StageSummary(stage=stage, status="skipped", reason=skipped, seconds=seconds)
+    rows: dict[str, int] = {}
+    for r in results:
+        for t, n in r.rows.items():
+            rows[t] = rows.get(t, 0) + n
+    failed = [r for r in results if r.status == "failed"]
+    status = "done" if not failed else ("failed" if len(failed) == len(results) else "partial")
+    return StageSummary(
+        stage=stage,
+        status=status,
+        reason="; ".join(sorted({r.message or "error" for r in failed}))[:2000] if failed else None,
+        shards_total=len(results),
+        shards_written=sum(r.status == "written" for r in results),
+        shards_up_to_date=sum(r.status == "up_to_date" for r in results),
+        shards_failed=len(failed),
+        rows_out=rows,
+        errors=sum(r.errors for r in results),
+        seconds=seconds,
+    )
+
+
+def start_run(dataset: Dataset, config: BuildConfig, run_id: str, plan: BuildPlan) -> RunManifest:
+    run = RunManifest(
+        run_id=run_id,
+        name=config.name,
+        status="running",
+        started_at=utcnow(),
+        synthvg_version=__version__,
+        config=config.model_dump(mode="json"),
+        shards=len(plan.shards),
+        images=plan.image_count,
+    )
+    dataset.write_run(run)
+    return run
+
+
+def finish_run(dataset: Dataset, run: RunManifest, summaries: list[StageSummary]) -> RunManifest:
+    failed = any(s.status in ("failed", "partial") for s in summaries)
+    run = run.model_copy(update={"status": "failed" if failed else "completed", "finished_at": utcnow(), "stages": summaries})
+    dataset.write_run(run)
+    return run
+
+
+def up_to_date(run: RunManifest) -> bool:
+    """True when the run wrote no shard: everything was already committed as configured."""
+    return all(s.shards_written == 0 and s.shards_failed == 0 for s in run.stages)
+
+
+def run_build(
+    config: BuildConfig,
+    run_id: str | None = None,
+    on_shard: Callable[[ShardResult], None] | None = None,
+) -> RunManifest:
+    """The whole build, sequentially, without Prefect (same steps as the flow)."""
+    from synthvg.storage.lock import build_lock
+
+    run_id = run_id or new_run_id()
+    dataset = Dataset(config.out)
+    dataset.init()
+    with build_lock(dataset, run_id):
+        dataset, plan = prepare(config, run_id)
+        run = start_run(dataset, config, run_id, plan)
+        summaries = []
+        for stage in STAGE_ORDER:
+            t0 = time.perf_counter()
+            reason = STAGES[stage].skip_reason(config)
+            if reason:
+                withdraw_stage(dataset, stage)
+                summaries.append(summarize_stage(stage, [], time.perf_counter() - t0, skipped=reason))
+                continue
+            results = []
+            for shard in plan.shards:
+                r = run_shard(dataset, config, stage, shard, run_id)
+                results.append(r)
+                if on_shard:
+                    on_shard(r)
+            summaries.append(summarize_stage(stage, results, time.perf_counter() - t0))
+        return finish_run(dataset, run, summaries)
+
+

@@ -1,0 +1,1 @@
+"""Readers for annotation sources; each turns official release files into plain indexes."""

@@ -1,0 +1,52 @@
+"""Records (pydantic) and the tables (Arrow schemas) they define."""
+
+from synthvg.schemas.arrow import schema_of, to_table
+from synthvg.schemas.records import (
+    CATEGORIES,
+    RLE,
+    Box,
+    ErrorRecord,
+    ImageRecord,
+    ProposalRecord,
+    RegionCheckRecord,
+    RegionDepthRecord,
+    RegionRecord,
+    RegionSource,
+    RelationRecord,
+    RunManifest,
+    ShardFile,
+    ShardManifest,
+    StageSummary,
+)
+
+#: Physical tables: name -> the record model that defines its schema.
+TABLES = {
+    "images": ImageRecord,
+    "regions": RegionRecord,
+    "proposals": ProposalRecord,
+    "region_checks": RegionCheckRecord,
+    "region_depth": RegionDepthRecord,
+    "relations": RelationRecord,
+    "errors": ErrorRecord,
+}
+
+__all__ = [
+    "CATEGORIES",
+    "RLE",
+    "TABLES",
+    "Box",
+    "ErrorRecord",
+    "ImageRecord",
+    "ProposalRecord",
+    "RegionCheckRecord",
+    "RegionDepthRecord",
+    "RegionRecord",
+    "RegionSource",
+    "RelationRecord",
+    "RunManifest",
+    "ShardFile",
+    "ShardManifest",
+    "StageSummary",
+    "schema_of",
+    "to_table",
+]

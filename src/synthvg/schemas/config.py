@@ -1,0 +1,170 @@
+"""Build configuration: one validated pydantic model, loaded from YAML.
+
+Unknown keys are errors (a typo must not silently fall back to a default), and every error
+names the key path. Relative paths in a YAML file resolve against the file's own folder, so a
+config means the same thing from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported before any work starts."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CocoSource(Section):
+    """COCO ``instances_*.json`` (2014 or 2017 names) with its image folder."""
+
+    kind: Literal["coco"] = "coco"
+    annotations: str = Field(description="path to instances_*.json")
+    images: str = Field(description="folder holding the images named by file_name")
+    split: str | None = Field(None, description="override the split (default: from coco_url)")
+
+
+SeedSource = Annotated[CocoSource, Field(discriminator="kind")]
+
+
+class SeedsConfig(Section):
+    sources: list[SeedSource] = Field(min_length=1)
+    min_region_area: float = Field(1.0, ge=0, description="regions below this many pixels are dropped (errors table)")
+
+
+class FelzenszwalbConfig(Section):
+    scale: float = Field(300.0, gt=0)
+    sigma: float = Field(0.8, ge=0)
+    min_size: int = Field(50, ge=1)
+    max_side: int = Field(640, ge=32, description="images are downscaled to this longest side first")
+    max_proposals: int = Field(400, ge=1, description="keep the largest N segments per image")
+
+
+class RegionsConfig(Section):
+    proposer: Literal["felzenszwalb", "none"] = Field(
+        "felzenszwalb",
+        description="mask proposer; felzenszwalb is the weight-free CPU default (not SAM)",
+    )
+    felzenszwalb: FelzenszwalbConfig = FelzenszwalbConfig()
+    iou_threshold: float = Field(0.5, ge=0, le=1, description="keep a region iff best IoU > this")
+    feed: Literal["kept", "all"] = Field(
+        "kept",
+        description="which regions later stages see: only confirmed ones (the paper) or all",
+    )
+
+
+class DepthConfig(Section):
+    backend: Literal["none"] = "none"
+
+
+class RuleTeacherConfig(Section):
+    max_subjects: int = Field(10, ge=1, description="largest regions taken as subjects")
+    min_subjects: int = Field(5, ge=1, description="the paper asks for >= 5 subjects per image")
+    objects_per_subject: int = Field(4, ge=1, description="nearest regions related to each subject")
+
+
+class TeacherConfig(Section):
+    backend: Literal["rules", "none"] = Field(
+        "rules", description="rules: geometric relations, no model (labelled generator='rules')"
+    )
+    rules: RuleTeacherConfig = RuleTeacherConfig()
+
+
+class OptionalStageConfig(Section):
+    """Stages whose backends land later: ``none`` skips them with a logged reason."""
+
+    backend: Literal["none"] = "none"
+
+
+class ExecutorConfig(Section):
+    kind: Literal["threads"] = "threads"
+    workers: int = Field(2, ge=1, le=256, description="shards processed at once")
+    retries: int = Field(1, ge=0, description="Prefect task retries for a failing shard")
+    retry_delay_seconds: float = Field(2.0, ge=0)
+
+
+class BuildConfig(Section):
+    """Everything one dataset build needs."""
+
+    name: str = Field("synthvg", pattern=r"^[A-Za-z0-9_.-]+$")
+    out: str = Field(description="dataset root: a folder or an fsspec URL")
+    shard_size: int = Field(16, ge=1, description="images per shard (one Prefect task each)")
+    limit: int | None = Field(None, ge=1, description="build only the first N images")
+    seeds: SeedsConfig
+    regions: RegionsConfig = RegionsConfig()
+    depth: DepthConfig = DepthConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    filters: OptionalStageConfig = OptionalStageConfig()
+    robin: OptionalStageConfig = OptionalStageConfig()
+    edit: OptionalStageConfig = OptionalStageConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+
+    @field_validator("out")
+    @classmethod
+    def _out_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    def stage_config(self, stage: str) -> BaseModel:
+        return getattr(self, stage)
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _resolve(path: str, base: Path) -> str:
+    if _is_url(path) or os.path.isabs(path):
+        return path
+    return str((base / os.path.expanduser(path)).resolve())
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration in {origin}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike, **overrides) -> BuildConfig:
+    """Load and validate a YAML config; ``overrides`` (out, limit, ...) win over the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    base = path.resolve().parent
+    try:
+        cfg = BuildConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+    return resolve_paths(cfg, base)
+
+
+def resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
+    """Make every relative path in ``cfg`` absolute against ``base``."""
+    sources = [
+        s.model_copy(update={"annotations": _resolve(s.annotations, base), "images": _resolve(s.images, base)})
+        for s in cfg.seeds.sources
+    ]
+    return cfg.model_copy(
+        update={"out": _resolve(cfg.out, base), "seeds": cfg.seeds.model_copy(update={"sources": sources})}
+    )

@@ -1,0 +1,162 @@
+"""The stage interface: a plain object that turns one shard's inputs into table rows.
+
+A stage knows nothing about Prefect, threads, Dask or Ray. It is constructed once per worker
+(that is where a model loads, see :func:`load_stage`) and then called for every shard it is
+given. It reads upstream tables for its shard through :class:`StageInputs` and returns records
+plus error rows; committing them is the runner's job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from synthvg.schemas import TABLES, ErrorRecord, schema_of
+from synthvg.schemas.records import Record
+from synthvg.schemas.config import BuildConfig
+from synthvg.storage.dataset import Dataset
+
+
+class ShardSpec(BaseModel):
+    """One unit of work: a fixed, ordered list of image ids (the same across stages)."""
+
+    index: int
+    image_ids: list[str]
+
+    def digest(self) -> str:
+        return hashlib.sha256("\n".join(self.image_ids).encode()).hexdigest()
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    stage: str
+    shard: int | None = None
+
+    def error(
+        self,
+        kind: str,
+        reason: str,
+        *,
+        image_id: str | None = None,
+        source: str | None = None,
+    ) -> ErrorRecord:
+        return ErrorRecord(
+            run_id=self.run_id,
+            stage=self.stage,
+            shard=self.shard,
+            image_id=image_id,
+            source=source,
+            kind=kind,
+            reason=reason,
+            created_at=dt.datetime.now(dt.UTC),
+        )
+
+
+@dataclass
+class StageOutput:
+    """What a stage made of one shard: rows per table, plus the inputs it could not use."""
+
+    tables: dict[str, list[Record]] = field(default_factory=dict)
+    errors: list[ErrorRecord] = field(default_factory=list)
+
+    def add(self, table: str, *records: Record) -> None:
+        self.tables.setdefault(table, []).extend(records)
+
+    def arrow_tables(self) -> dict[str, pa.Table]:
+        from synthvg.schemas import to_table
+
+        out = {name: to_table(TABLES[name], rows) for name, rows in self.tables.items()}
+        if self.errors:
+            out["errors"] = to_table(ErrorRecord, self.errors)
+        return out
+
+
+class StageInputs:
+    """Upstream tables of one shard, read on demand from committed shards."""
+
+    def __init__(self, dataset: Dataset, shard: int, writers: dict[str, list[str]]):
+        self._dataset = dataset
+        self._shard = shard
+        self._writers = writers
+        self._cache: dict[str, pa.Table] = {}
+
+    def table(self, name: str) -> pa.Table:
+        """All committed rows of ``name`` for this shard (empty with its schema if none)."""
+        if name not in self._cache:
+            parts = [
+                t
+                for stage in self._writers.get(name, [])
+                if (t := self._dataset.read_shard_table(name, stage, self._shard)) is not None
+            ]
+            schema = schema_of(TABLES[name])
+            self._cache[name] = (
+                pa.concat_tables([p.select(schema.names).cast(schema) for p in parts])
+                if parts
+                else schema.empty_table()
+            )
+        return self._cache[name]
+
+    def rows(self, name: str) -> list[dict]:
+        return self.table(name).to_pylist()
+
+
+class Stage(ABC):
+    """Base class of every pipeline stage."""
+
+    name: ClassVar[str]
+    #: Bump when the stage's output for the same input and config changes.
+    version: ClassVar[str] = "1"
+    #: Tables this stage writes (besides ``errors``).
+    writes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: BuildConfig):
+        self.config = config
+
+    @classmethod
+    def skip_reason(cls, config: BuildConfig) -> str | None:
+        """Why this stage does nothing under ``config`` (None: it runs)."""
+        return None
+
+    @classmethod
+    def fingerprint_payload(cls, config: BuildConfig) -> dict:
+        """What, besides the shard's image ids and upstream, decides this stage's output.
+
+        A classmethod, so fingerprints can be computed without loading any model.
+        """
+        return {"config": config.stage_config(cls.name).model_dump(mode="json")}
+
+    @abstractmethod
+    def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
+        """Turn one shard's inputs into rows. Bad input becomes error rows, never a crash."""
+
+
+def stable_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_STAGE_CACHE: dict[tuple[str, str], Stage] = {}
+_STAGE_LOCK = threading.Lock()
+
+
+def load_stage(stage_cls: type[Stage], config: BuildConfig) -> Stage:
+    """The stage instance for this config, built once per worker process and reused.
+
+    Models load in a stage's constructor, so this is what makes "a model loads once per
+    worker, never once per task" hold, whatever executor runs the shards.
+    """
+    key = (stage_cls.name, config.model_dump_json())
+    with _STAGE_LOCK:
+        stage = _STAGE_CACHE.get(key)
+        if stage is None:
+            stage = stage_cls(config)
+            _STAGE_CACHE[key] = stage
+        return stage

@@ -1,0 +1,226 @@
+"""A dataset root: Parquet shards per table and stage, committed atomically, resumable.
+
+Layout under the root (a local folder or any fsspec URL)::
+
+    synthvg.json                                  format marker
+    tables/<table>/<stage>/part-<shard>-<fp>.parquet
+    manifests/<stage>/shard-<shard>.json          completion record, written last
+    runs/<run_id>.json                            one manifest per build run
+
+The commit protocol makes a kill at any instant harmless: a shard's old manifest is removed
+first, its files are written to temporary names and renamed, and the new manifest goes last.
+Readers (the DuckDB views) only see files named by a manifest, so a half-written shard is
+invisible and a rerun simply redoes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthvg import __version__
+from synthvg.schemas import TABLES, RunManifest, ShardFile, ShardManifest, schema_of
+
+FORMAT = {"format": "synthvg-dataset", "version": 1}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Dataset:
+    """A handle on a dataset root; cheap to create, safe to share between threads."""
+
+    def __init__(self, root: str | os.PathLike):
+        root = os.fspath(root)
+        self.url = root
+        self.fs, self.path = fsspec.core.url_to_fs(root)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    # ----------------------------------------------------------------- paths
+    def _p(self, *parts: str) -> str:
+        return posixpath.join(self.path, *parts)
+
+    def relpath(self, path: str) -> str:
+        return posixpath.relpath(path, self.path)
+
+    def abspath(self, rel: str) -> str:
+        return self._p(rel)
+
+    def uri(self, rel: str) -> str:
+        """A path DuckDB and pyarrow can open (a local path, or protocol://path)."""
+        full = self._p(rel)
+        if self.is_local:
+            return full
+        proto = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{proto}://{full.lstrip('/')}" if proto == "memory" else f"{proto}://{full}"
+
+    def manifest_path(self, stage: str, shard: int) -> str:
+        return self._p("manifests", stage, f"shard-{shard:05d}.json")
+
+    def _part_prefix(self, table: str, stage: str, shard: int) -> str:
+        return self._p("tables", table, stage, f"part-{shard:05d}-")
+
+    # ----------------------------------------------------------------- io helpers
+    def _write_atomic(self, path: str, data: bytes) -> None:
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        if self.is_local:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            self.fs.mv(tmp, path)
+
+    def read_json(self, path: str) -> dict | None:
+        try:
+            with self.fs.open(path, "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None
+
+    def write_json(self, path: str, obj: dict) -> None:
+        self._write_atomic(path, json.dumps(obj, indent=2, default=str).encode())
+
+    def init(self) -> None:
+        """Create the root (idempotent) and refuse one that is not a synthvg dataset."""
+        self.fs.makedirs(self.path, exist_ok=True)
+        marker = self._p("synthvg.json")
+        existing = self.read_json(marker)
+        if existing is None:
+            if self.fs.ls(self.path, detail=False) and not self.fs.exists(self._p("manifests")):
+                names = [posixpath.basename(p) for p in self.fs.ls(self.path, detail=False)]
+                if set(names) - {".synthvg.lock"}:
+                    raise FileExistsError(
+                        f"{self.url} exists and is not a synthvg dataset (holds {sorted(names)[:5]}); "
+                        "choose an empty folder or an existing dataset root"
+                    )
+            self.write_json(marker, FORMAT)
+        elif existing.get("format") != FORMAT["format"]:
+            raise FileExistsError(f"{self.url}: synthvg.json is not a synthvg dataset marker")
+
+    # ----------------------------------------------------------------- shards
+    def read_manifest(self, stage: str, shard: int) -> ShardManifest | None:
+        raw = self.read_json(self.manifest_path(stage, shard))
+        return ShardManifest.model_validate(raw) if raw is not None else None
+
+    def is_committed(self, stage: str, shard: int, fingerprint: str) -> bool:
+        """True when the shard is complete with this fingerprint and all its files exist."""
+        m = self.read_manifest(stage, shard)
+        if m is None or m.fingerprint != fingerprint:
+            return False
+        return all(self.fs.exists(self._p(f.path)) for f in m.files)
+
+    def _clear_shard(self, stage: str, shard: int, tables: list[str]) -> None:
+        """Remove the manifest first, then every file (any fingerprint, temporaries too)."""
+        mpath = self.manifest_path(stage, shard)
+        if self.fs.exists(mpath):
+            self.fs.rm(mpath)
+        for table in tables:
+            prefix = self._part_prefix(table, stage, shard)
+            for path in self.fs.glob(prefix + "*"):
+                self.fs.rm(path)
+
+    def commit_shard(
+        self,
+        stage: str,
+        shard: int,
+        fingerprint: str,
+        tables: dict[str, pa.Table],
+        *,
+        run_id: str,
+        image_count: int,
+        started_at: dt.datetime,
+    ) -> ShardManifest:
+        """Write a shard's tables and then its manifest. Safe to kill at any point."""
+        self._clear_shard(stage, shard, list(TABLES))
+        files = []
+        for table, data in sorted(tables.items()):
+            expected = schema_of(TABLES[table])
+            if not data.schema.equals(expected, check_metadata=False):
+                data = data.cast(expected)
+            path = self._part_prefix(table, stage, shard) + f"{fingerprint[:16]}.parquet"
+            buf = io.BytesIO()
+            pq.write_table(data.replace_schema_metadata(expected.metadata), buf, compression="zstd")
+            self._write_atomic(path, buf.getvalue())
+            files.append(ShardFile(table=table, path=self.relpath(path), rows=data.num_rows))
+        finished = utcnow()
+        manifest = ShardManifest(
+            stage=stage,
+            shard=shard,
+            fingerprint=fingerprint,
+            image_count=image_count,
+            files=files,
+            run_id=run_id,
+            synthvg_version=__version__,
+            started_at=started_at,
+            finished_at=finished,
+            seconds=(finished - started_at).total_seconds(),
+        )
+        self.write_json(self.manifest_path(stage, shard), manifest.model_dump(mode="json"))
+        return manifest
+
+    def drop_stage_shard(self, stage: str, shard: int) -> None:
+        """Forget a stage's output for one shard (a stage now skipped, or a shard out of plan)."""
+        self._clear_shard(stage, shard, list(TABLES))
+
+    def manifests(self, stage: str | None = None) -> Iterator[ShardManifest]:
+        pattern = self._p("manifests", stage or "*", "shard-*.json")
+        for path in sorted(self.fs.glob(pattern)):
+            if path.endswith(".json"):
+                raw = self.read_json(path)
+                if raw is not None:
+                    yield ShardManifest.model_validate(raw)
+
+    def committed_shards(self, stage: str) -> list[int]:
+        return [m.shard for m in self.manifests(stage)]
+
+    def read_shard_table(self, table: str, stage: str, shard: int) -> pa.Table | None:
+        """One stage's committed table for one shard (None when that stage has not written it)."""
+        m = self.read_manifest(stage, shard)
+        if m is None:
+            return None
+        for f in m.files:
+            if f.table == table:
+                with self.fs.open(self._p(f.path), "rb") as fh:
+                    return pq.read_table(fh)
+        return None
+
+    def table_files(self, table: str) -> list[str]:
+        """Every committed file of a table, across stages, as openable URIs."""
+        out = []
+        for m in self.manifests():
+            out.extend(self.uri(f.path) for f in m.files if f.table == table)
+        return out
+
+    # ----------------------------------------------------------------- runs
+    def write_run(self, run: RunManifest) -> None:
+        self.write_json(self._p("runs", f"{run.run_id}.json"), run.model_dump(mode="json"))
+
+    def runs(self) -> list[RunManifest]:
+        out = []
+        for path in sorted(self.fs.glob(self._p("runs", "*.json"))):
+            raw = self.read_json(path)
+            if raw is not None:
+                out.append(RunManifest.model_validate(raw))
+        return sorted(out, key=lambda r: r.started_at)
+
+    def write_file(self, rel: str, data: bytes) -> str:
+        """Write a side file (stats, reports) atomically; returns its full path."""
+        path = self._p(rel)
+        self._write_atomic(path, data)
+        return path

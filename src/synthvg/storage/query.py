@@ -1,0 +1,87 @@
+"""DuckDB over a dataset root: one view per table, built from committed shards only.
+
+Views are defined over the exact files the shard manifests name, so a shard that a killed
+build left half-written is never visible. Tables nobody has written yet are still queryable
+(empty, with their full schema), so analysts' SQL never depends on which stages ran.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from synthvg.schemas import TABLES, schema_of
+from synthvg.storage.dataset import Dataset
+
+READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+
+# The analyst-facing views: physical tables joined into what the issue's schema promises.
+_REGIONS_VIEW = """
+CREATE OR REPLACE VIEW regions AS
+SELECT r.*,
+       c.best_iou, c.best_proposal_id, c.kept,
+       d.depth_median, d.depth_spread, d.depth_model
+FROM _regions r
+LEFT JOIN _region_checks c USING (image_id, region_id)
+LEFT JOIN _region_depth d USING (image_id, region_id)
+"""
+
+
+class ReadOnlyError(PermissionError):
+    """A statement that would write was sent to a read-only query."""
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _create_source(con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema) -> None:
+    if files:
+        listing = ", ".join(_sql_str(f) for f in files)
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
+    else:
+        con.register(f"{name}__empty", schema.empty_table())
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}__empty")
+
+
+def connect(root: str | Dataset) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the dataset's views registered.
+
+    Views: ``images``, ``regions`` (with the regions and depth stages' columns joined in),
+    ``proposals``, ``relations``, ``errors``; plus ``region_checks`` and ``region_depth``.
+    """
+    dataset = root if isinstance(root, Dataset) else Dataset(root)
+    con = duckdb.connect(":memory:")
+    if not dataset.is_local:
+        con.register_filesystem(dataset.fs)
+    for table, model in TABLES.items():
+        _create_source(con, f"_{table}", dataset.table_files(table), schema_of(model))
+    for table in TABLES:
+        if table != "regions":
+            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _{table}")
+    con.execute(_REGIONS_VIEW)
+    return con
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse any statement that is not a query (DELETE, CREATE, COPY, ATTACH, SET, ...)."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as e:
+        raise ValueError(f"SQL does not parse: {e}") from None
+    if not statements:
+        raise ValueError("no SQL statement given")
+    for st in statements:
+        kind = st.type.name
+        if kind not in READ_ONLY_STATEMENTS:
+            raise ReadOnlyError(f"refused: {kind} statements are not allowed; the dataset is opened read-only")
+
+
+def query(root: str | Dataset, sql: str) -> pa.Table:
+    """Run a read-only query and return its result as an Arrow table."""
+    con = connect(root)
+    try:
+        check_read_only(con, sql)
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
