@@ -11,7 +11,6 @@ changes its fingerprint and those of the stages after it, and nothing before it.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 import uuid
@@ -24,7 +23,16 @@ from synthvg import __version__
 from synthvg.schemas import RunManifest, StageSummary, to_table
 from synthvg.schemas.config import BuildConfig
 from synthvg.schemas.records import ErrorRecord
-from synthvg.stages import STAGE_ORDER, STAGES, BuildPlan, ShardSpec, StageInputs, load_stage, plan_build, table_writers
+from synthvg.stages import (
+    STAGE_ORDER,
+    STAGES,
+    BuildPlan,
+    ShardSpec,
+    StageInputs,
+    load_stage,
+    plan_build,
+    table_writers,
+)
 from synthvg.stages.base import RunContext, stable_hash
 from synthvg.storage.dataset import Dataset, utcnow
 

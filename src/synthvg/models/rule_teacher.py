@@ -47,20 +47,21 @@ def spatial_predicate(s: RegionGeom, o: RegionGeom, s_in_o: float, o_in_s: float
     the margin by which the deciding test passed, in [0, 1].
     """
     a, b = s.box, o.box
+    x_overlap = _overlap(a.x1, a.x2, b.x1, b.x2)
+    # "on": s is the smaller one, rests on o's upper half, mostly over it horizontally, and
+    # reaches above o's top. Checked before "inside": a table's mask covers what stands on it.
+    if (
+        a.width > 0
+        and s.area < o.area
+        and x_overlap >= 0.6 * a.width
+        and b.y1 - 0.05 * b.height <= a.y2 <= b.y1 + 0.5 * b.height
+        and a.y1 < b.y1
+    ):
+        return "on", min(1.0, x_overlap / a.width)
     if s_in_o >= 0.85 and s.area <= 0.5 * o.area:
         return "inside", s_in_o
     if o_in_s >= 0.85 and o.area <= 0.5 * s.area:
         return "contains", o_in_s
-    x_overlap = _overlap(a.x1, a.x2, b.x1, b.x2)
-    # "on": s rests on o's upper part, mostly over it horizontally, and is not the larger below.
-    if (
-        a.width > 0
-        and x_overlap >= 0.6 * a.width
-        and b.y1 - 0.05 * b.height <= a.y2 <= b.y1 + 0.5 * b.height
-        and (a.y1 + a.y2) / 2 < (b.y1 + b.y2) / 2
-        and a.y1 < b.y1
-    ):
-        return "on", min(1.0, x_overlap / a.width)
     tol_y = 0.1 * min(a.height, b.height)
     if x_overlap > 0 and a.y2 <= b.y1 + tol_y:
         return "above", min(1.0, x_overlap / max(min(a.width, b.width), 1e-6))

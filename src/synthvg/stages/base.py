@@ -20,8 +20,8 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from synthvg.schemas import TABLES, ErrorRecord, schema_of
-from synthvg.schemas.records import Record
 from synthvg.schemas.config import BuildConfig
+from synthvg.schemas.records import Record
 from synthvg.storage.dataset import Dataset
 
 

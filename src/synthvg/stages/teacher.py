@@ -8,7 +8,7 @@ GPT-4V-class backend plugs in behind the same stage: it writes the same ``relati
 from __future__ import annotations
 
 from synthvg.models.rule_teacher import RegionGeom, RuleTeacher
-from synthvg.schemas import RLE, Box, RelationRecord
+from synthvg.schemas import Box, RelationRecord
 from synthvg.schemas.config import BuildConfig
 from synthvg.schemas.records import relation_id
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput

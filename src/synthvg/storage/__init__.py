@@ -2,6 +2,6 @@
 
 from synthvg.storage.dataset import Dataset
 from synthvg.storage.lock import BuildLocked, build_lock
-from synthvg.storage.query import ReadOnlyError, check_read_only, connect, query
+from synthvg.storage.query import ReadOnlyError, check_read_only, connect, fetch_dicts, query
 
-__all__ = ["BuildLocked", "Dataset", "ReadOnlyError", "build_lock", "check_read_only", "connect", "query"]
+__all__ = ["BuildLocked", "Dataset", "ReadOnlyError", "build_lock", "check_read_only", "connect", "fetch_dicts", "query"]

@@ -24,9 +24,9 @@ import uuid
 from collections.abc import Iterator
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from synthvg import __version__
 from synthvg.schemas import TABLES, RunManifest, ShardFile, ShardManifest, schema_of

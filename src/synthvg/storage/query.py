@@ -77,6 +77,13 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
             raise ReadOnlyError(f"refused: {kind} statements are not allowed; the dataset is opened read-only")
 
 
+def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
+    """Rows of a query as dicts (column name -> value)."""
+    cur = con.execute(sql, params or [])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
 def query(root: str | Dataset, sql: str) -> pa.Table:
     """Run a read-only query and return its result as an Arrow table."""
     con = connect(root)

@@ -1,0 +1,9 @@
+"""Prefect flows: thin orchestration over :mod:`synthvg.pipeline`."""
+
+from synthvg import prefect_env
+
+prefect_env.configure()
+
+from synthvg.flows.build import BuildIncomplete, build_dataset, publish_flow, stage_flow  # noqa: E402
+
+__all__ = ["BuildIncomplete", "build_dataset", "publish_flow", "stage_flow"]

@@ -1,0 +1,190 @@
+"""The ``build-dataset`` flow: seeds -> regions -> depth -> teacher -> filters -> robin -> edit -> publish.
+
+Each stage is a subflow that maps one task over the shards; the logic they call lives in
+:mod:`synthvg.pipeline`, so the flow only orchestrates, reports and watches progress.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from synthvg.pipeline import (
+    ShardResult,
+    finish_run,
+    new_run_id,
+    start_run,
+    summarize_stage,
+    up_to_date,
+    withdraw_stage,
+)
+from synthvg.schemas import RunManifest, StageSummary
+from synthvg.schemas.config import BuildConfig
+from synthvg.stages import STAGE_ORDER, STAGES, ShardSpec
+from synthvg.stats import compute_stats
+from synthvg.storage import Dataset, build_lock
+from synthvg.tasks import plan_task, shard_task
+
+
+class BuildIncomplete(RuntimeError):
+    """Some shards failed; the rest is committed and a rerun picks up only what is missing."""
+
+    def __init__(self, run: RunManifest):
+        failed = [f"{s.stage}: {s.shards_failed} shard(s) ({s.reason})" for s in run.stages if s.shards_failed]
+        super().__init__("build incomplete; " + "; ".join(failed))
+        self.run = run
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lower-case letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+class _Progress:
+    """The build's progress artifact plus a terminal bar (only when stderr is a terminal)."""
+
+    def __init__(self, config: BuildConfig, total: int):
+        from tqdm import tqdm
+
+        self.total = max(total, 1)
+        self.done = 0
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key=artifact_key(config.name, "build-progress"), description=f"build {config.name}: shards done over all stages"
+        )
+        self.bar = tqdm(total=total, unit="shard", disable=None, leave=False)
+
+    def advance(self, label: str) -> None:
+        self.done += 1
+        self.bar.set_description(label)
+        self.bar.update(1)
+        update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _stage_table(summary: StageSummary, results: list[ShardResult]) -> list[dict]:
+    rows = [
+        {
+            "shard": r.shard,
+            "status": r.status,
+            "rows": ", ".join(f"{t}={n}" for t, n in sorted(r.rows.items())) or "-",
+            "errors": r.errors,
+            "seconds": round(r.seconds, 2),
+            "message": r.message or "",
+        }
+        for r in sorted(results, key=lambda r: r.shard)
+    ]
+    return rows or [{"status": summary.status, "reason": summary.reason or ""}]
+
+
+@flow(name="stage", flow_run_name="{stage}", log_prints=False)
+def stage_flow(config: BuildConfig, stage: str, shards: list[ShardSpec], run_id: str, progress_id: str | None = None) -> StageSummary:
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    reason = STAGES[stage].skip_reason(config)
+    if reason:
+        withdrawn = withdraw_stage(Dataset(config.out), stage)
+        logger.info("%s skipped: %s%s", stage, reason, f" (withdrew {withdrawn} stale shards)" if withdrawn else "")
+        summary = summarize_stage(stage, [], time.perf_counter() - t0, skipped=reason)
+        results: list[ShardResult] = []
+    else:
+        task = shard_task.with_options(retries=config.executor.retries, retry_delay_seconds=config.executor.retry_delay_seconds)
+        futures = {task.submit(config, stage, shard, run_id): shard for shard in shards}
+        results = []
+        progress = _PROGRESS.get(progress_id)
+        for future in as_completed(list(futures)):
+            shard = futures[future]
+            try:
+                result = future.result()
+            except Exception as e:  # the task already retried; record it and go on with other shards
+                logger.error("%s shard %05d failed: %s", stage, shard.index, e)
+                result = ShardResult(stage=stage, shard=shard.index, status="failed", message=f"{type(e).__name__}: {e}")
+            results.append(result)
+            if progress:
+                progress.advance(f"{stage} {shard.index:05d}")
+        summary = summarize_stage(stage, results, time.perf_counter() - t0)
+        rows_in = sum(len(s.image_ids) for s in shards)
+        logger.info(
+            "%s: %d images in; shards written %d, up to date %d, failed %d; rows out %s; %d input errors; %.1fs",
+            stage, rows_in, summary.shards_written, summary.shards_up_to_date, summary.shards_failed,
+            summary.rows_out or "{}", summary.errors, summary.seconds,
+        )
+    create_table_artifact(
+        key=artifact_key(config.name, "stage", stage),
+        table=_stage_table(summary, results),
+        description=f"{stage}: {summary.status}" + (f" ({summary.reason})" if summary.reason else ""),
+    )
+    return summary
+
+
+# Progress objects live in the flow's process; subflows find theirs by id.
+_PROGRESS: dict[str, _Progress] = {}
+
+
+@flow(name="publish", flow_run_name="publish")
+def publish_flow(config: BuildConfig) -> dict:
+    """Statistics over the whole dataset, as a file beside it and as Prefect artifacts."""
+    import json
+
+    dataset = Dataset(config.out)
+    stats = compute_stats(dataset)
+    dataset.write_file("stats.json", json.dumps(stats, indent=2, default=str).encode())
+    t = stats["table1"]
+    create_table_artifact(
+        key=artifact_key(config.name, "stats"),
+        table=[
+            {"metric": k, "value": stats[k]}
+            for k in ("images", "regions", "regions_kept", "proposals", "relations", "relations_not_dropped", "errors")
+        ]
+        + [{"metric": k, "value": v} for k, v in t.items()],
+        description=f"dataset statistics of {config.name}",
+    )
+    get_run_logger().info(
+        "published %s: %d images, %d regions, %d relations; objects/image %.1f, triplets/image %.1f, predicates/region %.1f",
+        dataset.url, stats["images"], stats["regions"], stats["relations"],
+        t["objects_per_image"], t["triplets_per_image"], t["predicates_per_region"],
+    )
+    return stats
+
+
+@flow(name="build-dataset", flow_run_name="build-{config.name}")
+def build_dataset(config: BuildConfig, run_id: str | None = None) -> RunManifest:
+    """Build (or resume) the dataset described by ``config``; returns the run manifest."""
+    logger = get_run_logger()
+    run_id = run_id or new_run_id()
+    dataset = Dataset(config.out)
+    dataset.init()
+    with build_lock(dataset, run_id):
+        plan = plan_task(config, run_id)
+        logger.info("run %s: %d images in %d shards of <= %d -> %s", run_id, plan.image_count, len(plan.shards), config.shard_size, dataset.url)
+        if plan.errors:
+            logger.warning("planning found %d input problems (see the errors table)", len(plan.errors))
+        run = start_run(dataset, config, run_id, plan)
+        active = [s for s in STAGE_ORDER if STAGES[s].skip_reason(config) is None]
+        progress = _Progress(config, len(active) * len(plan.shards))
+        _PROGRESS[run_id] = progress
+        summaries = []
+        try:
+            for stage in STAGE_ORDER:
+                runner = ThreadPoolTaskRunner(max_workers=config.executor.workers)
+                summaries.append(stage_flow.with_options(task_runner=runner)(config, stage, plan.shards, run_id, run_id))
+        finally:
+            progress.close()
+            _PROGRESS.pop(run_id, None)
+        run = finish_run(dataset, run, summaries)
+        publish_flow(config)
+    if up_to_date(run):
+        logger.info("every shard is up to date: nothing was written")
+    if run.status != "completed":
+        raise BuildIncomplete(run)
+    return run
