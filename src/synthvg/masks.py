@@ -113,7 +113,8 @@ def label_map_to_rles(labels: np.ndarray) -> dict[int, RLE]:
 
 
 def box_to_rle(box: Box, height: int, width: int) -> RLE:
-    rle = mask_utils.frPyObjects([[box.x1, box.y1, box.width, box.height]], height, width)[0]
+    boxes = np.array([[box.x1, box.y1, box.width, box.height]], dtype=np.float64)
+    rle = mask_utils.frPyObjects(boxes, height, width)[0]
     return from_coco(rle)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -32,7 +32,8 @@ class CocoSource(Section):
     split: str | None = Field(None, description="override the split (default: from coco_url)")
 
 
-SeedSource = Annotated[CocoSource, Field(discriminator="kind")]
+# More readers join this union (discriminated by ``kind``, defaulting to coco) as they land.
+SeedSource = CocoSource
 
 
 class SeedsConfig(Section):
