@@ -39,6 +39,7 @@ from synthvg.storage.dataset import Dataset, utcnow
 log = logging.getLogger("synthvg")
 
 PLAN_STAGE = "plan"
+PLAN_FILE = "plan.json"
 
 
 class ShardResult(BaseModel):
@@ -80,12 +81,25 @@ def prepare(config: BuildConfig, run_id: str) -> tuple[Dataset, BuildPlan]:
     if not dataset.is_committed(PLAN_STAGE, 0, fp):
         tables = {"errors": to_table(ErrorRecord, plan.errors)} if plan.errors else {}
         dataset.commit_shard(PLAN_STAGE, 0, fp, tables, run_id=run_id, image_count=plan.image_count, started_at=utcnow())
+    dataset.write_json(dataset.abspath(PLAN_FILE), {"shards": [sh.model_dump() for sh in plan.shards]})
     n = len(plan.shards)
     for stage in STAGE_ORDER:
         for shard in dataset.committed_shards(stage):
             if shard >= n:
                 dataset.drop_stage_shard(stage, shard)
     return dataset, plan
+
+
+def load_shards(dataset: Dataset) -> list[ShardSpec]:
+    """The current build's shards, as :func:`prepare` saved them beside the data.
+
+    Flows pass this file's location rather than the image ids themselves: flow parameters
+    travel to the Prefect API, and 146K ids per subflow would swamp it.
+    """
+    raw = dataset.read_json(dataset.abspath(PLAN_FILE))
+    if raw is None:
+        raise FileNotFoundError(f"{dataset.url} has no {PLAN_FILE}: plan the build first")
+    return [ShardSpec.model_validate(s) for s in raw["shards"]]
 
 
 def withdraw_stage(dataset: Dataset, stage: str) -> int:

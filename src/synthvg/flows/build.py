@@ -21,6 +21,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from synthvg.pipeline import (
     ShardResult,
     finish_run,
+    load_shards,
     new_run_id,
     start_run,
     summarize_stage,
@@ -29,7 +30,7 @@ from synthvg.pipeline import (
 )
 from synthvg.schemas import RunManifest, StageSummary
 from synthvg.schemas.config import BuildConfig
-from synthvg.stages import STAGE_ORDER, STAGES, ShardSpec
+from synthvg.stages import STAGE_ORDER, STAGES
 from synthvg.stats import compute_stats
 from synthvg.storage import Dataset, build_lock
 from synthvg.tasks import plan_task, shard_task
@@ -88,7 +89,8 @@ def _stage_table(summary: StageSummary, results: list[ShardResult]) -> list[dict
 
 
 @flow(name="stage", flow_run_name="{stage}", log_prints=False)
-def stage_flow(config: BuildConfig, stage: str, shards: list[ShardSpec], run_id: str, progress_id: str | None = None) -> StageSummary:
+def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
+    """One stage over every shard of the plan saved by ``plan-shards``."""
     logger = get_run_logger()
     t0 = time.perf_counter()
     reason = STAGES[stage].skip_reason(config)
@@ -98,10 +100,11 @@ def stage_flow(config: BuildConfig, stage: str, shards: list[ShardSpec], run_id:
         summary = summarize_stage(stage, [], time.perf_counter() - t0, skipped=reason)
         results: list[ShardResult] = []
     else:
+        shards = load_shards(Dataset(config.out))
         task = shard_task.with_options(retries=config.executor.retries, retry_delay_seconds=config.executor.retry_delay_seconds)
         futures = {task.submit(config, stage, shard, run_id): shard for shard in shards}
         results = []
-        progress = _PROGRESS.get(progress_id)
+        progress = _PROGRESS.get(run_id)
         for future in as_completed(list(futures)):
             shard = futures[future]
             try:
@@ -177,7 +180,7 @@ def build_dataset(config: BuildConfig, run_id: str | None = None) -> RunManifest
         try:
             for stage in STAGE_ORDER:
                 runner = ThreadPoolTaskRunner(max_workers=config.executor.workers)
-                summaries.append(stage_flow.with_options(task_runner=runner)(config, stage, plan.shards, run_id, run_id))
+                summaries.append(stage_flow.with_options(task_runner=runner)(config, stage, run_id))
         finally:
             progress.close()
             _PROGRESS.pop(run_id, None)
