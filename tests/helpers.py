@@ -16,7 +16,7 @@ def demo_config(out: Path, **overrides) -> BuildConfig:
     cfg = load_config(DEMO_CONFIG, out=str(out))
     data = cfg.model_dump()
     for key, value in overrides.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value.get("backend", data[key].get("backend")) == data[key].get("backend"):
             data[key] = {**data[key], **value}
         else:
             data[key] = value

@@ -77,5 +77,5 @@ def test_build_config_errors_stop_before_work(tmp_path):
     bad.write_text(f"out: {tmp_path / 'root'}\nseeds: {{sources: [{{annotations: a.json, images: i}}]}}\nteacher: {{bakend: rules}}\n")
     result = runner.invoke(app, ["build", "--config", str(bad)])
     assert result.exit_code == 2
-    assert "teacher.bakend: unknown key" in result.output
+    assert "teacher.rules.bakend: unknown key" in result.output
     assert not (tmp_path / "root").exists()

@@ -10,7 +10,7 @@ from helpers import REPO
 from synthvg.storage import Dataset, connect
 
 SCHEMA_MD = (REPO / "docs" / "SCHEMA.md").read_text()
-VIEWS = ("images", "regions", "proposals", "relations", "errors")
+VIEWS = ("images", "regions", "proposals", "relations", "descriptions", "errors")
 
 
 def _section(view: str) -> str:

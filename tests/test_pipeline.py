@@ -26,7 +26,7 @@ def test_changing_a_stage_redoes_it_and_later_stages_only(tmp_path):
     cfg = demo_config(tmp_path / "root", limit=4, shard_size=2)
     run_build(cfg)
     before = connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall()[0][0]
-    teacher_changed = demo_config(tmp_path / "root", limit=4, shard_size=2, teacher={"rules": {"max_subjects": 2, "min_subjects": 2, "objects_per_subject": 1}})
+    teacher_changed = demo_config(tmp_path / "root", limit=4, shard_size=2, teacher={"max_subjects": 2, "min_subjects": 2, "objects_per_subject": 1})
     assert _written(run_build(teacher_changed)) == {"seeds": 0, "regions": 0, "teacher": 2}
     after = connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall()[0][0]
     assert 0 < after < before
@@ -37,7 +37,7 @@ def test_changing_a_stage_redoes_it_and_later_stages_only(tmp_path):
 def test_fingerprints_chain_in_stage_order(tmp_path):
     shard = ShardSpec(index=0, image_ids=["coco:1", "coco:2"])
     a = fingerprints(demo_config(tmp_path), shard)
-    b = fingerprints(demo_config(tmp_path, teacher={"rules": {"max_subjects": 3}}), shard)
+    b = fingerprints(demo_config(tmp_path, teacher={"max_subjects": 3}), shard)
     assert [s for s in a if a[s] != b[s]] == ["teacher", "filters", "robin", "edit"]
     c = fingerprints(demo_config(tmp_path), ShardSpec(index=0, image_ids=["coco:1", "coco:3"]))
     assert all(a[s] != c[s] for s in a)

@@ -50,6 +50,7 @@ class ShardResult(BaseModel):
     errors: int = 0
     seconds: float = 0.0
     message: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
 
 
 def new_run_id() -> str:
@@ -110,26 +111,30 @@ def withdraw_stage(dataset: Dataset, stage: str) -> int:
     return len(shards)
 
 
-def run_shard(dataset: Dataset, config: BuildConfig, stage_name: str, shard: ShardSpec, run_id: str) -> ShardResult:
-    """Run one stage on one shard and commit it, unless it is already committed as is."""
-    started = time.perf_counter()
+def _shard_state(dataset: Dataset, config: BuildConfig, stage_name: str, shard: ShardSpec) -> tuple[str, str | None, StageInputs | None]:
+    """(fingerprint, why it cannot run or 'up_to_date' or None, its inputs when it can run)."""
     fps = fingerprints(config, shard)
     fp = fps[stage_name]
     if dataset.is_committed(stage_name, shard.index, fp):
-        return ShardResult(stage=stage_name, shard=shard.index, status="up_to_date")
+        return fp, "up_to_date", None
     earlier = STAGE_ORDER[: STAGE_ORDER.index(stage_name)]
     active_earlier = [s for s in earlier if STAGES[s].skip_reason(config) is None]
     for upstream in active_earlier:
         if not dataset.is_committed(upstream, shard.index, fps[upstream]):
-            return ShardResult(
-                stage=stage_name,
-                shard=shard.index,
-                status="failed",
-                message=f"upstream stage '{upstream}' has not completed shard {shard.index}",
-            )
-    stage = load_stage(STAGES[stage_name], config)
+            return fp, f"upstream stage '{upstream}' has not completed shard {shard.index}", None
     writers = {t: [s for s in stages if s in active_earlier] for t, stages in table_writers().items()}
-    inputs = StageInputs(dataset, shard.index, writers)
+    return fp, None, StageInputs(dataset, shard.index, writers)
+
+
+def run_shard(dataset: Dataset, config: BuildConfig, stage_name: str, shard: ShardSpec, run_id: str) -> ShardResult:
+    """Run one stage on one shard and commit it, unless it is already committed as is."""
+    started = time.perf_counter()
+    fp, blocked, inputs = _shard_state(dataset, config, stage_name, shard)
+    if blocked == "up_to_date":
+        return ShardResult(stage=stage_name, shard=shard.index, status="up_to_date")
+    if blocked:
+        return ShardResult(stage=stage_name, shard=shard.index, status="failed", message=blocked)
+    stage = load_stage(STAGES[stage_name], config)
     ctx = RunContext(run_id=run_id, stage=stage_name, shard=shard.index)
     started_at = utcnow()
     output = stage.process(shard, inputs, ctx)
@@ -142,7 +147,12 @@ def run_shard(dataset: Dataset, config: BuildConfig, stage_name: str, shard: Sha
         rows={t: v.num_rows for t, v in tables.items() if t != "errors"},
         errors=len(output.errors),
         seconds=time.perf_counter() - started,
+        metrics=output.metrics,
     )
+
+
+def failed_shard(stage: str, shard: ShardSpec, error: BaseException) -> ShardResult:
+    return ShardResult(stage=stage, shard=shard.index, status="failed", message=f"{type(error).__name__}: {error}")
 
 
 def summarize_stage(stage: str, results: Iterable[ShardResult], seconds: float, skipped: str | None = None) -> StageSummary:
@@ -150,9 +160,12 @@ def summarize_stage(stage: str, results: Iterable[ShardResult], seconds: float, 
     if skipped:
         return StageSummary(stage=stage, status="skipped", reason=skipped, seconds=seconds)
     rows: dict[str, int] = {}
+    metrics: dict[str, float] = {}
     for r in results:
         for t, n in r.rows.items():
             rows[t] = rows.get(t, 0) + n
+        for k, v in r.metrics.items():
+            metrics[k] = metrics.get(k, 0.0) + v
     failed = [r for r in results if r.status == "failed"]
     status = "done" if not failed else ("failed" if len(failed) == len(results) else "partial")
     return StageSummary(
@@ -166,6 +179,7 @@ def summarize_stage(stage: str, results: Iterable[ShardResult], seconds: float, 
         rows_out=rows,
         errors=sum(r.errors for r in results),
         seconds=seconds,
+        metrics=metrics,
     )
 
 
@@ -196,6 +210,41 @@ def up_to_date(run: RunManifest) -> bool:
     return all(s.shards_written == 0 and s.shards_failed == 0 for s in run.stages)
 
 
+def dry_run(config: BuildConfig, run_id: str | None = None) -> dict[str, dict[str, float]]:
+    """Estimate what a build would spend, spending nothing.
+
+    Stages that cost nothing (seeds, the CPU proposer, ...) run for real, since a paid stage's
+    requests depend on their output; each paid stage prices the requests it would send for
+    every shard not yet committed, counting those its cache already answers. A paid stage
+    after another paid stage can only be priced once that one has run (``blocked`` shards).
+    """
+    from synthvg.storage.lock import build_lock
+
+    run_id = run_id or new_run_id()
+    dataset = Dataset(config.out)
+    dataset.init()
+    report: dict[str, dict[str, float]] = {}
+    with build_lock(dataset, run_id):
+        dataset, plan = prepare(config, run_id)
+        for stage_name in active_stages(config):
+            stage = load_stage(STAGES[stage_name], config)
+            totals: dict[str, float] = {"shards_done": 0.0, "shards_blocked": 0.0}
+            for shard in plan.shards:
+                _, blocked, inputs = _shard_state(dataset, config, stage_name, shard)
+                if blocked:
+                    totals["shards_done" if blocked == "up_to_date" else "shards_blocked"] += 1
+                    continue
+                estimate = stage.estimate(shard, inputs, RunContext(run_id=run_id, stage=stage_name, shard=shard.index))
+                if estimate is None:
+                    run_shard(dataset, config, stage_name, shard, run_id)
+                    totals["shards_done"] += 1
+                    continue
+                for k, v in estimate.items():
+                    totals[k] = totals.get(k, 0.0) + v
+            report[stage_name] = totals
+    return report
+
+
 def run_build(
     config: BuildConfig,
     run_id: str | None = None,
@@ -220,7 +269,11 @@ def run_build(
                 continue
             results = []
             for shard in plan.shards:
-                r = run_shard(dataset, config, stage, shard, run_id)
+                try:
+                    r = run_shard(dataset, config, stage, shard, run_id)
+                except Exception as e:  # as the flow does after retries: record, go on
+                    log.error("%s shard %05d failed: %s", stage, shard.index, e)
+                    r = failed_shard(stage, shard, e)
                 results.append(r)
                 if on_shard:
                     on_shard(r)

@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from synthvg.pipeline import (
     ShardResult,
+    failed_shard,
     finish_run,
     load_shards,
     new_run_id,
@@ -111,7 +112,7 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
                 result = future.result()
             except Exception as e:  # the task already retried; record it and go on with other shards
                 logger.error("%s shard %05d failed: %s", stage, shard.index, e)
-                result = ShardResult(stage=stage, shard=shard.index, status="failed", message=f"{type(e).__name__}: {e}")
+                result = failed_shard(stage, shard, e)
             results.append(result)
             if progress:
                 progress.advance(f"{stage} {shard.index:05d}")

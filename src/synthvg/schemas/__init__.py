@@ -5,6 +5,7 @@ from synthvg.schemas.records import (
     CATEGORIES,
     RLE,
     Box,
+    DescriptionRecord,
     ErrorRecord,
     ImageRecord,
     ProposalRecord,
@@ -27,6 +28,7 @@ TABLES = {
     "region_checks": RegionCheckRecord,
     "region_depth": RegionDepthRecord,
     "relations": RelationRecord,
+    "descriptions": DescriptionRecord,
     "errors": ErrorRecord,
 }
 
@@ -35,6 +37,7 @@ __all__ = [
     "RLE",
     "TABLES",
     "Box",
+    "DescriptionRecord",
     "ErrorRecord",
     "ImageRecord",
     "ProposalRecord",

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
+
+from synthvg.llm.config import LLMConfig
 
 
 class ConfigError(ValueError):
@@ -67,16 +77,48 @@ class DepthConfig(Section):
 
 
 class RuleTeacherConfig(Section):
+    """The weight-free teacher: spatial relations from geometry, labelled generator='rules'."""
+
+    backend: Literal["rules"] = "rules"
     max_subjects: int = Field(10, ge=1, description="largest regions taken as subjects")
     min_subjects: int = Field(5, ge=1, description="the paper asks for >= 5 subjects per image")
     objects_per_subject: int = Field(4, ge=1, description="nearest regions related to each subject")
 
 
-class TeacherConfig(Section):
-    backend: Literal["rules", "none"] = Field(
-        "rules", description="rules: geometric relations, no model (labelled generator='rules')"
-    )
-    rules: RuleTeacherConfig = RuleTeacherConfig()
+class OpenAITeacherConfig(LLMConfig):
+    """A GPT-4V-class teacher behind any OpenAI-compatible endpoint (see docs/TEACHER.md)."""
+
+    backend: Literal["openai"]
+    prompt: str = Field("teacher/v1", description="prompt template under synthvg/prompts/")
+    min_subjects: int = Field(5, ge=1, description="K: subjects asked for per image")
+    max_subjects: int = Field(20, ge=1)
+    max_regions: int = Field(60, ge=2, description="largest regions marked and listed per image")
+    image_max_side: int = Field(1024, ge=64, description="the marked image is downscaled to this")
+    detail: Literal["low", "high", "auto"] = "high"
+
+
+class NoTeacherConfig(Section):
+    backend: Literal["none"]
+
+
+def _backend_tag(default: str):
+    """Discriminate on ``backend``, defaulting when the key is absent (so typos elsewhere are
+    reported as unknown keys of the default backend, not as a missing tag)."""
+
+    def tag(value) -> str:
+        if isinstance(value, dict):
+            return value.get("backend", default)
+        return getattr(value, "backend", default)
+
+    return Discriminator(tag)
+
+
+TeacherConfig = Annotated[
+    Annotated[RuleTeacherConfig, Tag("rules")]
+    | Annotated[OpenAITeacherConfig, Tag("openai")]
+    | Annotated[NoTeacherConfig, Tag("none")],
+    _backend_tag("rules"),
+]
 
 
 class OptionalStageConfig(Section):
@@ -102,7 +144,7 @@ class BuildConfig(Section):
     seeds: SeedsConfig
     regions: RegionsConfig = RegionsConfig()
     depth: DepthConfig = DepthConfig()
-    teacher: TeacherConfig = TeacherConfig()
+    teacher: TeacherConfig = RuleTeacherConfig()
     filters: OptionalStageConfig = OptionalStageConfig()
     robin: OptionalStageConfig = OptionalStageConfig()
     edit: OptionalStageConfig = OptionalStageConfig()

@@ -122,6 +122,19 @@ class RegionDepthRecord(Record):
     depth_model: str
 
 
+class DescriptionRecord(Record):
+    """A description of a region written by a stage (teacher, robin, edit), with provenance."""
+
+    image_id: str
+    region_id: int
+    description: str
+    stage: RelationStage = Field(description="which stage wrote it")
+    generator: Generator
+    model: str
+    prompt_version: str | None = None
+    run_id: str
+
+
 class RelationRecord(Record):
     """One (subject, predicate, object) triple of a scene graph, with provenance."""
 
@@ -189,6 +202,7 @@ class StageSummary(Record):
     rows_out: dict[str, int] = Field(default_factory=dict)
     errors: int = 0
     seconds: float = 0.0
+    metrics: dict[str, float] = Field(default_factory=dict, description="summed over shards: requests, tokens, cost_usd, ...")
 
 
 class RunManifest(Record):

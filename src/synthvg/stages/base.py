@@ -67,6 +67,8 @@ class StageOutput:
 
     tables: dict[str, list[Record]] = field(default_factory=dict)
     errors: list[ErrorRecord] = field(default_factory=list)
+    #: Numbers worth summing over a run (requests, tokens, cost_usd, ...).
+    metrics: dict[str, float] = field(default_factory=dict)
 
     def add(self, table: str, *records: Record) -> None:
         self.tables.setdefault(table, []).extend(records)
@@ -137,6 +139,14 @@ class Stage(ABC):
     @abstractmethod
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
         """Turn one shard's inputs into rows. Bad input becomes error rows, never a crash."""
+
+    def estimate(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> dict[str, float] | None:
+        """What ``process`` would spend on this shard, without spending it (a dry run).
+
+        None for stages that cost nothing (a dry run runs those for real). Stages that call
+        paid APIs return requests, cached, estimated tokens and ``cost_usd``.
+        """
+        return None
 
 
 def stable_hash(obj) -> str:
