@@ -116,3 +116,29 @@ def test_check_answer_rules():
     checked = check_answer(answer, {1, 2, 3}, min_subjects=2)
     assert [(r.subject_id, r.object_id, r.predicate) for r in checked.relations] == [(1, 2, "on")]
     assert [k for k, _ in checked.dropped] == ["duplicate_relation", "unknown_subject_id", "too_few_subjects"]
+
+
+def test_batch_mode_answers_through_the_batch_api_then_the_cache(tmp_path, key):
+    with FakeOpenAIServer(responder=scripted_teacher, batch_polls=2) as server:
+        cfg = _config(tmp_path, server, batch=True, batch_poll_seconds=0.01)
+        run = run_build(cfg)
+        assert run.status == "completed"
+        assert server.chat_requests == []  # every answer came through the batch
+        assert len(server.batches) == 2  # one per shard
+        teacher = next(s for s in run.stages if s.stage == "teacher")
+        assert teacher.metrics["batched"] == 3 and teacher.metrics["cost_usd"] > 0
+        assert connect(cfg.out).sql("SELECT count(*) FROM relations WHERE stage = 'teacher'").fetchall()[0][0] > 0
+
+
+def test_dry_run_prices_requests_and_sends_nothing(tmp_path, key):
+    from synthvg.pipeline import dry_run
+
+    with FakeOpenAIServer(responder=scripted_teacher) as server:
+        cfg = _config(tmp_path, server)
+        report = dry_run(cfg)
+        assert server.requests == []
+        assert report["teacher"]["requests"] == 3 and report["teacher"]["cached"] == 0
+        assert report["teacher"]["cost_usd"] > 0
+        assert report["seeds"]["shards_done"] == 2  # free stages ran for real
+        run_build(cfg)
+        assert dry_run(cfg)["teacher"]["shards_done"] == 2

@@ -95,6 +95,11 @@ class OpenAITeacherConfig(LLMConfig):
     max_regions: int = Field(60, ge=2, description="largest regions marked and listed per image")
     image_max_side: int = Field(1024, ge=64, description="the marked image is downscaled to this")
     detail: Literal["low", "high", "auto"] = "high"
+    batch: bool = Field(False, description="send through the OpenAI Batch API (half price, hours)")
+    batch_poll_seconds: float = Field(60.0, gt=0)
+    batch_wait_seconds: float | None = Field(
+        None, gt=0, description="stop waiting after this long; the next build resumes the batch"
+    )
 
 
 class NoTeacherConfig(Section):

@@ -10,7 +10,13 @@ from __future__ import annotations
 import logging
 import os
 
-from synthvg.llm import BudgetExceeded, LLMResult, LLMRetryExhausted, install_log_redaction
+from synthvg.llm import (
+    BatchJob,
+    BudgetExceeded,
+    LLMResult,
+    LLMRetryExhausted,
+    install_log_redaction,
+)
 from synthvg.llm.client import DEFAULT_OUTPUT_ESTIMATE
 from synthvg.models.llm_teacher import LLMTeacher, select_regions
 from synthvg.models.rule_teacher import RegionGeom, RuleTeacher
@@ -148,19 +154,42 @@ class TeacherStage(Stage):
             "cost_usd": sum(client.estimate_cost(p) for p in todo),
         }
 
+    def _run_batch(self, requests: list[dict], ctx: RunContext) -> set[str]:
+        """Answer the uncached requests through the Batch API; returns the keys it answered."""
+        client, cfg = self.llm.client, self.llm.config
+        todo = {k for r in requests if (k := client.prepare(**r).key) not in client.cache}
+        if not todo:
+            return set()
+        job = BatchJob(client, name=f"teacher-{self.config.name}-shard-{ctx.shard:05d}", poll_seconds=cfg.batch_poll_seconds)
+        report = job.run(requests, timeout=cfg.batch_wait_seconds)
+        if not report.done:
+            raise ShardStopped(
+                f"batch {', '.join(report.batch_ids)} still has {report.pending} requests pending; "
+                "run the build again to pick it up where it is"
+            )
+        return todo
+
     def _process_llm(self, images, regions, ctx) -> StageOutput:
         out = StageOutput()
         teacher = self.llm
         jobs = self._llm_jobs(images, regions, ctx, out)
+        batched = self._run_batch([req for _, _, req in jobs], ctx) if teacher.config.batch else set()
         results = teacher.client.run_all([lambda req=req: teacher.client.complete(**req) for _, _, req in jobs])
         stop = [r for r in results if isinstance(r, BudgetExceeded | LLMRetryExhausted)]
         answered = [r for r in results if isinstance(r, LLMResult)]
+        price = teacher.config.price(teacher.config.model)
+        batch_cost = sum(
+            price.cost(r.usage.prompt_tokens, r.usage.completion_tokens, teacher.config.batch_price_factor)
+            for r in answered
+            if r.request_key in batched
+        ) if price else 0.0
         out.metrics = {
             "requests": float(len(jobs)),
-            "cached": float(sum(r.cached for r in answered)),
-            "prompt_tokens": float(sum(r.usage.prompt_tokens for r in answered)),
-            "completion_tokens": float(sum(r.usage.completion_tokens for r in answered)),
-            "cost_usd": sum(r.cost_usd for r in answered),
+            "cached": float(sum(r.cached and r.request_key not in batched for r in answered)),
+            "batched": float(len(batched)),
+            "prompt_tokens": float(sum(r.usage.prompt_tokens for r in answered if not r.cached or r.request_key in batched)),
+            "completion_tokens": float(sum(r.usage.completion_tokens for r in answered if not r.cached or r.request_key in batched)),
+            "cost_usd": sum(r.cost_usd for r in answered) + batch_cost,
         }
         if stop:
             raise ShardStopped(
