@@ -142,3 +142,42 @@ def test_dry_run_prices_requests_and_sends_nothing(tmp_path, key):
         assert report["seeds"]["shards_done"] == 2  # free stages ran for real
         run_build(cfg)
         assert dry_run(cfg)["teacher"]["shards_done"] == 2
+
+
+def _yaml_config(tmp_path, server) -> str:
+    import yaml
+
+    cfg = _config(tmp_path, server).model_dump(mode="json")
+    path = tmp_path / "teacher.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_cli_dry_run_prints_the_estimate(tmp_path, key):
+    from typer.testing import CliRunner
+
+    from synthvg.cli import app
+
+    with FakeOpenAIServer(responder=scripted_teacher) as server:
+        result = CliRunner().invoke(app, ["build", "--config", _yaml_config(tmp_path, server), "--dry-run"])
+        assert result.exit_code == 0, result.output
+        assert "would send 3 requests (0 cached)" in result.output
+        assert server.requests == []
+    assert key not in result.output
+
+
+@pytest.mark.slow
+def test_prefect_build_with_the_openai_teacher(prefect_server, tmp_path, key):
+    from prefect.client.orchestration import get_client
+
+    from synthvg.flows import build_dataset
+
+    with FakeOpenAIServer(responder=scripted_teacher) as server:
+        run = build_dataset(_config(tmp_path, server))
+    teacher = next(s for s in run.stages if s.stage == "teacher")
+    assert teacher.status == "done" and teacher.metrics["cost_usd"] > 0
+    assert connect(str(tmp_path / "root")).sql("SELECT count(*) FROM relations WHERE generator = 'model'").fetchall()[0][0] > 0
+    with get_client(sync_client=True) as client:
+        artifacts = [a for a in client.read_artifacts() if a.key == "demo-stage-teacher"]
+    assert artifacts and "cost_usd" in str(artifacts[0].data)
+    assert key not in str(artifacts[0].data)

@@ -45,6 +45,9 @@ def build(
     config: Annotated[Path, typer.Option("--config", "-c", help="build configuration (YAML)")],
     out: Annotated[str | None, typer.Option("--out", help="dataset root; overrides `out` in the config")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="build only the first N images")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="estimate requests, tokens and cost of paid stages; send nothing")
+    ] = False,
 ) -> None:
     """Build or resume a dataset. Shards already committed with the same inputs, config and code are skipped."""
     from synthvg.schemas.config import ConfigError, load_config
@@ -55,6 +58,9 @@ def build(
         cfg = load_config(config, out=out, limit=limit)
     except ConfigError as e:
         raise _fail(str(e)) from None
+    if dry_run:
+        _print_dry_run(cfg)
+        return
     from synthvg.flows import BuildIncomplete, build_dataset
     from synthvg.stats import compute_stats, format_stats
     from synthvg.storage import BuildLocked
@@ -76,8 +82,10 @@ def build(
         else:
             typer.echo(
                 f"  {s.stage:<8} {s.status}: {s.shards_written} shards written, {s.shards_up_to_date} up to date, "
-                f"{s.shards_failed} failed; {s.errors} input errors; {s.seconds:.1f}s"
+                f"{s.shards_failed} failed; {s.errors} input errors; {s.seconds:.1f}s{_metrics_text(s.metrics)}"
             )
+            if s.shards_failed:
+                typer.echo(f"           {s.reason}")
     typer.echo("")
     typer.echo(format_stats(compute_stats(cfg.out)))
     from synthvg.pipeline import up_to_date
@@ -88,6 +96,37 @@ def build(
     if code:
         typer.secho("some shards failed: run the same command again to retry only those", fg=typer.colors.YELLOW, err=True)
     raise typer.Exit(code)
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    if not metrics:
+        return ""
+    parts = [f"{k.replace('_', ' ')} {v:g}" for k, v in metrics.items() if k != "cost_usd"]
+    if "cost_usd" in metrics:
+        parts.append(f"cost ${metrics['cost_usd']:.4f}")
+    return "; " + ", ".join(parts)
+
+
+def _print_dry_run(cfg) -> None:
+    from synthvg.pipeline import dry_run
+    from synthvg.storage import BuildLocked
+
+    try:
+        report = dry_run(cfg)
+    except BuildLocked as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"dry run of {cfg.name} (free stages ran for real; paid stages sent nothing):")
+    for stage, m in report.items():
+        paid = "cost_usd" in m
+        line = f"  {stage:<8} {int(m['shards_done'])} shards done"
+        if m.get("shards_blocked"):
+            line += f", {int(m['shards_blocked'])} waiting for an earlier paid stage"
+        if paid:
+            line += (
+                f"; would send {int(m['requests'] - m['cached'])} requests ({int(m['cached'])} cached), "
+                f"~{int(m['prompt_tokens'])} tokens in, <= {int(m['completion_tokens'])} out, ~${m['cost_usd']:.2f}"
+            )
+        typer.echo(line)
 
 
 class Format(StrEnum):

@@ -82,6 +82,7 @@ def _stage_table(summary: StageSummary, results: list[ShardResult]) -> list[dict
             "rows": ", ".join(f"{t}={n}" for t, n in sorted(r.rows.items())) or "-",
             "errors": r.errors,
             "seconds": round(r.seconds, 2),
+            **{k: round(v, 6) for k, v in r.metrics.items()},
             "message": r.message or "",
         }
         for r in sorted(results, key=lambda r: r.shard)
