@@ -1,4 +1,4 @@
-"""The ``synthvg`` command line: build, sql, stats, show."""
+"""The ``synthvg`` command line: build, sql, stats, show, ingest."""
 
 from __future__ import annotations
 
@@ -207,6 +207,93 @@ def show(
     img.save(out, format="PNG")
     typer.echo(f"wrote {out} ({img.width}x{img.height})")
 
+
+
+class IngestFormat(StrEnum):
+    coco = "coco"
+    lvis = "lvis"
+    refcoco = "refcoco"
+    vg = "vg"
+    gqa = "gqa"
+    psg = "psg"
+    ade20k = "ade20k"
+
+
+def _ingest_sources(fmt: IngestFormat, paths: list[Path], images: str | None) -> list[dict]:
+    """The seed sources a list of release files (or folders) stands for."""
+    files = [str(p.resolve()) for p in paths if not p.is_dir()]
+    folders = [str(p.resolve()) for p in paths if p.is_dir()]
+    if fmt in (IngestFormat.coco, IngestFormat.lvis, IngestFormat.gqa):
+        if folders:
+            raise ValueError(f"--format {fmt} takes annotation files, not folders: {folders[0]}")
+        return [{"kind": fmt.value, "annotations": f, "images": images} for f in files]
+    if fmt is IngestFormat.refcoco:
+        refs = files + [str(r) for d in folders for r in sorted(Path(d).glob("refs(*).p"))]
+        if not refs:
+            raise ValueError("no refs(<splitBy>).p file given or found in the folders given")
+        return [{"kind": "refcoco", "refs": r, "images": images} for r in refs]
+    if fmt is IngestFormat.vg:
+        from synthvg.readers.vg import FILES
+
+        source: dict = {"kind": "vg", "images": images, "root": folders[0] if folders else None}
+        for f in files:
+            name = next((n for n in FILES if Path(f).name.startswith(n)), None)
+            if name is None:
+                raise ValueError(f"{f} is not a Visual Genome release file ({', '.join(n + '.json' for n in FILES)})")
+            source[name] = f
+        return [source]
+    if fmt is IngestFormat.psg:
+        return [{"kind": "psg", "annotations": f, "panoptic": folders[0] if folders else None, "images": images} for f in files]
+    return [{"kind": "ade20k", "root": d, "images": images} for d in folders + files]
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="the official release files (or their folder), as downloaded")],
+    format: Annotated[IngestFormat, typer.Option("--format", help="which release the files are")],
+    out: Annotated[str, typer.Option("--out", help="dataset root to write the seed tables to")],
+    images: Annotated[Path | None, typer.Option("--images", help="folder of the image files (without it: the sizes the annotations give)")] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="images per shard")] = 500,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N images")] = None,
+) -> None:
+    """Write the seed tables (images, regions, seed relations, errors) of one annotation source.
+
+    PSG takes psg.json and the folder holding panoptic_*2017/ (or --images); VG takes the folder of its .json files or the files themselves; RefCOCO takes refs(<splitBy>).p (its instances.json is the one beside it) or the folder holding them. See docs/SEEDS.md.
+    """
+    from pydantic import ValidationError
+
+    from synthvg.pipeline import run_build
+    from synthvg.readers.sources import open_sources
+    from synthvg.schemas.config import BuildConfig, format_validation_error
+    from synthvg.storage import BuildLocked
+
+    if "://" not in out:
+        out = str(Path(out).resolve())
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise _fail(f"not found: {', '.join(missing)}")
+    try:
+        sources = _ingest_sources(format, paths, str(images.resolve()) if images else None)
+        cfg = BuildConfig.model_validate({
+            "name": f"ingest-{format.value}", "out": out, "shard_size": shard_size, "limit": limit,
+            "seeds": {"sources": sources}, "regions": {"proposer": "none"}, "teacher": {"backend": "none"},
+        })
+    except ValueError as e:
+        raise _fail(format_validation_error(e, "the command line") if isinstance(e, ValidationError) else str(e)) from None
+    opened = open_sources(cfg.seeds.sources)
+    for s in opened.sources:
+        if s.failure:
+            typer.secho(f"cannot read {format.value} source: {s.failure}", fg=typer.colors.RED, err=True)
+    if not opened.readers:
+        raise typer.Exit(2)
+    try:
+        run = run_build(cfg)
+    except BuildLocked as e:
+        raise _fail(str(e)) from None
+    seeds = next(s for s in run.stages if s.stage == "seeds")
+    rows = ", ".join(f"{n} {t}" for t, n in seeds.rows_out.items())
+    typer.echo(f"ingested {format.value} -> {out}: {rows or 'nothing'}; {seeds.errors} input errors (see the errors table)")
+    raise typer.Exit(0 if run.status == "completed" and len(opened.readers) == len(opened.sources) else 1)
 
 if __name__ == "__main__":
     app()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from synthvg.llm.config import LLMConfig
@@ -34,21 +35,172 @@ class Section(BaseModel):
 
 
 class CocoSource(Section):
-    """COCO ``instances_*.json`` (2014 or 2017 names) with its image folder."""
+    """COCO ``instances_*.json`` (2014 or 2017 names)."""
 
     kind: Literal["coco"] = "coco"
     annotations: str = Field(description="path to instances_*.json")
-    images: str = Field(description="folder holding the images named by file_name")
+    images: str | None = Field(None, description="folder holding the images named by file_name (none: sizes from the annotations)")
     split: str | None = Field(None, description="override the split (default: from coco_url)")
 
+    PATHS: ClassVar[tuple[str, ...]] = ("annotations", "images")
+    dataset: ClassVar[str] = "coco"
 
-# More readers join this union (discriminated by ``kind``, defaulting to coco) as they land.
-SeedSource = CocoSource
+
+class LvisSource(Section):
+    """LVIS v1 or v0.5 (``lvis_v1_train.json``, ...)."""
+
+    kind: Literal["lvis"]
+    annotations: str = Field(description="lvis_v1_{train,val}.json or lvis_v0.5_*.json")
+    images: str | None = Field(None, description="COCO root holding train2017/ and val2017/ (the file comes from coco_url)")
+
+    PATHS: ClassVar[tuple[str, ...]] = ("annotations", "images")
+    dataset: ClassVar[str] = "lvis"
+
+
+class RefcocoSource(Section):
+    """RefCOCO, RefCOCO+ or RefCOCOg: a refs pickle and its ``instances.json``."""
+
+    kind: Literal["refcoco"]
+    refs: str = Field(description="refs(unc).p, refs(umd).p or refs(google).p")
+    instances: str | None = Field(None, description="the matching instances.json (default: the one beside refs)")
+    name: Literal["refcoco", "refcoco+", "refcocog"] | None = Field(
+        None, description="which dataset (default: the refs file's folder name, as released)"
+    )
+    images: str | None = Field(None, description="folder of the COCO train2014 images (COCO_train2014_*.jpg)")
+
+    PATHS: ClassVar[tuple[str, ...]] = ("refs", "instances", "images")
+
+    @property
+    def dataset(self) -> str:
+        folder = Path(self.refs).parent.name.lower()
+        return self.name or (folder if folder in ("refcoco", "refcoco+", "refcocog") else "refcoco")
+
+
+class VgSource(Section):
+    """Visual Genome v1.2 / v1.4: a folder of the release's files, or the files one by one."""
+
+    kind: Literal["vg"]
+    root: str | None = Field(None, description="folder holding image_data.json, objects.json, ... (official names)")
+    image_data: str | None = None
+    objects: str | None = None
+    attributes: str | None = None
+    relationships: str | None = None
+    region_descriptions: str | None = None
+    scene_graphs: str | None = None
+    images: str | None = Field(None, description="folder holding VG_100K/ and VG_100K_2/")
+    version: str = Field("1.4", description="release version, written to relations.model (visual-genome-1.4)")
+
+    PATHS: ClassVar[tuple[str, ...]] = (
+        "root", "image_data", "objects", "attributes", "relationships", "region_descriptions", "scene_graphs", "images",
+    )
+    FILES: ClassVar[tuple[str, ...]] = PATHS[1:-1]
+    dataset: ClassVar[str] = "vg"
+
+    @model_validator(mode="after")
+    def _some_file(self) -> VgSource:
+        if self.root is None and all(getattr(self, f) is None for f in self.FILES):
+            raise ValueError("give `root` (the folder of the release files) or at least one file")
+        return self
+
+
+class GqaSource(Section):
+    """GQA scene graphs (``train_sceneGraphs.json`` or ``val_sceneGraphs.json``)."""
+
+    kind: Literal["gqa"]
+    annotations: str = Field(description="a *_sceneGraphs.json file")
+    images: str | None = Field(None, description="folder of the GQA images (<id>.jpg)")
+    image_data: str | None = Field(None, description="VG image_data.json, to map GQA ids to COCO ids without a vg source")
+    version: str = Field("1.1", description="release version, written to relations.model (gqa-1.1)")
+
+    PATHS: ClassVar[tuple[str, ...]] = ("annotations", "images", "image_data")
+    dataset: ClassVar[str] = "gqa"
+
+
+class PsgSource(Section):
+    """PSG (OpenPSG ``psg.json``) with the COCO panoptic PNGs."""
+
+    kind: Literal["psg"]
+    annotations: str = Field(description="psg.json")
+    panoptic: str | None = Field(None, description="folder pan_seg_file_name is relative to (default: images)")
+    images: str | None = Field(None, description="COCO root: file_name (train2017/...) is relative to it")
+
+    PATHS: ClassVar[tuple[str, ...]] = ("annotations", "panoptic", "images")
+    dataset: ClassVar[str] = "psg"
+
+    @model_validator(mode="after")
+    def _has_masks(self) -> PsgSource:
+        if self.panoptic is None and self.images is None:
+            raise ValueError("PSG masks are in the COCO panoptic PNGs: give `panoptic` (or `images`)")
+        return self
+
+
+class Ade20kSource(Section):
+    """ADE20K 2021: per-image ``<name>.json`` and ``<name>_seg.png`` (stage-2 builds)."""
+
+    kind: Literal["ade20k"]
+    root: str = Field(description="ADE20K_2021_17_01/images/ADE or any folder below it")
+    images: str | None = Field(None, description="folder mirroring root that holds the .jpg files (usually root)")
+
+    PATHS: ClassVar[tuple[str, ...]] = ("root", "images")
+    dataset: ClassVar[str] = "ade20k"
+
+
+def _kind_tag(value) -> str:
+    """Discriminate sources on ``kind``, defaulting to coco (the first configs had no kind)."""
+    return value.get("kind", "coco") if isinstance(value, dict) else getattr(value, "kind", "coco")
+
+
+SeedSource = Annotated[
+    Annotated[CocoSource, Tag("coco")]
+    | Annotated[LvisSource, Tag("lvis")]
+    | Annotated[RefcocoSource, Tag("refcoco")]
+    | Annotated[VgSource, Tag("vg")]
+    | Annotated[GqaSource, Tag("gqa")]
+    | Annotated[PsgSource, Tag("psg")]
+    | Annotated[Ade20kSource, Tag("ade20k")],
+    Discriminator(_kind_tag),
+]
+DATASETS = ("coco", "lvis", "refcoco", "refcoco+", "refcocog", "psg", "vg", "gqa", "ade20k")
+
+
+class MergeConfig(Section):
+    """When annotations from different sources are one region (docs/SEEDS.md)."""
+
+    iou: float = Field(0.7, gt=0, le=1, description="box IoU at or above which regions of two datasets may merge")
+    names: Literal["compatible", "any"] = Field("compatible", description="compatible: names must match too (readers.names)")
+    phrase_iou: float = Field(0.5, gt=0, le=1, description="box IoU at or above which a description-only region joins a region")
+    aliases: dict[str, list[str]] = Field(default_factory=dict, description="extra name groups: {person: [pedestrian]}")
+
+
+class SelectConfig(Section):
+    """Which images to build (then ``limit`` keeps the first N, in image-id order)."""
+
+    require: list[Literal[DATASETS]] = Field(default_factory=list, description="only images every one of these datasets annotates")
+    ids: list[str] = Field(default_factory=list, description="only these image ids (coco:397133, vg:1, ...)")
+    ids_file: str | None = Field(None, description="a text file of image ids, one per line")
+
+    @field_validator("ids")
+    @classmethod
+    def _ids_have_dataset(cls, v: list[str]) -> list[str]:
+        bad = [i for i in v if ":" not in i]
+        if bad:
+            raise ValueError(f"image ids are '<dataset>:<native id>', got {bad[:3]}")
+        return v
 
 
 class SeedsConfig(Section):
     sources: list[SeedSource] = Field(min_length=1)
     min_region_area: float = Field(1.0, ge=0, description="regions below this many pixels are dropped (errors table)")
+    merge: MergeConfig = MergeConfig()
+    select: SelectConfig = SelectConfig()
+
+    @model_validator(mode="after")
+    def _required_sources_exist(self) -> SeedsConfig:
+        have = {s.dataset for s in self.sources}
+        missing = [d for d in self.select.require if d not in have]
+        if missing:
+            raise ValueError(f"select.require names {missing}, but no source of that dataset is configured")
+        return self
 
 
 class FelzenszwalbConfig(Section):
@@ -210,9 +362,11 @@ def load_config(path: str | os.PathLike, **overrides) -> BuildConfig:
 def resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
     """Make every relative path in ``cfg`` absolute against ``base``."""
     sources = [
-        s.model_copy(update={"annotations": _resolve(s.annotations, base), "images": _resolve(s.images, base)})
+        s.model_copy(update={k: _resolve(v, base) for k in s.PATHS if (v := getattr(s, k)) is not None})
         for s in cfg.seeds.sources
     ]
-    return cfg.model_copy(
-        update={"out": _resolve(cfg.out, base), "seeds": cfg.seeds.model_copy(update={"sources": sources})}
-    )
+    select = cfg.seeds.select
+    if select.ids_file is not None:
+        select = select.model_copy(update={"ids_file": _resolve(select.ids_file, base)})
+    seeds = cfg.seeds.model_copy(update={"sources": sources, "select": select})
+    return cfg.model_copy(update={"out": _resolve(cfg.out, base), "seeds": seeds})

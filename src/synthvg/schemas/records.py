@@ -58,6 +58,7 @@ class RegionSource(Record):
     dataset: str = Field(description="annotation source, e.g. coco, lvis, refcoco, vg")
     annotation_id: str = Field(description="the annotation's id in its source")
     category: str | None = Field(None, description="the source's class name, if any")
+    split: str | None = Field(None, description="the split the source puts this annotation in (RefCOCO testA, PSG test, ...)")
 
 
 class ImageRecord(Record):
@@ -73,7 +74,7 @@ class ImageRecord(Record):
     width: int
     height: int
     split: str | None = Field(None, description="the source's split (train2017, val2017, ...)")
-    content_hash: str = Field(description="sha256 of the image file's bytes")
+    content_hash: str = Field(description="sha256 of the image file's bytes ('' when built without image files)")
 
 
 class RegionRecord(Record):
@@ -86,6 +87,7 @@ class RegionRecord(Record):
     area: float = Field(description="mask area in pixels (box area when there is no mask)")
     label: str | None = Field(None, description="class name")
     descriptions: list[str] = Field(default_factory=list, description="free-text descriptions")
+    attributes: list[str] = Field(default_factory=list, description="attributes the sources give (VG, GQA, ADE20K)")
     is_crowd: bool = Field(False, description="COCO iscrowd: the region covers a group")
     sources: list[RegionSource] = Field(description="the annotations merged into this region")
 

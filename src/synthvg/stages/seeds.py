@@ -1,8 +1,11 @@
-"""Seeds: images and their human annotations, joined into one region table per image.
+"""Seeds: images and their human annotations from every configured source, joined per image.
 
-Planning reads the annotation files once, lists the images and cuts them into shards; the
-per-shard work opens each image (decoding it fully, so corrupt files are caught here), hashes
-it, and converts every annotation to an xyxy box and a COCO RLE mask.
+Planning indexes every source (one streaming pass per file, cached per process), gives each
+real image one id (:mod:`synthvg.readers.identity`), applies the selection rule and cuts the
+sorted ids into shards. A shard re-reads only its images' records from each source, attaches
+the image file (decoded fully, so corrupt files are caught here) or, without one, the sizes
+the annotations give, and joins the sources into regions and seed relations
+(:mod:`synthvg.readers.join`). Bad input becomes error rows; the build goes on.
 """
 
 from __future__ import annotations
@@ -17,15 +20,21 @@ from dataclasses import dataclass
 import fsspec
 from PIL import Image, UnidentifiedImageError
 
-from synthvg import masks
-from synthvg.readers.coco import CocoIndex, SourceError, coco_split, load_coco
-from synthvg.schemas import Box, ErrorRecord, ImageRecord, RegionRecord, RegionSource
-from synthvg.schemas.config import BuildConfig, CocoSource
+from synthvg.readers.base import ImageSeeds
+from synthvg.readers.identity import sort_key
+from synthvg.readers.join import Joiner, View
+from synthvg.readers.merge import Merger
+from synthvg.readers.names import NameMatcher
+from synthvg.readers.sources import (
+    Opened,
+    SeedSources,
+    annotation_files,
+    annotation_folders,
+    open_sources,
+)
+from synthvg.schemas import ErrorRecord, ImageRecord
+from synthvg.schemas.config import BuildConfig, SeedsConfig
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
-
-
-def coco_image_id(native_id: int) -> str:
-    return f"coco:{native_id}"
 
 
 @dataclass
@@ -40,8 +49,11 @@ class BuildPlan:
         return sum(len(s.image_ids) for s in self.shards)
 
 
-def _file_digest(path: str) -> str:
-    st = os.stat(path)
+def _file_digest(path: str) -> str | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
     return _digest_cached(path, st.st_size, st.st_mtime_ns)
 
 
@@ -54,35 +66,65 @@ def _digest_cached(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def _load_sources(config: BuildConfig, ctx: RunContext) -> tuple[list[tuple[CocoSource, CocoIndex]], list[ErrorRecord]]:
-    loaded, errors = [], []
-    for source in config.seeds.sources:
+def _folder_digest(path: str) -> str | None:
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+    return _listing_cached(path, mtime)
+
+
+@functools.lru_cache(maxsize=16)
+def _listing_cached(path: str, mtime_ns: int) -> str:
+    """A folder of per-image files (PSG PNGs, ADE20K JSONs): its names, sizes and mtimes."""
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(path):
+        dirs.sort()
+        for f in sorted(files):
+            st = os.stat(os.path.join(folder, f))
+            h.update(f"{os.path.relpath(os.path.join(folder, f), path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _plan_errors(sources: SeedSources, ctx: RunContext) -> list[ErrorRecord]:
+    errors = [ctx.error("bad_annotation_file", s.failure, source=s.path) for s in sources.sources if s.failure]
+    for opened, p in sources.problems:
+        image_id = sources.identity.image_id(opened.reader.family, p.native_id) if p.native_id is not None else None
+        errors.append(ctx.error(p.kind, p.reason, image_id=image_id, source=p.source or opened.path))
+    return errors
+
+
+def select_images(config: SeedsConfig, available: dict[str, set[str]], ctx: RunContext) -> tuple[list[str], list[ErrorRecord]]:
+    """The selection rule: every image, or those every required dataset annotates, or listed ids."""
+    errors: list[ErrorRecord] = []
+    required = set(config.select.require)
+    ids = [i for i, datasets in available.items() if required <= datasets]
+    wanted = list(config.select.ids)
+    if config.select.ids_file:
         try:
-            index = load_coco(source.annotations)
-        except SourceError as e:
-            errors.append(ctx.error("bad_annotation_file", str(e), source=source.annotations))
-            continue
-        for p in index.problems:
-            errors.append(
-                ctx.error(
-                    p.kind,
-                    p.reason,
-                    image_id=coco_image_id(p.image_id) if p.image_id is not None else None,
-                    source=source.annotations,
-                )
-            )
-        loaded.append((source, index))
-    return loaded, errors
+            with open(config.select.ids_file) as f:
+                wanted += [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except OSError as e:
+            errors.append(ctx.error("bad_selection", f"cannot read select.ids_file: {e}; no image selected", source=config.select.ids_file))
+            return [], errors
+    if config.select.ids or config.select.ids_file:
+        chosen = set(ids)
+        for i in dict.fromkeys(wanted):
+            if i not in chosen:
+                errors.append(ctx.error("unknown_image", "selected image is not among the sources' images (or lacks a required source)", image_id=i))
+        ids = [i for i in dict.fromkeys(wanted) if i in chosen]
+    return sorted(ids, key=sort_key), errors
 
 
 def plan_build(config: BuildConfig, run_id: str) -> BuildPlan:
-    """List every image of every source (sorted, limited) and cut it into shards."""
+    """Index every source, select the images (sorted, limited) and cut them into shards."""
     ctx = RunContext(run_id=run_id, stage="plan")
-    loaded, errors = _load_sources(config, ctx)
-    native_ids = sorted({i for _, index in loaded for i in index.images})
+    sources = open_sources(config.seeds.sources)
+    errors = _plan_errors(sources, ctx)
+    image_ids, selection_errors = select_images(config.seeds, sources.image_datasets(), ctx)
+    errors += selection_errors
     if config.limit is not None:
-        native_ids = native_ids[: config.limit]
-    image_ids = [coco_image_id(i) for i in native_ids]
+        image_ids = image_ids[: config.limit]
     size = config.shard_size
     shards = [ShardSpec(index=k, image_ids=image_ids[k * size : (k + 1) * size]) for k in range(math.ceil(len(image_ids) / size))]
     return BuildPlan(shards=shards, errors=errors)
@@ -105,105 +147,117 @@ def read_image(uri: str) -> tuple[bytes, Image.Image]:
     return data, img
 
 
+def _join_path(folder: str, name: str) -> str:
+    return f"{folder.rstrip('/')}/{name}" if "://" in folder else os.path.join(folder, name)
+
+
 class SeedsStage(Stage):
     name = "seeds"
-    version = "1"
-    writes = ("images", "regions")
+    version = "2"
+    writes = ("images", "regions", "relations")
+
+    def __init__(self, config: BuildConfig):
+        super().__init__(config)
+        merge = config.seeds.merge
+        merger = Merger(merge.iou, merge.phrase_iou, merge.names, NameMatcher(merge.aliases))
+        self.joiner = Joiner(merger, config.seeds.min_region_area)
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         # The annotation files' content decides the output, not just their paths.
         sources = [
-            {**s.model_dump(mode="json"), "sha256": _file_digest(s.annotations) if os.path.exists(s.annotations) else None}
+            {
+                **s.model_dump(mode="json"),
+                "sha256": {p: _file_digest(p) for p in annotation_files(s)},
+                "listing": {p: _folder_digest(p) for p in annotation_folders(s)},
+            }
             for s in config.seeds.sources
         ]
-        return {"sources": sources, "min_region_area": config.seeds.min_region_area}
+        # `select` only decides which images exist, and the shards' image ids are hashed anyway.
+        seeds = config.seeds.model_dump(mode="json", exclude={"sources", "select"})
+        return {"sources": sources, **seeds}
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
         out = StageOutput()
-        loaded, _ = _load_sources(self.config, ctx)  # cached per process; plan already logged problems
+        sources = open_sources(self.config.seeds.sources)  # cached: planning indexed them already
         for image_id in shard.image_ids:
-            native = int(image_id.split(":", 1)[1])
-            found = [(s, idx) for s, idx in loaded if native in idx.images]
-            if not found:
+            views = self._views(image_id, sources, out, ctx)
+            if not views:
                 out.errors.append(ctx.error("image_vanished", "image no longer listed by any source", image_id=image_id))
                 continue
-            self._seed_image(image_id, native, found, out, ctx)
+            self._seed_image(image_id, views, out, ctx)
         return out
 
-    def _seed_image(self, image_id: str, native: int, found, out: StageOutput, ctx: RunContext) -> None:
-        source, index = found[0]
-        info = index.images[native]
-        uri = os.path.join(source.images, info["file_name"]) if "://" not in source.images else f"{source.images.rstrip('/')}/{info['file_name']}"
-        try:
-            data, img = read_image(uri)
-        except ValueError as e:
-            out.errors.append(ctx.error("bad_image", str(e), image_id=image_id, source=uri))
+    @staticmethod
+    def _views(image_id: str, sources: SeedSources, out: StageOutput, ctx: RunContext) -> list[tuple[Opened, ImageSeeds]]:
+        views = []
+        for opened, native in sources.views(image_id):
+            try:
+                seeds = opened.reader.read(native)
+            except (ValueError, KeyError, TypeError, OSError) as e:
+                out.errors.append(ctx.error("bad_annotation", f"{opened.reader.dataset} record unusable: {type(e).__name__}: {e}", image_id=image_id, source=opened.path))
+                continue
+            out.errors.extend(ctx.error(p.kind, p.reason, image_id=image_id, source=p.source or opened.path) for p in seeds.problems)
+            views.append((opened, seeds))
+        return views
+
+    def _seed_image(self, image_id: str, views: list[tuple[Opened, ImageSeeds]], out: StageOutput, ctx: RunContext) -> None:
+        attached = self._attach(image_id, views, out, ctx)
+        if attached is None:
             return
-        width, height = info["width"], info["height"]
-        if img.size != (width, height):
-            out.errors.append(
-                ctx.error(
-                    "image_size_mismatch",
-                    f"file is {img.size[0]}x{img.size[1]} but the annotations say {width}x{height}; image skipped",
-                    image_id=image_id,
-                    source=uri,
-                )
-            )
-            return
+        uri, width, height, content_hash = attached
+        joined = self.joiner.join(image_id, [View(s, o.path, o.reader.model) for o, s in views], width, height, ctx.run_id)
+        out.errors.extend(ctx.error(p.kind, p.reason, image_id=image_id, source=p.source) for p in joined.problems)
+        images = [s.image for _, s in views]
+        coco_id = int(image_id.split(":", 1)[1]) if image_id.startswith("coco:") else None
         out.add(
             "images",
             ImageRecord(
                 image_id=image_id,
-                sources=sorted({"coco"}),
-                coco_id=native,
+                sources=sorted(set(joined.datasets)),
+                coco_id=coco_id,
+                vg_id=next((i.vg_id for i in images if i.vg_id is not None), None),
+                gqa_id=next((i.gqa_id for i in images if i.gqa_id is not None), None),
+                psg_id=next((i.psg_id for i in images if i.psg_id is not None), None),
                 file_uri=uri,
                 width=width,
                 height=height,
-                split=source.split or coco_split(info),
-                content_hash=hashlib.sha256(data).hexdigest(),
+                split=next((i.split for i in images if i.split), None),
+                content_hash=content_hash,
             ),
         )
-        region_id = 0
-        for src, idx in found:
-            for ann in idx.annotations.get(native, []):
-                region = self._region(image_id, region_id, ann, idx, width, height, ctx, out, src.annotations)
-                if region is not None:
-                    out.add("regions", region)
-                    region_id += 1
+        out.add("regions", *joined.regions)
+        out.add("relations", *joined.relations)
 
-    def _region(self, image_id, region_id, ann, index: CocoIndex, width, height, ctx, out, source) -> RegionRecord | None:
-        ann_ref = f"{source}#annotation={ann.get('id')}"
-        x, y, w, h = (float(v) for v in ann["bbox"])
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-            out.errors.append(ctx.error("zero_area", f"box {ann['bbox']} has no area; region skipped", image_id=image_id, source=ann_ref))
-            return None
-        box = Box(x1=x, y1=y, x2=x + w, y2=y + h)
-        clipped = masks.clip_box(box, width, height)
-        if clipped.area <= 0:
-            out.errors.append(ctx.error("box_outside_image", f"box {ann['bbox']} lies outside the {width}x{height} image; region skipped", image_id=image_id, source=ann_ref))
-            return None
-        if clipped != box:
-            out.errors.append(ctx.error("box_clipped", f"box {ann['bbox']} extends past the {width}x{height} image; clipped", image_id=image_id, source=ann_ref))
-        mask = None
-        if ann.get("segmentation") is not None:
+    @staticmethod
+    def _attach(image_id: str, views: list[tuple[Opened, ImageSeeds]], out: StageOutput, ctx: RunContext) -> tuple[str, int, int, str] | None:
+        """(file uri, width, height, sha256) of the image, or None (with an error) to skip it.
+
+        The first source with an image folder gives the file; without one, the first source
+        that knows the size gives it, and the file stays where the annotations say it is.
+        """
+        for opened, seeds in views:
+            img = seeds.image
+            if opened.reader.images is None or not img.file_name:
+                continue
+            uri = _join_path(opened.reader.images, img.file_name)
             try:
-                mask = masks.segmentation_to_rle(ann["segmentation"], height, width)
-            except (ValueError, TypeError, KeyError) as e:
-                out.errors.append(ctx.error("bad_segmentation", f"{e}; region kept with its box only", image_id=image_id, source=ann_ref))
-        area = masks.area(mask) if mask is not None else clipped.area
-        if area < self.config.seeds.min_region_area:
-            out.errors.append(ctx.error("zero_area", f"region area {area:.1f}px is below min_region_area; region skipped", image_id=image_id, source=ann_ref))
+                data, decoded = read_image(uri)
+            except ValueError as e:
+                out.errors.append(ctx.error("bad_image", str(e), image_id=image_id, source=uri))
+                return None
+            if img.width and img.height and decoded.size != (img.width, img.height):
+                out.errors.append(ctx.error(
+                    "image_size_mismatch",
+                    f"file is {decoded.size[0]}x{decoded.size[1]} but the annotations say {img.width}x{img.height}; image skipped",
+                    image_id=image_id,
+                    source=uri,
+                ))
+                return None
+            return uri, decoded.size[0], decoded.size[1], hashlib.sha256(data).hexdigest()
+        sized = next((s.image for _, s in views if s.image.width and s.image.height), None)
+        if sized is None:
+            out.errors.append(ctx.error("image_size_unknown", "no source gives this image's size and no image folder is set (--images / `images:`); image skipped", image_id=image_id))
             return None
-        category = index.categories.get(ann.get("category_id"))
-        return RegionRecord(
-            image_id=image_id,
-            region_id=region_id,
-            bbox=clipped,
-            mask=mask,
-            area=area,
-            label=category,
-            descriptions=[],
-            is_crowd=bool(ann.get("iscrowd", 0)),
-            sources=[RegionSource(dataset="coco", annotation_id=str(ann.get("id")), category=category)],
-        )
+        uri = next((s.image.url for _, s in views if s.image.url), None) or sized.file_name or image_id
+        return uri, sized.width, sized.height, ""

@@ -1,0 +1,170 @@
+"""Open the configured sources once per process and answer: which images, who annotates them.
+
+Indexing a full-size source takes a streaming pass over its files, so readers are cached by
+their config and the size and mtime of their files: planning and every shard a worker runs
+share one index. A source that cannot be read at all is kept as a failure with its message.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from synthvg.readers.ade20k import Ade20kReader
+from synthvg.readers.base import Problem, Reader, SourceError
+from synthvg.readers.coco import CocoReader
+from synthvg.readers.gqa import GqaReader
+from synthvg.readers.identity import Identity
+from synthvg.readers.lvis import LvisReader
+from synthvg.readers.psg import PsgReader
+from synthvg.readers.refcoco import RefcocoReader
+from synthvg.readers.vg import VgReader, release_files
+from synthvg.schemas.config import SeedSource, VgSource
+
+#: The order in which sources describe an image: the first with an image file gives it, the
+#: first with a mask gives a merged region its geometry, the first with a name its label.
+PRIORITY = ("coco", "lvis", "refcoco", "refcoco+", "refcocog", "psg", "vg", "gqa", "ade20k")
+
+
+def vg_files(source: VgSource) -> dict[str, str]:
+    files = release_files(source.root) if source.root else {}
+    files.update({name: getattr(source, name) for name in source.FILES if getattr(source, name) is not None})
+    return files
+
+
+def main_path(source: SeedSource) -> str:
+    """The file (or folder) that names a source in messages."""
+    if source.kind == "vg":
+        files = vg_files(source)
+        return files.get("image_data") or next(iter(files.values()), source.root or "")
+    if source.kind == "refcoco":
+        return source.refs
+    return source.root if source.kind == "ade20k" else source.annotations
+
+
+def annotation_files(source: SeedSource) -> list[str]:
+    """The single files whose content decides what a source says."""
+    if source.kind == "vg":
+        return list(vg_files(source).values())
+    if source.kind == "refcoco":
+        return [source.refs, source.instances or os.path.join(os.path.dirname(source.refs), "instances.json")]
+    if source.kind == "ade20k":
+        return []
+    return [p for p in (source.annotations, getattr(source, "image_data", None)) if p]
+
+
+def annotation_folders(source: SeedSource) -> list[str]:
+    """Folders of per-image annotation files (fingerprinted by their listing, not their bytes)."""
+    if source.kind == "psg":
+        return [source.panoptic or source.images]
+    return [source.root] if source.kind == "ade20k" else []
+
+
+def open_reader(source: SeedSource) -> Reader:
+    """A new reader over ``source`` (raises :class:`SourceError` when it cannot be read)."""
+    kind = source.kind
+    if kind == "coco":
+        return CocoReader(source.annotations, source.images, source.split)
+    if kind == "lvis":
+        return LvisReader(source.annotations, source.images)
+    if kind == "refcoco":
+        return RefcocoReader(source.refs, source.instances, source.images, source.dataset)
+    if kind == "vg":
+        files = vg_files(source)
+        if not files:
+            raise SourceError(f"no Visual Genome release files (image_data.json, objects.json, ...) in {source.root}")
+        return VgReader(files, source.images, source.version)
+    if kind == "gqa":
+        return GqaReader(source.annotations, source.images, f"gqa-{source.version}", source.image_data)
+    if kind == "psg":
+        return PsgReader(source.annotations, source.panoptic, source.images)
+    return Ade20kReader(source.root, source.images)
+
+
+def _stat(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_size, st.st_mtime_ns)
+
+
+def _cache_key(source: SeedSource) -> tuple:
+    return (source.model_dump_json(), tuple(_stat(p) for p in annotation_files(source) + annotation_folders(source)))
+
+
+@dataclass
+class Opened:
+    """One configured source: its reader, or why it could not be read."""
+
+    config: SeedSource
+    path: str
+    reader: Reader | None = None
+    failure: str | None = None
+
+
+@dataclass
+class SeedSources:
+    """Every configured source, opened, with the build's image identity."""
+
+    sources: list[Opened]
+    identity: Identity
+    problems: list[tuple[Opened, Problem]] = field(default_factory=list)
+
+    @property
+    def readers(self) -> list[Opened]:
+        return [s for s in self.sources if s.reader is not None]
+
+    def image_datasets(self) -> dict[str, set[str]]:
+        """Every image id of the build, with the datasets that annotate it."""
+        out: dict[str, set[str]] = {}
+        for s in self.readers:
+            r = s.reader
+            for native in r.native_ids():
+                out.setdefault(self.identity.image_id(r.family, native), set()).add(r.dataset)
+        return out
+
+    def views(self, image_id: str) -> list[tuple[Opened, int | str]]:
+        """The sources that describe ``image_id`` and its native id in each, in priority order."""
+        out = []
+        for s in self.readers:
+            native = self.identity.native(s.reader.family, image_id)
+            if native is not None:
+                native = s.reader.native_type(native)
+                if s.reader.has(native):
+                    out.append((s, native))
+        return sorted(out, key=lambda v: PRIORITY.index(v[0].reader.dataset))
+
+
+_CACHE: OrderedDict[tuple, Opened] = OrderedDict()
+_LOCK = threading.Lock()
+_CACHE_SIZE = 16
+
+
+def _open(source: SeedSource) -> Opened:
+    key = _cache_key(source)
+    with _LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+        opened = Opened(source, main_path(source))
+        try:
+            opened.reader = open_reader(source)
+        except SourceError as e:
+            opened.failure = str(e)
+        _CACHE[key] = opened
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+        return opened
+
+
+def open_sources(sources: list[SeedSource]) -> SeedSources:
+    """Open (or reuse) every source and work out the image identity between them."""
+    opened = [_open(s) for s in sources]
+    identity = Identity(getattr(s.reader, "coco_ids", {}) for s in opened if s.reader is not None)
+    problems = [(s, p) for s in opened if s.reader is not None for p in s.reader.problems]
+    vg = next((s for s in opened if s.reader is not None and s.reader.family == "vg"), None)
+    problems += [(vg, p) for p in identity.problems] if vg else []
+    return SeedSources(opened, identity, problems)
