@@ -14,6 +14,7 @@ from synthvg.schemas.records import (
     RegionRecord,
     RegionSource,
     RelationRecord,
+    RelationVerdictRecord,
     RunManifest,
     ShardFile,
     ShardManifest,
@@ -29,6 +30,7 @@ TABLES = {
     "region_depth": RegionDepthRecord,
     "relations": RelationRecord,
     "descriptions": DescriptionRecord,
+    "relation_verdicts": RelationVerdictRecord,
     "errors": ErrorRecord,
 }
 
@@ -46,6 +48,7 @@ __all__ = [
     "RegionRecord",
     "RegionSource",
     "RelationRecord",
+    "RelationVerdictRecord",
     "RunManifest",
     "ShardFile",
     "ShardManifest",

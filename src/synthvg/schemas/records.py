@@ -155,6 +155,18 @@ class RelationRecord(Record):
     run_id: str = Field(description="build run that produced it")
 
 
+class RelationVerdictRecord(Record):
+    """A filter's verdict on one relation; the ``relations`` view applies it."""
+
+    relation_id: str
+    image_id: str
+    verdict: Verdict
+    verdict_reason: str = Field(description="why: the rule or verifier and its evidence")
+    verdict_score: float | None = Field(None, description="rule margin or the verifier's P(yes)")
+    verified_by: str = Field(description="the rule (rule:left_of) or verifier(s) that decided")
+    run_id: str
+
+
 class ErrorRecord(Record):
     """An input that failed: what, where, why. A build records these and goes on."""
 

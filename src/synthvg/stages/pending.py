@@ -30,7 +30,7 @@ class DepthStage(_BackendStage):
 
 class FiltersStage(_BackendStage):
     name = "filters"
-    writes = ("relations",)
+    writes = ("relation_verdicts",)
 
 
 class RobinStage(_BackendStage):
@@ -40,4 +40,4 @@ class RobinStage(_BackendStage):
 
 class EditStage(_BackendStage):
     name = "edit"
-    writes = ("relations",)
+    writes = ("relations", "descriptions")
