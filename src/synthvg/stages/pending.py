@@ -28,11 +28,6 @@ class DepthStage(_BackendStage):
     writes = ("region_depth",)
 
 
-class FiltersStage(_BackendStage):
-    name = "filters"
-    writes = ("relation_verdicts",)
-
-
 class RobinStage(_BackendStage):
     name = "robin"
     writes = ("relations",)
