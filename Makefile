@@ -19,7 +19,7 @@ install-test: $(BIN)/python
 
 demo: install
 	$(BIN)/synthvg build --config configs/demo.yaml --out $(ROOT)
-	$(BIN)/synthvg sql --root $(ROOT) "SELECT category, predicate, count(*) AS n FROM relations GROUP BY 1, 2 ORDER BY n DESC LIMIT 10"
+	$(BIN)/synthvg sql --root $(ROOT) "SELECT predicate, verdict, count(*) AS n FROM relations GROUP BY 1, 2 ORDER BY n DESC LIMIT 12"
 
 test: install-test
 	$(BIN)/python -m pytest -q

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from synthvg.llm import LLMClient, LLMResult, image_part, text_part
 from synthvg.prompts import load_prompt
-from synthvg.render import _font
+from synthvg.render import load_font
 from synthvg.schemas import Box
 from synthvg.schemas.config import OpenAIVerifierConfig
 
@@ -50,10 +50,10 @@ def mark_pair(image: Image.Image, subject: Box, object_: Box, subject_id: int, o
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     width = max(2, min(out.size) // 150)
-    font = _font(max(12, min(out.size) // 30))
+    text_font = load_font(max(12, min(out.size) // 30))
     for box, rid, color in ((subject, subject_id, SUBJECT_COLOR), (object_, object_id, OBJECT_COLOR)):
         draw.rectangle([box.x1, box.y1, box.x2, box.y2], outline=color, width=width)
-        draw.text((box.x1 + width + 1, box.y1 + width), str(rid), fill=color, font=font)
+        draw.text((box.x1 + width + 1, box.y1 + width), str(rid), fill=color, font=text_font)
     scale = max_side / max(out.size)
     if scale < 1:
         out = out.resize((round(out.width * scale), round(out.height * scale)), Image.LANCZOS)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from synthvg import masks
 from synthvg.llm import install_log_redaction
-from synthvg.models.spatial_rules import RULES, Context, Geom, check
+from synthvg.models.spatial_rules import RULES, Context, Geom, check, contains, inside
 from synthvg.models.vqa import OpenAIVerifier, Question, VQAVerifier, combine, mark_pair
 from synthvg.predicates import load_synonyms, normalise
 from synthvg.prompts import load_prompt
@@ -119,7 +119,8 @@ class FiltersStage(Stage):
             for r in (s, o)
         )
         s_in_o = o_in_s = None
-        if gs.mask is not None and go.mask is not None and gs.area > 0 and go.area > 0:
+        needs_masks = RULES[predicate] in (inside, contains)  # RLE work only where it decides
+        if needs_masks and gs.mask is not None and go.mask is not None and gs.area > 0 and go.area > 0:
             s_in_o = float(masks.coverage_matrix([gs.mask], [go.mask])[0, 0])
             o_in_s = float(masks.coverage_matrix([go.mask], [gs.mask])[0, 0])
         result = check(predicate, gs, go, Context(image["width"], image["height"], self.filters.spatial, s_in_o, o_in_s))
