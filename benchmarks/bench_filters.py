@@ -16,7 +16,6 @@ import platform
 import random
 import time
 
-
 from synthvg import masks
 from synthvg.models.spatial_rules import RULES, Context, Geom, check
 from synthvg.schemas import Box
