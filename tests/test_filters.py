@@ -130,6 +130,13 @@ def test_demo_build_has_kept_dropped_and_unverified_spatial_relations_with_reaso
     assert con.sql("SELECT count(*) FROM relations WHERE verdict_reason IS NULL OR verified_by IS NULL").fetchall() == [(0,)]
     kept = con.sql("SELECT count(*) FROM svg_relations").fetchall()[0][0]
     assert kept == rows["kept"]
+    from synthvg.stats import compute_stats, format_stats
+
+    stats = compute_stats(cfg.out)
+    by_rule = {r["rule"]: r for r in stats["verdicts_by_rule"]}
+    assert sum(r["dropped"] for r in by_rule.values()) == rows["dropped"]
+    assert all(rule.startswith("rule:") or rule == "filters" for rule in by_rule)
+    assert "verdicts by rule or verifier" in format_stats(stats)
 
 
 KEY_ENV = "SYNTHVG_TEST_VQA_KEY"
