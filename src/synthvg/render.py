@@ -13,7 +13,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from synthvg import masks
 from synthvg.schemas import RLE, Box
-from synthvg.stages.seeds import read_image
 from synthvg.storage import Dataset, connect, fetch_dicts
 
 
@@ -82,6 +81,8 @@ def render_scene_graph(image: Image.Image, regions: list[dict], relations: list[
 
 def render_image_from_dataset(root: str, image_id: str, stage: str | None = None) -> Image.Image:
     """Look an image up in a built dataset and render it with its regions and relations."""
+    from synthvg.stages.seeds import read_image  # not at import: the stages draw with this module
+
     dataset = Dataset(root)
     con = connect(dataset)
     try:

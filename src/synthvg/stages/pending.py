@@ -36,8 +36,3 @@ class FiltersStage(_BackendStage):
 class RobinStage(_BackendStage):
     name = "robin"
     writes = ("relations",)
-
-
-class EditStage(_BackendStage):
-    name = "edit"
-    writes = ("relations", "descriptions")
