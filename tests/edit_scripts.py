@@ -5,7 +5,24 @@ from __future__ import annotations
 import json
 import re
 
+from helpers import demo_config
+
 CAPTION = "A dense caption: several objects on a table."
+KEY_ENV = "SYNTHVG_TEST_EDIT_KEY"
+KEY = "sk-test-edit-0123456789abcdefghijklmnopqrstuvwxyz"
+MODEL = "gpt-4o-2024-08-06"
+
+
+def edit_config(root, server, limit=4, shard_size=2, **edit):
+    """Rule teacher (the demo's) + the openai editor on the teacher's graphs."""
+    return demo_config(
+        root, limit=limit, shard_size=shard_size,
+        edit={
+            "backend": "openai", "source": "teacher", "model": MODEL, "base_url": server.base_url,
+            "api_key_env": KEY_ENV, "timeout_seconds": 5, "backoff_base_seconds": 0.01,
+            "prices": {MODEL: {"input": 2.5, "output": 10.0}}, **edit,
+        },
+    )
 
 
 def first_user_text(request: dict) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from edit_scripts import CAPTION, scripted_editor
+from edit_scripts import CAPTION, KEY, KEY_ENV, MODEL, edit_config, scripted_editor
 from helpers import demo_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from synthvg.llm.testing import FakeOpenAIServer
 from synthvg.models.llm_editor import EditAnswer, requested_edits, validate_edits
 from synthvg.models.scene_graph import Edit, apply_edits, build_graph, has_relation
-from synthvg.pipeline import fingerprints, run_build, up_to_date
+from synthvg.pipeline import fingerprints, run_build
 from synthvg.schemas.config import ConfigError, load_config
 from synthvg.stages import ShardSpec
 from synthvg.stages.base import RunContext, StageInputs, StageOutput
@@ -21,44 +21,13 @@ from synthvg.stages.edit import EditStage
 from synthvg.storage import Dataset, connect, fetch_dicts, query
 from synthvg.storage.dataset import utcnow
 
-KEY_ENV = "SYNTHVG_TEST_EDIT_KEY"
-KEY = "sk-test-edit-0123456789abcdefghijklmnopqrstuvwxyz"
-MODEL = "gpt-4o-2024-08-06"
-
-
-def edit_config(root, server, limit=4, shard_size=2, **edit):
-    """Rule teacher (the demo's) + the openai editor on the teacher's graphs."""
-    return demo_config(
-        root, limit=limit, shard_size=shard_size,
-        edit={
-            "backend": "openai", "source": "teacher", "model": MODEL, "base_url": server.base_url,
-            "api_key_env": KEY_ENV, "timeout_seconds": 5, "backoff_base_seconds": 0.01,
-            "prices": {MODEL: {"input": 2.5, "output": 10.0}}, **edit,
-        },
-    )
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """One build with the scripted editor: (config, run, the chat requests it made, server)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv(KEY_ENV, KEY)
-    with FakeOpenAIServer(responder=scripted_editor) as server:
-        cfg = edit_config(tmp_path_factory.mktemp("edit") / "root", server)
-        run = run_build(cfg)
-        requests = server.chat_requests
-        rerun = run_build(cfg)
-        assert up_to_date(rerun) and len(server.chat_requests) == len(requests)  # all cached
-        yield cfg, run, requests
-    mp.undo()
-
 
 def _rows(cfg, sql):
     return fetch_dicts(connect(cfg.out), sql)
 
 
-def test_valid_edits_are_applied_and_invalid_ones_logged_with_reasons(built):
-    cfg, run, _ = built
+def test_valid_edits_are_applied_and_invalid_ones_logged_with_reasons(edit_build):
+    cfg, run, _ = edit_build
     edit = next(s for s in run.stages if s.stage == "edit")
     assert run.status == "completed" and edit.status == "done"
     log = _rows(cfg, "SELECT * FROM edits")
@@ -86,8 +55,8 @@ def test_valid_edits_are_applied_and_invalid_ones_logged_with_reasons(built):
             assert not [t for t in full if t[0] == r["image_id"] and gone in t[1:3]]
 
 
-def test_edit_rows_carry_provenance_and_svg_full_is_the_edited_graph(built):
-    cfg, _, _ = built
+def test_edit_rows_carry_provenance_and_svg_full_is_the_edited_graph(edit_build):
+    cfg, _, _ = edit_build
     rows = _rows(cfg, "SELECT DISTINCT generator, model, prompt_version FROM relations WHERE stage = 'edit'")
     assert len(rows) == 1 and rows[0]["generator"] == "model" and rows[0]["model"] == MODEL
     assert rows[0]["prompt_version"].startswith("edit/v1@") and "+edit/caption_v1@" in rows[0]["prompt_version"]
@@ -98,8 +67,8 @@ def test_edit_rows_carry_provenance_and_svg_full_is_the_edited_graph(built):
     assert {(r["action"], r["applied"]) for r in by_action} >= {("add", True), ("add", False), ("remove", False)}
 
 
-def test_the_editor_sees_caption_both_images_and_the_graph_and_a_bad_answer_fails_one_image(built):
-    cfg, _, requests = built
+def test_the_editor_sees_caption_both_images_and_the_graph_and_a_bad_answer_fails_one_image(edit_build):
+    cfg, _, requests = edit_build
     captions = [r for r in requests if "response_format" not in r]
     edits = [r for r in requests if "response_format" in r]
     assert len(captions) == 4 and len(edits) == 5  # 4 images; the single-region one got a repair request
@@ -113,15 +82,15 @@ def test_the_editor_sees_caption_both_images_and_the_graph_and_a_bad_answer_fail
     assert not _rows(cfg, f"SELECT * FROM descriptions WHERE stage = 'edit' AND image_id = '{failed[0]['image_id']}'")
 
 
-def test_the_key_is_in_no_written_file(built):
-    cfg, _, _ = built
+def test_the_key_is_in_no_written_file(edit_build):
+    cfg, _, _ = edit_build
     written = [p for p in Dataset(cfg.out).fs.find(cfg.out)]
     assert any("cache" in p for p in written) and any(p.endswith(".parquet") for p in written)
     assert not [p for p in written if KEY.encode() in open(p, "rb").read()]
 
 
-def test_dropped_relations_are_not_shown_to_the_editor(built, tmp_path, monkeypatch):
-    cfg, _, _ = built
+def test_dropped_relations_are_not_shown_to_the_editor(edit_build, tmp_path, monkeypatch):
+    cfg, _, _ = edit_build
     monkeypatch.setenv(KEY_ENV, KEY)
     root = tmp_path / "copy"
     shutil.copytree(cfg.out, root)
