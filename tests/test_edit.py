@@ -239,3 +239,26 @@ def test_requested_edits_normalise_predicates_and_read_same_as_as_a_merge():
     outcome = validate_edits(graph, requested_edits(answer, graph))
     assert [(e.edit.action, e.reason) for e in outcome.log] == [("add", None), ("remove", None), ("remove", None), ("same_as", None)]
     assert outcome.graph == {0: {"name": "object", "bbox": [0, 0, 1, 1], "rel": {}}, 2: {"name": "object", "bbox": [0, 0, 1, 1], "rel": {}}}
+
+
+def test_batch_mode_sends_captions_then_edits_through_the_batch_api(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with FakeOpenAIServer(responder=scripted_editor, batch_polls=1) as server:
+        run = run_build(edit_config(tmp_path / "root", server, limit=2, shard_size=2, batch=True, batch_poll_seconds=0.01))
+        edit = next(s for s in run.stages if s.stage == "edit")
+        assert run.status == "completed" and edit.metrics["batched"] == 4 and edit.metrics["captions"] == 2
+        assert len(server.batches) == 2  # the captions' batch, then the edits' batch
+        assert len(server.chat_requests) <= 1  # answers came from the batches; at most one online repair
+    assert connect(str(tmp_path / "root")).sql("SELECT count(*) FROM edits").fetchall()[0][0] > 0
+
+
+@pytest.mark.slow
+def test_prefect_build_with_the_editor(prefect_server, tmp_path, monkeypatch):
+    from synthvg.flows import build_dataset
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with FakeOpenAIServer(responder=scripted_editor) as server:
+        run = build_dataset(edit_config(tmp_path / "root", server))
+    edit = next(s for s in run.stages if s.stage == "edit")
+    assert edit.status == "done" and edit.metrics["edits_applied"] > 0 and edit.metrics["cost_usd"] > 0
+    assert connect(str(tmp_path / "root")).sql("SELECT count(*) FROM svg_full").fetchall()[0][0] > 0

@@ -127,7 +127,8 @@ class EditStage(Stage):
             if unseen:
                 out.errors.append(ctx.error(
                     "edit_relations_not_shown",
-                    f"{unseen} source relation(s) involve regions beyond edit.max_regions; they are not in the edited graph",
+                    f"{unseen} source relation(s) involve regions not shown (beyond edit.max_regions or not fed "
+                    "to later stages) or relate a region to itself; they are not in the edited graph",
                     image_id=image_id,
                 ))
             source = {(r["subject_id"], r["object_id"], r["predicate"]): (r["category"], r["predicate_raw"]) for r in rels}
