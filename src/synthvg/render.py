@@ -81,6 +81,8 @@ def render_scene_graph(image: Image.Image, regions: list[dict], relations: list[
 
 def render_image_from_dataset(root: str, image_id: str, stage: str | None = None) -> Image.Image:
     """Look an image up in a built dataset and render it with its regions and relations."""
+    from synthvg.stages.seeds import read_image  # not at import: the stages draw with this module
+
     dataset = Dataset(root)
     con = connect(dataset)
     try:
@@ -98,7 +100,5 @@ def render_image_from_dataset(root: str, image_id: str, stage: str | None = None
         relations = fetch_dicts(con, sql + " ORDER BY subject_id, object_id, predicate", params)
     finally:
         con.close()
-    from synthvg.stages.seeds import read_image  # the stages package imports this module
-
     _, img = read_image(image["file_uri"])
     return render_scene_graph(img, regions, relations)

@@ -6,6 +6,7 @@ from synthvg.schemas.records import (
     RLE,
     Box,
     DescriptionRecord,
+    EditRecord,
     ErrorRecord,
     ImageRecord,
     ProposalRecord,
@@ -31,6 +32,7 @@ TABLES = {
     "relations": RelationRecord,
     "descriptions": DescriptionRecord,
     "relation_verdicts": RelationVerdictRecord,
+    "edits": EditRecord,
     "errors": ErrorRecord,
 }
 
@@ -40,6 +42,7 @@ __all__ = [
     "TABLES",
     "Box",
     "DescriptionRecord",
+    "EditRecord",
     "ErrorRecord",
     "ImageRecord",
     "ProposalRecord",

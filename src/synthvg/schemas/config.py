@@ -85,7 +85,19 @@ class RuleTeacherConfig(Section):
     objects_per_subject: int = Field(4, ge=1, description="nearest regions related to each subject")
 
 
-class OpenAITeacherConfig(LLMConfig):
+class VisionLLMConfig(LLMConfig):
+    """What every image-reading LLM stage shares: image size, detail, Batch API mode."""
+
+    image_max_side: int = Field(1024, ge=64, description="images sent are downscaled to this")
+    detail: Literal["low", "high", "auto"] = "high"
+    batch: bool = Field(False, description="send through the OpenAI Batch API (half price, hours)")
+    batch_poll_seconds: float = Field(60.0, gt=0)
+    batch_wait_seconds: float | None = Field(
+        None, gt=0, description="stop waiting after this long; the next build resumes the batch"
+    )
+
+
+class OpenAITeacherConfig(VisionLLMConfig):
     """A GPT-4V-class teacher behind any OpenAI-compatible endpoint (see docs/TEACHER.md)."""
 
     backend: Literal["openai"]
@@ -93,13 +105,6 @@ class OpenAITeacherConfig(LLMConfig):
     min_subjects: int = Field(5, ge=1, description="K: subjects asked for per image")
     max_subjects: int = Field(20, ge=1)
     max_regions: int = Field(60, ge=2, description="largest regions marked and listed per image")
-    image_max_side: int = Field(1024, ge=64, description="the marked image is downscaled to this")
-    detail: Literal["low", "high", "auto"] = "high"
-    batch: bool = Field(False, description="send through the OpenAI Batch API (half price, hours)")
-    batch_poll_seconds: float = Field(60.0, gt=0)
-    batch_wait_seconds: float | None = Field(
-        None, gt=0, description="stop waiting after this long; the next build resumes the batch"
-    )
 
 
 class NoTeacherConfig(Section):
@@ -195,6 +200,31 @@ class OptionalStageConfig(Section):
     backend: Literal["none"] = "none"
 
 
+class OpenAIEditConfig(VisionLLMConfig):
+    """SG-EDIT: a GPT-4o-class editor refines a stage's scene graphs (see docs/EDIT.md)."""
+
+    backend: Literal["openai"]
+    source: Literal["robin", "teacher", "seed", "union"] = Field(
+        "robin", description="whose relations are edited; union: seed + teacher + robin"
+    )
+    prompt: str = Field("edit/v1", description="prompt template under synthvg/prompts/")
+    caption: bool = Field(True, description="ask for a dense caption first (one more request per image)")
+    caption_prompt: str = Field("edit/caption_v1", description="prompt template of the caption request")
+    temperature: float | None = 0.2
+    max_tokens: int | None = Field(4096, ge=1)
+    max_regions: int = Field(60, ge=1, description="largest regions shown per image; the graph covers these")
+
+
+class NoEditConfig(Section):
+    backend: Literal["none"] = "none"
+
+
+EditConfig = Annotated[
+    Annotated[NoEditConfig, Tag("none")] | Annotated[OpenAIEditConfig, Tag("openai")],
+    _backend_tag("none"),
+]
+
+
 class ExecutorConfig(Section):
     kind: Literal["threads"] = "threads"
     workers: int = Field(2, ge=1, le=256, description="shards processed at once")
@@ -215,7 +245,7 @@ class BuildConfig(Section):
     teacher: TeacherConfig = RuleTeacherConfig()
     filters: FiltersConfig = NoFiltersConfig(backend="none")
     robin: OptionalStageConfig = OptionalStageConfig()
-    edit: OptionalStageConfig = OptionalStageConfig()
+    edit: EditConfig = NoEditConfig()
     executor: ExecutorConfig = ExecutorConfig()
 
     @field_validator("out")

@@ -10,11 +10,9 @@ a verifier that failed or answered neither yes nor no). The ``relations`` view a
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 
 from synthvg import masks
-from synthvg.llm import install_log_redaction
 from synthvg.models.spatial_rules import RULES, Context, Geom, check, contains, inside
 from synthvg.models.vqa import OpenAIVerifier, Question, VQAVerifier, combine, mark_pair
 from synthvg.predicates import load_synonyms, normalise
@@ -22,8 +20,7 @@ from synthvg.prompts import load_prompt
 from synthvg.schemas import RLE, Box, RelationVerdictRecord
 from synthvg.schemas.config import BuildConfig, OpenAIVerifierConfig, RuleFiltersConfig
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
-from synthvg.stages.seeds import read_image
-from synthvg.stages.teacher import llm_cache_dir
+from synthvg.stages.llm_stage import llm_cache_dir, open_image, redact_logs
 
 _VERDICT = {"keep": "kept", "drop": "dropped", "abstain": "unverified"}
 
@@ -66,8 +63,7 @@ class FiltersStage(Stage):
         super().__init__(config)
         self.filters: RuleFiltersConfig = config.filters
         if any(isinstance(v, OpenAIVerifierConfig) for v in self.filters.verifiers):
-            for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
-                install_log_redaction(logging.getLogger(name))
+            redact_logs()
         self.verifiers = [make_verifier(v, config) for v in self.filters.verifiers]  # load once per worker
         self.synonyms = load_synonyms(self.filters.synonyms)
 
@@ -134,11 +130,7 @@ class FiltersStage(Stage):
         asked: list[dict] = []
         for rel, image, q in pending:
             if image["image_id"] not in pixels:
-                try:
-                    pixels[image["image_id"]] = read_image(image["file_uri"])[1]
-                except ValueError as e:
-                    pixels[image["image_id"]] = None
-                    out.errors.append(ctx.error("bad_image", str(e), image_id=image["image_id"], source=image["file_uri"]))
+                pixels[image["image_id"]] = open_image(image, ctx, out)
             img = pixels[image["image_id"]]
             if img is None:
                 verdict(rel, "unverified", "image could not be read", "filters")

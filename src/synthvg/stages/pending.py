@@ -31,8 +31,3 @@ class DepthStage(_BackendStage):
 class RobinStage(_BackendStage):
     name = "robin"
     writes = ("relations",)
-
-
-class EditStage(_BackendStage):
-    name = "edit"
-    writes = ("relations", "descriptions")

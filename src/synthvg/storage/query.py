@@ -43,6 +43,12 @@ CREATE OR REPLACE VIEW svg_relations AS
 SELECT * FROM relations WHERE stage = 'teacher' AND verdict = 'kept'
 """
 
+# SVG-FULL: the editor's final graphs (relations a later filter dropped are left out).
+_SVG_FULL_VIEW = """
+CREATE OR REPLACE VIEW svg_full AS
+SELECT * FROM relations WHERE stage = 'edit' AND verdict <> 'dropped'
+"""
+
 
 class ReadOnlyError(PermissionError):
     """A statement that would write was sent to a read-only query."""
@@ -66,8 +72,8 @@ def connect(root: str | Dataset) -> duckdb.DuckDBPyConnection:
 
     Views: ``images``, ``regions`` (with the regions and depth stages' columns joined in),
     ``proposals``, ``relations`` (with the filters' verdicts applied), ``svg_relations``,
-    ``descriptions``, ``errors``; plus the raw ``region_checks``, ``region_depth`` and
-    ``relation_verdicts``.
+    ``svg_full``, ``descriptions``, ``edits``, ``errors``; plus the raw ``region_checks``,
+    ``region_depth`` and ``relation_verdicts``.
     """
     dataset = root if isinstance(root, Dataset) else Dataset(root)
     con = duckdb.connect(":memory:")
@@ -81,6 +87,7 @@ def connect(root: str | Dataset) -> duckdb.DuckDBPyConnection:
     con.execute(_REGIONS_VIEW)
     con.execute(_RELATIONS_VIEW)
     con.execute(_SVG_RELATIONS_VIEW)
+    con.execute(_SVG_FULL_VIEW)
     return con
 
 
