@@ -17,8 +17,6 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-# synthvg.stages first: synthvg.models.vqa imported first meets the vqa -> render -> stages cycle
-import synthvg.stages  # noqa: E402, F401, I001
 from helpers import demo_config  # noqa: E402
 from PIL import Image  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402

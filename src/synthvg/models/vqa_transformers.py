@@ -21,7 +21,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from synthvg.prompts import Prompt, load_prompt
 from synthvg.schemas.config import TransformersVerifierConfig
 
-if TYPE_CHECKING:  # only the type: importing synthvg.models.vqa first meets vqa -> render -> stages -> vqa
+if TYPE_CHECKING:
     from synthvg.models.vqa import Question
 
 log = logging.getLogger("synthvg.vqa")
