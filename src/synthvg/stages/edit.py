@@ -63,7 +63,7 @@ class EditStage(Stage):
     def skip_reason(cls, config: BuildConfig) -> str | None:
         edit = config.edit
         if edit.backend == "none":
-            return "no edit backend configured (edit.backend: none)"
+            return super().skip_reason(config)
         if edit.source in ("robin", "teacher") and config.stage_config(edit.source).backend == "none":
             return (f"edit.source is {edit.source} but {edit.source}.backend is none: there is no "
                     f"{edit.source} graph to edit (choose another edit.source, or union)")

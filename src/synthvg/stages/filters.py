@@ -40,12 +40,6 @@ class FiltersStage(Stage):
     writes = ("relation_verdicts",)
 
     @classmethod
-    def skip_reason(cls, config: BuildConfig) -> str | None:
-        if config.filters.backend == "none":
-            return "no filters configured (filters.backend: none); relations stay unverified"
-        return None
-
-    @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         f: RuleFiltersConfig = config.filters
         verifiers = [

@@ -38,12 +38,6 @@ class TeacherStage(Stage):
     writes = ("relations", "descriptions")
 
     @classmethod
-    def skip_reason(cls, config: BuildConfig) -> str | None:
-        if config.teacher.backend == "none":
-            return "no teacher backend configured (teacher.backend: none)"
-        return None
-
-    @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         payload = {**super().fingerprint_payload(config), "feed": config.regions.feed}
         if isinstance(config.teacher, OpenAITeacherConfig):
