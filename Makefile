@@ -1,6 +1,6 @@
 # Two entry points do all set-up on a fresh machine (Python >= 3.11 with venv and pip):
 #   make demo   install, build the bundled COCO sample, print its stats and a sample query
-#   make test   install with test extras and run the test suite
+#   make test   install with test and model extras (torch, bounded) and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,11 +15,11 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,models]'
 
 demo: install
 	$(BIN)/synthvg build --config configs/demo.yaml --out $(ROOT)
-	$(BIN)/synthvg sql --root $(ROOT) "SELECT category, predicate, count(*) AS n FROM relations GROUP BY 1, 2 ORDER BY n DESC LIMIT 10"
+	$(BIN)/synthvg sql --root $(ROOT) "SELECT predicate, verdict, count(*) AS n FROM relations GROUP BY 1, 2 ORDER BY n DESC LIMIT 12"
 
 test: install-test
 	$(BIN)/python -m pytest -q

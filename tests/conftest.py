@@ -21,3 +21,25 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="session")
+def edit_build(tmp_path_factory):
+    """One build with the scripted SG-EDIT editor (rule teacher, 4 images, 2 shards), shared by
+    the edit and export tests: (config, run, the chat requests it made). A rerun is checked to
+    be up to date and answered from the cache."""
+    from edit_scripts import KEY, KEY_ENV, edit_config, scripted_editor
+
+    from synthvg.llm.testing import FakeOpenAIServer
+    from synthvg.pipeline import run_build, up_to_date
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv(KEY_ENV, KEY)
+    with FakeOpenAIServer(responder=scripted_editor) as server:
+        cfg = edit_config(tmp_path_factory.mktemp("edit") / "root", server)
+        run = run_build(cfg)
+        requests = server.chat_requests
+        rerun = run_build(cfg)
+        assert up_to_date(rerun) and len(server.chat_requests) == len(requests)
+        yield cfg, run, requests
+    mp.undo()

@@ -18,7 +18,7 @@ def test_flow_build_equals_plain_build_and_reruns_clean(prefect_server, tmp_path
     assert run.status == "completed"
     assert {s.stage: s.status for s in run.stages} == {
         "seeds": "done", "regions": "done", "depth": "skipped", "teacher": "done",
-        "filters": "skipped", "robin": "skipped", "edit": "skipped",
+        "filters": "done", "robin": "skipped", "edit": "skipped",
     }
     plain = demo_config(tmp_path / "plain", limit=6, shard_size=2)
     run_build(plain)
@@ -52,4 +52,4 @@ def test_a_failing_shard_fails_the_build_but_keeps_the_rest(prefect_server, tmp_
     assert calls["n"] == 2  # the task was retried once
     monkeypatch.setattr(RuleTeacher, "relate", original)
     again = run_build(cfg)
-    assert {s.stage: s.shards_written for s in again.stages if s.status == "done"} == {"seeds": 0, "regions": 0, "teacher": 1}
+    assert {s.stage: s.shards_written for s in again.stages if s.status == "done"} == {"seeds": 0, "regions": 0, "teacher": 1, "filters": 1}

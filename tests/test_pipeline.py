@@ -16,10 +16,10 @@ def _written(run):
 def test_rerun_writes_nothing(tmp_path):
     cfg = demo_config(tmp_path / "root", limit=4, shard_size=2)
     first = run_build(cfg)
-    assert _written(first) == {"seeds": 2, "regions": 2, "teacher": 2}
+    assert _written(first) == {"seeds": 2, "regions": 2, "teacher": 2, "filters": 2}
     second = run_build(cfg)
     assert up_to_date(second)
-    assert {s.stage: s.shards_up_to_date for s in second.stages if s.status != "skipped"} == {"seeds": 2, "regions": 2, "teacher": 2}
+    assert {s.stage: s.shards_up_to_date for s in second.stages if s.status != "skipped"} == {"seeds": 2, "regions": 2, "teacher": 2, "filters": 2}
 
 
 def test_changing_a_stage_redoes_it_and_later_stages_only(tmp_path):
@@ -27,11 +27,11 @@ def test_changing_a_stage_redoes_it_and_later_stages_only(tmp_path):
     run_build(cfg)
     before = connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall()[0][0]
     teacher_changed = demo_config(tmp_path / "root", limit=4, shard_size=2, teacher={"max_subjects": 2, "min_subjects": 2, "objects_per_subject": 1})
-    assert _written(run_build(teacher_changed)) == {"seeds": 0, "regions": 0, "teacher": 2}
+    assert _written(run_build(teacher_changed)) == {"seeds": 0, "regions": 0, "teacher": 2, "filters": 2}
     after = connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall()[0][0]
     assert 0 < after < before
     regions_changed = demo_config(tmp_path / "root", limit=4, shard_size=2, regions={"iou_threshold": 0.3}, teacher=teacher_changed.teacher.model_dump())
-    assert _written(run_build(regions_changed)) == {"seeds": 0, "regions": 2, "teacher": 2}
+    assert _written(run_build(regions_changed)) == {"seeds": 0, "regions": 2, "teacher": 2, "filters": 2}
 
 
 def test_fingerprints_chain_in_stage_order(tmp_path):

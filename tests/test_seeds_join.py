@@ -204,7 +204,12 @@ def test_seeds_fingerprint_follows_file_content_and_merge_rule(tmp_path):
 
 
 def test_predicates_normalised_and_categorised():
-    from synthvg.readers.predicates import _CATEGORY_WORDS, CATEGORY, normalize_predicate, predicate_category
+    from synthvg.readers.predicates import (
+        _CATEGORY_WORDS,
+        CATEGORY,
+        normalize_predicate,
+        predicate_category,
+    )
 
     assert sum(len(w.split("|")) for w in _CATEGORY_WORDS.values()) == len(CATEGORY)  # no predicate in two categories
     assert normalize_predicate("  Sitting   ON ") == "sitting on"

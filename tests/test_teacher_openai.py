@@ -106,7 +106,7 @@ def test_budget_stops_the_stage_cleanly_and_a_rerun_pays_nothing_twice(tmp_path,
         assert done.status == "completed"
         assert len(server.chat_requests) == 3  # 4 images, one has a single region: nothing to relate
         # seeds and regions were already committed; only the teacher ran
-        assert {s.stage: s.shards_written for s in done.stages if s.status == "done"} == {"seeds": 0, "regions": 0, "teacher": 2}
+        assert {s.stage: s.shards_written for s in done.stages if s.status == "done"} == {"seeds": 0, "regions": 0, "teacher": 2, "filters": 2}
 
 
 def test_check_answer_rules():
@@ -175,11 +175,11 @@ def test_prefect_build_with_the_openai_teacher(prefect_server, tmp_path, key):
     from synthvg.flows import build_dataset
 
     with FakeOpenAIServer(responder=scripted_teacher) as server:
-        run = build_dataset(_config(tmp_path, server))
+        run = build_dataset(_config(tmp_path, server).model_copy(update={"name": "openai-teacher"}))
     teacher = next(s for s in run.stages if s.stage == "teacher")
     assert teacher.status == "done" and teacher.metrics["cost_usd"] > 0
     assert connect(str(tmp_path / "root")).sql("SELECT count(*) FROM relations WHERE generator = 'model'").fetchall()[0][0] > 0
     with get_client(sync_client=True) as client:
-        artifacts = [a for a in client.read_artifacts() if a.key == "demo-stage-teacher"]
+        artifacts = [a for a in client.read_artifacts() if a.key == "openai-teacher-stage-teacher"]
     assert artifacts and "cost_usd" in str(artifacts[0].data)
     assert key not in str(artifacts[0].data)

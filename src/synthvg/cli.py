@@ -1,4 +1,4 @@
-"""The ``synthvg`` command line: build, sql, stats, show, ingest."""
+"""The ``synthvg`` command line: build, sql, stats, show, ingest, export, import."""
 
 from __future__ import annotations
 
@@ -294,6 +294,56 @@ def ingest(
     rows = ", ".join(f"{n} {t}" for t, n in seeds.rows_out.items())
     typer.echo(f"ingested {format.value} -> {out}: {rows or 'nothing'}; {seeds.errors} input errors (see the errors table)")
     raise typer.Exit(0 if run.status == "completed" and len(opened.readers) == len(opened.sources) else 1)
+
+
+class DataFormat(StrEnum):
+    svg = "svg"
+
+
+FormatOpt = Annotated[DataFormat, typer.Option("--format", help="svg: the released Synthetic Visual Genome format")]
+
+
+@app.command()
+def export(
+    root: RootOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the Parquet shards (its old part-*.parquet are replaced)")],
+    format: FormatOpt = DataFormat.svg,
+    stage: Annotated[str, typer.Option("--stage", help="whose graph: auto (edit, else robin, teacher, seed), edit, robin, teacher or seed")] = "auto",
+    images_per_file: Annotated[int, typer.Option("--images-per-file", min=1, help="rows per Parquet shard")] = 1000,
+) -> None:
+    """Write the dataset's scene graphs as Parquet shards in the released SVG format (see docs/EDIT.md)."""
+    from synthvg.export import export_svg
+
+    _check_root(root)
+    try:
+        report = export_svg(root, out, stage=stage, images_per_file=images_per_file)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"wrote {report.images} images, {report.relations} relations of the {report.stage} graphs "
+               f"into {len(report.files)} file(s) in {out}")
+
+
+@app.command("import")
+def import_(
+    paths: Annotated[list[Path], typer.Argument(help="Parquet files in the SVG format", exists=True, dir_okay=False)],
+    out: Annotated[str, typer.Option("--out", help="new dataset root to write")],
+    format: FormatOpt = DataFormat.svg,
+    images: Annotated[Path | None, typer.Option("--images", help="folder holding the image files (named by file_name, else image_id)")] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="images per shard")] = 1000,
+) -> None:
+    """Read SVG-format Parquet files into a new dataset root, so `synthvg sql` and `export` work on them."""
+    from synthvg.export import import_svg
+    from synthvg.storage import BuildLocked
+
+    if "://" not in out:
+        out = str(Path(out).resolve())
+    try:
+        report = import_svg([str(p) for p in paths], out, images_dir=str(images.resolve()) if images else None, shard_size=shard_size)
+    except (FileExistsError, BuildLocked) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"imported {report.images} images, {report.regions} regions, {report.relations} relations "
+               f"({report.errors} errors) into {report.root}")
+
 
 if __name__ == "__main__":
     app()

@@ -13,7 +13,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from synthvg import masks
 from synthvg.schemas import RLE, Box
-from synthvg.stages.seeds import read_image
 from synthvg.storage import Dataset, connect, fetch_dicts
 
 
@@ -24,7 +23,7 @@ def palette(i: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def load_font(size: int) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
@@ -42,23 +41,23 @@ def draw_regions(image: Image.Image, regions: list[dict], alpha: float = 0.35) -
                 overlay[m] = (1 - alpha) * overlay[m] + alpha * np.array(palette(r["region_id"]), dtype=np.float32)
     out = Image.fromarray(overlay.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    font = _font(max(12, min(out.size) // 40))
+    text_font = load_font(max(12, min(out.size) // 40))
     for r in regions:
         b = Box(**r["bbox"])
         color = palette(r["region_id"])
         draw.rectangle([b.x1, b.y1, b.x2, b.y2], outline=color, width=2)
         label = str(r["region_id"])
         tx, ty = b.x1 + 2, b.y1 + 2
-        box = draw.textbbox((tx, ty), label, font=font)
+        box = draw.textbbox((tx, ty), label, font=text_font)
         draw.rectangle([box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1], fill=(0, 0, 0))
-        draw.text((tx, ty), label, fill=color, font=font)
+        draw.text((tx, ty), label, fill=color, font=text_font)
     return out
 
 
 def render_scene_graph(image: Image.Image, regions: list[dict], relations: list[dict], max_relations: int = 40) -> Image.Image:
     """The marked image with a panel listing regions' labels and relations beside it."""
     marked = draw_regions(image, regions)
-    font = _font(14)
+    text_font = load_font(14)
     names = {r["region_id"]: (r.get("label") or "region") for r in regions}
     lines = ["REGIONS"] + [f"{rid}: {name}" for rid, name in sorted(names.items())][:30]
     if len(names) > 30:
@@ -76,12 +75,14 @@ def render_scene_graph(image: Image.Image, regions: list[dict], relations: list[
     canvas.paste(marked, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for i, text in enumerate(lines):
-        draw.text((marked.width + 10, 10 + i * line_h), text, fill=(20, 20, 20), font=font)
+        draw.text((marked.width + 10, 10 + i * line_h), text, fill=(20, 20, 20), font=text_font)
     return canvas
 
 
 def render_image_from_dataset(root: str, image_id: str, stage: str | None = None) -> Image.Image:
     """Look an image up in a built dataset and render it with its regions and relations."""
+    from synthvg.stages.seeds import read_image  # not at import: the stages draw with this module
+
     dataset = Dataset(root)
     con = connect(dataset)
     try:

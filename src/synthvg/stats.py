@@ -49,6 +49,18 @@ def compute_stats(root: str | Dataset) -> dict:
             "by_category": fetch_dicts(con, "SELECT category, count(*) AS relations FROM relations GROUP BY 1 ORDER BY 2 DESC, 1"),
             "by_stage": fetch_dicts(con, "SELECT stage, generator, count(*) AS relations FROM relations GROUP BY 1, 2 ORDER BY 1, 2"),
             "by_verdict": fetch_dicts(con, "SELECT verdict, count(*) AS relations FROM relations GROUP BY 1 ORDER BY 2 DESC, 1"),
+            "verdicts_by_rule": fetch_dicts(con, """
+                SELECT coalesce(verified_by, '(no filter)') AS rule,
+                       count(*) FILTER (WHERE verdict = 'kept') AS kept,
+                       count(*) FILTER (WHERE verdict = 'dropped') AS dropped,
+                       count(*) FILTER (WHERE verdict = 'unverified') AS unverified
+                FROM relations GROUP BY 1 ORDER BY 1"""),
+            "verdicts_by_category": fetch_dicts(con, """
+                SELECT category,
+                       count(*) FILTER (WHERE verdict = 'kept') AS kept,
+                       count(*) FILTER (WHERE verdict = 'dropped') AS dropped,
+                       count(*) FILTER (WHERE verdict = 'unverified') AS unverified
+                FROM relations GROUP BY 1 ORDER BY 1"""),
             "top_predicates": fetch_dicts(con, "SELECT predicate, count(*) AS relations FROM relations GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 15"),
             "errors_by_kind": fetch_dicts(con, "SELECT stage, kind, count(*) AS errors FROM errors GROUP BY 1, 2 ORDER BY 1, 3 DESC"),
         }
@@ -77,6 +89,8 @@ def format_stats(stats: dict) -> str:
         ("relations by category", "by_category", ("category", "relations")),
         ("relations by stage", "by_stage", ("stage", "generator", "relations")),
         ("relations by verdict", "by_verdict", ("verdict", "relations")),
+        ("verdicts by rule or verifier", "verdicts_by_rule", ("rule", "kept", "dropped", "unverified")),
+        ("verdicts by category", "verdicts_by_category", ("category", "kept", "dropped", "unverified")),
         ("errors by stage and kind", "errors_by_kind", ("stage", "kind", "errors")),
     ):
         lines += ["", title + ":"]

@@ -154,6 +154,11 @@ def publish_flow(config: BuildConfig) -> dict:
         + [{"metric": k, "value": v} for k, v in t.items()],
         description=f"dataset statistics of {config.name}",
     )
+    create_table_artifact(
+        key=artifact_key(config.name, "verdicts"),
+        table=stats["verdicts_by_rule"] or [{"rule": "(no relations)"}],
+        description=f"filter verdicts per rule or verifier in {config.name}",
+    )
     get_run_logger().info(
         "published %s: %d images, %d regions, %d relations; objects/image %.1f, triplets/image %.1f, predicates/region %.1f",
         dataset.url, stats["images"], stats["regions"], stats["relations"],

@@ -44,6 +44,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     finish_reason: str = "stop"
     truncate_body: bool = False
+    #: alternatives for the first answer token, as (token, logprob), when logprobs are asked
+    top_logprobs: list[tuple[str, float]] | None = None
 
     @classmethod
     def rate_limited(cls, retry_after: float = 0.1, *, header: str = "retry-after") -> Reply:
@@ -357,12 +359,16 @@ class FakeOpenAIServer:
         completion_tokens = len(content) // 4 + 1
         logprobs = None
         if request.get("logprobs"):
-            logprobs = {
-                "content": [
-                    {"token": tok, "logprob": -0.1, "bytes": list(tok.encode()), "top_logprobs": []}
-                    for tok in re.findall(r"\S+|\s+", content)
+            tokens = [
+                {"token": tok, "logprob": -0.1, "bytes": list(tok.encode()), "top_logprobs": []}
+                for tok in re.findall(r"\S+|\s+", content)
+            ]
+            if tokens and reply.top_logprobs:
+                tokens[0]["top_logprobs"] = [
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in reply.top_logprobs
                 ]
-            }
+                tokens[0]["logprob"] = next((lp for t, lp in reply.top_logprobs if t == tokens[0]["token"]), -0.1)
+            logprobs = {"content": tokens}
         return {
             "id": f"chatcmpl-{next(self._ids)}",
             "object": "chat.completion",

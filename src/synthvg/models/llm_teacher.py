@@ -7,7 +7,6 @@ which is checked by :func:`check_answer` before anything is written.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 from PIL import Image
@@ -15,6 +14,7 @@ from pydantic import ValidationError
 
 from synthvg.llm import LLMClient, LLMResult, image_part, text_part
 from synthvg.llm.structured import json_schema_format
+from synthvg.models.marks import marked_image_bytes
 from synthvg.models.teacher_answer import (
     CATEGORIES,
     CheckedAnswer,
@@ -23,7 +23,6 @@ from synthvg.models.teacher_answer import (
     check_answer,
 )
 from synthvg.prompts import Prompt, load_prompt
-from synthvg.render import draw_regions
 from synthvg.schemas.config import OpenAITeacherConfig
 
 
@@ -31,23 +30,6 @@ from synthvg.schemas.config import OpenAITeacherConfig
 class TeacherReply:
     checked: CheckedAnswer
     result: LLMResult
-
-
-def select_regions(regions: list[dict], max_regions: int) -> list[dict]:
-    """The largest ``max_regions`` regions, in id order (ids stay the dataset's region ids)."""
-    largest = sorted(regions, key=lambda r: (-r["area"], r["region_id"]))[:max_regions]
-    return sorted(largest, key=lambda r: r["region_id"])
-
-
-def marked_image_bytes(image: Image.Image, regions: list[dict], max_side: int) -> bytes:
-    """The Set-of-Mark rendering as JPEG, downscaled so its longest side is ``max_side``."""
-    marked = draw_regions(image, regions)
-    scale = max_side / max(marked.size)
-    if scale < 1:
-        marked = marked.resize((round(marked.width * scale), round(marked.height * scale)), Image.LANCZOS)
-    buf = io.BytesIO()
-    marked.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def region_list(regions: list[dict]) -> str:

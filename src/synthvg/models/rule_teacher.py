@@ -1,6 +1,7 @@
 """A rule-based stand-in for the GPT-4V teacher: spatial relations from geometry alone.
 
-It needs no model and no network, so the demo has relations offline. Everything it writes is
+It needs no model and no network, so the demo has relations offline. Like a real teacher
+it proposes loosely ("near" means among a subject's nearest regions), and the filters check. Everything it writes is
 labelled ``generator='rules'`` and ``model='synthvg-rule-teacher'``: these are geometric facts
 about boxes and masks (left of, on, inside, ...), never claims about interactions, function,
 social or emotional content.
@@ -17,7 +18,7 @@ from synthvg.schemas import RLE, Box
 from synthvg.schemas.config import RuleTeacherConfig
 
 MODEL_NAME = "synthvg-rule-teacher"
-RULES_VERSION = "geometry-v1"
+RULES_VERSION = "geometry-v2"
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,13 @@ class RuleTeacher:
             dist = np.linalg.norm(centers - centers[si], axis=1)
             dist[si] = np.inf
             nearest = [int(j) for j in np.argsort(dist, kind="stable")[: self.config.objects_per_subject] if np.isfinite(dist[j])]
-            for j in nearest:
+            for rank, j in enumerate(nearest):
                 o = regions[j]
                 found = spatial_predicate(s, o, float(cover_s[i, j]), float(cover_o[i, j]))
                 if found:
                     out.append(Triple(s.region_id, o.region_id, found[0], round(float(found[1]), 4)))
+                if not found or found[0] in ("left of", "right of", "above", "below"):
+                    # Nearness here is relative (among this subject's nearest regions): a loose
+                    # proposal, as a teacher's would be; the filters judge absolute distance.
+                    out.append(Triple(s.region_id, o.region_id, "near", round(1.0 - rank / len(nearest), 4)))
         return out

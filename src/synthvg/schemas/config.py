@@ -237,7 +237,19 @@ class RuleTeacherConfig(Section):
     objects_per_subject: int = Field(4, ge=1, description="nearest regions related to each subject")
 
 
-class OpenAITeacherConfig(LLMConfig):
+class VisionLLMConfig(LLMConfig):
+    """What every image-reading LLM stage shares: image size, detail, Batch API mode."""
+
+    image_max_side: int = Field(1024, ge=64, description="images sent are downscaled to this")
+    detail: Literal["low", "high", "auto"] = "high"
+    batch: bool = Field(False, description="send through the OpenAI Batch API (half price, hours)")
+    batch_poll_seconds: float = Field(60.0, gt=0)
+    batch_wait_seconds: float | None = Field(
+        None, gt=0, description="stop waiting after this long; the next build resumes the batch"
+    )
+
+
+class OpenAITeacherConfig(VisionLLMConfig):
     """A GPT-4V-class teacher behind any OpenAI-compatible endpoint (see docs/TEACHER.md)."""
 
     backend: Literal["openai"]
@@ -245,13 +257,6 @@ class OpenAITeacherConfig(LLMConfig):
     min_subjects: int = Field(5, ge=1, description="K: subjects asked for per image")
     max_subjects: int = Field(20, ge=1)
     max_regions: int = Field(60, ge=2, description="largest regions marked and listed per image")
-    image_max_side: int = Field(1024, ge=64, description="the marked image is downscaled to this")
-    detail: Literal["low", "high", "auto"] = "high"
-    batch: bool = Field(False, description="send through the OpenAI Batch API (half price, hours)")
-    batch_poll_seconds: float = Field(60.0, gt=0)
-    batch_wait_seconds: float | None = Field(
-        None, gt=0, description="stop waiting after this long; the next build resumes the batch"
-    )
 
 
 class NoTeacherConfig(Section):
@@ -278,10 +283,98 @@ TeacherConfig = Annotated[
 ]
 
 
+class SpatialRulesConfig(Section):
+    """Thresholds of the spatial rules (docs/FILTERS.md draws each case)."""
+
+    position_tolerance: float = Field(0.02, ge=0, le=0.5, description="centre offsets within this fraction of the image are ambiguous")
+    on_min_overlap: float = Field(0.3, ge=0, le=1, description="'on': horizontal overlap as a fraction of the subject's width")
+    on_max_gap: float = Field(0.1, ge=0, description="'on': subject bottom may float this fraction of the object's height above its top")
+    on_max_depth: float = Field(0.6, ge=0, description="'on': ... or sink this fraction into it")
+    inside_keep: float = Field(0.8, ge=0, le=1, description="'inside': keep when this fraction of the subject lies in the object")
+    inside_drop: float = Field(0.2, ge=0, le=1)
+    depth_margin: float = Field(0.05, ge=0, description="'in front of' / 'behind': relative depth difference needed")
+    next_to_keep: float = Field(0.02, ge=0, description="'next to': box gap / image diagonal below this keeps")
+    next_to_drop: float = Field(0.1, ge=0)
+    near_keep: float = Field(0.05, ge=0, description="'near' (and 'far from' inverted)")
+    near_drop: float = Field(0.25, ge=0)
+
+
+class OpenAIVerifierConfig(LLMConfig):
+    """A VLM behind an OpenAI-compatible endpoint (a local vLLM in production) answering yes/no."""
+
+    kind: Literal["openai"]
+    threshold: float = Field(0.5, ge=0, le=1, description="keep when P(yes) >= this")
+    logprobs: bool = Field(True, description="P(yes) from the first token's logprobs when the endpoint gives them")
+    prompt: str = Field("verify/v1", description="question template under synthvg/prompts/")
+
+
+class TransformersVerifierConfig(Section):
+    """A local transformers image-text-to-text model directory, batched on GPU when present."""
+
+    kind: Literal["transformers"]
+    path: str = Field(description="local model directory (config.json, weights, processor files)")
+    threshold: float = Field(0.5, ge=0, le=1)
+    batch_size: int = Field(8, ge=1)
+    device: str = Field("auto", description="auto: cuda when available, else cpu")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    prompt: str = "verify/v1"
+
+
+Verifier = Annotated[OpenAIVerifierConfig | TransformersVerifierConfig, Field(discriminator="kind")]
+
+
+class RuleFiltersConfig(Section):
+    """Spatial rules for spatial relations, VQA verifiers for the other categories."""
+
+    backend: Literal["rules"] = "rules"
+    stages: list[Literal["seed", "teacher", "robin"]] = Field(["teacher"], description="whose relations are judged")
+    spatial: SpatialRulesConfig = SpatialRulesConfig()
+    verifiers: list[Verifier] = Field(default_factory=list, description="VQA verifiers for non-spatial relations")
+    vote: Literal["all", "any", "majority", "mean"] = Field(
+        "all", description="how several verifiers combine: all must say yes, any, a majority, or mean P(yes) >= threshold"
+    )
+    synonyms: str | None = Field(None, description="extra predicate synonym YAML (raw -> normalised)")
+
+
+class NoFiltersConfig(Section):
+    backend: Literal["none"]
+
+
+FiltersConfig = Annotated[
+    Annotated[NoFiltersConfig, Tag("none")] | Annotated[RuleFiltersConfig, Tag("rules")],
+    _backend_tag("none"),
+]
+
+
 class OptionalStageConfig(Section):
     """Stages whose backends land later: ``none`` skips them with a logged reason."""
 
     backend: Literal["none"] = "none"
+
+
+class OpenAIEditConfig(VisionLLMConfig):
+    """SG-EDIT: a GPT-4o-class editor refines a stage's scene graphs (see docs/EDIT.md)."""
+
+    backend: Literal["openai"]
+    source: Literal["robin", "teacher", "seed", "union"] = Field(
+        "robin", description="whose relations are edited; union: seed + teacher + robin"
+    )
+    prompt: str = Field("edit/v1", description="prompt template under synthvg/prompts/")
+    caption: bool = Field(True, description="ask for a dense caption first (one more request per image)")
+    caption_prompt: str = Field("edit/caption_v1", description="prompt template of the caption request")
+    temperature: float | None = 0.2
+    max_tokens: int | None = Field(4096, ge=1)
+    max_regions: int = Field(60, ge=1, description="largest regions shown per image; the graph covers these")
+
+
+class NoEditConfig(Section):
+    backend: Literal["none"] = "none"
+
+
+EditConfig = Annotated[
+    Annotated[NoEditConfig, Tag("none")] | Annotated[OpenAIEditConfig, Tag("openai")],
+    _backend_tag("none"),
+]
 
 
 class ExecutorConfig(Section):
@@ -302,9 +395,9 @@ class BuildConfig(Section):
     regions: RegionsConfig = RegionsConfig()
     depth: DepthConfig = DepthConfig()
     teacher: TeacherConfig = RuleTeacherConfig()
-    filters: OptionalStageConfig = OptionalStageConfig()
+    filters: FiltersConfig = NoFiltersConfig(backend="none")
     robin: OptionalStageConfig = OptionalStageConfig()
-    edit: OptionalStageConfig = OptionalStageConfig()
+    edit: EditConfig = NoEditConfig()
     executor: ExecutorConfig = ExecutorConfig()
 
     @field_validator("out")

@@ -18,6 +18,7 @@ CATEGORIES: tuple[str, ...] = ("spatial", "interactional", "functional", "social
 RelationStage = Literal["seed", "teacher", "robin", "edit"]
 Verdict = Literal["kept", "dropped", "unverified"]
 Generator = Literal["human", "rules", "model"]
+EditAction = Literal["rename", "add", "remove", "same_as"]
 
 
 class Record(BaseModel):
@@ -155,6 +156,37 @@ class RelationRecord(Record):
     model: str = Field(description="model or rule set that produced it")
     prompt_version: str | None = Field(None, description="prompt or rule version")
     run_id: str = Field(description="build run that produced it")
+
+
+class RelationVerdictRecord(Record):
+    """A filter's verdict on one relation; the ``relations`` view applies it."""
+
+    relation_id: str
+    image_id: str
+    verdict: Verdict
+    verdict_reason: str = Field(description="why: the rule or verifier and its evidence")
+    verdict_score: float | None = Field(None, description="rule margin or the verifier's P(yes)")
+    verified_by: str = Field(description="the rule (rule:left_of) or verifier(s) that decided")
+    run_id: str
+
+
+class EditRecord(Record):
+    """One edit the SG-EDIT editor asked for, applied or rejected, with provenance."""
+
+    image_id: str
+    region_id: int = Field(description="the object edited (for same_as: the one that is kept)")
+    action: EditAction = Field(description="rename, add, remove or same_as")
+    predicate: str | None = Field(None, description="normalised predicate of an add or remove")
+    predicate_raw: str | None = Field(None, description="the predicate as the editor wrote it")
+    object_id: int | None = Field(None, description="target of an add or remove; for same_as the duplicate merged away")
+    old_name: str | None = Field(None, description="name before a rename")
+    new_name: str | None = Field(None, description="name the editor asked for")
+    applied: bool = Field(description="the edit changed the graph")
+    reason: str | None = Field(None, description="why it was not applied")
+    source: str = Field(description="whose graph was edited: robin, teacher, seed or union")
+    model: str
+    prompt_version: str | None = None
+    run_id: str
 
 
 class ErrorRecord(Record):

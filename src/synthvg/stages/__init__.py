@@ -1,7 +1,9 @@
 """Pipeline stages, in build order. Each is a plain class: see :mod:`synthvg.stages.base`."""
 
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput, load_stage
-from synthvg.stages.pending import DepthStage, EditStage, FiltersStage, RobinStage
+from synthvg.stages.edit import EditStage
+from synthvg.stages.filters import FiltersStage
+from synthvg.stages.pending import DepthStage, RobinStage
 from synthvg.stages.regions import RegionsStage
 from synthvg.stages.seeds import BuildPlan, SeedsStage, plan_build
 from synthvg.stages.teacher import TeacherStage

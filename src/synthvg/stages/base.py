@@ -125,7 +125,12 @@ class Stage(ABC):
 
     @classmethod
     def skip_reason(cls, config: BuildConfig) -> str | None:
-        """Why this stage does nothing under ``config`` (None: it runs)."""
+        """Why this stage does nothing under ``config`` (None: it runs).
+
+        By default a stage whose config section says ``backend: none`` is skipped.
+        """
+        if getattr(getattr(config, cls.name, None), "backend", None) == "none":
+            return f"no {cls.name} backend configured ({cls.name}.backend: none)"
         return None
 
     @classmethod

@@ -6,19 +6,10 @@ it wrote under an earlier config is withdrawn so the views never mix stale rows 
 
 from __future__ import annotations
 
-from synthvg.schemas.config import BuildConfig
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
 
 
 class _BackendStage(Stage):
-    backend_help = ""
-
-    @classmethod
-    def skip_reason(cls, config: BuildConfig) -> str | None:
-        if config.stage_config(cls.name).backend == "none":
-            return f"no {cls.name} backend configured ({cls.name}.backend: none){cls.backend_help}"
-        return None
-
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
         raise NotImplementedError(f"the {self.name} stage has no backend here")
 
@@ -28,16 +19,6 @@ class DepthStage(_BackendStage):
     writes = ("region_depth",)
 
 
-class FiltersStage(_BackendStage):
-    name = "filters"
-    writes = ("relations",)
-
-
 class RobinStage(_BackendStage):
     name = "robin"
-    writes = ("relations",)
-
-
-class EditStage(_BackendStage):
-    name = "edit"
     writes = ("relations",)

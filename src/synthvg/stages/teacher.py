@@ -7,31 +7,15 @@ Both write ``relations`` rows with ``stage='teacher'``; the model also writes ``
 
 from __future__ import annotations
 
-import logging
-import os
-
-from synthvg.llm import (
-    BatchJob,
-    BudgetExceeded,
-    LLMResult,
-    LLMRetryExhausted,
-    install_log_redaction,
-)
-from synthvg.llm.client import DEFAULT_OUTPUT_ESTIMATE
-from synthvg.models.llm_teacher import LLMTeacher, select_regions
+from synthvg.models.llm_teacher import LLMTeacher
+from synthvg.models.marks import select_regions
 from synthvg.models.rule_teacher import RegionGeom, RuleTeacher
 from synthvg.schemas import Box, DescriptionRecord, RelationRecord
 from synthvg.schemas.config import BuildConfig, OpenAITeacherConfig
 from synthvg.schemas.records import relation_id
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.llm_stage import answer, estimate, llm_cache_dir, open_image, redact_logs
 from synthvg.stages.regions import region_mask
-from synthvg.stages.seeds import read_image
-from synthvg.storage import Dataset
-
-
-class ShardStopped(RuntimeError):
-    """The shard cannot finish now (budget spent, endpoint down). Answers so far are cached,
-    so running the build again resumes without paying for them twice."""
 
 
 def regions_for_later_stages(inputs: StageInputs, config: BuildConfig) -> dict[str, list[dict]]:
@@ -48,24 +32,10 @@ def regions_for_later_stages(inputs: StageInputs, config: BuildConfig) -> dict[s
     return out
 
 
-def llm_cache_dir(root: str) -> str:
-    """Request cache beside a local dataset; under the user's cache for remote roots."""
-    ds = Dataset(root)
-    if ds.is_local:
-        return os.path.join(ds.path, "cache", "llm")
-    return os.path.join(os.path.expanduser("~/.cache/synthvg/llm"), ds.url.replace("://", "_").replace("/", "_"))
-
-
 class TeacherStage(Stage):
     name = "teacher"
     version = "1"
     writes = ("relations", "descriptions")
-
-    @classmethod
-    def skip_reason(cls, config: BuildConfig) -> str | None:
-        if config.teacher.backend == "none":
-            return "no teacher backend configured (teacher.backend: none)"
-        return None
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
@@ -85,8 +55,7 @@ class TeacherStage(Stage):
     def __init__(self, config: BuildConfig):
         super().__init__(config)
         if isinstance(config.teacher, OpenAITeacherConfig):
-            for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
-                install_log_redaction(logging.getLogger(name))  # keys never reach a log or the API
+            redact_logs()
             self.llm: LLMTeacher | None = LLMTeacher(config.teacher, llm_cache_dir(config.out))
             self.rules = None
         else:
@@ -132,10 +101,8 @@ class TeacherStage(Stage):
             if len(shown) < 2:
                 out.errors.append(ctx.error("too_few_regions", f"{len(shown)} region(s): nothing to relate", image_id=image_id))
                 continue
-            try:
-                _, pixels = read_image(image["file_uri"])
-            except ValueError as e:
-                out.errors.append(ctx.error("bad_image", str(e), image_id=image_id, source=image["file_uri"]))
+            pixels = open_image(image, ctx, out)
+            if pixels is None:
                 continue
             jobs.append((image_id, shown, self.llm.request(pixels, shown)))
         return jobs
@@ -143,59 +110,15 @@ class TeacherStage(Stage):
     def estimate(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> dict[str, float] | None:
         if self.llm is None:
             return None
-        client = self.llm.client
-        prepared = [client.prepare(**req) for _, _, req in self._llm_jobs(inputs.rows("images"), regions_for_later_stages(inputs, self.config), ctx, StageOutput())]
-        todo = [p for p in prepared if client.cache is None or p.key not in client.cache]
-        return {
-            "requests": float(len(prepared)),
-            "cached": float(len(prepared) - len(todo)),
-            "prompt_tokens": float(sum(p.est_prompt_tokens for p in todo)),
-            "completion_tokens": float(sum(p.max_output_tokens or DEFAULT_OUTPUT_ESTIMATE for p in todo)),
-            "cost_usd": sum(client.estimate_cost(p) for p in todo),
-        }
-
-    def _run_batch(self, requests: list[dict], ctx: RunContext) -> set[str]:
-        """Answer the uncached requests through the Batch API; returns the keys it answered."""
-        client, cfg = self.llm.client, self.llm.config
-        todo = {k for r in requests if (k := client.prepare(**r).key) not in client.cache}
-        if not todo:
-            return set()
-        job = BatchJob(client, name=f"teacher-{self.config.name}-shard-{ctx.shard:05d}", poll_seconds=cfg.batch_poll_seconds)
-        report = job.run(requests, timeout=cfg.batch_wait_seconds)
-        if not report.done:
-            raise ShardStopped(
-                f"batch {', '.join(report.batch_ids)} still has {report.pending} requests pending; "
-                "run the build again to pick it up where it is"
-            )
-        return todo
+        jobs = self._llm_jobs(inputs.rows("images"), regions_for_later_stages(inputs, self.config), ctx, StageOutput())
+        return estimate(self.llm.client, [req for _, _, req in jobs])
 
     def _process_llm(self, images, regions, ctx) -> StageOutput:
         out = StageOutput()
         teacher = self.llm
         jobs = self._llm_jobs(images, regions, ctx, out)
-        batched = self._run_batch([req for _, _, req in jobs], ctx) if teacher.config.batch else set()
-        results = teacher.client.run_all([lambda req=req: teacher.client.complete(**req) for _, _, req in jobs])
-        stop = [r for r in results if isinstance(r, BudgetExceeded | LLMRetryExhausted)]
-        answered = [r for r in results if isinstance(r, LLMResult)]
-        price = teacher.config.price(teacher.config.model)
-        batch_cost = sum(
-            price.cost(r.usage.prompt_tokens, r.usage.completion_tokens, teacher.config.batch_price_factor)
-            for r in answered
-            if r.request_key in batched
-        ) if price else 0.0
-        out.metrics = {
-            "requests": float(len(jobs)),
-            "cached": float(sum(r.cached and r.request_key not in batched for r in answered)),
-            "batched": float(len(batched)),
-            "prompt_tokens": float(sum(r.usage.prompt_tokens for r in answered if not r.cached or r.request_key in batched)),
-            "completion_tokens": float(sum(r.usage.completion_tokens for r in answered if not r.cached or r.request_key in batched)),
-            "cost_usd": sum(r.cost_usd for r in answered) + batch_cost,
-        }
-        if stop:
-            raise ShardStopped(
-                f"{len(stop)} of {len(jobs)} images not answered ({type(stop[0]).__name__}: {stop[0]}); "
-                f"{len(answered)} answers are cached and will not be paid for again"
-            )
+        batch_name = f"teacher-{self.config.name}-shard-{ctx.shard:05d}"
+        results, out.metrics = answer(teacher.client, teacher.config, [req for _, _, req in jobs], batch_name)
         version = teacher.prompt.version
         for (image_id, shown, _), result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):

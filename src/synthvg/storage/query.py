@@ -27,6 +27,29 @@ LEFT JOIN _region_depth d USING (image_id, region_id)
 """
 
 
+# Relations carry the filters' verdict when the filters have judged them.
+_RELATIONS_VIEW = """
+CREATE OR REPLACE VIEW relations AS
+SELECT r.* REPLACE (coalesce(v.verdict, r.verdict) AS verdict,
+                    coalesce(v.verdict_reason, r.verdict_reason) AS verdict_reason),
+       v.verdict_score, v.verified_by
+FROM _relations r
+LEFT JOIN _relation_verdicts v USING (relation_id)
+"""
+
+# SVG-RELATIONS: the teacher's relations that the filters kept (unverified ones are not in it).
+_SVG_RELATIONS_VIEW = """
+CREATE OR REPLACE VIEW svg_relations AS
+SELECT * FROM relations WHERE stage = 'teacher' AND verdict = 'kept'
+"""
+
+# SVG-FULL: the editor's final graphs (relations a later filter dropped are left out).
+_SVG_FULL_VIEW = """
+CREATE OR REPLACE VIEW svg_full AS
+SELECT * FROM relations WHERE stage = 'edit' AND verdict <> 'dropped'
+"""
+
+
 class ReadOnlyError(PermissionError):
     """A statement that would write was sent to a read-only query."""
 
@@ -48,7 +71,9 @@ def connect(root: str | Dataset) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the dataset's views registered.
 
     Views: ``images``, ``regions`` (with the regions and depth stages' columns joined in),
-    ``proposals``, ``relations``, ``errors``; plus ``region_checks`` and ``region_depth``.
+    ``proposals``, ``relations`` (with the filters' verdicts applied), ``svg_relations``,
+    ``svg_full``, ``descriptions``, ``edits``, ``errors``; plus the raw ``region_checks``,
+    ``region_depth`` and ``relation_verdicts``.
     """
     dataset = root if isinstance(root, Dataset) else Dataset(root)
     con = duckdb.connect(":memory:")
@@ -57,9 +82,12 @@ def connect(root: str | Dataset) -> duckdb.DuckDBPyConnection:
     for table, model in TABLES.items():
         _create_source(con, f"_{table}", dataset.table_files(table), schema_of(model))
     for table in TABLES:
-        if table != "regions":
+        if table not in ("regions", "relations"):
             con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _{table}")
     con.execute(_REGIONS_VIEW)
+    con.execute(_RELATIONS_VIEW)
+    con.execute(_SVG_RELATIONS_VIEW)
+    con.execute(_SVG_FULL_VIEW)
     return con
 
 

@@ -1,0 +1,146 @@
+"""Filters: rules over geometry for spatial relations, VQA verification for the rest.
+
+Every relation of the configured stages gets a verdict row (``relation_verdicts``): kept or
+dropped with the deciding rule or verifiers and their evidence, or unverified with the reason
+nothing could decide (no rule for the predicate, no depth, a degenerate region, no verifier,
+a verifier that failed or answered neither yes nor no). The ``relations`` view applies them;
+``svg_relations`` is what the teacher proposed and the filters kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from synthvg import masks
+from synthvg.models.identity import checkpoint_identity
+from synthvg.models.spatial_rules import RULES, Context, Geom, check, contains, inside
+from synthvg.models.vqa import OpenAIVerifier, Question, VQAVerifier, combine, mark_pair
+from synthvg.predicates import load_synonyms, normalise
+from synthvg.prompts import load_prompt
+from synthvg.schemas import RLE, Box, RelationVerdictRecord
+from synthvg.schemas.config import BuildConfig, OpenAIVerifierConfig, RuleFiltersConfig
+from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.llm_stage import llm_cache_dir, open_image, redact_logs
+
+_VERDICT = {"keep": "kept", "drop": "dropped", "abstain": "unverified"}
+
+
+def make_verifier(cfg, build: BuildConfig) -> VQAVerifier:
+    if isinstance(cfg, OpenAIVerifierConfig):
+        return OpenAIVerifier(cfg, llm_cache_dir(build.out))
+    from synthvg.models.vqa_transformers import TransformersVerifier
+
+    return TransformersVerifier(cfg)
+
+
+class FiltersStage(Stage):
+    name = "filters"
+    version = "1"
+    writes = ("relation_verdicts",)
+
+    @classmethod
+    def fingerprint_payload(cls, config: BuildConfig) -> dict:
+        f: RuleFiltersConfig = config.filters
+        verifiers = [
+            v.model_dump(mode="json", include={"kind", "model", "base_url", "temperature", "threshold", "logprobs", "prompt", "path", "dtype"})
+            | {"prompt_sha256": load_prompt(v.prompt).sha256}
+            | ({"weights": checkpoint_identity(v.path)} if getattr(v, "path", None) else {})
+            for v in f.verifiers
+        ]
+        synonyms = hashlib.sha256(Path(f.synonyms).read_bytes()).hexdigest() if f.synonyms else None
+        return {
+            "config": f.model_dump(mode="json", include={"backend", "stages", "spatial", "vote"}),
+            "verifiers": verifiers,
+            "synonyms": synonyms,
+        }
+
+    def __init__(self, config: BuildConfig):
+        super().__init__(config)
+        self.filters: RuleFiltersConfig = config.filters
+        if any(isinstance(v, OpenAIVerifierConfig) for v in self.filters.verifiers):
+            redact_logs()
+        self.verifiers = [make_verifier(v, config) for v in self.filters.verifiers]  # load once per worker
+        self.synonyms = load_synonyms(self.filters.synonyms)
+
+    def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
+        out = StageOutput()
+        images = {i["image_id"]: i for i in inputs.rows("images")}
+        regions = {(r["image_id"], r["region_id"]): r for r in inputs.rows("regions")}
+        depth = {(d["image_id"], d["region_id"]): d["depth_median"] for d in inputs.rows("region_depth")}
+        names = {(r["image_id"], r["region_id"]): r.get("label") or "object" for r in regions.values()}
+        for d in inputs.rows("descriptions"):
+            names[(d["image_id"], d["region_id"])] = d["description"]
+        relations = [r for r in inputs.rows("relations") if r["stage"] in self.filters.stages]
+        pending: list[tuple[dict, dict, dict]] = []  # non-spatial relations for the verifiers
+
+        def verdict(rel: dict, v: str, reason: str, by: str, score: float | None = None) -> None:
+            out.add("relation_verdicts", RelationVerdictRecord(
+                relation_id=rel["relation_id"], image_id=rel["image_id"], verdict=v, verdict_reason=reason,
+                verdict_score=score, verified_by=by, run_id=ctx.run_id,
+            ))
+
+        for rel in relations:
+            image = images.get(rel["image_id"])
+            s = regions.get((rel["image_id"], rel["subject_id"]))
+            o = regions.get((rel["image_id"], rel["object_id"]))
+            if image is None or s is None or o is None:
+                missing = "image" if image is None else f"region {rel['subject_id'] if s is None else rel['object_id']}"
+                verdict(rel, "unverified", f"{missing} does not exist in this dataset", "filters")
+                continue
+            predicate = normalise(rel["predicate_raw"], self.synonyms) or rel["predicate"]
+            if rel["category"] == "spatial":
+                self._spatial(rel, predicate, image, s, o, depth, verdict)
+            elif self.verifiers:
+                pending.append((rel, image, {"s": s, "o": o, "predicate": predicate}))
+            else:
+                verdict(rel, "unverified", f"no VQA verifier configured for {rel['category']} relations", "filters")
+        self._verify(pending, names, verdict, out, ctx)
+        counts = {"kept": 0.0, "dropped": 0.0, "unverified": 0.0}
+        for v in out.tables.get("relation_verdicts", []):
+            counts[v.verdict] += 1
+        out.metrics = counts
+        return out
+
+    def _spatial(self, rel, predicate, image, s, o, depth, verdict) -> None:
+        if predicate not in RULES:
+            verdict(rel, "unverified", f"no spatial rule for predicate {predicate!r}", "filters")
+            return
+        gs, go = (
+            Geom(Box(**r["bbox"]), r["area"], RLE(**r["mask"]) if r.get("mask") else None, depth.get((r["image_id"], r["region_id"])))
+            for r in (s, o)
+        )
+        s_in_o = o_in_s = None
+        needs_masks = RULES[predicate] in (inside, contains)  # RLE work only where it decides
+        if needs_masks and gs.mask is not None and go.mask is not None and gs.area > 0 and go.area > 0:
+            s_in_o = float(masks.coverage_matrix([gs.mask], [go.mask])[0, 0])
+            o_in_s = float(masks.coverage_matrix([go.mask], [gs.mask])[0, 0])
+        result = check(predicate, gs, go, Context(image["width"], image["height"], self.filters.spatial, s_in_o, o_in_s))
+        verdict(rel, _VERDICT[result.decision], result.reason, f"rule:{result.rule}", result.margin)
+
+    def _verify(self, pending, names, verdict, out: StageOutput, ctx: RunContext) -> None:
+        if not pending:
+            return
+        pixels: dict[str, object] = {}
+        questions: list[Question] = []
+        asked: list[dict] = []
+        for rel, image, q in pending:
+            if image["image_id"] not in pixels:
+                pixels[image["image_id"]] = open_image(image, ctx, out)
+            img = pixels[image["image_id"]]
+            if img is None:
+                verdict(rel, "unverified", "image could not be read", "filters")
+                continue
+            s, o = q["s"], q["o"]
+            questions.append(Question(
+                image=mark_pair(img, Box(**s["bbox"]), Box(**o["bbox"]), s["region_id"], o["region_id"]),
+                subject_id=s["region_id"], object_id=o["region_id"],
+                subject=names[(rel["image_id"], s["region_id"])], predicate=q["predicate"],
+                object=names[(rel["image_id"], o["region_id"])],
+            ))
+            asked.append(rel)
+        answers = [(v.name, v.threshold, v.p_yes(questions)) for v in self.verifiers]
+        by = "+".join(v.name for v in self.verifiers)
+        for i, rel in enumerate(asked):
+            v, score, reason = combine([(name, ps[i], t) for name, t, ps in answers], self.filters.vote)
+            verdict(rel, v, reason, by, score)
