@@ -116,8 +116,8 @@ def test_seed_relations_between_merged_regions(joined):
     assert rows == [
         ("coco:252219", "person", "carrying", "handbag", "carrying", "interactional", "seed", "human", "visual-genome-1.4"),
         ("coco:252219", "umbrella", "above", "person", "above", "spatial", "seed", "human", "visual-genome-1.4"),
+        ("coco:397133", "bottle", "left of", "person", "to the left of", "spatial", "seed", "human", "gqa-1.1"),
         ("coco:397133", "bottle", "on", "dining table", " ON ", "spatial", "seed", "human", "visual-genome-1.4"),
-        ("coco:397133", "bottle", "to the left of", "person", "to the left of", "spatial", "seed", "human", "gqa-1.1"),
         ("coco:397133", "hat", "on", "person", "on", "spatial", "seed", "human", "visual-genome-1.4"),
         ("coco:397133", "person", "holding", "bottle", "HOLDING", "interactional", "seed", "human", "visual-genome-1.4+gqa-1.1"),
         ("coco:397133", "person", "wearing", "shirt", "wearing", "interactional", "seed", "human", "visual-genome-1.4"),
@@ -204,16 +204,12 @@ def test_seeds_fingerprint_follows_file_content_and_merge_rule(tmp_path):
 
 
 def test_predicates_normalised_and_categorised():
-    from synthvg.readers.predicates import (
-        _CATEGORY_WORDS,
-        CATEGORY,
-        normalize_predicate,
-        predicate_category,
-    )
+    from synthvg.predicates import _CATEGORY_WORDS, CATEGORY, category_of, normalise
 
     assert sum(len(w.split("|")) for w in _CATEGORY_WORDS.values()) == len(CATEGORY)  # no predicate in two categories
-    assert normalize_predicate("  Sitting   ON ") == "sitting on"
-    assert [predicate_category(p) for p in ("sitting on", "has a", "holding", "talking to", "smiling at", "says hi")] == [
+    assert normalise("  Sitting   ON ") == "sitting on"
+    assert normalise("To the left of") == "left of"
+    assert [category_of(p) for p in ("sitting on", "has a", "holding", "talking to", "smiling at", "says hi")] == [
         "spatial", "functional", "interactional", "social", "emotional", "other",
     ]
 

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from synthvg import masks
+from synthvg.predicates import category_of, normalise
 from synthvg.readers.base import ImageSeeds, Problem, SourceImage, SourceRegion
 from synthvg.readers.merge import Cluster, Member, Merger
-from synthvg.readers.predicates import normalize_predicate, predicate_category
 from synthvg.schemas import RLE, Box, RegionRecord, RelationRecord
 from synthvg.schemas.records import relation_id
 
@@ -170,7 +170,7 @@ class Joiner:
             for rel in view.seeds.relations:
                 ends = index.get((v, rel.subject)), index.get((v, rel.object))
                 ref = f"{view.path}#relation={rel.key}"
-                predicate = normalize_predicate(rel.predicate)
+                predicate = normalise(rel.predicate)
                 if None in ends:
                     which = "subject" if ends[0] is None else "object"
                     problems.append(Problem("dangling_relation", f"relation {rel.predicate!r}: its {which} region was skipped (see its own error); relation skipped", ref))
@@ -188,7 +188,7 @@ class Joiner:
                 object_id=o,
                 predicate=p,
                 predicate_raw=raw,
-                category=predicate_category(p),
+                category=category_of(p),
                 stage="seed",
                 generator="human",
                 model="+".join(models),
