@@ -91,7 +91,9 @@ def local_server(home: Path, port: int | None = None) -> Iterator[str]:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"]
-    with started(cmd, child_env(home), home / "server.log") as proc:
+    # The UI asks its server where the API is; by default it says port 4200, whatever the port.
+    env = {**child_env(home), "PREFECT_UI_API_URL": url}
+    with started(cmd, env, home / "server.log") as proc:
         wait_until(lambda: proc.poll() is not None or _healthy(url), 180, f"the Prefect server on port {port}")
         if proc.poll() is not None:
             raise RuntimeError(f"prefect server exited with {proc.returncode}; see {home / 'server.log'}")

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from synthvg.cli import app
 from synthvg.flows.build import _stage_table
-from synthvg.flows.runners import RunnerUnavailable, placement, require
+from synthvg.flows.runners import RunnerUnavailable, placement, require, task_runners
 from synthvg.pipeline import ShardResult, run_build, summarize_stage
 from synthvg.schemas.config import ConfigError, ExecutorConfig, with_executor
 
@@ -55,6 +55,20 @@ def test_placement_requests_gpus_and_keeps_ray_workers():
         assert RemoteOptionsContext.get().current_remote_options == {"num_gpus": 0.5, "max_calls": 0}
     with placement(ray, "teacher"):
         assert not RemoteOptionsContext.get().current_remote_options
+
+
+def test_a_local_ray_cluster_without_the_gpus_asked_for_is_refused(monkeypatch):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("prefect_ray")
+    calls: list = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    with pytest.raises(RuntimeError, match="requests 1 GPUs per shard; the local Ray cluster has 0"):
+        with task_runners(ExecutorConfig(kind="ray", gpus={"regions": 1})):
+            pass
+    assert calls == [{"address": None, "namespace": "synthvg", "num_cpus": 2, "include_dashboard": False}, "shutdown"]
 
 
 def test_dask_gpu_requests_go_to_a_given_cluster_only():
@@ -148,12 +162,11 @@ def test_setup_prefect_limits_hold_slots_only_while_a_shard_works(prefect_server
 
 @pytest.mark.slow
 def test_build_with_limits_then_report(prefect_server, tmp_path):
-    """Limits wired into shard tasks, a progress and a table artifact per stage, the report flow."""
+    """Limits wired into shard tasks, a progress and a table artifact per stage, `synthvg report`."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from synthvg.flows import build_dataset
-    from synthvg.flows.report import dataset_report
     from synthvg.prefect_setup import setup_prefect
 
     cfg = demo_config(
@@ -164,11 +177,12 @@ def test_build_with_limits_then_report(prefect_server, tmp_path):
     setup_prefect(cfg.executor.limits, work_pool=None)
     assert build_dataset(cfg).status == "completed"
 
-    out = dataset_report(root=cfg.out, samples=2)
+    result = CliRunner().invoke(app, ["report", "--root", cfg.out, "--samples", "2"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 7 files" in result.output  # 3 histograms, 2 samples, report.json, README.md
     report = tmp_path / "root" / "report"
     assert {"README.md", "report.json", "categories.png", "predicates.png", "objects.png"} <= {p.name for p in report.iterdir()}
     assert len(list((report / "samples").glob("*.png"))) == 2
-    assert len(out["files"]) == 7  # 3 histograms, 2 samples, report.json, README.md
     card = (report / "README.md").read_text()
     assert "| this dataset | 4 |" in card and "| rule:near |" in card and "| teacher | 1 | 2 |" in card
 

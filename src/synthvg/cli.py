@@ -1,4 +1,4 @@
-"""The ``synthvg`` command line: build, sql, stats, show."""
+"""The ``synthvg`` command line: build, sql, stats, show, report, setup-prefect."""
 
 from __future__ import annotations
 
@@ -142,6 +142,19 @@ def _print_dry_run(cfg) -> None:
                 f"~{int(m['prompt_tokens'])} tokens in, <= {int(m['completion_tokens'])} out, ~${m['cost_usd']:.2f}"
             )
         typer.echo(line)
+
+
+@app.command()
+def report(
+    root: RootOpt,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="sample scene graphs to render")] = 4,
+) -> None:
+    """Write the dataset card (ROOT/report/: Table 1, histograms, drop reasons, cost, samples) and its artifacts."""
+    from synthvg.flows import dataset_report
+
+    _check_root(root)
+    out = dataset_report(root=root, samples=samples)
+    typer.echo(f"wrote {len(out['files'])} files under {root.rstrip('/')}/report/")
 
 
 @app.command("setup-prefect")

@@ -77,7 +77,8 @@ class _Progress:
 
 
 def _counts(counts: dict[str, int | float]) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in sorted(counts.items())) or "-"
+    # Empty, not "-": the UI renders table cells as markdown, where "-" is a list bullet.
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(counts.items()))
 
 
 def _stage_table(summary: StageSummary, results: list[ShardResult], images: dict[int, int]) -> list[dict]:
