@@ -128,6 +128,7 @@ def main() -> int:
 
     from local_prefect import local_server
 
+    load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="synthvg-bench-runners-"))
     with local_server(tmp / "home") as api:
         os.environ.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "home"), PREFECT_LOGGING_LEVEL="WARNING",
@@ -146,7 +147,8 @@ def main() -> int:
             demo = [bench_demo(k, plain_s, rows, tmp) for k in runners]
         noop = [bench_noop(k, args.images, args.shard_size, args.stages, args.workers) for k in runners]
 
-    lines = _report(args, demo, noop)
+    # Shared machines: the load says how much of a figure is other people's work.
+    lines = _report(args, demo, noop, (load_before, os.getloadavg()[0]))
     print("\n".join(lines))
     if args.write:
         with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
@@ -154,7 +156,7 @@ def main() -> int:
     return 0
 
 
-def _report(args, demo: list[dict], noop: list[dict]) -> list[str]:
+def _report(args, demo: list[dict], noop: list[dict], load: tuple[float, float]) -> list[str]:
     import prefect
 
     versions = [f"prefect {prefect.__version__}"]
@@ -167,7 +169,8 @@ def _report(args, demo: list[dict], noop: list[dict]) -> list[str]:
         "## Orchestration overhead per shard, threads / Dask / Ray — `benchmarks/bench_runners.py`",
         "",
         f"{dt.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-        f"{', '.join(versions)}; one `prefect server start` on 127.0.0.1 (SQLite); local clusters.",
+        f"{', '.join(versions)}; one `prefect server start` on 127.0.0.1 (SQLite); local clusters; "
+        f"1-minute load average {load[0]:.1f} before, {load[1]:.1f} after.",
     ]
     if demo:
         lines += [
