@@ -15,7 +15,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test,models]'
+	$(BIN)/pip install -q -e '.[test,models,scale]'
 
 demo: install
 	$(BIN)/synthvg build --config configs/demo.yaml --out $(ROOT)

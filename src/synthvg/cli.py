@@ -1,4 +1,4 @@
-"""The ``synthvg`` command line: build, sql, stats, show, ingest, export, import."""
+"""The ``synthvg`` command line: build, sql, stats, show, ingest, export, import, report, setup-prefect."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from synthvg import prefect_env
+from synthvg.prefect_setup import WORK_POOL
 
 prefect_env.configure()
 
@@ -40,6 +41,12 @@ def _check_root(root: str) -> None:
         raise _fail(f"{root} is not a synthvg dataset (no synthvg.json); build one with `synthvg build`")
 
 
+class Runner(StrEnum):
+    threads = "threads"
+    dask = "dask"
+    ray = "ray"
+
+
 @app.command()
 def build(
     config: Annotated[Path, typer.Option("--config", "-c", help="build configuration (YAML)")],
@@ -48,15 +55,23 @@ def build(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="estimate requests, tokens and cost of paid stages; send nothing")
     ] = False,
+    runner: Annotated[
+        Runner | None, typer.Option("--runner", help="where shards run; overrides executor.kind (dask and ray need the scale extra)")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option("--address", help="Dask scheduler or Ray cluster address; default: a local cluster")
+    ] = None,
 ) -> None:
     """Build or resume a dataset. Shards already committed with the same inputs, config and code are skipped."""
-    from synthvg.schemas.config import ConfigError, load_config
+    from synthvg.flows.runners import RunnerUnavailable, require
+    from synthvg.schemas.config import ConfigError, load_config, with_executor
 
     if out is not None and "://" not in out:
         out = str(Path(out).resolve())
     try:
-        cfg = load_config(config, out=out, limit=limit)
-    except ConfigError as e:
+        cfg = with_executor(load_config(config, out=out, limit=limit), kind=runner, address=address)
+        require(cfg.executor.kind)
+    except (ConfigError, RunnerUnavailable) as e:
         raise _fail(str(e)) from None
     if dry_run:
         _print_dry_run(cfg)
@@ -126,6 +141,36 @@ def _print_dry_run(cfg) -> None:
                 f"; would send {int(m['requests'] - m['cached'])} requests ({int(m['cached'])} cached), "
                 f"~{int(m['prompt_tokens'])} tokens in, <= {int(m['completion_tokens'])} out, ~${m['cost_usd']:.2f}"
             )
+        typer.echo(line)
+
+
+@app.command()
+def report(
+    root: RootOpt,
+    samples: Annotated[int, typer.Option("--samples", min=0, help="sample scene graphs to render")] = 4,
+) -> None:
+    """Write the dataset card (ROOT/report/: Table 1, histograms, drop reasons, cost, samples) and its artifacts."""
+    from synthvg.flows import dataset_report
+
+    _check_root(root)
+    out = dataset_report(root=root, samples=samples)
+    typer.echo(f"wrote {len(out['files'])} files under {root.rstrip('/')}/report/")
+
+
+@app.command("setup-prefect")
+def setup_prefect(
+    config: Annotated[Path, typer.Option("--config", "-c", help="build configuration naming executor.limits")],
+    work_pool: Annotated[str, typer.Option("--work-pool", help="process work pool to create if missing ('' skips)")] = WORK_POOL,
+) -> None:
+    """Create the config's global concurrency and rate limits and the work pool on the Prefect server."""
+    from synthvg.prefect_setup import setup_prefect as setup
+    from synthvg.schemas.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    for line in setup(cfg.executor.limits, work_pool or None):
         typer.echo(line)
 
 

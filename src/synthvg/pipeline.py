@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -48,6 +50,8 @@ class ShardResult(BaseModel):
     status: Literal["written", "up_to_date", "failed"]
     rows: dict[str, int] = Field(default_factory=dict)
     errors: int = 0
+    #: Inputs the stage could not use, by error kind (the ``errors`` table's ``kind``).
+    errors_by_kind: dict[str, int] = Field(default_factory=dict)
     seconds: float = 0.0
     message: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -126,18 +130,30 @@ def _shard_state(dataset: Dataset, config: BuildConfig, stage_name: str, shard: 
     return fp, None, StageInputs(dataset, shard.index, writers)
 
 
-def run_shard(dataset: Dataset, config: BuildConfig, stage_name: str, shard: ShardSpec, run_id: str) -> ShardResult:
-    """Run one stage on one shard and commit it, unless it is already committed as is."""
+def run_shard(
+    dataset: Dataset,
+    config: BuildConfig,
+    stage_name: str,
+    shard: ShardSpec,
+    run_id: str,
+    guard: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> ShardResult:
+    """Run one stage on one shard and commit it, unless it is already committed as is.
+
+    ``guard`` wraps the work only (Prefect concurrency slots): a shard that is up to date or
+    blocked holds no GPU or API slot.
+    """
     started = time.perf_counter()
     fp, blocked, inputs = _shard_state(dataset, config, stage_name, shard)
     if blocked == "up_to_date":
         return ShardResult(stage=stage_name, shard=shard.index, status="up_to_date")
     if blocked:
         return ShardResult(stage=stage_name, shard=shard.index, status="failed", message=blocked)
-    stage = load_stage(STAGES[stage_name], config)
     ctx = RunContext(run_id=run_id, stage=stage_name, shard=shard.index)
     started_at = utcnow()
-    output = stage.process(shard, inputs, ctx)
+    with guard():
+        stage = load_stage(STAGES[stage_name], config)
+        output = stage.process(shard, inputs, ctx)
     tables = output.arrow_tables()
     dataset.commit_shard(stage_name, shard.index, fp, tables, run_id=run_id, image_count=len(shard.image_ids), started_at=started_at)
     return ShardResult(
@@ -146,6 +162,7 @@ def run_shard(dataset: Dataset, config: BuildConfig, stage_name: str, shard: Sha
         status="written",
         rows={t: v.num_rows for t, v in tables.items() if t != "errors"},
         errors=len(output.errors),
+        errors_by_kind=dict(Counter(e.kind for e in output.errors)),
         seconds=time.perf_counter() - started,
         metrics=output.metrics,
     )

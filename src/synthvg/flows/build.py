@@ -17,7 +17,9 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
 
+from synthvg.flows.runners import placement, task_runners
 from synthvg.pipeline import (
     ShardResult,
     failed_shard,
@@ -74,20 +76,44 @@ class _Progress:
         self.bar.close()
 
 
-def _stage_table(summary: StageSummary, results: list[ShardResult]) -> list[dict]:
-    rows = [
-        {
-            "shard": r.shard,
-            "status": r.status,
-            "rows": ", ".join(f"{t}={n}" for t, n in sorted(r.rows.items())) or "-",
-            "errors": r.errors,
-            "seconds": round(r.seconds, 2),
-            **{k: round(v, 6) for k, v in r.metrics.items()},
-            "message": r.message or "",
+def _counts(counts: dict[str, int | float]) -> str:
+    # Empty, not "-": the UI renders table cells as markdown, where "-" is a list bullet.
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(counts.items()))
+
+
+def _stage_table(summary: StageSummary, results: list[ShardResult], images: dict[int, int]) -> list[dict]:
+    """One row per shard and a total: in, out, dropped by reason, time, throughput, cost."""
+
+    def row(shard: str, status: str, n_in: int, out: dict, dropped: dict, seconds: float, metrics: dict, msg: str) -> dict:
+        return {
+            "shard": shard,
+            "status": status,
+            "images_in": n_in,
+            "rows_out": _counts(out),
+            "dropped_by_reason": _counts(dropped),
+            "seconds": round(seconds, 2),
+            "images_per_s": round(n_in / seconds, 2) if seconds > 0 else None,
+            "cost_usd": round(metrics.get("cost_usd", 0.0), 6),
+            "metrics": _counts({k: round(v, 6) for k, v in metrics.items() if k != "cost_usd"}),
+            "message": msg,
         }
-        for r in sorted(results, key=lambda r: r.shard)
+
+    ordered = sorted(results, key=lambda r: r.shard)
+    rows = [
+        row(f"{r.shard:05d}", r.status, images.get(r.shard, 0), r.rows, r.errors_by_kind, r.seconds, r.metrics, r.message or "")
+        for r in ordered
     ]
-    return rows or [{"status": summary.status, "reason": summary.reason or ""}]
+    if not rows:
+        return [{"status": summary.status, "reason": summary.reason or ""}]
+    worked = [r for r in ordered if r.status == "written"]
+    dropped: dict[str, int] = {}
+    for r in worked:
+        for k, n in r.errors_by_kind.items():
+            dropped[k] = dropped.get(k, 0) + n
+    # Throughput over the stage's wall time: what the cluster achieved, not a sum of shard times.
+    n_in = sum(images.get(r.shard, 0) for r in worked)
+    rows.append(row("total", summary.status, n_in, summary.rows_out, dropped, summary.seconds, summary.metrics, summary.reason or ""))
+    return rows
 
 
 @flow(name="stage", flow_run_name="{stage}", log_prints=False)
@@ -96,6 +122,7 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
     logger = get_run_logger()
     t0 = time.perf_counter()
     reason = STAGES[stage].skip_reason(config)
+    images: dict[int, int] = {}  # shard -> images in it
     if reason:
         withdrawn = withdraw_stage(Dataset(config.out), stage)
         logger.info("%s skipped: %s%s", stage, reason, f" (withdrew {withdrawn} stale shards)" if withdrawn else "")
@@ -103,8 +130,17 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
         results: list[ShardResult] = []
     else:
         shards = load_shards(Dataset(config.out))
-        task = shard_task.with_options(retries=config.executor.retries, retry_delay_seconds=config.executor.retry_delay_seconds)
-        futures = {task.submit(config, stage, shard, run_id): shard for shard in shards}
+        ex = config.executor
+        task = shard_task.with_options(
+            retries=ex.retries,
+            retry_delay_seconds=exponential_backoff(ex.retry_delay_seconds)(ex.retries) if ex.retries else 0,
+            retry_jitter_factor=0.2,
+        )
+        stage_progress = create_progress_artifact(
+            progress=0.0, key=artifact_key(config.name, "stage", stage, "progress"), description=f"{stage}: shards done"
+        )
+        with placement(ex, stage):
+            futures = {task.submit(config, stage, shard, run_id): shard for shard in shards}
         results = []
         progress = _PROGRESS.get(run_id)
         for future in as_completed(list(futures)):
@@ -115,10 +151,12 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
                 logger.error("%s shard %05d failed: %s", stage, shard.index, e)
                 result = failed_shard(stage, shard, e)
             results.append(result)
+            update_progress_artifact(stage_progress, progress=100.0 * len(results) / len(shards))
             if progress:
                 progress.advance(f"{stage} {shard.index:05d}")
         summary = summarize_stage(stage, results, time.perf_counter() - t0)
-        rows_in = sum(len(s.image_ids) for s in shards)
+        images = {sh.index: len(sh.image_ids) for sh in shards}
+        rows_in = sum(images.values())
         logger.info(
             "%s: %d images in; shards written %d, up to date %d, failed %d; rows out %s; %d input errors; %.1fs",
             stage, rows_in, summary.shards_written, summary.shards_up_to_date, summary.shards_failed,
@@ -126,7 +164,7 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
         )
     create_table_artifact(
         key=artifact_key(config.name, "stage", stage),
-        table=_stage_table(summary, results),
+        table=_stage_table(summary, results, images),
         description=f"{stage}: {summary.status}" + (f" ({summary.reason})" if summary.reason else ""),
     )
     return summary
@@ -185,9 +223,11 @@ def build_dataset(config: BuildConfig, run_id: str | None = None) -> RunManifest
         _PROGRESS[run_id] = progress
         summaries = []
         try:
-            for stage in STAGE_ORDER:
-                runner = ThreadPoolTaskRunner(max_workers=config.executor.workers)
-                summaries.append(stage_flow.with_options(task_runner=runner)(config, stage, run_id))
+            with task_runners(config.executor) as runner:
+                for stage in STAGE_ORDER:
+                    # Skipped stages submit nothing: they need no cluster.
+                    sub = runner() if stage in active else ThreadPoolTaskRunner(max_workers=1)
+                    summaries.append(stage_flow.with_options(task_runner=sub)(config, stage, run_id))
         finally:
             progress.close()
             _PROGRESS.pop(run_id, None)

@@ -375,13 +375,41 @@ EditConfig = Annotated[
     Annotated[NoEditConfig, Tag("none")] | Annotated[OpenAIEditConfig, Tag("openai")],
     _backend_tag("none"),
 ]
+class PrefectLimit(Section):
+    """A Prefect global concurrency limit shared by every build that names it.
+
+    Without ``per_second`` at most ``limit`` shards of the listed stages run at once (GPU
+    stages). With it, a rate limit: each shard takes one slot per image and slots free at
+    ``per_second`` (model APIs; one teacher request per image). ``synthvg setup-prefect``
+    creates the limits; builds then fail fast if one is missing.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    stages: list[str] = Field(min_length=1)
+    limit: int = Field(ge=1, description="slots: shards at once, or the rate limit's burst in images")
+    per_second: float | None = Field(None, gt=0, description="set: a rate limit, slots decaying at this rate")
 
 
 class ExecutorConfig(Section):
-    kind: Literal["threads"] = "threads"
-    workers: int = Field(2, ge=1, le=256, description="shards processed at once")
+    kind: Literal["threads", "dask", "ray"] = Field(
+        "threads", description="threads in the build's process, or a Dask or Ray cluster"
+    )
+    address: str | None = Field(
+        None, description="Dask scheduler or Ray cluster address; none: start a local cluster per build"
+    )
+    workers: int = Field(2, ge=1, le=256, description="shards processed at once (local cluster size)")
     retries: int = Field(1, ge=0, description="Prefect task retries for a failing shard")
-    retry_delay_seconds: float = Field(2.0, ge=0)
+    retry_delay_seconds: float = Field(2.0, ge=0, description="first retry delay; doubles each retry")
+    gpus: dict[str, float] = Field(
+        default_factory=dict, description="GPUs each shard task of a stage requests on Ray or Dask"
+    )
+    limits: list[PrefectLimit] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _address_needs_cluster(self) -> ExecutorConfig:
+        if self.address and self.kind == "threads":
+            raise ValueError("address needs kind dask or ray (threads run in the build's process)")
+        return self
 
 
 class BuildConfig(Section):
@@ -406,6 +434,15 @@ class BuildConfig(Section):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _executor_names_stages(self) -> BuildConfig:
+        # Every stage has a config section of its name; anything else is a typo.
+        stages = set(type(self).model_fields) - {"name", "out", "shard_size", "limit", "executor"}
+        named = set(self.executor.gpus) | {s for lim in self.executor.limits for s in lim.stages}
+        if unknown := sorted(named - stages):
+            raise ValueError(f"executor names unknown stage(s) {unknown}; stages are {sorted(stages)}")
+        return self
 
     def stage_config(self, stage: str) -> BaseModel:
         return getattr(self, stage)
@@ -450,6 +487,18 @@ def load_config(path: str | os.PathLike, **overrides) -> BuildConfig:
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path))) from None
     return resolve_paths(cfg, base)
+
+
+def with_executor(cfg: BuildConfig, kind: str | None = None, address: str | None = None) -> BuildConfig:
+    """``cfg`` with the command line's ``--runner``/``--address`` over its executor section."""
+    update = {k: v for k, v in (("kind", kind), ("address", address)) if v is not None}
+    if not update:
+        return cfg
+    try:
+        executor = ExecutorConfig.model_validate({**cfg.executor.model_dump(), **update})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, "the command line")) from None
+    return cfg.model_copy(update={"executor": executor})
 
 
 def resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from synthvg.pipeline import ShardResult, prepare, run_shard
+from synthvg.prefect_setup import shard_slots
 from synthvg.schemas.config import BuildConfig
 from synthvg.stages import BuildPlan, ShardSpec
 from synthvg.storage import Dataset
@@ -28,4 +31,5 @@ def plan_task(config: BuildConfig, run_id: str) -> BuildPlan:
 
 @task(name="run-shard", task_run_name=_shard_run_name, cache_policy=NO_CACHE)
 def shard_task(config: BuildConfig, stage: str, shard: ShardSpec, run_id: str) -> ShardResult:
-    return run_shard(Dataset(config.out), config, stage, shard, run_id)
+    slots = partial(shard_slots, config.executor, stage, len(shard.image_ids))
+    return run_shard(Dataset(config.out), config, stage, shard, run_id, guard=slots)
