@@ -1,6 +1,6 @@
 # Two entry points do all set-up on a fresh machine (Python >= 3.11 with venv and pip):
 #   make demo   install, build the bundled COCO sample, print its stats and a sample query
-#   make test   install with test extras and run the test suite
+#   make test   install with test and model extras and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +15,7 @@ install: $(BIN)/python
 	$(BIN)/pip install -q -e .
 
 install-test: $(BIN)/python
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,models]'
 
 demo: install
 	$(BIN)/synthvg build --config configs/demo.yaml --out $(ROOT)
