@@ -80,7 +80,6 @@ def load_sam(config: SegmentAnythingConfig, device: torch.device) -> Sam:
         raise ModelLoadError(f"{KEY}.checkpoint: {path} is a folder; a transformers model directory goes under regions.transformers_sam.path")
     if not os.path.isfile(path):
         raise ModelLoadError(f"{KEY}.checkpoint: file not found: {path}")
-    build = partial(build_custom, config.encoder) if config.model_type == "custom" else sam_model_registry[config.model_type]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors alike: the file is not a checkpoint
@@ -91,7 +90,7 @@ def load_sam(config: SegmentAnythingConfig, device: torch.device) -> Sam:
     pos = state.get("image_encoder.pos_embed")
     if pos is None or int(pos.shape[-1]) != width:  # found before building a ViT-H for nothing
         raise ModelLoadError(f"{KEY}.checkpoint: {path} does not match model_type {config.model_type!r}{_guess(state)}")
-    sam = build(checkpoint=None)
+    sam = build_custom(config.encoder) if config.encoder else sam_model_registry[config.model_type](checkpoint=None)
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -102,7 +101,7 @@ def load_sam(config: SegmentAnythingConfig, device: torch.device) -> Sam:
     return sam.to(device).eval()
 
 
-def build_custom(spec: SamEncoderSpec, checkpoint: None = None) -> Sam:
+def build_custom(spec: SamEncoderSpec) -> Sam:
     """SAM with an encoder of another size (the registry's builders fix vit_h/l/b at 1024 px);
     prompt encoder and mask decoder are SAM's own."""
     prompt_dim, patch = 256, 16

@@ -39,7 +39,8 @@ def depth_stats(depth: np.ndarray, mask: np.ndarray) -> tuple[float | None, floa
 
 
 def depth_png(depth: np.ndarray) -> bytes:
-    """A [0, 1] map as a 16-bit grayscale PNG (value / 65535 = depth): ~1 MB at 640x480."""
+    """A [0, 1] map as a 16-bit grayscale PNG (value / 65535 = depth): 0.2-0.5 MB at 640x480,
+    where float32 would take 1.2 MB, with 1/65535 resolution."""
     buf = io.BytesIO()
     Image.fromarray(np.round(np.clip(depth, 0.0, 1.0) * 65535).astype(np.uint16)).save(buf, format="PNG")
     return buf.getvalue()
