@@ -1,7 +1,8 @@
 """Mask proposers: anything that turns an RGB image into candidate masks.
 
-The regions stage only sees :class:`MaskProposer`; SAM, Semantic-SAM or precomputed files plug
-in behind the same interface. The default here needs no weights: scikit-image's graph-based
+The regions stage only sees :class:`MaskProposer`; the SAM backends (``sam_package``,
+``sam_transformers``) and precomputed files (``precomputed``, how Semantic-SAM plugs in) sit
+behind the same interface. The default here needs no weights: scikit-image's graph-based
 Felzenszwalb segmentation. It is a classical CPU stand-in, not SAM, and it is labelled so in
 every row it produces (``proposer='felzenszwalb-cpu'``).
 """
@@ -26,21 +27,51 @@ class Proposal:
     score: float | None = None
 
 
-class MaskProposer(Protocol):
-    name: str
+@dataclass(frozen=True)
+class ImageItem:
+    """One image handed to a proposer; ``rgb`` is None for proposers that need no pixels."""
 
-    def propose(self, rgb: np.ndarray) -> list[Proposal]:
-        """Candidate masks for one HxWx3 uint8 image, largest first."""
+    image_id: str
+    file_uri: str
+    width: int
+    height: int
+    rgb: np.ndarray | None = None
+
+
+class MaskProposer(Protocol):
+    #: Written to every proposal row (labelled honestly: 'felzenszwalb-cpu' is not SAM).
+    name: str
+    #: Images the stage hands over at once (a GPU proposer batches them).
+    batch_size: int
+    #: False for proposers that read their masks from files rather than from pixels.
+    needs_pixels: bool
+
+    def propose_batch(self, items: list[ImageItem]) -> list[list[Proposal]]:
+        """Candidate masks for each image (at its own size), largest first. Raises
+        :class:`~synthvg.models.errors.ImageError` for an image it cannot use (the stage then retries one by one)."""
         ...
+
+
+def to_proposals(rles: list[RLE], scores: list[float | None], limit: int) -> list[Proposal]:
+    """Proposals from masks, largest first, at most ``limit``; empty masks are dropped."""
+    out = [Proposal(mask=r, bbox=masks.bbox(r), area=masks.area(r), score=s) for r, s in zip(rles, scores, strict=True)]
+    out = [p for p in out if p.area > 0]
+    out.sort(key=lambda p: -p.area)
+    return out[:limit]
 
 
 class FelzenszwalbProposer:
     """Graph-based segmentation (Felzenszwalb & Huttenlocher 2004) as mask proposals."""
 
     name = "felzenszwalb-cpu"
+    batch_size = 1
+    needs_pixels = True
 
     def __init__(self, config: FelzenszwalbConfig):
         self.config = config
+
+    def propose_batch(self, items: list[ImageItem]) -> list[list[Proposal]]:
+        return [self.propose(item.rgb) for item in items]
 
     def propose(self, rgb: np.ndarray) -> list[Proposal]:
         from skimage.segmentation import felzenszwalb
@@ -59,7 +90,5 @@ class FelzenszwalbProposer:
             rows = np.minimum((np.arange(h) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1)
             cols = np.minimum((np.arange(w) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1)
             labels = labels[rows[:, None], cols[None, :]]
-        rles = masks.label_map_to_rles(labels)
-        proposals = [Proposal(mask=r, bbox=masks.bbox(r), area=masks.area(r)) for r in rles.values()]
-        proposals.sort(key=lambda p: -p.area)
-        return proposals[: self.config.max_proposals]
+        rles = list(masks.label_map_to_rles(labels).values())
+        return to_proposals(rles, [None] * len(rles), self.config.max_proposals)

@@ -120,8 +120,16 @@ class RegionDepthRecord(Record):
 
     image_id: str
     region_id: int
-    depth_median: float | None
+    depth_median: float | None = Field(description="median relative depth inside the mask: 0 farthest, 1 nearest in the image")
     depth_spread: float | None = Field(description="interquartile range of depth inside the mask")
+    depth_model: str
+
+
+class DepthMapRecord(Record):
+    """Where the depth stage saved an image's depth map (a 16-bit PNG beside the tables)."""
+
+    image_id: str
+    depth_uri: str = Field(description="16-bit grayscale PNG: value / 65535 = relative depth, larger = nearer")
     depth_model: str
 
 

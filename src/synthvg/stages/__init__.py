@@ -1,9 +1,10 @@
 """Pipeline stages, in build order. Each is a plain class: see :mod:`synthvg.stages.base`."""
 
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput, load_stage
+from synthvg.stages.depth import DepthStage
 from synthvg.stages.edit import EditStage
 from synthvg.stages.filters import FiltersStage
-from synthvg.stages.pending import DepthStage, RobinStage
+from synthvg.stages.pending import RobinStage
 from synthvg.stages.regions import RegionsStage
 from synthvg.stages.seeds import BuildPlan, SeedsStage, plan_build
 from synthvg.stages.teacher import TeacherStage

@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 
 from synthvg import masks
-from synthvg.models.identity import checkpoint_identity
+from synthvg.models.identity import path_identity
 from synthvg.models.spatial_rules import RULES, Context, Geom, check, contains, inside
 from synthvg.models.vqa import OpenAIVerifier, Question, VQAVerifier, combine, mark_pair
 from synthvg.predicates import load_synonyms, normalise
@@ -45,7 +45,7 @@ class FiltersStage(Stage):
         verifiers = [
             v.model_dump(mode="json", include={"kind", "model", "base_url", "temperature", "threshold", "logprobs", "prompt", "path", "dtype"})
             | {"prompt_sha256": load_prompt(v.prompt).sha256}
-            | ({"weights": checkpoint_identity(v.path)} if getattr(v, "path", None) else {})
+            | ({"weights": path_identity(v.path)} if getattr(v, "path", None) else {})
             for v in f.verifiers
         ]
         synonyms = hashlib.sha256(Path(f.synonyms).read_bytes()).hexdigest() if f.synonyms else None

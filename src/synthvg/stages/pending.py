@@ -14,11 +14,6 @@ class _BackendStage(Stage):
         raise NotImplementedError(f"the {self.name} stage has no backend here")
 
 
-class DepthStage(_BackendStage):
-    name = "depth"
-    writes = ("region_depth",)
-
-
 class RobinStage(_BackendStage):
     name = "robin"
     writes = ("relations",)

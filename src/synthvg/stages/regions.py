@@ -2,7 +2,9 @@
 
 For each annotated region the stage records the best mask IoU over all proposals and which
 proposal reached it; the region is kept iff that IoU exceeds ``iou_threshold`` (the paper's
-0.5). Proposals are stored too, so images without annotations can use them as regions later.
+0.5). Proposals are stored too, and with ``uncovered`` the proposals no annotation covers
+become regions themselves (source dataset ``proposal``): how images without annotations get
+regions at all.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from synthvg import masks
-from synthvg.models.proposers import FelzenszwalbProposer, MaskProposer
-from synthvg.schemas import RLE, Box, ProposalRecord, RegionCheckRecord
-from synthvg.schemas.config import BuildConfig
+from synthvg.models.errors import ModelLoadError
+from synthvg.models.identity import folder_identity, path_identity
+from synthvg.models.proposers import FelzenszwalbProposer, ImageItem, MaskProposer, Proposal
+from synthvg.schemas import RLE, Box, ProposalRecord, RegionCheckRecord, RegionRecord, RegionSource
+from synthvg.schemas.config import BuildConfig, UncoveredConfig
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
-from synthvg.stages.seeds import read_image
+from synthvg.stages.images import load_rgb, per_image
+
+#: Settings that change speed or memory, never output: left out of fingerprints.
+SPEED_ONLY = frozenset({"batch_size", "points_per_batch", "device"})
 
 
 def region_mask(region: dict, height: int, width: int) -> RLE:
@@ -26,7 +33,10 @@ def region_mask(region: dict, height: int, width: int) -> RLE:
 
 
 def check_regions(region_masks: list[RLE], proposal_masks: list[RLE], threshold: float) -> list[tuple[float | None, int | None, bool]]:
-    """(best IoU, best proposal, kept) for each region mask."""
+    """(best IoU, best proposal, kept) for each region mask; ties go to the lower proposal id.
+
+    Masks of different sizes raise ``ValueError`` (IoU between them means nothing).
+    """
     if not proposal_masks:
         return [(None, None, False) for _ in region_masks]
     ious = masks.iou_matrix(region_masks, proposal_masks)
@@ -38,22 +48,82 @@ def check_regions(region_masks: list[RLE], proposal_masks: list[RLE], threshold:
     return out
 
 
+def uncovered(proposals: list[Proposal], region_masks: list[RLE], config: UncoveredConfig) -> list[int]:
+    """Indices of the proposals no annotated region covers (every IoU <= ``iou_threshold``),
+    at least ``min_area`` large, box-NMS merged, best first (score, or area when unscored)."""
+    cand = [i for i, p in enumerate(proposals) if p.area >= max(config.min_area, 1.0)]
+    if region_masks and cand:
+        best = masks.iou_matrix([proposals[i].mask for i in cand], region_masks).max(axis=1)
+        cand = [i for i, b in zip(cand, best, strict=True) if b <= config.iou_threshold]
+    if not cand:
+        return []
+    scored = all(proposals[i].score is not None for i in cand)
+    scores = np.array([proposals[i].score if scored else proposals[i].area for i in cand], dtype=np.float64)
+    boxes = np.array([[b.x1, b.y1, b.x2, b.y2] for b in (proposals[i].bbox for i in cand)])
+    return [cand[k] for k in masks.nms(boxes, scores, config.nms_threshold)][: config.max_regions]
+
+
 def make_proposer(config: BuildConfig) -> MaskProposer:
-    if config.regions.proposer == "felzenszwalb":
-        return FelzenszwalbProposer(config.regions.felzenszwalb)
-    raise ValueError(f"no proposer for {config.regions.proposer!r}")
+    """The configured proposer, loaded (the model backends need the ``models`` extra)."""
+    r = config.regions
+    if r.proposer == "felzenszwalb":
+        return FelzenszwalbProposer(r.felzenszwalb)
+    if r.proposer == "precomputed":
+        from synthvg.models.precomputed import PrecomputedProposer
+
+        return PrecomputedProposer(r.precomputed)
+    try:
+        if r.proposer == "segment_anything":
+            from synthvg.models.sam_package import SegmentAnythingProposer as cls
+        elif r.proposer == "transformers_sam":
+            from synthvg.models.sam_transformers import TransformersSamProposer as cls
+        else:
+            raise ValueError(f"no proposer for {r.proposer!r}")
+    except ImportError as e:
+        raise ModelLoadError(f"regions.proposer: {r.proposer} needs the models extra (pip install 'synthvg[models]'): {e}") from None
+    return cls(r.proposer_config())
+
+
+def _strip(obj, keys: frozenset[str]):
+    if isinstance(obj, dict):
+        return {k: _strip(v, keys) for k, v in obj.items() if k not in keys}
+    return obj
+
+
+def model_identity(config: BuildConfig) -> dict | None:
+    """What the proposer reads from disk, cheaply identified (see models.identity)."""
+    r = config.regions
+    if r.proposer == "segment_anything":
+        return path_identity(r.segment_anything.checkpoint)
+    if r.proposer == "transformers_sam":
+        return path_identity(r.transformers_sam.path)
+    if r.proposer == "precomputed":
+        return folder_identity(r.precomputed.path)
+    return None
 
 
 class RegionsStage(Stage):
     name = "regions"
-    version = "1"
-    writes = ("proposals", "region_checks")
+    version = "2"
+    writes = ("proposals", "region_checks", "regions")
 
     @classmethod
     def skip_reason(cls, config: BuildConfig) -> str | None:
         if config.regions.proposer == "none":
             return "no mask proposer configured (regions.proposer: none); every region counts as unchecked"
         return None
+
+    @classmethod
+    def fingerprint_payload(cls, config: BuildConfig) -> dict:
+        r = config.regions
+        section = r.proposer_config()
+        return {
+            "proposer": r.proposer,
+            "params": _strip(section.model_dump(mode="json"), SPEED_ONLY) if section else None,
+            "model": model_identity(config),
+            "iou_threshold": r.iou_threshold,
+            "uncovered": r.uncovered.model_dump(mode="json"),
+        }
 
     def __init__(self, config: BuildConfig):
         super().__init__(config)
@@ -64,41 +134,57 @@ class RegionsStage(Stage):
         regions_by_image: dict[str, list[dict]] = {}
         for r in inputs.rows("regions"):
             regions_by_image.setdefault(r["image_id"], []).append(r)
-        for image in inputs.rows("images"):
-            image_id = image["image_id"]
-            try:
-                _, img = read_image(image["file_uri"])
-            except ValueError as e:
-                out.errors.append(ctx.error("bad_image", str(e), image_id=image_id, source=image["file_uri"]))
-                continue
-            rgb = np.asarray(img.convert("RGB"))
-            proposals = self.proposer.propose(rgb)
-            out.add(
-                "proposals",
-                *(
-                    ProposalRecord(
-                        image_id=image_id,
-                        proposal_id=i,
-                        bbox=p.bbox,
-                        mask=p.mask,
-                        area=p.area,
-                        score=p.score,
-                        proposer=self.proposer.name,
-                    )
-                    for i, p in enumerate(proposals)
-                ),
-            )
-            regions = regions_by_image.get(image_id, [])
-            checks = check_regions(
-                [region_mask(r, image["height"], image["width"]) for r in regions],
-                [p.mask for p in proposals],
-                self.config.regions.iou_threshold,
-            )
-            out.add(
-                "region_checks",
-                *(
-                    RegionCheckRecord(image_id=image_id, region_id=r["region_id"], best_iou=iou, best_proposal_id=pid, kept=kept)
-                    for r, (iou, pid, kept) in zip(regions, checks, strict=True)
-                ),
-            )
+        images = inputs.rows("images")
+        step = self.proposer.batch_size
+
+        def failed(item: ImageItem, kind: str, reason: str) -> None:
+            out.errors.append(ctx.error(kind, reason, image_id=item.image_id, source=item.file_uri))
+
+        for start in range(0, len(images), step):
+            batch = []
+            for image in images[start : start + step]:
+                rgb = load_rgb(image, out, ctx) if self.proposer.needs_pixels else None
+                if rgb is not None or not self.proposer.needs_pixels:
+                    batch.append(ImageItem(image["image_id"], image["file_uri"], image["width"], image["height"], rgb))
+            for item, proposals in zip(batch, per_image(self.proposer.propose_batch, batch, failed, "proposer_failed"), strict=True):
+                if proposals is not None:
+                    self._record(item, proposals, regions_by_image.get(item.image_id, []), out, ctx)
         return out
+
+    def _record(self, item: ImageItem, proposals: list[Proposal], regions: list[dict], out: StageOutput, ctx: RunContext) -> None:
+        image_id = item.image_id
+        out.add(
+            "proposals",
+            *(
+                ProposalRecord(image_id=image_id, proposal_id=i, bbox=p.bbox, mask=p.mask, area=p.area, score=p.score, proposer=self.proposer.name)
+                for i, p in enumerate(proposals)
+            ),
+        )
+        region_masks = [region_mask(r, item.height, item.width) for r in regions]
+        try:
+            checks = check_regions(region_masks, [p.mask for p in proposals], self.config.regions.iou_threshold)
+        except ValueError as e:
+            out.errors.append(ctx.error("mask_size_mismatch", f"proposals cannot be compared with the regions: {e}", image_id=image_id, source=item.file_uri))
+            return
+        out.add(
+            "region_checks",
+            *(
+                RegionCheckRecord(image_id=image_id, region_id=r["region_id"], best_iou=iou, best_proposal_id=pid, kept=kept)
+                for r, (iou, pid, kept) in zip(regions, checks, strict=True)
+            ),
+        )
+        mode = self.config.regions.uncovered.mode
+        if mode == "all" or (mode == "unannotated" and not regions):
+            self._add_uncovered(image_id, proposals, regions, region_masks, out)
+
+    def _add_uncovered(self, image_id: str, proposals: list[Proposal], regions: list[dict], region_masks: list[RLE], out: StageOutput) -> None:
+        """Uncovered proposals as regions after the annotated ones; each confirms itself."""
+        next_id = max((r["region_id"] for r in regions), default=-1) + 1
+        for k, i in enumerate(uncovered(proposals, region_masks, self.config.regions.uncovered)):
+            p = proposals[i]
+            rid = next_id + k
+            out.add("regions", RegionRecord(
+                image_id=image_id, region_id=rid, bbox=p.bbox, mask=p.mask, area=p.area,
+                sources=[RegionSource(dataset="proposal", annotation_id=str(i))],
+            ))
+            out.add("region_checks", RegionCheckRecord(image_id=image_id, region_id=rid, best_iou=1.0, best_proposal_id=i, kept=True))

@@ -16,6 +16,13 @@ from synthvg.storage.dataset import Dataset
 READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
 
 # The analyst-facing views: physical tables joined into what the issue's schema promises.
+_IMAGES_VIEW = """
+CREATE OR REPLACE VIEW images AS
+SELECT i.*, m.depth_uri
+FROM _images i
+LEFT JOIN _depth_maps m USING (image_id)
+"""
+
 _REGIONS_VIEW = """
 CREATE OR REPLACE VIEW regions AS
 SELECT r.*,
@@ -70,10 +77,11 @@ def _create_source(con: duckdb.DuckDBPyConnection, name: str, files: list[str], 
 def connect(root: str | Dataset) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the dataset's views registered.
 
-    Views: ``images``, ``regions`` (with the regions and depth stages' columns joined in),
+    Views: ``images`` (with the depth map's ``depth_uri``), ``regions`` (with the regions and
+    depth stages' columns joined in),
     ``proposals``, ``relations`` (with the filters' verdicts applied), ``svg_relations``,
     ``svg_full``, ``descriptions``, ``edits``, ``errors``; plus the raw ``region_checks``,
-    ``region_depth`` and ``relation_verdicts``.
+    ``region_depth``, ``depth_maps`` and ``relation_verdicts``.
     """
     dataset = root if isinstance(root, Dataset) else Dataset(root)
     con = duckdb.connect(":memory:")
@@ -82,8 +90,9 @@ def connect(root: str | Dataset) -> duckdb.DuckDBPyConnection:
     for table, model in TABLES.items():
         _create_source(con, f"_{table}", dataset.table_files(table), schema_of(model))
     for table in TABLES:
-        if table not in ("regions", "relations"):
+        if table not in ("images", "regions", "relations"):
             con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _{table}")
+    con.execute(_IMAGES_VIEW)
     con.execute(_REGIONS_VIEW)
     con.execute(_RELATIONS_VIEW)
     con.execute(_SVG_RELATIONS_VIEW)
