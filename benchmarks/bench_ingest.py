@@ -1,10 +1,11 @@
 """Full-size seed ingest: generate release files in the real formats, join them, record time and peak memory.
 
-At ``--scale 1`` the files have the official releases' sizes: VG v1.4 (108,077 images, ~3.8M
-objects, ~2.3M relationships, attributes, ~5.4M region descriptions), GQA train scene graphs
-(74,942 images, ~16 objects and ~50 relations each), COCO train2017 (118,287 images, ~860K
-annotations with polygons, 1% crowd RLE), LVIS v1 train (100,170 images, ~1.27M annotations)
-and RefCOCO (unc: 19,994 images, 50,000 refs, ~142K sentences). Content is random but shaped
+At ``--scale 1`` the files have about the official releases' sizes (per-image counts are drawn
+around the releases' means, rounded down): VG v1.4 (108,077 images, ~3.75M objects, ~2.26M
+relationships, attributes, ~5.35M region descriptions), GQA train scene graphs (74,942 images,
+~16 objects and ~40 relations each), COCO train2017 (118,287 images, ~800K annotations with
+polygons, 1% crowd RLE), LVIS v1 train (100,170 images, ~1.22M annotations) and RefCOCO (unc:
+19,994 images, 50,000 refs, ~150K sentences). Content is random but shaped
 like the real data, and the ids line up the way the real ones do (VG ``coco_id`` -> COCO ids,
 GQA ids = VG ids, LVIS and RefCOCO ids are COCO ids), with VG seeing shared images at 1.25x
 COCO's size, so the join, the scaling and the merge rule all do real work.
