@@ -110,6 +110,13 @@ class StageInputs:
     def rows(self, name: str) -> list[dict]:
         return self.table(name).to_pylist()
 
+    def by_image(self, name: str) -> dict[str, list[dict]]:
+        """Rows of ``name`` grouped by ``image_id``, in table order."""
+        out: dict[str, list[dict]] = {}
+        for row in self.rows(name):
+            out.setdefault(row["image_id"], []).append(row)
+        return out
+
 
 class Stage(ABC):
     """Base class of every pipeline stage."""

@@ -131,9 +131,7 @@ class RegionsStage(Stage):
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
         out = StageOutput()
-        regions_by_image: dict[str, list[dict]] = {}
-        for r in inputs.rows("regions"):
-            regions_by_image.setdefault(r["image_id"], []).append(r)
+        regions_by_image = inputs.by_image("regions")
         images = inputs.rows("images")
         step = self.proposer.batch_size
 
