@@ -186,7 +186,34 @@ def coco_region(
     )
 
 
-class CocoReader:
+def coco_source_image(dataset: str, native_id: int, entry: dict, *, file_name: str | None = None,
+                      split: str | None = None) -> SourceImage:
+    """The image record every COCO-format reader (COCO, LVIS, RefCOCO) gives for ``entry``."""
+    return SourceImage(
+        dataset=dataset,
+        native_id=native_id,
+        width=entry["width"],
+        height=entry["height"],
+        file_name=file_name or entry["file_name"],
+        url=entry.get("coco_url"),
+        split=split or coco_split(entry),
+        coco_id=native_id,
+    )
+
+
+class CocoFileReader:
+    """A reader whose images are those its COCO-format file (``self.index``) lists."""
+
+    index: CocoFile
+
+    def native_ids(self) -> list[int]:
+        return list(self.index.images)
+
+    def has(self, native_id) -> bool:
+        return self.index.has(native_id)
+
+
+class CocoReader(CocoFileReader):
     """COCO instances: regions are the annotations; ids are COCO image ids."""
 
     dataset = "coco"
@@ -200,26 +227,9 @@ class CocoReader:
         self.split = split
         self.problems = self.index.problems
 
-    def native_ids(self) -> list[int]:
-        return list(self.index.images)
-
-    def has(self, native_id) -> bool:
-        return self.index.has(native_id)
-
     def read(self, native_id: int) -> ImageSeeds:
         entry = self.index.image(native_id)
-        seeds = ImageSeeds(
-            SourceImage(
-                dataset=self.dataset,
-                native_id=native_id,
-                width=entry["width"],
-                height=entry["height"],
-                file_name=entry["file_name"],
-                url=entry.get("coco_url"),
-                split=self.split or coco_split(entry),
-                coco_id=native_id,
-            )
-        )
+        seeds = ImageSeeds(coco_source_image(self.dataset, native_id, entry, split=self.split))
         problems = ProblemLog(self.index.path)
         for ann in self.index.annotations(native_id):
             region = coco_region(ann, self.index, self.dataset, problems, native_id)

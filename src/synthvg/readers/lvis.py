@@ -10,8 +10,8 @@ Synonyms and the synset help match LVIS regions to other sources' (see ``readers
 
 from __future__ import annotations
 
-from synthvg.readers.base import ImageSeeds, ProblemLog, SourceImage
-from synthvg.readers.coco import CocoFile, _size_ok, coco_region, coco_split
+from synthvg.readers.base import ImageSeeds, ProblemLog
+from synthvg.readers.coco import CocoFile, CocoFileReader, _size_ok, coco_region, coco_source_image
 from synthvg.readers.names import synset_lemma
 
 
@@ -28,7 +28,7 @@ def lvis_file_name(entry: dict) -> str:
     return entry["file_name"]
 
 
-class LvisReader:
+class LvisReader(CocoFileReader):
     dataset = "lvis"
     family = "coco"
     model = "lvis"
@@ -44,26 +44,9 @@ class LvisReader:
             for cid, c in self.index.categories.items()
         }
 
-    def native_ids(self) -> list[int]:
-        return list(self.index.images)
-
-    def has(self, native_id) -> bool:
-        return self.index.has(native_id)
-
     def read(self, native_id: int) -> ImageSeeds:
         entry = self.index.image(native_id)
-        seeds = ImageSeeds(
-            SourceImage(
-                dataset=self.dataset,
-                native_id=native_id,
-                width=entry["width"],
-                height=entry["height"],
-                file_name=lvis_file_name(entry),
-                url=entry.get("coco_url"),
-                split=coco_split(entry),
-                coco_id=native_id,
-            )
-        )
+        seeds = ImageSeeds(coco_source_image(self.dataset, native_id, entry, file_name=lvis_file_name(entry)))
         problems = ProblemLog(self.index.path)
         for ann in self.index.annotations(native_id):
             region = coco_region(ann, self.index, self.dataset, problems, native_id, link=False)

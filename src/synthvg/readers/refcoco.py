@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import pickle
 
-from synthvg.readers.base import ImageSeeds, ProblemLog, SourceError, SourceImage
-from synthvg.readers.coco import CocoFile, coco_region, coco_split
+from synthvg.readers.base import ImageSeeds, ProblemLog, SourceError
+from synthvg.readers.coco import CocoFile, coco_region, coco_source_image
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -81,18 +81,7 @@ class RefcocoReader:
 
     def read(self, native_id: int) -> ImageSeeds:
         entry = self.index.image(native_id)
-        seeds = ImageSeeds(
-            SourceImage(
-                dataset=self.dataset,
-                native_id=native_id,
-                width=entry["width"],
-                height=entry["height"],
-                file_name=entry["file_name"],
-                url=entry.get("coco_url"),
-                split=coco_split(entry),
-                coco_id=native_id,
-            )
-        )
+        seeds = ImageSeeds(coco_source_image(self.dataset, native_id, entry))
         problems = ProblemLog(self.refs_path)
         for ref in self._refs[native_id]:
             record = f"ref={ref['ref_id']}"
