@@ -191,7 +191,7 @@ def test_build_with_limits_then_report(prefect_server, tmp_path):
         teacher = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["ops-stage-teacher"])))
     for stage in ("seeds", "teacher", "filters"):
         assert {f"ops-stage-{stage}", f"ops-stage-{stage}-progress"} <= keys
-    assert {"ops-dataset-card", "ops-report-table1", "ops-report-drops", "ops-report-cost"} <= keys
+    assert {"ops-dataset-card", "ops-dataset-card-file", "ops-report-table1", "ops-report-drops", "ops-report-cost", "ops-dataset"} <= keys
     assert "ops-stage-regions-progress" not in keys  # skipped stages submit nothing
     total = [r for r in json.loads(teacher[0].data) if r["shard"] == "total"][0]
     assert total["images_in"] == 4

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
+    create_link_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
@@ -51,6 +53,12 @@ class BuildIncomplete(RuntimeError):
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow lower-case letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+def output_link(dataset: Dataset, rel: str = "") -> str:
+    """A URL for a file of the dataset: ``file://`` for local roots, the fsspec URL otherwise."""
+    uri = dataset.uri(rel).rstrip("/")
+    return Path(uri).resolve().as_uri() if dataset.is_local else uri
 
 
 class _Progress:
@@ -182,6 +190,10 @@ def publish_flow(config: BuildConfig) -> dict:
     dataset = Dataset(config.out)
     stats = compute_stats(dataset)
     dataset.write_file("stats.json", json.dumps(stats, indent=2, default=str).encode())
+    create_link_artifact(
+        key=artifact_key(config.name, "dataset"), link=output_link(dataset), link_text=dataset.url,
+        description=f"{config.name}: the dataset root (query it with `synthvg sql --root`)",
+    )
     t = stats["table1"]
     create_table_artifact(
         key=artifact_key(config.name, "stats"),

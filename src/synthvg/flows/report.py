@@ -15,10 +15,10 @@ import re
 from collections.abc import Sequence
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from synthvg import __version__
-from synthvg.flows.build import artifact_key
+from synthvg.flows.build import artifact_key, output_link
 from synthvg.render import render_image_from_dataset
 from synthvg.schemas import RunManifest
 from synthvg.stats import PAPER_TABLE_1, compute_stats
@@ -129,6 +129,14 @@ def _sample_ids(root: str | Dataset, n: int) -> list[str]:
     return [r[0] for r in rows]
 
 
+def _object_labels(dataset: Dataset, top: int = 20) -> list[dict]:
+    con = connect(dataset)
+    try:
+        return fetch_dicts(con, "SELECT coalesce(label, '(none)') AS label, count(*) AS regions FROM regions GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [top])
+    finally:
+        con.close()
+
+
 def _card(name: str, dataset: Dataset, runs: Sequence[RunManifest], stats: dict, drops: dict, costs: list[dict], images: dict[str, str]) -> str:
     """The card's markdown; ``images`` maps a figure's file name to how the card links it."""
     last = runs[-1] if runs else None
@@ -207,6 +215,10 @@ def dataset_report(root: str | None = None, build_flow_run_id: str | None = None
     inline = {f: f"data:image/png;base64,{base64.b64encode(d).decode()}" for f, d in figures.items() if not f.startswith("samples/")}
     inline |= {f: dataset.abspath(f"{REPORT_DIR}/{f}") for f in figures if f.startswith("samples/")}
     create_markdown_artifact(key=artifact_key(name, "dataset-card"), markdown=_card(name, dataset, runs, stats, drops, costs, inline), description=f"dataset card of {name}")
+    create_link_artifact(
+        key=artifact_key(name, "dataset-card-file"), link=output_link(dataset, f"{REPORT_DIR}/README.md"),
+        link_text=dataset.abspath(f"{REPORT_DIR}/README.md"), description=f"the dataset card of {name}, beside the data",
+    )
     create_table_artifact(key=artifact_key(name, "report-table1"), table=_table1(stats), description=f"{name} against the SVG paper's Table 1")
     create_table_artifact(
         key=artifact_key(name, "report-drops"),
@@ -219,11 +231,3 @@ def dataset_report(root: str | None = None, build_flow_run_id: str | None = None
     create_table_artifact(key=artifact_key(name, "report-cost"), table=costs or [{"stage": "(no runs)"}], description=f"time and API spend per stage of {name}")
     logger.info("dataset card of %s: %s", name, dataset.abspath(f"{REPORT_DIR}/README.md"))
     return {"root": dataset.url, "files": written}
-
-
-def _object_labels(dataset: Dataset, top: int = 20) -> list[dict]:
-    con = connect(dataset)
-    try:
-        return fetch_dicts(con, "SELECT coalesce(label, '(none)') AS label, count(*) AS regions FROM regions GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [top])
-    finally:
-        con.close()
