@@ -182,7 +182,7 @@ class Format(StrEnum):
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="SQL over the views images, regions, proposals, relations, svg_relations, svg_full, descriptions, edits, errors (docs/SCHEMA.md)")],
+    query: Annotated[str, typer.Argument(help="SQL over the views images, regions, proposals, relations, svg_relations, svg_full, descriptions, edits, generations, errors (docs/SCHEMA.md)")],
     root: RootOpt,
     format: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
 ) -> None:

@@ -9,6 +9,7 @@ from synthvg.schemas.records import (
     DescriptionRecord,
     EditRecord,
     ErrorRecord,
+    GenerationRecord,
     ImageRecord,
     ProposalRecord,
     RegionCheckRecord,
@@ -35,6 +36,7 @@ TABLES = {
     "descriptions": DescriptionRecord,
     "relation_verdicts": RelationVerdictRecord,
     "edits": EditRecord,
+    "generations": GenerationRecord,
     "errors": ErrorRecord,
 }
 
@@ -47,6 +49,7 @@ __all__ = [
     "DescriptionRecord",
     "EditRecord",
     "ErrorRecord",
+    "GenerationRecord",
     "ImageRecord",
     "ProposalRecord",
     "RegionCheckRecord",

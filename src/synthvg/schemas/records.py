@@ -197,6 +197,26 @@ class EditRecord(Record):
     run_id: str
 
 
+class GenerationRecord(Record):
+    """One model call's raw text, kept for audit: what was asked, what came back, what parsing
+    made of it (Robin writes these; the relations and descriptions rows are parsed from them)."""
+
+    image_id: str
+    stage: RelationStage
+    turn: str = Field(description="scene_graph, description or relationships")
+    region_ids: list[int] = Field(description="the regions listed in the prompt: region1 is the first")
+    subject_id: int | None = Field(None, description="the region asked about (per-region turns)")
+    text: str | None = Field(None, description="the generated text (NULL when the call failed)")
+    prompt_tokens: int | None = Field(None, description="prompt length after splicing in the image tokens")
+    new_tokens: int | None = Field(None, description="tokens generated")
+    finished: bool | None = Field(None, description="stopped by itself (false: hit max_new_tokens, text may be cut)")
+    error: str | None = Field(None, description="why the call did not run (prompt too long, ...)")
+    problems: list[str] = Field(default_factory=list, description="what the parser dropped and why")
+    model: str
+    prompt_version: str
+    run_id: str
+
+
 class ErrorRecord(Record):
     """An input that failed: what, where, why. A build records these and goes on."""
 

@@ -4,8 +4,8 @@ from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, Stage
 from synthvg.stages.depth import DepthStage
 from synthvg.stages.edit import EditStage
 from synthvg.stages.filters import FiltersStage
-from synthvg.stages.pending import RobinStage
 from synthvg.stages.regions import RegionsStage
+from synthvg.stages.robin import RobinStage
 from synthvg.stages.seeds import BuildPlan, SeedsStage, plan_build
 from synthvg.stages.teacher import TeacherStage
 

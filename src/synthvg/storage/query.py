@@ -80,7 +80,7 @@ def connect(root: str | Dataset) -> duckdb.DuckDBPyConnection:
     Views: ``images`` (with the depth map's ``depth_uri``), ``regions`` (with the regions and
     depth stages' columns joined in),
     ``proposals``, ``relations`` (with the filters' verdicts applied), ``svg_relations``,
-    ``svg_full``, ``descriptions``, ``edits``, ``errors``; plus the raw ``region_checks``,
+    ``svg_full``, ``descriptions``, ``edits``, ``generations``, ``errors``; plus the raw ``region_checks``,
     ``region_depth``, ``depth_maps`` and ``relation_verdicts``.
     """
     dataset = root if isinstance(root, Dataset) else Dataset(root)
