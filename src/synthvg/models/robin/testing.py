@@ -122,3 +122,12 @@ def _spread_layer_scale(model: RobinForCausalLM) -> None:
         for name, p in model.named_parameters():
             if name.endswith(".gamma"):
                 p.uniform_(0.5, 1.5)
+
+
+if __name__ == "__main__":  # python -m synthvg.models.robin.testing DIR: a tiny random checkpoint
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m synthvg.models.robin.testing OUT_DIR   (a tiny random Robin: its text is noise)")
+    make_checkpoint(sys.argv[1])
+    print(f"tiny random Robin (not a trained model: its answers are noise) written to {sys.argv[1]}")
