@@ -293,7 +293,8 @@ class ScriptedEngine(RobinEngine):
         out = []
         for e, _limit in zip(embeds, limits, strict=True):
             self.prompts.append(e.shape[0])
-            out.append(Generation(self.script(self), e.shape[0], 5, True, [1]))
+            text = self.script(self)
+            out.append(Generation(text, e.shape[0], 5, True, self.tokenizer(text, add_special_tokens=False)["input_ids"]))
         return out
 
 
@@ -336,9 +337,10 @@ def test_per_region_mode_asks_two_turns_with_the_description_in_the_history(ckpt
     graphs = RobinGraphs(eng, mode="per_region", sampling=GREEDY, max_new_tokens=50, description_max_tokens=20, max_regions=10)
     image = _image(40, 40, n=2)
     (graph,) = graphs.run([_job("img:1", image, [0, 1])])
-    asked = [t for t in seen if t[-1][1] is None and len(t) == 2]
+    asked = [t for t in seen if len(t) == 2 and t[0][1]]  # (planning asks with an empty answer)
     assert [t[1][0] for t in asked] == ["Generate list of relationships for: region1.", "Generate list of relationships for: region2."]
-    assert all(t[0][1] == "a small dog" and t[0][0].endswith(f"Generate a description for: region{t[1][0][-2]}.") for t in asked)
+    dog = eng.tokenizer("a small dog", add_special_tokens=False)["input_ids"]
+    assert all(t[0][1] == dog and t[0][0].endswith(f"Generate a description for: region{t[1][0][-2]}.") for t in asked)
     assert graph.descriptions == {0: "a small dog", 1: "a small dog"}
     # region1 is region id 1 (the larger mask): its "region1 beside" is a self-loop, dropped
     assert sorted(graph.relations) == [(0, 1, "beside"), (1, 0, "chasing")]
@@ -493,3 +495,24 @@ def test_the_editor_refines_robin_graphs_into_svg_full(tmp_path, ckpt, monkeypat
     assert con.execute("SELECT count(*) FROM edits WHERE applied AND action = 'add'").fetchone()[0] >= 1
     final = con.execute("SELECT predicate, count(*) FROM svg_full GROUP BY 1").fetchall()
     assert dict(final).get("looking at", 0) >= 1  # the editor's additions are in SVG-FULL
+
+
+def test_the_second_turn_carries_the_generated_tokens_and_always_fits(engine):
+    """Per-region mode puts the description's token ids (not re-tokenised text) in the
+    history, so the room the planner reserved (description_max_tokens) always suffices."""
+    graphs = RobinGraphs(engine, mode="per_region", sampling=Sampling(temperature=1.0, seed=3), max_new_tokens=6,
+                         description_max_tokens=40, max_regions=10)
+    engine.max_prompt_tokens, saved = 420, engine.max_prompt_tokens
+    try:
+        (graph,) = graphs.run([_job("img:noise", _image(50, 50, n=6), list(range(6)))])
+    finally:
+        engine.max_prompt_tokens = saved
+    assert not graph.unfit and [c.error for c in graph.calls] == [None] * len(graph.calls)
+    firsts = {c.subject_id: c.generation for c in graph.calls if c.turn == "description"}
+    seconds = {c.subject_id: c.generation for c in graph.calls if c.turn == "relationships"}
+    assert firsts.keys() == seconds.keys() and len(firsts) == 6
+    assert max(g.prompt_tokens for g in seconds.values()) <= 420
+    # the second prompt is the first plus exactly the generated description and the new turn
+    features = {engine.image_id, engine.mask_id, engine.pos_id}
+    kept = {k: [t for t in g.token_ids if t not in features] for k, g in firsts.items()}
+    assert len({seconds[k].prompt_tokens - firsts[k].prompt_tokens - len(kept[k]) for k in firsts}) == 1

@@ -9,7 +9,7 @@ regionK's relationships"; each step is batched over every region of every image.
 image with many regions would overflow ``tokenizer_model_max_length``, which the release
 silently truncates. Here: (1) regions are taken largest first and at most ``max_regions``
 per image (the rest are reported as capped); (2) the regions taken are split into the fewest
-groups whose prompts fit (per-region mode reserves room for the description turn), each
+groups whose prompts fit (per-region mode reserves room for the longest description and the second turn), each
 group one set of calls with its own region numbering. Relations only link regions of one
 group, so groups are made only when one prompt cannot hold them all.
 """
@@ -28,10 +28,6 @@ from synthvg.models.robin.prompt import (
     first_message,
     relationships_question,
 )
-
-#: Room kept in per-region prompts for the second turn's question and markup.
-_TURN_OVERHEAD = 32
-
 
 @dataclass
 class RegionInput:
@@ -87,10 +83,14 @@ class RobinGraphs:
     # -- planning ----------------------------------------------------------------------------
     def _fits(self, job: ImageJob, regions: list[RegionInput]) -> bool:
         height, width = job.rgb.shape[:2]
-        question = HOLISTIC_QUESTION if self.mode == "holistic" else description_question(len(regions))
-        ids = self.engine.prompt_ids([(first_message([r.box for r in regions], width, height, question), None)])
-        reserve = 0 if self.mode == "holistic" else self.description_max_tokens + _TURN_OVERHEAD
-        return self.engine.prompt_length(ids) + reserve <= self.engine.max_prompt_tokens
+        boxes = [r.box for r in regions]
+        if self.mode == "holistic":
+            turns, reserve = [(first_message(boxes, width, height, HOLISTIC_QUESTION), None)], 0
+        else:  # the longer, second turn, with room for the longest description
+            n = len(regions)
+            turns = [(first_message(boxes, width, height, description_question(n)), []), (relationships_question(n), None)]
+            reserve = self.description_max_tokens
+        return self.engine.prompt_length(self.engine.prompt_ids(turns)) + reserve <= self.engine.max_prompt_tokens
 
     def plan(self, job: ImageJob) -> tuple[list[list[RegionInput]], list[int], list[int]]:
         """(groups of regions, capped region ids, region ids that fit no prompt)."""
@@ -165,7 +165,7 @@ class RobinGraphs:
                 continue
             if text := parse_description(result.text, k):
                 graph.descriptions[g[k - 1].region_id] = text
-            turns = [(msg, result.text), (relationships_question(k), None)]
+            turns = [(msg, result.token_ids), (relationships_question(k), None)]
             seconds.append((graph, g, k, RobinCall(index, slots, turns, self.max_new_tokens)))
         results = self.engine.generate(images, [c for *_, c in seconds], self.sampling)
         for (graph, g, k, _), result in zip(seconds, results, strict=True):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from synthvg.models.robin.loader import load_robin
-from synthvg.models.robin.prompt import IM_END, IMAGE, MASK, POS, chatml, preprocess_image
+from synthvg.models.robin.prompt import IM_END, IMAGE, MASK, POS, Answer, chatml_segments, preprocess_image
 from synthvg.models.runtime import AdaptiveBatcher
 
 log = logging.getLogger("synthvg")
@@ -40,7 +40,7 @@ class RobinCall:
 
     image: int
     regions: list[int]
-    turns: list[tuple[str, str | None]]
+    turns: list[tuple[str, Answer | None]]
     max_new_tokens: int
 
 
@@ -91,8 +91,17 @@ class RobinEngine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
 
     # -- prompts -----------------------------------------------------------------------------
-    def prompt_ids(self, turns: list[tuple[str, str | None]]) -> list[int]:
-        return self.tokenizer(chatml(turns), add_special_tokens=False)["input_ids"]
+    def prompt_ids(self, turns: list[tuple[str, Answer | None]]) -> list[int]:
+        """Token ids of the ChatML conversation. Answers given as ids go in as generated, less any
+        ``<image>``/``<mask>``/``<pos>`` a model wrote: those would receive features there."""
+        features = (self.image_id, self.mask_id, self.pos_id)
+        ids: list[int] = []
+        for part in chatml_segments(turns):
+            if isinstance(part, list):
+                ids += [t for t in part if t not in features]
+            else:
+                ids += self.tokenizer(part, add_special_tokens=False)["input_ids"]
+        return ids
 
     def prompt_length(self, ids: list[int]) -> int:
         """Length after ``<image>`` becomes the image tokens."""

@@ -50,14 +50,24 @@ def first_message(boxes: list[tuple[float, float, float, float]], width: int, he
     )
 
 
-def chatml(turns: list[tuple[str, str | None]]) -> str:
-    """A conversation ending with an open assistant turn: [(user, answer), ..., (user, None)]."""
-    text = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+Answer = str | list[int]
+
+
+def chatml_segments(turns: list[tuple[str, Answer | None]]) -> list[Answer]:
+    """A conversation ending with an open assistant turn, as text pieces; an earlier answer
+    may be token ids (what the model generated), kept as they are rather than re-tokenised
+    from decoded text, which need not give the same tokens or the same length."""
+    parts: list[Answer] = [f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"]
     for user, answer in turns:
-        text += f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        parts.append(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
         if answer is not None:
-            text += f"{answer}<|im_end|>\n"
-    return text
+            parts += [answer, "<|im_end|>\n"]
+    return parts
+
+
+def chatml(turns: list[tuple[str, str | None]]) -> str:
+    """The ChatML text of a conversation whose answers are text."""
+    return "".join(chatml_segments(turns))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
