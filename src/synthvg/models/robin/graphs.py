@@ -29,6 +29,7 @@ from synthvg.models.robin.prompt import (
     relationships_question,
 )
 
+
 @dataclass
 class RegionInput:
     region_id: int

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 
 from synthvg.models.robin.loader import load_robin
-from synthvg.models.robin.prompt import IM_END, IMAGE, MASK, POS, Answer, chatml_segments, preprocess_image
+from synthvg.models.robin.prompt import (
+    IM_END,
+    IMAGE,
+    MASK,
+    POS,
+    Answer,
+    chatml_segments,
+    preprocess_image,
+)
 from synthvg.models.runtime import AdaptiveBatcher
 
 log = logging.getLogger("synthvg")
