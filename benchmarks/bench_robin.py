@@ -85,19 +85,21 @@ def timed(fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=64, help="images for the batched runs")
-    ap.add_argument("--release-images", type=int, default=16, help="images for the (slow) release way")
-    ap.add_argument("--regions", type=int, default=10)
-    ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--batch", type=int, nargs="+", default=[8, 32, 64])
+    ap.add_argument("--images", type=int, help="images for the batched runs (64; smoke 6)")
+    ap.add_argument("--release-images", type=int, help="images for the (slow) release way (16; smoke 3)")
+    ap.add_argument("--regions", type=int, help="regions per image (10; smoke 3)")
+    ap.add_argument("--new-tokens", type=int, help="tokens per answer (256; smoke 8)")
+    ap.add_argument("--batch", type=int, nargs="+", help="batch sizes (8 32 64; smoke 2 6)")
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script only")
     args = ap.parse_args()
+    defaults = (6, 3, 3, 8, [2, 6]) if args.smoke else (64, 16, 10, 256, [8, 32, 64])
+    for key, value in zip(("images", "release_images", "regions", "new_tokens", "batch"), defaults, strict=True):
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.device("cuda" if cuda else "cpu")
     lm_dtype, vision_dtype = (torch.bfloat16, torch.float16) if cuda else (torch.float32, torch.float32)
-    if args.smoke:
-        args.images, args.release_images, args.regions, args.new_tokens, args.batch = 6, 3, 3, 8, [2, 6]
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
