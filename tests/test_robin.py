@@ -516,3 +516,26 @@ def test_the_second_turn_carries_the_generated_tokens_and_always_fits(engine):
     features = {engine.image_id, engine.mask_id, engine.pos_id}
     kept = {k: [t for t in g.token_ids if t not in features] for k, g in firsts.items()}
     assert len({seconds[k].prompt_tokens - firsts[k].prompt_tokens - len(kept[k]) for k in firsts}) == 1
+
+
+def test_an_image_without_regions_or_readable_pixels_is_an_error_row_not_a_crash(tmp_path, ckpt):
+    from synthvg.stages import RobinStage, RunContext, ShardSpec
+
+    class Inputs:  # the two tables the stage reads, as StageInputs serves them
+        def __init__(self, tables):
+            self.tables = tables
+
+        def rows(self, name):
+            return self.tables.get(name, [])
+
+    cfg = demo_config(tmp_path / "root", robin={"backend": "robin", "checkpoint": ckpt, "max_new_tokens": 3})
+    stage = RobinStage(cfg)
+    images = [
+        {"image_id": "x:empty", "file_uri": str(tmp_path / "none.jpg"), "width": 10, "height": 10},
+        {"image_id": "x:gone", "file_uri": str(tmp_path / "gone.jpg"), "width": 10, "height": 10},
+    ]
+    region = {"image_id": "x:gone", "region_id": 0, "bbox": {"x1": 0, "y1": 0, "x2": 5, "y2": 5}, "mask": None, "area": 25.0}
+    out = stage.process(ShardSpec(index=0, image_ids=["x:empty", "x:gone"]), Inputs({"images": images, "regions": [region]}),
+                        RunContext(run_id="r", stage="robin", shard=0))
+    assert sorted((e.image_id, e.kind) for e in out.errors) == [("x:empty", "no_regions"), ("x:gone", "bad_image")]
+    assert not out.tables
