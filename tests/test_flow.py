@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from helpers import dataset_rows, demo_config
 
@@ -53,3 +55,38 @@ def test_a_failing_shard_fails_the_build_but_keeps_the_rest(prefect_server, tmp_
     monkeypatch.setattr(RuleTeacher, "relate", original)
     again = run_build(cfg)
     assert {s.stage: s.shards_written for s in again.stages if s.status == "done"} == {"seeds": 0, "regions": 0, "teacher": 1, "filters": 1}
+
+
+def test_prefect_caches_shards_by_their_storage_identity_and_never_against_storage(prefect_server, tmp_path):
+    """run-shard's cache key is the shard's storage identity; a shard the storage lost is run,
+    not answered from Prefect's cache."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterState,
+        TaskRunFilterStateName,
+    )
+
+    from synthvg.stages import ShardSpec
+    from synthvg.storage import Dataset
+    from synthvg.tasks.shard import shard_identity
+
+    cfg = demo_config(tmp_path / "root", limit=4, shard_size=2)
+    build_dataset(cfg)
+    before = dataset_rows(cfg.out)
+    assert up_to_date(build_dataset(cfg))  # storage says done: results now cached under the identity
+    third = build_dataset(cfg)
+    assert up_to_date(third)
+    teacher = Dataset(cfg.out).read_manifest("teacher", 0)
+    os.remove(Dataset(cfg.out).manifest_path("teacher", 0))
+    fourth = build_dataset(cfg)
+    assert {s.stage: s.shards_written for s in fourth.stages if s.status == "done"}["teacher"] == 1
+    assert dataset_rows(cfg.out) == before and Dataset(cfg.out).read_manifest("teacher", 0).fingerprint == teacher.fingerprint
+    with get_client(sync_client=True) as client:
+        cached = client.read_task_runs(task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(like_="teacher-shard-"), state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Cached"]))))
+    assert len(cached) >= 2  # the third build's teacher shards came from Prefect's cache
+    key = shard_identity(cfg, "teacher", ShardSpec(index=0, image_ids=["a"]))
+    assert key.startswith("synthvg-") and "-teacher-00000-" in key
+

@@ -115,6 +115,11 @@ def withdraw_stage(dataset: Dataset, stage: str) -> int:
     return len(shards)
 
 
+def shard_done(dataset: Dataset, config: BuildConfig, stage_name: str, shard: ShardSpec) -> bool:
+    """The storage holds this shard of this stage, committed with its current fingerprint."""
+    return dataset.is_committed(stage_name, shard.index, fingerprints(config, shard)[stage_name])
+
+
 def _shard_state(dataset: Dataset, config: BuildConfig, stage_name: str, shard: ShardSpec) -> tuple[str, str | None, StageInputs | None]:
     """(fingerprint, why it cannot run or 'up_to_date' or None, its inputs when it can run)."""
     fps = fingerprints(config, shard)

@@ -28,6 +28,7 @@ from synthvg.pipeline import (
     finish_run,
     load_shards,
     new_run_id,
+    shard_done,
     start_run,
     summarize_stage,
     up_to_date,
@@ -147,14 +148,20 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
         stage_progress = create_progress_artifact(
             progress=0.0, key=artifact_key(config.name, "stage", stage, "progress"), description=f"{stage}: shards done"
         )
+        dataset = Dataset(config.out)
         with placement(ex, stage):
-            futures = {task.submit(config, stage, shard, run_id): shard for shard in shards}
+            futures = {
+                task.with_options(refresh_cache=not shard_done(dataset, config, stage, shard)).submit(config, stage, shard, run_id): shard
+                for shard in shards
+            }
         results = []
         progress = _PROGRESS.get(run_id)
         for future in as_completed(list(futures)):
             shard = futures[future]
             try:
                 result = future.result()
+                if future.state.name == "Cached":  # Prefect's copy of a shard the storage holds as is
+                    result = result.model_copy(update={"status": "up_to_date", "rows": {}, "errors": 0, "errors_by_kind": {}, "metrics": {}})
             except Exception as e:  # the task already retried; record it and go on with other shards
                 logger.error("%s shard %05d failed: %s", stage, shard.index, e)
                 result = failed_shard(stage, shard, e)

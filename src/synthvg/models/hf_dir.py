@@ -14,8 +14,8 @@ import torch
 from synthvg.models.errors import ModelLoadError
 
 
-def model_type_of(path: str, key: str) -> str:
-    """The ``model_type`` in a model directory's config.json, or a clear error."""
+def read_config_json(path: str, key: str) -> dict:
+    """A model directory's config.json as a dict, or a clear error naming the config ``key``."""
     if not os.path.isdir(path):
         raise ModelLoadError(f"{key}: model directory not found: {path}")
     config = os.path.join(path, "config.json")
@@ -23,9 +23,17 @@ def model_type_of(path: str, key: str) -> str:
         raise ModelLoadError(f"{key}: {path} has no config.json (not a transformers model directory)")
     try:
         with open(config) as f:
-            return str(json.load(f).get("model_type"))
-    except (OSError, ValueError, AttributeError) as e:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
         raise ModelLoadError(f"{key}: cannot read {config}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{key}: {config} holds a {type(raw).__name__}, not a config mapping")
+    return raw
+
+
+def model_type_of(path: str, key: str) -> str:
+    """The ``model_type`` in a model directory's config.json, or a clear error."""
+    return str(read_config_json(path, key).get("model_type"))
 
 
 def load_pretrained(cls, path: str, key: str, dtype: torch.dtype, device: torch.device):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 
 from prefect import task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 
-from synthvg.pipeline import ShardResult, prepare, run_shard
+from synthvg.pipeline import ShardResult, fingerprints, prepare, run_shard
 from synthvg.prefect_setup import shard_slots
 from synthvg.schemas.config import BuildConfig
 from synthvg.stages import BuildPlan, ShardSpec
@@ -21,15 +22,32 @@ def _shard_run_name() -> str:
     return f"{p['stage']}-shard-{p['shard'].index:05d}"
 
 
-# Storage fingerprints decide what is done, so Prefect's own result cache stays off: the two
-# can then never disagree about a shard.
+def shard_identity(config: BuildConfig, stage: str, shard: ShardSpec) -> str:
+    """A shard task's identity, as the storage knows it: dataset root, stage, shard index and
+    the shard's fingerprint (image ids, stage config, code version, upstream stages)."""
+    root = hashlib.sha256(config.out.encode()).hexdigest()[:8]
+    return f"synthvg-{root}-{stage}-{shard.index:05d}-{fingerprints(config, shard)[stage][:24]}"
+
+
+class ShardIdentity(CachePolicy):
+    """Prefect's cache key for ``run-shard`` is the shard's storage identity.
+
+    The flow submits every shard whose storage commit is missing with ``refresh_cache``, so a
+    cached Prefect result is only ever used for a shard the storage also holds with the same
+    fingerprint: the two cannot disagree about what is done.
+    """
+
+    def compute_key(self, task_ctx, inputs, flow_parameters, **kwargs) -> str | None:
+        return shard_identity(inputs["config"], inputs["stage"], inputs["shard"])
+
+
 @task(name="plan-shards", cache_policy=NO_CACHE)
 def plan_task(config: BuildConfig, run_id: str) -> BuildPlan:
     _, plan = prepare(config, run_id)
     return plan
 
 
-@task(name="run-shard", task_run_name=_shard_run_name, cache_policy=NO_CACHE)
+@task(name="run-shard", task_run_name=_shard_run_name, cache_policy=ShardIdentity(), persist_result=True)
 def shard_task(config: BuildConfig, stage: str, shard: ShardSpec, run_id: str) -> ShardResult:
     slots = partial(shard_slots, config.executor, stage, len(shard.image_ids))
     return run_shard(Dataset(config.out), config, stage, shard, run_id, guard=slots)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from synthvg.models.errors import ModelLoadError
+from synthvg.models.hf_dir import read_config_json
 from synthvg.models.robin.modeling import RobinConfig, RobinForCausalLM
 from synthvg.models.robin.prompt import IM_END, IMAGE, MASK, POS
 
@@ -48,20 +49,11 @@ class LoadReport:
 
 def read_config(path: str) -> RobinConfig:
     """The checkpoint's config, or a clear error when it is not a Robin config."""
-    if not os.path.isdir(path):
-        raise ModelLoadError(f"robin.checkpoint: directory not found: {path}")
+    raw = read_config_json(path, "robin.checkpoint")
     config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise ModelLoadError(f"robin.checkpoint: {path} has no config.json (not a model directory)")
-    try:
-        with open(config_path) as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"robin.checkpoint: cannot read {config_path}: {e}") from None
-    if not isinstance(raw, dict) or (raw.get("model_type") != RobinConfig.model_type and "mm_projector_type" not in raw):
-        kind = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
+    if raw.get("model_type") != RobinConfig.model_type and "mm_projector_type" not in raw:
         raise ModelLoadError(
-            f"robin.checkpoint: {config_path} is not a Robin config (model_type {kind!r}, no mm_projector_type)"
+            f"robin.checkpoint: {config_path} is not a Robin config (model_type {raw.get('model_type')!r}, no mm_projector_type)"
         )
     raw = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version")}
     try:
