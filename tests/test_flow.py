@@ -89,4 +89,3 @@ def test_prefect_caches_shards_by_their_storage_identity_and_never_against_stora
     assert len(cached) >= 2  # the third build's teacher shards came from Prefect's cache
     key = shard_identity(cfg, "teacher", ShardSpec(index=0, image_ids=["a"]))
     assert key.startswith("synthvg-") and "-teacher-00000-" in key
-

@@ -300,7 +300,7 @@ class ScriptedEngine(RobinEngine):
 
 def _job(image_id: str, image: RobinImage, ids: list[int]) -> ImageJob:
     return ImageJob(image_id, image.rgb, [
-        RegionInput(rid, m, b, float(m.sum())) for rid, m, b in zip(ids, image.masks, image.boxes, strict=True)
+        RegionInput(rid, lambda m=m: m, b, float(m.sum())) for rid, m, b in zip(ids, image.masks, image.boxes, strict=True)
     ])
 
 

@@ -151,7 +151,7 @@ def run_shard(
     started = time.perf_counter()
     fp, blocked, inputs = _shard_state(dataset, config, stage_name, shard)
     if blocked == "up_to_date":
-        return ShardResult(stage=stage_name, shard=shard.index, status="up_to_date")
+        return up_to_date_shard(stage_name, shard)
     if blocked:
         return ShardResult(stage=stage_name, shard=shard.index, status="failed", message=blocked)
     ctx = RunContext(run_id=run_id, stage=stage_name, shard=shard.index)
@@ -171,6 +171,10 @@ def run_shard(
         seconds=time.perf_counter() - started,
         metrics=output.metrics,
     )
+
+
+def up_to_date_shard(stage: str, shard: ShardSpec) -> ShardResult:
+    return ShardResult(stage=stage, shard=shard.index, status="up_to_date")
 
 
 def failed_shard(stage: str, shard: ShardSpec, error: BaseException) -> ShardResult:

@@ -32,6 +32,7 @@ from synthvg.pipeline import (
     start_run,
     summarize_stage,
     up_to_date,
+    up_to_date_shard,
     withdraw_stage,
 )
 from synthvg.schemas import RunManifest, StageSummary
@@ -159,9 +160,9 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
         for future in as_completed(list(futures)):
             shard = futures[future]
             try:
-                result = future.result()
+                result = future.result()  # first: the future's state is final only after it
                 if future.state.name == "Cached":  # Prefect's copy of a shard the storage holds as is
-                    result = result.model_copy(update={"status": "up_to_date", "rows": {}, "errors": 0, "errors_by_kind": {}, "metrics": {}})
+                    result = up_to_date_shard(stage, shard)
             except Exception as e:  # the task already retried; record it and go on with other shards
                 logger.error("%s shard %05d failed: %s", stage, shard.index, e)
                 result = failed_shard(stage, shard, e)

@@ -24,6 +24,19 @@ from synthvg.schemas.config import BuildConfig
 from synthvg.schemas.records import Record
 from synthvg.storage.dataset import Dataset
 
+#: Settings that change speed or memory, never output: left out of fingerprints, so tuning a
+#: batch size or moving to a GPU does not redo a finished dataset.
+SPEED_ONLY = frozenset({"batch_size", "points_per_batch", "images_per_batch", "device", "attn_implementation"})
+
+
+def output_settings(section: BaseModel) -> dict:
+    """A config section as JSON without its speed-only settings (at any depth)."""
+
+    def strip(obj):
+        return {k: strip(v) for k, v in obj.items() if k not in SPEED_ONLY} if isinstance(obj, dict) else obj
+
+    return strip(section.model_dump(mode="json"))
+
 
 class ShardSpec(BaseModel):
     """One unit of work: a fixed, ordered list of image ids (the same across stages)."""

@@ -20,9 +20,17 @@ from synthvg.models.errors import ModelLoadError
 from synthvg.models.identity import path_identity
 from synthvg.schemas import DepthMapRecord, RegionDepthRecord
 from synthvg.schemas.config import BuildConfig, DepthAnythingConfig
-from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput, stable_hash
+from synthvg.stages.base import (
+    RunContext,
+    ShardSpec,
+    Stage,
+    StageInputs,
+    StageOutput,
+    output_settings,
+    stable_hash,
+)
 from synthvg.stages.images import load_rgb, per_image
-from synthvg.stages.regions import SPEED_ONLY, region_mask
+from synthvg.stages.regions import region_mask
 from synthvg.storage import Dataset
 
 
@@ -66,7 +74,7 @@ class DepthStage(Stage):
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         d: DepthAnythingConfig = config.depth
-        return {"config": d.model_dump(mode="json", exclude=set(SPEED_ONLY)), "model": path_identity(d.path)}
+        return {"config": output_settings(d), "model": path_identity(d.path)}
 
     def __init__(self, config: BuildConfig):
         super().__init__(config)

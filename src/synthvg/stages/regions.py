@@ -17,11 +17,15 @@ from synthvg.models.identity import folder_identity, path_identity
 from synthvg.models.proposers import FelzenszwalbProposer, ImageItem, MaskProposer, Proposal
 from synthvg.schemas import RLE, Box, ProposalRecord, RegionCheckRecord, RegionRecord, RegionSource
 from synthvg.schemas.config import BuildConfig, UncoveredConfig
-from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.base import (
+    RunContext,
+    ShardSpec,
+    Stage,
+    StageInputs,
+    StageOutput,
+    output_settings,
+)
 from synthvg.stages.images import load_rgb, per_image
-
-#: Settings that change speed or memory, never output: left out of fingerprints.
-SPEED_ONLY = frozenset({"batch_size", "points_per_batch", "device"})
 
 
 def region_mask(region: dict, height: int, width: int) -> RLE:
@@ -84,12 +88,6 @@ def make_proposer(config: BuildConfig) -> MaskProposer:
     return cls(r.proposer_config())
 
 
-def _strip(obj, keys: frozenset[str]):
-    if isinstance(obj, dict):
-        return {k: _strip(v, keys) for k, v in obj.items() if k not in keys}
-    return obj
-
-
 def model_identity(config: BuildConfig) -> dict | None:
     """What the proposer reads from disk, cheaply identified (see models.identity)."""
     r = config.regions
@@ -119,7 +117,7 @@ class RegionsStage(Stage):
         section = r.proposer_config()
         return {
             "proposer": r.proposer,
-            "params": _strip(section.model_dump(mode="json"), SPEED_ONLY) if section else None,
+            "params": output_settings(section) if section else None,
             "model": model_identity(config),
             "iou_threshold": r.iou_threshold,
             "uncovered": r.uncovered.model_dump(mode="json"),

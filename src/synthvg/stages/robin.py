@@ -9,6 +9,7 @@ to ``generations`` so what the parser dropped stays auditable.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 from synthvg import masks
 from synthvg.models.errors import ModelLoadError
@@ -17,13 +18,22 @@ from synthvg.predicates import category_of, normalise
 from synthvg.schemas import DescriptionRecord, GenerationRecord, RelationRecord
 from synthvg.schemas.config import BuildConfig, RobinModelConfig
 from synthvg.schemas.records import relation_id
-from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.base import (
+    RunContext,
+    ShardSpec,
+    Stage,
+    StageInputs,
+    StageOutput,
+    output_settings,
+)
 from synthvg.stages.images import load_rgb, per_image
 from synthvg.stages.regions import region_mask
 from synthvg.stages.teacher import regions_for_later_stages
 
-#: Config fields that change how fast, not what, Robin writes.
-SPEED_ONLY = ("batch_size", "images_per_batch", "device", "attn_implementation")
+
+def _decoded_mask(region: dict, height: int, width: int):
+    """A region's full-size mask; decoded lazily, since regions beyond ``max_regions`` never need one."""
+    return masks.decode(region_mask(region, height, width)).astype(bool)
 
 
 class RobinStage(Stage):
@@ -35,7 +45,7 @@ class RobinStage(Stage):
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         payload = {**super().fingerprint_payload(config), "feed": config.regions.feed}
         if isinstance(config.robin, RobinModelConfig):
-            payload["config"] = config.robin.model_dump(mode="json", exclude=set(SPEED_ONLY))
+            payload["config"] = output_settings(config.robin)
             payload["model"] = path_identity(config.robin.checkpoint)
         return payload
 
@@ -91,7 +101,7 @@ class RobinStage(Stage):
             return None
         h, w = image["height"], image["width"]
         return ImageJob(image["image_id"], rgb, [
-            RegionInput(r["region_id"], masks.decode(region_mask(r, h, w)).astype(bool),
+            RegionInput(r["region_id"], partial(_decoded_mask, r, h, w),
                         (r["bbox"]["x1"], r["bbox"]["y1"], r["bbox"]["x2"], r["bbox"]["y2"]), r["area"])
             for r in regions[image["image_id"]]
         ])

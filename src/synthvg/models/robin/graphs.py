@@ -16,6 +16,7 @@ group, so groups are made only when one prompt cannot hold them all.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +34,7 @@ from synthvg.models.robin.prompt import (
 @dataclass
 class RegionInput:
     region_id: int
-    mask: np.ndarray  # H x W bool
+    mask: Callable[[], np.ndarray]  # H x W bool; called only for regions a prompt lists (not capped ones)
     box: tuple[float, float, float, float]  # xyxy pixels
     area: float
 
@@ -124,7 +125,7 @@ class RobinGraphs:
                 continue
             index = len(images)
             used = [r for g in groups for r in g]
-            images.append(RobinImage(job.rgb, [r.mask for r in used], [r.box for r in used]))
+            images.append(RobinImage(job.rgb, [r.mask() for r in used], [r.box for r in used]))
             offset = 0
             for g in groups:
                 units.append((graph, index, g, list(range(offset, offset + len(g))), job.rgb.shape[:2]))

@@ -26,12 +26,11 @@ import torch
 
 from synthvg.models.errors import ModelLoadError
 from synthvg.models.hf_dir import read_config_json
-from synthvg.models.robin.modeling import RobinConfig, RobinForCausalLM
+from synthvg.models.robin.modeling import VISION_KEYS, RobinConfig, RobinForCausalLM
 from synthvg.models.robin.prompt import IM_END, IMAGE, MASK, POS
 
 log = logging.getLogger("synthvg")
 
-VISION_PREFIX = "model.vision_tower.vision_tower.visual."
 _LAYER_SCALE = re.compile(r"^(model\.vision_tower\.vision_tower\.visual\.trunk\.stages\.\d+\.blocks\.\d+)\.(gamma|weight)$")
 _UNUSED = re.compile(r"^model\.vision_tower\.vision_tower\.visual\.head\.")
 SPECIAL_TOKENS = (IMAGE, MASK, POS, IM_END, "<|box_start|>", "<|box_end|>")
@@ -118,11 +117,10 @@ def map_keys(state: dict[str, torch.Tensor], expected: set[str]) -> tuple[dict[s
             "robin: ConvNeXt layer scale read from %d '%s' keys%s", len(scales),
             report.layer_scale, f"; {both} blocks had both spellings, 'gamma' (fine-tuned) used" if both else "",
         )
+    if report.skipped_unused:
+        log.info("robin: skipped %d keys of open_clip's projection head (unused by Robin)", len(report.skipped_unused))
     report.unexpected = sorted(set(out) - expected)
     return out, report
-
-
-VISION_KEYS = ("model.vision_tower.", "model.mm_projector.", "mask_extractor.")
 
 
 def load_robin(

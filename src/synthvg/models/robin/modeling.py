@@ -28,6 +28,8 @@ CONVNEXT_LARGE_DEPTHS = (3, 3, 27, 3)
 CONVNEXT_LARGE_DIMS = (192, 384, 768, 1536)
 #: The image tokens are the res4 map (ConvNeXt stage 2): 32x32 = 1024 tokens at 512 px.
 IMAGE_FEATURE_STAGE = 2
+#: Parameters that run in the vision dtype (fp16 in the release): tower, projector, extractor.
+VISION_KEYS = ("model.vision_tower.", "model.mm_projector.", "mask_extractor.")
 
 
 class RobinConfig(Qwen2Config):
@@ -169,10 +171,6 @@ class RobinForCausalLM(Qwen2ForCausalLM):
         self.model.vision_tower = RobinVisionTower(config)
         self.model.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
         self.mask_extractor = MaskExtractor(config)
-
-    def vision_modules(self) -> list[nn.Module]:
-        """What runs in the vision dtype (fp16 in the release): tower, projector, extractor."""
-        return [self.model.vision_tower, self.model.mm_projector, self.mask_extractor]
 
     def encode_images(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Stage maps and projected image tokens ([B, T, hidden]) for a batch of images."""
