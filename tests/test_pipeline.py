@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from helpers import demo_config
+import pytest
+from helpers import dataset_rows, demo_config
 
-from synthvg.pipeline import fingerprints, run_build, up_to_date
+from synthvg.pipeline import WithdrawalRefused, fingerprints, run_build, up_to_date
 from synthvg.stages import ShardSpec
 from synthvg.storage import connect
 
@@ -43,19 +44,54 @@ def test_fingerprints_chain_in_stage_order(tmp_path):
     assert all(a[s] != c[s] for s in a)
 
 
-def test_shrinking_the_plan_withdraws_extra_shards(tmp_path):
+def test_shrinking_the_plan_is_refused_unless_replace_is_given(tmp_path):
     cfg = demo_config(tmp_path / "root", limit=6, shard_size=2)
     run_build(cfg)
+    before = dataset_rows(cfg.out)
     smaller = demo_config(tmp_path / "root", limit=3, shard_size=2)
-    run_build(smaller)
+    with pytest.raises(WithdrawalRefused) as refused:
+        run_build(smaller)
+    message = str(refused.value)
+    assert "nothing was written" in message and "--limit 3" in message and "--replace" in message
+    assert "seeds: 2 shard(s) (1: the new plan puts other images in them; 2: not in the new plan) holding 4 images" in message
+    assert {w.stage for w in refused.value.withdrawn} == {"seeds", "regions", "teacher", "filters"}
+    assert dataset_rows(cfg.out) == before  # nothing was written, nothing withdrawn
+    run_build(smaller, replace=True)
     con = connect(cfg.out)
     assert con.sql("SELECT count(*) FROM images").fetchall() == [(3,)]
     assert con.sql("SELECT count(DISTINCT image_id) FROM regions").fetchall() == [(3,)]
 
 
-def test_skipping_a_stage_withdraws_its_rows(tmp_path):
+def test_growing_the_plan_or_changing_settings_withdraws_nothing(tmp_path):
+    run_build(demo_config(tmp_path / "root", limit=3, shard_size=2))
+    run_build(demo_config(tmp_path / "root", limit=4, shard_size=2))  # shard 1 gains an image
+    run_build(demo_config(tmp_path / "root", limit=4, shard_size=2, teacher={"max_subjects": 2}))
+    assert connect(str(tmp_path / "root")).sql("SELECT count(*) FROM images").fetchall() == [(4,)]
+
+
+def test_skipping_a_stage_is_refused_unless_replace_is_given(tmp_path):
     cfg = demo_config(tmp_path / "root", limit=2, shard_size=2)
     run_build(cfg)
     assert connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall()[0][0] > 0
-    run_build(demo_config(tmp_path / "root", limit=2, shard_size=2, teacher={"backend": "none"}))
+    skipping = demo_config(tmp_path / "root", limit=2, shard_size=2, teacher={"backend": "none"})
+    with pytest.raises(WithdrawalRefused, match=r"teacher: 1 shard\(s\) \(0: the stage no longer runs"):
+        run_build(skipping)
+    assert connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall()[0][0] > 0
+    run_build(skipping, replace=True)
     assert connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall() == [(0,)]
+
+
+def test_the_refusal_names_what_the_rows_cost(tmp_path):
+    from synthvg.pipeline import planned_withdrawal
+    from synthvg.stages import plan_build
+    from synthvg.storage import Dataset
+    from synthvg.storage.dataset import utcnow
+
+    cfg = demo_config(tmp_path / "root", limit=2, shard_size=2)
+    run_build(cfg)
+    ds = Dataset(cfg.out)
+    # a paid teacher shard records what it spent in its commit record
+    ds.commit_shard("teacher", 0, "fp", {}, run_id="r", image_count=2, started_at=utcnow(), metrics={"cost_usd": 0.25})
+    skipping = demo_config(tmp_path / "root", limit=2, shard_size=2, teacher={"backend": "none"})
+    (teacher,) = [w for w in planned_withdrawal(ds, skipping, plan_build(skipping, "r")) if w.stage == "teacher"]
+    assert teacher.cost_usd == 0.25 and "$0.2500 was spent on them" in teacher.describe()

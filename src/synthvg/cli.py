@@ -61,8 +61,18 @@ def build(
     address: Annotated[
         str | None, typer.Option("--address", help="Dask scheduler or Ray cluster address; default: a local cluster")
     ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="allow withdrawing committed work (shards outside the new plan, stages set to none); without it such a build is refused",
+        ),
+    ] = False,
 ) -> None:
-    """Build or resume a dataset. Shards already committed with the same inputs, config and code are skipped."""
+    """Build or resume a dataset. Shards already committed with the same inputs, config and code are skipped.
+
+    A build that would withdraw committed rows (fewer images, other sources, a stage set to none) is refused before it writes anything, listing what it would withdraw; --replace allows it.
+    """
     from synthvg.flows.runners import RunnerUnavailable, require
     from synthvg.schemas.config import ConfigError, load_config, with_executor
 
@@ -74,17 +84,18 @@ def build(
     except (ConfigError, RunnerUnavailable) as e:
         raise _fail(str(e)) from None
     if dry_run:
-        _print_dry_run(cfg)
+        _print_dry_run(cfg, replace)
         return
     from synthvg.flows import BuildIncomplete, build_dataset
+    from synthvg.pipeline import WithdrawalRefused
     from synthvg.stats import compute_stats, format_stats
     from synthvg.storage import BuildLocked
 
     typer.echo(f"building {cfg.name} -> {cfg.out}", err=True)
     try:
-        run = build_dataset(cfg)
+        run = build_dataset(cfg, replace=replace)
         code = 0
-    except BuildLocked as e:
+    except (BuildLocked, WithdrawalRefused) as e:
         raise _fail(str(e)) from None
     except BuildIncomplete as e:
         run, code = e.run, 1
@@ -122,13 +133,13 @@ def _metrics_text(metrics: dict[str, float]) -> str:
     return "; " + ", ".join(parts)
 
 
-def _print_dry_run(cfg) -> None:
-    from synthvg.pipeline import dry_run
+def _print_dry_run(cfg, replace: bool) -> None:
+    from synthvg.pipeline import WithdrawalRefused, dry_run
     from synthvg.storage import BuildLocked
 
     try:
-        report = dry_run(cfg)
-    except BuildLocked as e:
+        report = dry_run(cfg, replace=replace)
+    except (BuildLocked, WithdrawalRefused) as e:
         raise _fail(str(e)) from None
     typer.echo(f"dry run of {cfg.name} (free stages ran for real; paid stages sent nothing):")
     for stage, m in report.items():
@@ -185,17 +196,23 @@ def sql(
     query: Annotated[str, typer.Argument(help="SQL over the views images, regions, proposals, relations, svg_relations, svg_full, descriptions, edits, generations, errors (docs/SCHEMA.md)")],
     root: RootOpt,
     format: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
+    timeout: Annotated[float | None, typer.Option("--timeout", min=0.001, help="cancel the query after this many seconds")] = None,
+    memory_limit: Annotated[str | None, typer.Option("--memory-limit", help="DuckDB memory limit, e.g. 2GB")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="DuckDB threads")] = None,
 ) -> None:
-    """Run a read-only SQL query (DuckDB) over a dataset; statements that write are refused."""
+    """Run one read-only SQL query (DuckDB) over a dataset.
+
+    Only a query (or EXPLAIN of one) runs: statements that write, several statements, and files outside the dataset root are refused.
+    """
     import duckdb
 
-    from synthvg.storage import ReadOnlyError
+    from synthvg.storage import QueryTimeout, ReadOnlyError, SqlLimits
     from synthvg.storage import query as run_query
 
     _check_root(root)
     try:
-        table = run_query(root, query)
-    except ReadOnlyError as e:
+        table = run_query(root, query, limits=SqlLimits(memory_limit=memory_limit, threads=threads, timeout_s=timeout))
+    except (ReadOnlyError, QueryTimeout) as e:
         raise _fail(str(e)) from None
     except (ValueError, duckdb.Error) as e:
         raise _fail(f"query failed: {e}") from None
@@ -307,7 +324,7 @@ def ingest(
     """
     from pydantic import ValidationError
 
-    from synthvg.pipeline import run_build
+    from synthvg.pipeline import WithdrawalRefused, run_build
     from synthvg.readers.sources import open_sources
     from synthvg.schemas.config import BuildConfig, format_validation_error
     from synthvg.storage import BuildLocked
@@ -333,7 +350,7 @@ def ingest(
         raise typer.Exit(2)
     try:
         run = run_build(cfg)
-    except BuildLocked as e:
+    except (BuildLocked, WithdrawalRefused) as e:
         raise _fail(str(e)) from None
     seeds = next(s for s in run.stages if s.stage == "seeds")
     rows = ", ".join(f"{n} {t}" for t, n in seeds.rows_out.items())

@@ -77,21 +77,110 @@ def fingerprints(config: BuildConfig, shard: ShardSpec) -> dict[str, str]:
     return out
 
 
-def prepare(config: BuildConfig, run_id: str) -> tuple[Dataset, BuildPlan]:
-    """Plan the shards, record planning faults, withdraw shards the plan no longer has."""
+class WithdrawnShards(BaseModel):
+    """Committed shards of one stage that a build would take out of the dataset, and why."""
+
+    stage: str
+    #: why -> the shards withdrawn for that reason
+    reasons: dict[str, list[int]] = Field(default_factory=dict)
+    rows: dict[str, int] = Field(default_factory=dict)
+    #: What producing these rows cost (summed from the shards' records; 0 when nothing was paid
+    #: or the shards predate cost records).
+    cost_usd: float = 0.0
+
+    def describe(self) -> str:
+        why = "; ".join(f"{_ranges(shards)}: {reason}" for reason, shards in self.reasons.items())
+        rows = ", ".join(f"{n} {t}" for t, n in sorted(self.rows.items()) if n) or "no rows"
+        cost = f"; ${self.cost_usd:.4f} was spent on them" if self.cost_usd else ""
+        n = sum(len(v) for v in self.reasons.values())
+        return f"{self.stage}: {n} shard(s) ({why}) holding {rows}{cost}"
+
+
+class WithdrawalRefused(RuntimeError):
+    """A build would withdraw committed work; nothing was written. ``--replace`` allows it."""
+
+    def __init__(self, root: str, withdrawn: list[WithdrawnShards], limit: int | None):
+        self.root = root
+        self.withdrawn = withdrawn
+        lines = [f"refused: this build would withdraw committed work from {root} (nothing was written):"]
+        lines += [f"  {w.describe()}" for w in withdrawn]
+        hint = (
+            f"--limit {limit} builds a subset of a root that holds more: build it into another --out"
+            if limit is not None
+            else "build into another --out"
+        )
+        lines.append(f"{hint}, or pass --replace to withdraw them")
+        super().__init__("\n".join(lines))
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
+
+
+def planned_withdrawal(dataset: Dataset, config: BuildConfig, plan: BuildPlan) -> list[WithdrawnShards]:
+    """What committed work ``plan`` under ``config`` would take out of ``dataset``.
+
+    A shard's rows are withdrawn when the shard leaves the plan (fewer images, ``--limit``), when
+    it would hold other images than it was built from (another config's sources or selection), or
+    when its stage no longer runs (``backend: none``). Redoing a shard over the same images with
+    changed stage settings is an update, not a withdrawal.
+    """
+    previous = dataset.read_json(dataset.abspath(PLAN_FILE)) or {"shards": []}
+    before = {s["index"]: set(s["image_ids"]) for s in previous["shards"]}
+    after = {sh.index: set(sh.image_ids) for sh in plan.shards}
+    out = []
+    for stage in STAGE_ORDER:
+        skipped = STAGES[stage].skip_reason(config)
+        w = WithdrawnShards(stage=stage)
+        for m in dataset.manifests(stage):
+            if skipped:
+                reason = f"the stage no longer runs ({skipped})"
+            elif m.shard not in after:
+                reason = "not in the new plan"
+            elif before.get(m.shard, after[m.shard]) - after[m.shard]:
+                reason = "the new plan puts other images in them"
+            else:
+                continue
+            w.reasons.setdefault(reason, []).append(m.shard)
+            for f in m.files:
+                w.rows[f.table] = w.rows.get(f.table, 0) + f.rows
+            w.cost_usd += m.metrics.get("cost_usd", 0.0)
+        if w.reasons:
+            out.append(w)
+    return out
+
+
+def prepare(config: BuildConfig, run_id: str, *, replace: bool = False) -> tuple[Dataset, BuildPlan]:
+    """Plan the shards and record planning faults; withdraw shards the plan no longer has.
+
+    Refuses (:class:`WithdrawalRefused`, before writing anything) a plan that would withdraw
+    committed work, unless ``replace`` says the user asked for it.
+    """
     dataset = Dataset(config.out)
     dataset.init()
     plan = plan_build(config, run_id)
+    withdrawn = planned_withdrawal(dataset, config, plan)
+    if withdrawn and not replace:
+        raise WithdrawalRefused(dataset.url, withdrawn, config.limit)
+    for w in withdrawn:
+        log.warning("withdrawing, as --replace allows: %s", w.describe())
     fp = stable_hash([STAGES["seeds"].fingerprint_payload(config), [e.model_dump(exclude={"run_id", "created_at"}) for e in plan.errors]])
     if not dataset.is_committed(PLAN_STAGE, 0, fp):
         tables = {"errors": to_table(ErrorRecord, plan.errors)} if plan.errors else {}
         dataset.commit_shard(PLAN_STAGE, 0, fp, tables, run_id=run_id, image_count=plan.image_count, started_at=utcnow())
-    dataset.write_json(dataset.abspath(PLAN_FILE), {"shards": [sh.model_dump() for sh in plan.shards]})
     n = len(plan.shards)
     for stage in STAGE_ORDER:
         for shard in dataset.committed_shards(stage):
             if shard >= n:
                 dataset.drop_stage_shard(stage, shard)
+    dataset.write_json(dataset.abspath(PLAN_FILE), {"shards": [sh.model_dump() for sh in plan.shards]})
     return dataset, plan
 
 
@@ -160,7 +249,9 @@ def run_shard(
         stage = load_stage(STAGES[stage_name], config)
         output = stage.process(shard, inputs, ctx)
     tables = output.arrow_tables()
-    dataset.commit_shard(stage_name, shard.index, fp, tables, run_id=run_id, image_count=len(shard.image_ids), started_at=started_at)
+    dataset.commit_shard(
+        stage_name, shard.index, fp, tables, run_id=run_id, image_count=len(shard.image_ids), started_at=started_at, metrics=output.metrics
+    )
     return ShardResult(
         stage=stage_name,
         shard=shard.index,
@@ -236,7 +327,7 @@ def up_to_date(run: RunManifest) -> bool:
     return all(s.shards_written == 0 and s.shards_failed == 0 for s in run.stages)
 
 
-def dry_run(config: BuildConfig, run_id: str | None = None) -> dict[str, dict[str, float]]:
+def dry_run(config: BuildConfig, run_id: str | None = None, *, replace: bool = False) -> dict[str, dict[str, float]]:
     """Estimate what a build would spend, spending nothing.
 
     Stages that cost nothing (seeds, the CPU proposer, ...) run for real, since a paid stage's
@@ -251,7 +342,7 @@ def dry_run(config: BuildConfig, run_id: str | None = None) -> dict[str, dict[st
     dataset.init()
     report: dict[str, dict[str, float]] = {}
     with build_lock(dataset, run_id):
-        dataset, plan = prepare(config, run_id)
+        dataset, plan = prepare(config, run_id, replace=replace)
         for stage_name in active_stages(config):
             stage = load_stage(STAGES[stage_name], config)
             totals: dict[str, float] = {"shards_done": 0.0, "shards_blocked": 0.0}
@@ -275,15 +366,20 @@ def run_build(
     config: BuildConfig,
     run_id: str | None = None,
     on_shard: Callable[[ShardResult], None] | None = None,
+    *,
+    replace: bool = False,
 ) -> RunManifest:
-    """The whole build, sequentially, without Prefect (same steps as the flow)."""
+    """The whole build, sequentially, without Prefect (same steps as the flow).
+
+    ``replace``: allow withdrawing committed work (see :func:`prepare`).
+    """
     from synthvg.storage.lock import build_lock
 
     run_id = run_id or new_run_id()
     dataset = Dataset(config.out)
     dataset.init()
     with build_lock(dataset, run_id):
-        dataset, plan = prepare(config, run_id)
+        dataset, plan = prepare(config, run_id, replace=replace)
         run = start_run(dataset, config, run_id, plan)
         summaries = []
         for stage in STAGE_ORDER:

@@ -226,14 +226,18 @@ def publish_flow(config: BuildConfig) -> dict:
 
 
 @flow(name="build-dataset", flow_run_name="build-{config.name}")
-def build_dataset(config: BuildConfig, run_id: str | None = None) -> RunManifest:
-    """Build (or resume) the dataset described by ``config``; returns the run manifest."""
+def build_dataset(config: BuildConfig, run_id: str | None = None, replace: bool = False) -> RunManifest:
+    """Build (or resume) the dataset described by ``config``; returns the run manifest.
+
+    ``replace`` allows the build to withdraw committed work (shards that leave the plan, stages
+    set to ``none``); without it such a build is refused before it writes anything.
+    """
     logger = get_run_logger()
     run_id = run_id or new_run_id()
     dataset = Dataset(config.out)
     dataset.init()
     with build_lock(dataset, run_id):
-        plan = plan_task(config, run_id)
+        plan = plan_task(config, run_id, replace)
         logger.info("run %s: %d images in %d shards of <= %d -> %s", run_id, plan.image_count, len(plan.shards), config.shard_size, dataset.url)
         if plan.errors:
             logger.warning("planning found %d input problems (see the errors table)", len(plan.errors))

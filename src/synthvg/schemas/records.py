@@ -249,6 +249,7 @@ class ShardManifest(Record):
     started_at: dt.datetime
     finished_at: dt.datetime
     seconds: float
+    metrics: dict[str, float] = Field(default_factory=dict, description="what the stage measured on this shard: requests, tokens, cost_usd, ...")
 
 
 class StageSummary(Record):

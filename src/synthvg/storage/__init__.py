@@ -2,6 +2,17 @@
 
 from synthvg.storage.dataset import Dataset
 from synthvg.storage.lock import BuildLocked, build_lock
-from synthvg.storage.query import ReadOnlyError, check_read_only, connect, fetch_dicts, query
+from synthvg.storage.query import (
+    QueryTimeout,
+    ReadOnlyError,
+    SqlLimits,
+    check_read_only,
+    connect,
+    fetch_dicts,
+    query,
+)
 
-__all__ = ["BuildLocked", "Dataset", "ReadOnlyError", "build_lock", "check_read_only", "connect", "fetch_dicts", "query"]
+__all__ = [
+    "BuildLocked", "Dataset", "QueryTimeout", "ReadOnlyError", "SqlLimits",
+    "build_lock", "check_read_only", "connect", "fetch_dicts", "query",
+]

@@ -145,6 +145,7 @@ class Dataset:
         run_id: str,
         image_count: int,
         started_at: dt.datetime,
+        metrics: dict[str, float] | None = None,
     ) -> ShardManifest:
         """Write a shard's tables and then its manifest. Safe to kill at any point."""
         self._clear_shard(stage, shard, list(TABLES))
@@ -170,6 +171,7 @@ class Dataset:
             started_at=started_at,
             finished_at=finished,
             seconds=(finished - started_at).total_seconds(),
+            metrics=metrics or {},
         )
         self.write_json(self.manifest_path(stage, shard), manifest.model_dump(mode="json"))
         return manifest
@@ -200,12 +202,17 @@ class Dataset:
                     return pq.read_table(fh)
         return None
 
+    def committed_files(self) -> dict[str, list[str]]:
+        """Every committed file as an openable URI, by table, from one read of the manifests."""
+        out: dict[str, list[str]] = {}
+        for m in self.manifests():
+            for f in m.files:
+                out.setdefault(f.table, []).append(self.uri(f.path))
+        return out
+
     def table_files(self, table: str) -> list[str]:
         """Every committed file of a table, across stages, as openable URIs."""
-        out = []
-        for m in self.manifests():
-            out.extend(self.uri(f.path) for f in m.files if f.table == table)
-        return out
+        return self.committed_files().get(table, [])
 
     # ----------------------------------------------------------------- runs
     def write_run(self, run: RunManifest) -> None:

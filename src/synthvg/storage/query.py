@@ -3,36 +3,48 @@
 Views are defined over the exact files the shard manifests name, so a shard that a killed
 build left half-written is never visible. Tables nobody has written yet are still queryable
 (empty, with their full schema), so analysts' SQL never depends on which stages ran.
+
+Every connection is a sandbox once its views exist: files outside the dataset root cannot be
+read, nothing can be written through DuckDB's configuration (profiling, logging), extensions
+are neither installed nor loaded, and the configuration is locked. User SQL goes through
+:func:`check_read_only` as well, which admits exactly one query (or ``EXPLAIN`` of one), since
+DuckDB could still ``COPY`` into the dataset root itself.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import threading
+
 import duckdb
 import pyarrow as pa
+from pydantic import BaseModel, Field
 
 from synthvg.schemas import TABLES, schema_of
 from synthvg.storage.dataset import Dataset
 
-READ_ONLY_STATEMENTS = {"SELECT", "EXPLAIN"}
+#: Functions refused in user SQL even inside a query: they change settings or write files.
+#: (The locked configuration refuses them too; this names them in the error.)
+REFUSED_FUNCTIONS = frozenset({
+    "enable_profiling", "disable_profiling", "enable_logging", "disable_logging", "truncate_duckdb_logs",
+    "checkpoint", "force_checkpoint",
+})
 
-# The analyst-facing views: physical tables joined into what the issue's schema promises.
-_IMAGES_VIEW = """
-CREATE OR REPLACE VIEW images AS
-SELECT i.*, m.depth_uri
-FROM _images i
-LEFT JOIN _depth_maps m USING (image_id)
-"""
+_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^)]*\)\s*)?", re.IGNORECASE)
 
-_REGIONS_VIEW = """
-CREATE OR REPLACE VIEW regions AS
-SELECT r.*,
-       c.best_iou, c.best_proposal_id, c.kept,
-       d.depth_median, d.depth_spread, d.depth_model
-FROM _regions r
-LEFT JOIN _region_checks c USING (image_id, region_id)
-LEFT JOIN _region_depth d USING (image_id, region_id)
-"""
-
+# The analyst-facing views that join physical tables: view -> (alias of its base table, joins);
+# a join is (table, alias, USING columns, [(column, expression)]). A join is left out when its
+# table has no files (its columns are NULL then): even an empty join costs a hash join per query.
+_JOINED_VIEWS: dict[str, tuple[str, list[tuple[str, str, str, list[tuple[str, str]]]]]] = {
+    "images": ("i", [("depth_maps", "m", "image_id", [("depth_uri", "m.depth_uri")])]),
+    "regions": ("r", [
+        ("region_checks", "c", "image_id, region_id",
+         [("best_iou", "c.best_iou"), ("best_proposal_id", "c.best_proposal_id"), ("kept", "c.kept")]),
+        ("region_depth", "d", "image_id, region_id",
+         [("depth_median", "d.depth_median"), ("depth_spread", "d.depth_spread"), ("depth_model", "d.depth_model")]),
+    ]),
+}
 
 # Relations carry the filters' verdict when the filters have judged them.
 _RELATIONS_VIEW = """
@@ -61,6 +73,18 @@ class ReadOnlyError(PermissionError):
     """A statement that would write was sent to a read-only query."""
 
 
+class QueryTimeout(RuntimeError):
+    """A query ran past its time limit and was cancelled."""
+
+
+class SqlLimits(BaseModel):
+    """Resources one query connection may take (None: DuckDB's default)."""
+
+    memory_limit: str | None = Field(None, description="DuckDB memory_limit, e.g. '2GB'")
+    threads: int | None = Field(None, ge=1)
+    timeout_s: float | None = Field(None, gt=0, description="cancel a query that runs longer")
+
+
 def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
@@ -74,44 +98,146 @@ def _create_source(con: duckdb.DuckDBPyConnection, name: str, files: list[str], 
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}__empty")
 
 
-def connect(root: str | Dataset) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the dataset's views registered.
+def _null_as(con: duckdb.DuckDBPyConnection, source: str, column: str) -> str:
+    """``CAST(NULL AS <column's type>) AS column``: a missing join's column, typed as if joined."""
+    ((_, kind, *_),) = con.execute(f"DESCRIBE SELECT {column} FROM {source}").fetchall()
+    return f"CAST(NULL AS {kind}) AS {column}"
+
+
+def _create_joined_view(con: duckdb.DuckDBPyConnection, view: str, present: set[str]) -> None:
+    alias, joins = _JOINED_VIEWS[view]
+    columns, clauses = [f"{alias}.*"], [f"FROM _{view} {alias}"]
+    for table, j, using, cols in joins:
+        if table in present:
+            clauses.append(f"LEFT JOIN _{table} {j} USING ({using})")
+            columns += [f"{expr} AS {name}" for name, expr in cols]
+        else:
+            columns += [_null_as(con, f"_{table}", name) for name, _ in cols]
+    con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(columns)} {' '.join(clauses)}")
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection, dataset: Dataset, limits: SqlLimits) -> None:
+    """No file outside the root, no extension, no further configuration (see the module doc)."""
+    root = dataset.uri("").rstrip("/") + "/"
+    # DuckDB spells a registered filesystem's URL with three slashes (memory:///root/...).
+    allowed = [root] + ([root.replace("://", ":///", 1)] if "://" in root else [])
+    settings = [
+        "SET autoinstall_known_extensions = false",
+        "SET autoload_known_extensions = false",
+        f"SET allowed_directories = [{', '.join(_sql_str(a) for a in allowed)}]",
+        "SET enable_external_access = false",
+    ]
+    if limits.memory_limit:
+        settings.append(f"SET memory_limit = {_sql_str(limits.memory_limit)}")
+    if limits.threads:
+        settings.append(f"SET threads = {int(limits.threads)}")
+    for statement in [*settings, "SET lock_configuration = true"]:
+        con.execute(statement)
+
+
+def connect(root: str | Dataset, *, limits: SqlLimits | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the dataset's views registered, locked down.
 
     Views: ``images`` (with the depth map's ``depth_uri``), ``regions`` (with the regions and
     depth stages' columns joined in),
     ``proposals``, ``relations`` (with the filters' verdicts applied), ``svg_relations``,
     ``svg_full``, ``descriptions``, ``edits``, ``generations``, ``errors``; plus the raw ``region_checks``,
     ``region_depth``, ``depth_maps`` and ``relation_verdicts``.
+
+    The connection reads only files under the dataset root and cannot change its settings
+    (``limits`` apply before the lock). It still runs whatever statement it is given, so send
+    untrusted SQL through :func:`query` (or :func:`check_read_only` first).
     """
     dataset = root if isinstance(root, Dataset) else Dataset(root)
     con = duckdb.connect(":memory:")
     if not dataset.is_local:
         con.register_filesystem(dataset.fs)
+    files = dataset.committed_files()
     for table, model in TABLES.items():
-        _create_source(con, f"_{table}", dataset.table_files(table), schema_of(model))
+        _create_source(con, f"_{table}", files.get(table, []), schema_of(model))
     for table in TABLES:
         if table not in ("images", "regions", "relations"):
             con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _{table}")
-    con.execute(_IMAGES_VIEW)
-    con.execute(_REGIONS_VIEW)
-    con.execute(_RELATIONS_VIEW)
+    present = {t for t, f in files.items() if f}
+    for view in _JOINED_VIEWS:
+        _create_joined_view(con, view, present)
+    if "relation_verdicts" in present:
+        con.execute(_RELATIONS_VIEW)
+    else:
+        nulls = ", ".join(_null_as(con, "_relation_verdicts", c) for c in ("verdict_score", "verified_by"))
+        con.execute(f"CREATE OR REPLACE VIEW relations AS SELECT r.*, {nulls} FROM _relations r")
     con.execute(_SVG_RELATIONS_VIEW)
     con.execute(_SVG_FULL_VIEW)
+    _lock_down(con, dataset, limits or SqlLimits())
     return con
 
 
+def _called_functions(con: duckdb.DuckDBPyConnection, sql: str) -> set[str]:
+    """Names of every function a query calls (scalar or table), from DuckDB's own parse tree."""
+    (tree,) = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0]
+    names: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("function_name"), str):
+                names.add(node["function_name"].lower())
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(json.loads(tree))
+    return names
+
+
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse any statement that is not a query (DELETE, CREATE, COPY, ATTACH, SET, ...)."""
+    """Admit exactly one query, or EXPLAIN [ANALYZE] of one; refuse everything else.
+
+    Refused: every statement that is not a query (DELETE, CREATE, COPY, ATTACH, SET, PRAGMA,
+    ...), several statements at once, EXPLAIN of anything but a query (``EXPLAIN ANALYZE`` runs
+    what it explains), and queries calling functions that write or reconfigure (profiling, logging).
+    """
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as e:
         raise ValueError(f"SQL does not parse: {e}") from None
     if not statements:
         raise ValueError("no SQL statement given")
-    for st in statements:
-        kind = st.type.name
-        if kind not in READ_ONLY_STATEMENTS:
-            raise ReadOnlyError(f"refused: {kind} statements are not allowed; the dataset is opened read-only")
+    if len(statements) > 1:
+        raise ReadOnlyError(f"refused: one statement per query ({len(statements)} given)")
+    (st,) = statements
+    inner = st
+    if st.type.name == "EXPLAIN":
+        explained = _EXPLAIN_PREFIX.sub("", st.query, count=1)
+        inner_statements = con.extract_statements(explained) if explained.strip() else []
+        if len(inner_statements) != 1:
+            raise ReadOnlyError("refused: EXPLAIN takes exactly one query")
+        inner = inner_statements[0]
+    if inner.type.name != "SELECT":
+        what = f"EXPLAIN of {inner.type.name}" if inner is not st else inner.type.name
+        raise ReadOnlyError(f"refused: {what} statements are not allowed; the dataset is opened read-only")
+    try:
+        refused = _called_functions(con, inner.query) & REFUSED_FUNCTIONS
+    except (duckdb.Error, ValueError):  # statements json_serialize_sql cannot express (DESCRIBE, SHOW, ...)
+        refused = set()
+    if refused:
+        raise ReadOnlyError(f"refused: {', '.join(f'{f}()' for f in sorted(refused))} changes settings or writes files")
+
+
+def run_with_timeout(con: duckdb.DuckDBPyConnection, sql: str, timeout_s: float | None, params: list | None = None) -> pa.Table:
+    """Run ``sql`` to an Arrow table, cancelling it after ``timeout_s`` seconds."""
+    timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    try:
+        return con.sql(sql, params=params).to_arrow_table()
+    except duckdb.InterruptException:
+        raise QueryTimeout(f"query cancelled at its time limit of {timeout_s:g} s") from None
+    finally:
+        if timer:
+            timer.cancel()
 
 
 def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
@@ -121,11 +247,12 @@ def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = 
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def query(root: str | Dataset, sql: str) -> pa.Table:
-    """Run a read-only query and return its result as an Arrow table."""
-    con = connect(root)
+def query(root: str | Dataset, sql: str, *, limits: SqlLimits | None = None) -> pa.Table:
+    """Run one read-only query (see :func:`check_read_only`) and return its result as Arrow."""
+    limits = limits or SqlLimits()
+    con = connect(root, limits=limits)
     try:
         check_read_only(con, sql)
-        return con.sql(sql).to_arrow_table()
+        return run_with_timeout(con, sql, limits.timeout_s)
     finally:
         con.close()

@@ -42,8 +42,8 @@ class ShardIdentity(CachePolicy):
 
 
 @task(name="plan-shards", cache_policy=NO_CACHE)
-def plan_task(config: BuildConfig, run_id: str) -> BuildPlan:
-    _, plan = prepare(config, run_id)
+def plan_task(config: BuildConfig, run_id: str, replace: bool = False) -> BuildPlan:
+    _, plan = prepare(config, run_id, replace=replace)
     return plan
 
 
