@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from helpers import dataset_rows, demo_config
@@ -89,3 +90,26 @@ def test_prefect_caches_shards_by_their_storage_identity_and_never_against_stora
     assert len(cached) >= 2  # the third build's teacher shards came from Prefect's cache
     key = shard_identity(cfg, "teacher", ShardSpec(index=0, image_ids=["a"]))
     assert key.startswith("synthvg-") and "-teacher-00000-" in key
+
+
+def test_the_flow_refuses_to_withdraw_without_replace_and_the_cli_says_why(prefect_server, tmp_path):
+    from typer.testing import CliRunner
+
+    from synthvg.cli import app
+    from synthvg.pipeline import WithdrawalRefused
+
+    root = tmp_path / "root"
+    build_dataset(demo_config(root, limit=4, shard_size=2))
+    before = dataset_rows(str(root))
+    with pytest.raises(WithdrawalRefused, match="--limit 2 builds a subset"):
+        build_dataset(demo_config(root, limit=2, shard_size=2))
+    assert dataset_rows(str(root)) == before
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    result = CliRunner().invoke(app, ["build", "--config", str(config), "--out", str(root), "--limit", "2"])
+    assert result.exit_code == 2
+    assert "refused: this build would withdraw committed work" in result.output
+    assert "Traceback" not in result.output
+    assert dataset_rows(str(root)) == before
+    replaced = build_dataset(demo_config(root, limit=2, shard_size=2), replace=True)
+    assert replaced.status == "completed" and replaced.images == 2

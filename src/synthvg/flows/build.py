@@ -18,12 +18,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from synthvg.flows.runners import placement, task_runners
 from synthvg.pipeline import (
     ShardResult,
+    WithdrawalRefused,
     failed_shard,
     finish_run,
     load_shards,
@@ -238,6 +240,8 @@ def build_dataset(config: BuildConfig, run_id: str | None = None, replace: bool 
     dataset.init()
     with build_lock(dataset, run_id):
         plan = plan_task(config, run_id, replace)
+        if isinstance(plan, WithdrawalRefused):
+            return Failed(message=str(plan), data=plan)  # the caller gets the refusal raised
         logger.info("run %s: %d images in %d shards of <= %d -> %s", run_id, plan.image_count, len(plan.shards), config.shard_size, dataset.url)
         if plan.errors:
             logger.warning("planning found %d input problems (see the errors table)", len(plan.errors))

@@ -8,7 +8,7 @@ from functools import partial
 from prefect import task
 from prefect.cache_policies import NO_CACHE, CachePolicy
 
-from synthvg.pipeline import ShardResult, fingerprints, prepare, run_shard
+from synthvg.pipeline import ShardResult, WithdrawalRefused, fingerprints, prepare, run_shard
 from synthvg.prefect_setup import shard_slots
 from synthvg.schemas.config import BuildConfig
 from synthvg.stages import BuildPlan, ShardSpec
@@ -42,8 +42,13 @@ class ShardIdentity(CachePolicy):
 
 
 @task(name="plan-shards", cache_policy=NO_CACHE)
-def plan_task(config: BuildConfig, run_id: str, replace: bool = False) -> BuildPlan:
-    _, plan = prepare(config, run_id, replace=replace)
+def plan_task(config: BuildConfig, run_id: str, replace: bool = False) -> BuildPlan | WithdrawalRefused:
+    """The plan, or the refusal to withdraw committed work: an answer, not a task failure, so
+    the UI and the terminal show the refusal's message rather than a traceback."""
+    try:
+        _, plan = prepare(config, run_id, replace=replace)
+    except WithdrawalRefused as refused:
+        return refused
     return plan
 
 
