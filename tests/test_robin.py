@@ -539,3 +539,25 @@ def test_an_image_without_regions_or_readable_pixels_is_an_error_row_not_a_crash
                         RunContext(run_id="r", stage="robin", shard=0))
     assert sorted((e.image_id, e.kind) for e in out.errors) == [("x:empty", "no_regions"), ("x:gone", "bad_image")]
     assert not out.tables
+
+
+def test_filters_judge_robin_relations_and_a_filter_change_does_not_rerun_robin(tmp_path, ckpt, monkeypatch):
+    """`filters.stages: [robin]`: the graph puts filters after Robin; changing a filter setting
+    redoes filters only, never the GPU stage."""
+    from synthvg.pipeline import run_build
+    from synthvg.stages import build_order
+    from synthvg.storage import connect
+
+    answer = "Objects:\nregion1: a person\nregion2: a thing\n\nRelations:\nregion1: region2 left of"
+    monkeypatch.setattr(RobinEngine, "_generate", lambda self, embeds, limits, s: [Generation(answer, e.shape[0], 9, True, [1]) for e in embeds])
+    robin = {"backend": "robin", "checkpoint": ckpt, "max_new_tokens": 8, "description_max_tokens": 4}
+    cfg = demo_config(tmp_path / "root", limit=3, shard_size=2, robin=robin, filters={"stages": ["robin"]})
+    assert build_order(cfg).index("filters") > build_order(cfg).index("robin")
+    run_build(cfg)
+    con = connect(cfg.out)
+    judged = con.execute("SELECT DISTINCT stage FROM relations WHERE verified_by IS NOT NULL").fetchall()
+    assert judged == [("robin",)]
+    changed = demo_config(tmp_path / "root", limit=3, shard_size=2, robin=robin,
+                          filters={"stages": ["robin"], "spatial": {**cfg.filters.spatial.model_dump(), "near_keep": 0.5}})
+    written = {s.stage: s.shards_written for s in run_build(changed).stages if s.status != "skipped"}
+    assert written == {"seeds": 0, "regions": 0, "teacher": 0, "robin": 0, "filters": 2}

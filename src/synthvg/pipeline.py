@@ -3,10 +3,11 @@
 Prefect flows (:mod:`synthvg.flows`) are thin orchestration over these; :func:`run_build`
 runs the same steps sequentially without Prefect (benchmarks and tests compare the two).
 
-Resumability rests on fingerprints. A shard's fingerprint for stage *i* hashes its image ids,
-stage *i*'s version and config, the code version and the fingerprint of stage *i-1*. A rerun
-skips every shard already committed with the same fingerprint; changing one stage's config
-changes its fingerprint and those of the stages after it, and nothing before it.
+Resumability rests on fingerprints. A shard's fingerprint for a stage hashes the stage's version
+and config, the code version and the fingerprints of the stages it reads (the shard's image ids
+for a stage that reads none): see :mod:`synthvg.stages.graph`. A rerun skips every shard already
+committed with the same fingerprint; changing one stage's config redoes that stage and the
+stages that read it, directly or not, and nothing else.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ from synthvg.stages import (
     BuildPlan,
     ShardSpec,
     StageInputs,
+    build_order,
+    graph,
     load_stage,
     plan_build,
-    table_writers,
 )
 from synthvg.stages.base import RunContext, stable_hash
+from synthvg.stages.graph import shard_fingerprints
 from synthvg.storage.dataset import Dataset, utcnow
 
 log = logging.getLogger("synthvg")
@@ -62,19 +65,13 @@ def new_run_id() -> str:
 
 
 def active_stages(config: BuildConfig) -> list[str]:
-    return [s for s in STAGE_ORDER if STAGES[s].skip_reason(config) is None]
+    """The stages that run under ``config``, in build order."""
+    return [name for name, node in graph(config).items() if node.skipped is None]
 
 
 def fingerprints(config: BuildConfig, shard: ShardSpec) -> dict[str, str]:
-    """Every stage's fingerprint for ``shard``, chained in build order."""
-    out, previous = {}, shard.digest()
-    for name in STAGE_ORDER:
-        cls = STAGES[name]
-        reason = cls.skip_reason(config)
-        payload = {"skipped": True} if reason else cls.fingerprint_payload(config)
-        previous = stable_hash([name, cls.version, __version__, payload, previous])
-        out[name] = previous
-    return out
+    """Every stage's fingerprint for ``shard`` (see :func:`synthvg.stages.graph.shard_fingerprints`)."""
+    return shard_fingerprints(STAGES, config, shard)
 
 
 class WithdrawnShards(BaseModel):
@@ -215,13 +212,11 @@ def _shard_state(dataset: Dataset, config: BuildConfig, stage_name: str, shard: 
     fp = fps[stage_name]
     if dataset.is_committed(stage_name, shard.index, fp):
         return fp, "up_to_date", None
-    earlier = STAGE_ORDER[: STAGE_ORDER.index(stage_name)]
-    active_earlier = [s for s in earlier if STAGES[s].skip_reason(config) is None]
-    for upstream in active_earlier:
+    node = graph(config)[stage_name]
+    for upstream in sorted({w for writers in node.reads.values() for w in writers}):
         if not dataset.is_committed(upstream, shard.index, fps[upstream]):
             return fp, f"upstream stage '{upstream}' has not completed shard {shard.index}", None
-    writers = {t: [s for s in stages if s in active_earlier] for t, stages in table_writers().items()}
-    return fp, None, StageInputs(dataset, shard.index, writers)
+    return fp, None, StageInputs(dataset, shard.index, node.reads)
 
 
 def run_shard(
@@ -382,7 +377,7 @@ def run_build(
         dataset, plan = prepare(config, run_id, replace=replace)
         run = start_run(dataset, config, run_id, plan)
         summaries = []
-        for stage in STAGE_ORDER:
+        for stage in build_order(config):
             t0 = time.perf_counter()
             reason = STAGES[stage].skip_reason(config)
             if reason:

@@ -26,6 +26,7 @@ from synthvg.flows.runners import placement, task_runners
 from synthvg.pipeline import (
     ShardResult,
     WithdrawalRefused,
+    active_stages,
     failed_shard,
     finish_run,
     load_shards,
@@ -39,7 +40,7 @@ from synthvg.pipeline import (
 )
 from synthvg.schemas import RunManifest, StageSummary
 from synthvg.schemas.config import BuildConfig
-from synthvg.stages import STAGE_ORDER, STAGES
+from synthvg.stages import STAGES, build_order
 from synthvg.stats import compute_stats
 from synthvg.storage import Dataset, build_lock
 from synthvg.tasks import plan_task, shard_task
@@ -246,13 +247,13 @@ def build_dataset(config: BuildConfig, run_id: str | None = None, replace: bool 
         if plan.errors:
             logger.warning("planning found %d input problems (see the errors table)", len(plan.errors))
         run = start_run(dataset, config, run_id, plan)
-        active = [s for s in STAGE_ORDER if STAGES[s].skip_reason(config) is None]
+        active = active_stages(config)
         progress = _Progress(config, len(active) * len(plan.shards))
         _PROGRESS[run_id] = progress
         summaries = []
         try:
             with task_runners(config.executor) as runner:
-                for stage in STAGE_ORDER:
+                for stage in build_order(config):
                     # Skipped stages submit nothing: they need no cluster.
                     sub = runner() if stage in active else ThreadPoolTaskRunner(max_workers=1)
                     summaries.append(stage_flow.with_options(task_runner=sub)(config, stage, run_id))

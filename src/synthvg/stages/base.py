@@ -24,6 +24,9 @@ from synthvg.schemas.config import BuildConfig
 from synthvg.schemas.records import Record
 from synthvg.storage.dataset import Dataset
 
+#: The stage that writes relations (and descriptions) whose ``stage`` column says this.
+STAGE_OF_RELATIONS = {"seed": "seeds", "teacher": "teacher", "robin": "robin", "edit": "edit"}
+
 #: Settings that change speed or memory, never output: left out of fingerprints, so tuning a
 #: batch size or moving to a GPU does not redo a finished dataset.
 SPEED_ONLY = frozenset({"batch_size", "points_per_batch", "images_per_batch", "device", "attn_implementation"})
@@ -106,6 +109,8 @@ class StageInputs:
 
     def table(self, name: str) -> pa.Table:
         """All committed rows of ``name`` for this shard (empty with its schema if none)."""
+        if name not in self._writers:
+            raise KeyError(f"this stage does not declare that it reads {name!r} (add it to the stage's `reads`)")
         if name not in self._cache:
             parts = [
                 t
@@ -131,6 +136,20 @@ class StageInputs:
         return out
 
 
+def regions_for_later_stages(inputs: StageInputs, config: BuildConfig) -> dict[str, list[dict]]:
+    """Regions per image that later stages see: kept ones, or all (``regions.feed``).
+
+    When the regions stage did not run there are no checks, and every region is used.
+    """
+    checks = {(c["image_id"], c["region_id"]): c["kept"] for c in inputs.rows("region_checks")}
+    use_all = config.regions.feed == "all" or not checks
+    out: dict[str, list[dict]] = {}
+    for r in inputs.rows("regions"):
+        if use_all or checks.get((r["image_id"], r["region_id"]), False):
+            out.setdefault(r["image_id"], []).append(r)
+    return out
+
+
 class Stage(ABC):
     """Base class of every pipeline stage."""
 
@@ -139,6 +158,9 @@ class Stage(ABC):
     version: ClassVar[str] = "1"
     #: Tables this stage writes (besides ``errors``).
     writes: ClassVar[tuple[str, ...]] = ()
+    #: Tables this stage reads: its inputs refuse any other, and the stage graph (build order,
+    #: fingerprints) is derived from them.
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: BuildConfig):
         self.config = config
@@ -151,6 +173,12 @@ class Stage(ABC):
         """
         if getattr(getattr(config, cls.name, None), "backend", None) == "none":
             return f"no {cls.name} backend configured ({cls.name}.backend: none)"
+        return None
+
+    @classmethod
+    def read_from(cls, config: BuildConfig, table: str) -> tuple[str, ...] | None:
+        """Which stages' rows of ``table`` this stage reads under ``config`` (None: every stage
+        that writes it, but itself)."""
         return None
 
     @classmethod

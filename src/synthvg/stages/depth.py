@@ -64,6 +64,7 @@ class DepthStage(Stage):
     name = "depth"
     version = "1"
     writes = ("region_depth", "depth_maps")
+    reads = ("images", "regions")
 
     @classmethod
     def skip_reason(cls, config: BuildConfig) -> str | None:

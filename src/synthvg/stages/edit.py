@@ -27,7 +27,15 @@ from synthvg.models.scene_graph import Graph, build_graph, triples
 from synthvg.schemas import DescriptionRecord, EditRecord, RelationRecord
 from synthvg.schemas.config import BuildConfig, OpenAIEditConfig
 from synthvg.schemas.records import relation_id
-from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.base import (
+    STAGE_OF_RELATIONS,
+    RunContext,
+    ShardSpec,
+    Stage,
+    StageInputs,
+    StageOutput,
+    regions_for_later_stages,
+)
 from synthvg.stages.llm_stage import (
     add_metrics,
     answer,
@@ -36,7 +44,6 @@ from synthvg.stages.llm_stage import (
     open_image,
     redact_logs,
 )
-from synthvg.stages.teacher import regions_for_later_stages
 
 #: Which ``relations.stage`` values each ``edit.source`` reads.
 SOURCE_STAGES = {"robin": ("robin",), "teacher": ("teacher",), "seed": ("seed",), "union": ("seed", "teacher", "robin")}
@@ -58,6 +65,15 @@ class EditStage(Stage):
     name = "edit"
     version = "1"
     writes = ("relations", "descriptions", "edits")
+    reads = ("images", "regions", "region_checks", "relations", "descriptions", "relation_verdicts")
+
+    @classmethod
+    def read_from(cls, config: BuildConfig, table: str) -> tuple[str, ...] | None:
+        if table == "relations":
+            return tuple(STAGE_OF_RELATIONS[s] for s in SOURCE_STAGES[config.edit.source])
+        if table == "descriptions":
+            return tuple(STAGE_OF_RELATIONS[s] for s in NAME_STAGES)
+        return None
 
     @classmethod
     def skip_reason(cls, config: BuildConfig) -> str | None:

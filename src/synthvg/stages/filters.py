@@ -20,7 +20,14 @@ from synthvg.predicates import load_synonyms, normalise
 from synthvg.prompts import load_prompt
 from synthvg.schemas import RLE, Box, RelationVerdictRecord
 from synthvg.schemas.config import BuildConfig, OpenAIVerifierConfig, RuleFiltersConfig
-from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.base import (
+    STAGE_OF_RELATIONS,
+    RunContext,
+    ShardSpec,
+    Stage,
+    StageInputs,
+    StageOutput,
+)
 from synthvg.stages.llm_stage import llm_cache_dir, open_image, redact_logs
 
 _VERDICT = {"keep": "kept", "drop": "dropped", "abstain": "unverified"}
@@ -38,6 +45,14 @@ class FiltersStage(Stage):
     name = "filters"
     version = "1"
     writes = ("relation_verdicts",)
+    reads = ("images", "regions", "region_depth", "relations", "descriptions")
+
+    @classmethod
+    def read_from(cls, config: BuildConfig, table: str) -> tuple[str, ...] | None:
+        # Relations (and their descriptions) of the stages it judges, whatever else wrote some.
+        if table in ("relations", "descriptions"):
+            return tuple(STAGE_OF_RELATIONS[s] for s in config.filters.stages)
+        return None
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:

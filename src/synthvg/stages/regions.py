@@ -104,6 +104,7 @@ class RegionsStage(Stage):
     name = "regions"
     version = "2"
     writes = ("proposals", "region_checks", "regions")
+    reads = ("images", "regions")
 
     @classmethod
     def skip_reason(cls, config: BuildConfig) -> str | None:

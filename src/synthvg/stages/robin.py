@@ -25,10 +25,10 @@ from synthvg.stages.base import (
     StageInputs,
     StageOutput,
     output_settings,
+    regions_for_later_stages,
 )
 from synthvg.stages.images import load_rgb, per_image
 from synthvg.stages.regions import region_mask
-from synthvg.stages.teacher import regions_for_later_stages
 
 
 def _decoded_mask(region: dict, height: int, width: int):
@@ -40,6 +40,7 @@ class RobinStage(Stage):
     name = "robin"
     version = "1"
     writes = ("relations", "descriptions", "generations")
+    reads = ("images", "regions", "region_checks")
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:

@@ -13,29 +13,23 @@ from synthvg.models.rule_teacher import RegionGeom, RuleTeacher
 from synthvg.schemas import Box, DescriptionRecord, RelationRecord
 from synthvg.schemas.config import BuildConfig, OpenAITeacherConfig
 from synthvg.schemas.records import relation_id
-from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.base import (
+    RunContext,
+    ShardSpec,
+    Stage,
+    StageInputs,
+    StageOutput,
+    regions_for_later_stages,
+)
 from synthvg.stages.llm_stage import answer, estimate, llm_cache_dir, open_image, redact_logs
 from synthvg.stages.regions import region_mask
-
-
-def regions_for_later_stages(inputs: StageInputs, config: BuildConfig) -> dict[str, list[dict]]:
-    """Regions per image that later stages see: kept ones, or all (``regions.feed``).
-
-    When the regions stage did not run there are no checks, and every region is used.
-    """
-    checks = {(c["image_id"], c["region_id"]): c["kept"] for c in inputs.rows("region_checks")}
-    use_all = config.regions.feed == "all" or not checks
-    out: dict[str, list[dict]] = {}
-    for r in inputs.rows("regions"):
-        if use_all or checks.get((r["image_id"], r["region_id"]), False):
-            out.setdefault(r["image_id"], []).append(r)
-    return out
 
 
 class TeacherStage(Stage):
     name = "teacher"
     version = "1"
     writes = ("relations", "descriptions")
+    reads = ("images", "regions", "region_checks")
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
