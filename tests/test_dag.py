@@ -98,3 +98,26 @@ def test_demo_fingerprints_of_stages_before_the_first_skipped_one_are_unchanged(
         chained[name] = previous
     fps = fingerprints(cfg, SHARD)
     assert {k: fps[k] for k in chained} == chained
+
+
+def test_plan_prints_the_graph_and_what_a_change_would_redo(tmp_path):
+    from typer.testing import CliRunner
+
+    from synthvg.cli import app
+    from synthvg.pipeline import run_build
+
+    cfg = demo_config(tmp_path / "root", limit=4, shard_size=2)
+    run_build(cfg)
+    config = tmp_path / "changed.yaml"
+    data = cfg.model_dump(mode="json")
+    data["filters"]["spatial"]["near_keep"] = 0.5
+    import yaml
+
+    config.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["plan", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "  teacher  reads images <- seeds; regions <- seeds, regions; region_checks <- regions" in lines
+    assert "  teacher  2 up to date" in lines
+    assert "  filters  0 up to date; redo 2: its settings or code changed" in lines
+    assert not (tmp_path / "root" / "runs").exists() or len(list((tmp_path / "root" / "runs").iterdir())) == 1  # wrote nothing

@@ -124,6 +124,41 @@ def build(
     raise typer.Exit(code)
 
 
+@app.command()
+def plan(
+    config: Annotated[Path, typer.Option("--config", "-c", help="build configuration (YAML)")],
+    out: Annotated[str | None, typer.Option("--out", help="dataset root to compare with; overrides `out` in the config")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="plan only the first N images")] = None,
+) -> None:
+    """Print the stage graph (what each stage reads, in build order) and what a build would redo and why; writes nothing."""
+    from synthvg.pipeline import plan_changes
+    from synthvg.schemas.config import ConfigError, load_config
+    from synthvg.stages import GraphError
+
+    if out is not None and "://" not in out:
+        out = str(Path(out).resolve())
+    try:
+        cfg = load_config(config, out=out, limit=limit)
+        stages, withdrawn = plan_changes(cfg)
+    except (ConfigError, GraphError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"stage graph of {cfg.name}, in build order (stage: table <- the stages it reads it from):")
+    for st in stages:
+        if st.skipped:
+            typer.echo(f"  {st.stage:<8} skipped: {st.skipped}")
+            continue
+        reads = "; ".join(f"{t} <- {', '.join(ws)}" for t, ws in st.reads.items() if ws) or "the annotation sources"
+        typer.echo(f"  {st.stage:<8} reads {reads}")
+    typer.echo(f"\nagainst {cfg.out} ({stages[0].shards} shards of <= {cfg.shard_size} images):")
+    for st in stages:
+        if st.skipped:
+            continue
+        redo = "; ".join(f"redo {n}: {why}" for why, n in st.redo.items())
+        typer.echo(f"  {st.stage:<8} {st.up_to_date} up to date" + (f"; {redo}" if redo else ""))
+    for w in withdrawn:
+        typer.echo(f"  would withdraw (needs --replace): {w.describe()}")
+
+
 def _metrics_text(metrics: dict[str, float]) -> str:
     if not metrics:
         return ""

@@ -322,6 +322,57 @@ def up_to_date(run: RunManifest) -> bool:
     return all(s.shards_written == 0 and s.shards_failed == 0 for s in run.stages)
 
 
+class StagePlan(BaseModel):
+    """What a build of a config would do for one stage, against what its root holds."""
+
+    stage: str
+    skipped: str | None = None
+    reads: dict[str, list[str]] = Field(default_factory=dict)
+    depends_on: list[str] = Field(default_factory=list)
+    shards: int = 0
+    up_to_date: int = 0
+    #: why -> how many shards would be redone for that reason
+    redo: dict[str, int] = Field(default_factory=dict)
+
+
+def plan_changes(config: BuildConfig, run_id: str | None = None) -> tuple[list[StagePlan], list[WithdrawnShards]]:
+    """The stage graph, and per stage how many shards a build would redo and why; writes nothing.
+
+    A shard is redone when its fingerprint differs from the committed one: because a stage it
+    reads is redone, else because its own settings, version or images changed.
+    """
+    dataset = Dataset(config.out)
+    plan = plan_build(config, run_id or new_run_id())
+    committed = {stage: {m.shard: m.fingerprint for m in dataset.manifests(stage)} for stage in STAGES}
+    previous = {s["index"]: s["image_ids"] for s in (dataset.read_json(dataset.abspath(PLAN_FILE)) or {"shards": []})["shards"]}
+    nodes = graph(config)
+    out = []
+    for name, node in nodes.items():
+        out.append(StagePlan(stage=name, skipped=node.skipped, reads=node.reads, depends_on=node.depends_on, shards=len(plan.shards)))
+    by_name = {p.stage: p for p in out}
+    for shard in plan.shards:
+        fps = fingerprints(config, shard)
+        redone: set[str] = set()
+        for name, node in nodes.items():
+            if node.skipped:
+                continue
+            if committed[name].get(shard.index) == fps[name]:
+                by_name[name].up_to_date += 1
+                continue
+            redone.add(name)
+            upstream = sorted({w for ws in node.reads.values() for w in ws} & redone)
+            if upstream:
+                why = f"{', '.join(upstream)} {'is' if len(upstream) == 1 else 'are'} redone"
+            elif shard.index not in committed[name]:
+                why = "not built yet"
+            elif previous.get(shard.index, shard.image_ids) != shard.image_ids:
+                why = "its images changed"
+            else:
+                why = "its settings or code changed"
+            by_name[name].redo[why] = by_name[name].redo.get(why, 0) + 1
+    return out, planned_withdrawal(dataset, config, plan)
+
+
 def dry_run(config: BuildConfig, run_id: str | None = None, *, replace: bool = False) -> dict[str, dict[str, float]]:
     """Estimate what a build would spend, spending nothing.
 
