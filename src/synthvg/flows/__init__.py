@@ -4,7 +4,7 @@ from synthvg import prefect_env
 
 prefect_env.configure()
 
-from synthvg.flows.build import BuildIncomplete, build_dataset, publish_flow, stage_flow  # noqa: E402
+from synthvg.flows.build import BuildIncomplete, build_dataset, publish_flow, shards_flow  # noqa: E402
 from synthvg.flows.report import dataset_report  # noqa: E402
 
-__all__ = ["BuildIncomplete", "build_dataset", "dataset_report", "publish_flow", "stage_flow"]
+__all__ = ["BuildIncomplete", "build_dataset", "dataset_report", "publish_flow", "shards_flow"]

@@ -1,13 +1,15 @@
-"""The ``build-dataset`` flow: seeds -> regions -> depth -> teacher -> filters -> robin -> edit -> publish.
+"""The ``build-dataset`` flow: plan, the shard tasks of every stage (subflow ``shards``), publish.
 
-Each stage is a subflow that maps one task over the shards; the logic they call lives in
-:mod:`synthvg.pipeline`, so the flow only orchestrates, reports and watches progress.
+Shard tasks are chained per shard through the stage graph (:mod:`synthvg.stages.graph`); the
+logic they call lives in :mod:`synthvg.pipeline`, so the flow only orchestrates, reports and
+watches progress.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -17,7 +19,8 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.futures import as_completed
+from prefect.exceptions import UnfinishedRun
+from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
@@ -40,7 +43,7 @@ from synthvg.pipeline import (
 )
 from synthvg.schemas import RunManifest, StageSummary
 from synthvg.schemas.config import BuildConfig
-from synthvg.stages import STAGES, build_order
+from synthvg.stages import ShardSpec, graph
 from synthvg.stats import compute_stats
 from synthvg.storage import Dataset, build_lock
 from synthvg.tasks import plan_task, shard_task
@@ -129,64 +132,99 @@ def _stage_table(summary: StageSummary, results: list[ShardResult], images: dict
     return rows
 
 
-@flow(name="stage", flow_run_name="{stage}", log_prints=False)
-def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
-    """One stage over every shard of the plan saved by ``plan-shards``."""
+def _shard_outcome(future: PrefectFuture, stage: str, shard: ShardSpec) -> ShardResult:
+    try:
+        result = future.result()  # first: the future's state is final only after it
+    except UnfinishedRun:  # an upstream task of the same shard failed, so this one never ran
+        return ShardResult(stage=stage, shard=shard.index, status="failed",
+                           message=f"an upstream stage did not complete shard {shard.index}")
+    except Exception as e:  # the task already retried; record it and go on with other shards
+        get_run_logger().error("%s shard %05d failed: %s", stage, shard.index, e)
+        return failed_shard(stage, shard, e)
+    return up_to_date_shard(stage, shard) if future.state.name == "Cached" else result
+
+
+@flow(name="shards", flow_run_name="shards", log_prints=False)
+def shards_flow(config: BuildConfig, run_id: str) -> list[StageSummary]:
+    """Every stage over every shard of the plan saved by ``plan-shards``.
+
+    Each shard task waits only for the tasks of the same shard that write what its stage reads,
+    so stage B works on shard 1 while stage A works on shard 2, and stages that do not read each
+    other run side by side (``executor.overlap: false``: each stage waits for every shard of the
+    stages before it). Tasks are submitted shard by shard, so a thread pool's workers pick them
+    up in an order that never waits on a task not yet started.
+    """
     logger = get_run_logger()
-    t0 = time.perf_counter()
-    reason = STAGES[stage].skip_reason(config)
-    images: dict[int, int] = {}  # shard -> images in it
-    if reason:
-        withdrawn = withdraw_stage(Dataset(config.out), stage)
-        logger.info("%s skipped: %s%s", stage, reason, f" (withdrew {withdrawn} stale shards)" if withdrawn else "")
-        summary = summarize_stage(stage, [], time.perf_counter() - t0, skipped=reason)
-        results: list[ShardResult] = []
-    else:
-        shards = load_shards(Dataset(config.out))
-        ex = config.executor
-        task = shard_task.with_options(
-            retries=ex.retries,
-            retry_delay_seconds=exponential_backoff(ex.retry_delay_seconds)(ex.retries) if ex.retries else 0,
-            retry_jitter_factor=0.2,
-        )
-        stage_progress = create_progress_artifact(
-            progress=0.0, key=artifact_key(config.name, "stage", stage, "progress"), description=f"{stage}: shards done"
-        )
-        dataset = Dataset(config.out)
-        with placement(ex, stage):
-            futures = {
-                task.with_options(refresh_cache=not shard_done(dataset, config, stage, shard)).submit(config, stage, shard, run_id): shard
-                for shard in shards
-            }
-        results = []
-        progress = _PROGRESS.get(run_id)
-        for future in as_completed(list(futures)):
-            shard = futures[future]
-            try:
-                result = future.result()  # first: the future's state is final only after it
-                if future.state.name == "Cached":  # Prefect's copy of a shard the storage holds as is
-                    result = up_to_date_shard(stage, shard)
-            except Exception as e:  # the task already retried; record it and go on with other shards
-                logger.error("%s shard %05d failed: %s", stage, shard.index, e)
-                result = failed_shard(stage, shard, e)
-            results.append(result)
-            update_progress_artifact(stage_progress, progress=100.0 * len(results) / len(shards))
-            if progress:
-                progress.advance(f"{stage} {shard.index:05d}")
-        summary = summarize_stage(stage, results, time.perf_counter() - t0)
-        images = {sh.index: len(sh.image_ids) for sh in shards}
-        rows_in = sum(images.values())
-        logger.info(
-            "%s: %d images in; shards written %d, up to date %d, failed %d; rows out %s; %d input errors; %.1fs",
-            stage, rows_in, summary.shards_written, summary.shards_up_to_date, summary.shards_failed,
-            summary.rows_out or "{}", summary.errors, summary.seconds,
-        )
-    create_table_artifact(
-        key=artifact_key(config.name, "stage", stage),
-        table=_stage_table(summary, results, images),
-        description=f"{stage}: {summary.status}" + (f" ({summary.reason})" if summary.reason else ""),
+    dataset = Dataset(config.out)
+    shards = load_shards(dataset)
+    ex = config.executor
+    nodes = graph(config)
+    active = [name for name, node in nodes.items() if node.skipped is None]
+    task = shard_task.with_options(
+        retries=ex.retries,
+        retry_delay_seconds=exponential_backoff(ex.retry_delay_seconds)(ex.retries) if ex.retries else 0,
+        retry_jitter_factor=0.2,
     )
-    return summary
+    t0 = time.perf_counter()
+    futures: dict[PrefectFuture, tuple[str, ShardSpec]] = {}
+    submitted: dict[tuple[str, int], PrefectFuture] = {}
+
+    def submit(stage: str, shard: ShardSpec) -> None:
+        upstream = sorted({w for ws in nodes[stage].reads.values() for w in ws})
+        with placement(ex, stage):
+            future = task.with_options(refresh_cache=not shard_done(dataset, config, stage, shard), tags=[f"stage:{stage}"]).submit(
+                config, stage, shard, run_id, wait_for=[submitted[(u, shard.index)] for u in upstream]
+            )
+        submitted[(stage, shard.index)] = future
+        futures[future] = (stage, shard)
+
+    if ex.overlap:
+        for shard in shards:
+            for stage in active:
+                submit(stage, shard)
+    else:
+        for stage in active:
+            wait([submitted[(u, sh.index)] for u in {w for ws in nodes[stage].reads.values() for w in ws} for sh in shards])
+            for shard in shards:
+                submit(stage, shard)
+
+    results: dict[str, list[ShardResult]] = {stage: [] for stage in active}
+    finished: dict[str, float] = {}
+    stage_progress = {
+        stage: create_progress_artifact(progress=0.0, key=artifact_key(config.name, "stage", stage, "progress"), description=f"{stage}: shards done")
+        for stage in active
+    }
+    progress = _PROGRESS.get(run_id)
+    for future in as_completed(list(futures)):
+        stage, shard = futures[future]
+        results[stage].append(_shard_outcome(future, stage, shard))
+        update_progress_artifact(stage_progress[stage], progress=100.0 * len(results[stage]) / len(shards))
+        if progress:
+            progress.advance(f"{stage} {shard.index:05d}")
+        if len(results[stage]) == len(shards):
+            finished[stage] = time.perf_counter() - t0
+
+    images = {sh.index: len(sh.image_ids) for sh in shards}
+    summaries = []
+    for stage, node in nodes.items():
+        if node.skipped:
+            withdrawn = withdraw_stage(dataset, stage)
+            logger.info("%s skipped: %s%s", stage, node.skipped, f" (withdrew {withdrawn} stale shards)" if withdrawn else "")
+            summary = summarize_stage(stage, [], 0.0, skipped=node.skipped)
+        else:
+            summary = summarize_stage(stage, results[stage], finished.get(stage, time.perf_counter() - t0))
+            logger.info(
+                "%s: %d images in; shards written %d, up to date %d, failed %d; rows out %s; %d input errors; done after %.1fs",
+                stage, sum(images.values()), summary.shards_written, summary.shards_up_to_date, summary.shards_failed,
+                summary.rows_out or "{}", summary.errors, summary.seconds,
+            )
+        create_table_artifact(
+            key=artifact_key(config.name, "stage", stage),
+            table=_stage_table(summary, results.get(stage, []), images if not node.skipped else {}),
+            description=f"{stage}: {summary.status}" + (f" ({summary.reason})" if summary.reason else ""),
+        )
+        summaries.append(summary)
+    return summaries
 
 
 # Progress objects live in the flow's process; subflows find theirs by id.
@@ -250,13 +288,10 @@ def build_dataset(config: BuildConfig, run_id: str | None = None, replace: bool 
         active = active_stages(config)
         progress = _Progress(config, len(active) * len(plan.shards))
         _PROGRESS[run_id] = progress
-        summaries = []
         try:
-            with task_runners(config.executor) as runner:
-                for stage in build_order(config):
-                    # Skipped stages submit nothing: they need no cluster.
-                    sub = runner() if stage in active else ThreadPoolTaskRunner(max_workers=1)
-                    summaries.append(stage_flow.with_options(task_runner=sub)(config, stage, run_id))
+            # A build whose stages are all skipped submits nothing: it needs no cluster.
+            with task_runners(config.executor) if active else nullcontext(lambda: ThreadPoolTaskRunner(max_workers=1)) as runner:
+                summaries = shards_flow.with_options(task_runner=runner())(config, run_id)
         finally:
             progress.close()
             _PROGRESS.pop(run_id, None)

@@ -616,6 +616,11 @@ class ExecutorConfig(Section):
         default_factory=dict, description="GPUs each shard task of a stage requests on Ray or Dask"
     )
     limits: list[PrefectLimit] = Field(default_factory=list)
+    overlap: bool = Field(
+        True,
+        description="chain shard tasks per shard (a stage works on shard 1 while the stage it reads works on "
+        "shard 2); false: each stage waits for every shard of the stages it reads",
+    )
 
     @model_validator(mode="after")
     def _address_needs_cluster(self) -> ExecutorConfig:
