@@ -121,3 +121,14 @@ def test_plan_prints_the_graph_and_what_a_change_would_redo(tmp_path):
     assert "  teacher  2 up to date" in lines
     assert "  filters  0 up to date; redo 2: its settings or code changed" in lines
     assert not (tmp_path / "root" / "runs").exists() or len(list((tmp_path / "root" / "runs").iterdir())) == 1  # wrote nothing
+
+
+def test_a_stage_and_its_model_are_kept_across_executor_changes_and_replaced_for_new_settings(tmp_path):
+    from synthvg.stages import STAGES, load_stage
+
+    cfg = demo_config(tmp_path / "root")
+    teacher = load_stage(STAGES["teacher"], cfg)
+    assert load_stage(STAGES["teacher"], demo_config(tmp_path / "root", executor={"workers": 7}, limit=3)) is teacher
+    other = load_stage(STAGES["teacher"], demo_config(tmp_path / "root", teacher={"max_subjects": 2}))
+    assert other is not teacher
+    assert load_stage(STAGES["teacher"], cfg) is not teacher  # the first build's instance was released

@@ -206,20 +206,28 @@ def stable_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-_STAGE_CACHE: dict[tuple[str, str], Stage] = {}
+_STAGE_CACHE: dict[str, tuple[str, Stage]] = {}
 _STAGE_LOCK = threading.Lock()
+
+#: Build settings no stage's work depends on: changing them must not reload a model.
+_NOT_STAGE_SETTINGS = {"name", "limit", "shard_size", "executor"}
 
 
 def load_stage(stage_cls: type[Stage], config: BuildConfig) -> Stage:
     """The stage instance for this config, built once per worker process and reused.
 
     Models load in a stage's constructor, so this is what makes "a model loads once per
-    worker, never once per task" hold, whatever executor runs the shards.
+    worker, never once per task" hold, whatever executor runs the shards. The instance is kept
+    per stage under a key of the settings it can depend on (not the executor, the build's name
+    or size); a config that changes them replaces it, so a long-lived worker serving a second
+    build releases the first build's model.
     """
-    key = (stage_cls.name, config.model_dump_json())
+    key = config.model_dump_json(exclude=_NOT_STAGE_SETTINGS)
     with _STAGE_LOCK:
-        stage = _STAGE_CACHE.get(key)
-        if stage is None:
-            stage = stage_cls(config)
-            _STAGE_CACHE[key] = stage
+        cached = _STAGE_CACHE.get(stage_cls.name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        _STAGE_CACHE.pop(stage_cls.name, None)  # drop the old instance (and its model) first
+        stage = stage_cls(config)
+        _STAGE_CACHE[stage_cls.name] = (key, stage)
         return stage
