@@ -19,6 +19,7 @@ from synthvg.readers.base import (
     SourceError,
     SourceImage,
     SourceRegion,
+    as_flag,
     is_box,
     xywh_box,
 )
@@ -170,7 +171,11 @@ def coco_region(
     """One COCO-format annotation as a region (None, with a problem, when it is unusable)."""
     record = f"annotation={ann.get('id')}"
     if not is_box(ann.get("bbox")):
-        problems.add("bad_annotation", f"bbox must be 4 numbers, got {str(ann.get('bbox'))[:80]}", record, native_id)
+        problems.add("bad_annotation", f"bbox must be 4 finite numbers, got {str(ann.get('bbox'))[:80]}; annotation skipped", record, native_id)
+        return None
+    crowd = as_flag(ann.get("iscrowd", 0))
+    if crowd is None:
+        problems.add("bad_annotation", f"iscrowd must be 0 or 1, got {str(ann.get('iscrowd'))[:40]!r}; annotation skipped", record, native_id)
         return None
     category = index.category_name(ann.get("category_id"))
     if category is None:
@@ -181,7 +186,7 @@ def coco_region(
         source=RegionSource(dataset=dataset, annotation_id=str(ann.get("id")), category=category),
         label=category,
         segmentation=ann.get("segmentation"),
-        is_crowd=bool(ann.get("iscrowd", 0)),
+        is_crowd=crowd,
         link=f"coco-ann:{ann['id']}" if link and isinstance(ann.get("id"), int) else None,
     )
 
