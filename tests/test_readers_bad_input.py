@@ -285,3 +285,12 @@ def test_a_source_allowed_to_be_empty_stops_only_itself(tmp_path, case):
     assert con.sql("SELECT count(*) FROM images").fetchall() == [(3,)]  # VG's
     if case == "mistyped images folder":
         assert {r.split(":")[0] for (_, _, r) in _errors(con, "bad_image")} == {"image file not found"}
+
+
+def test_a_huge_panoptic_png_costs_only_its_masks(tmp_path):
+    pan = _copy(tmp_path, "panopticapi")
+    Image.new("1", (14000, 14000)).save(pan / "panoptic_val2017" / "000000142238.png")  # 196M pixels, 600 KB
+    con = _build(tmp_path, [{"kind": "psg", "annotations": str(SEEDS / "psg" / "psg.json"), "panoptic": str(pan)}])
+    (image, _, reason), = _errors(con, "bad_segmentation")
+    assert image == "coco:142238" and "196000000 pixels" in reason and "boxes only" in reason
+    assert con.sql("SELECT image_id, count(*), count(mask) FROM regions GROUP BY 1 ORDER BY 1").fetchall() == [("coco:142238", 18, 0), ("coco:439180", 32, 32)]

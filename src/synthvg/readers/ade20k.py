@@ -104,7 +104,7 @@ class Ade20kReader:
             with Image.open(seg_path) as im:
                 im.load()
                 classes, instances = decode_seg(np.asarray(im.convert("RGB")))
-        except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, MemoryError) as e:
             problems.add("bad_segmentation", f"cannot read {seg_path}: {e}; image has no regions")
             return seeds
         if classes.shape != (height, width):

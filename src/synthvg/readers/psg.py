@@ -131,7 +131,7 @@ class PsgReader:
             with Image.open(path) as im:
                 im.load()
                 rgb = np.asarray(im.convert("RGB"))
-        except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, MemoryError) as e:
             problems.add("bad_segmentation", f"cannot read panoptic PNG {path}: {e}; regions keep their boxes only", record, native_id)
             return None
         if rgb.shape[1] != size[0] or rgb.shape[0] != size[1]:
