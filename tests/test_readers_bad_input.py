@@ -294,3 +294,24 @@ def test_a_huge_panoptic_png_costs_only_its_masks(tmp_path):
     (image, _, reason), = _errors(con, "bad_segmentation")
     assert image == "coco:142238" and "196000000 pixels" in reason and "boxes only" in reason
     assert con.sql("SELECT image_id, count(*), count(mask) FROM regions GROUP BY 1 ORDER BY 1").fetchall() == [("coco:142238", 18, 0), ("coco:439180", 32, 32)]
+
+
+def test_a_record_that_does_not_parse_costs_only_itself(tmp_path):
+    """Bytes that are not UTF-8 pass the index (which scans as latin-1) but not the re-read."""
+    raw = json.loads((TINYCOCO / "annotations" / "instances_val2017.json").read_text())
+    first, second = sorted(raw["images"], key=lambda i: i["id"])[:2]
+    ann = next(a for a in raw["annotations"] if a["image_id"] == first["id"])
+    ann["note"] = "MARK-A"
+    second["note"] = "MARK-B"
+    path = tmp_path / "instances_val2017.json"
+    path.write_bytes(json.dumps(raw).encode().replace(b"MARK-A", b"\xff").replace(b"MARK-B", b"\xfe"))
+    con = _build(tmp_path, [{"annotations": str(path)}])
+    rows = {image: (source, reason) for image, source, reason in _errors(con, "bad_annotation")}
+    assert rows.keys() == {f"coco:{first['id']}", f"coco:{second['id']}"}
+    assert rows[f"coco:{first['id']}"][0] == f"{path}#annotation={ann['id']}"  # that annotation only
+    assert rows[f"coco:{second['id']}"][0] == str(path)  # its image entry: the whole image
+    assert all("utf-8" in reason.lower() for _, reason in rows.values())
+    assert not _errors(con, "image_vanished")  # the second image's only record is unusable: said once, truly
+    n = sum(a["image_id"] == first["id"] for a in raw["annotations"])
+    assert con.sql(f"SELECT count(*) FROM regions WHERE image_id = 'coco:{first['id']}'").fetchall() == [(n - 1,)]
+    assert con.sql("SELECT count(*) FROM images").fetchall() == [(len(raw["images"]) - 1,)]
