@@ -87,8 +87,8 @@ def open_header(data: bytes, uri: str, max_pixels: int | None = None) -> Image.I
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        m = _PILLOW_PIXELS.search(str(e))
-        raise _too_large(uri, int(m.group(1)) if m else 0, PILLOW_LIMIT or 0) from None
+        m = _PILLOW_PIXELS.search(str(e))  # Pillow's limit is the ceiling of ours: over both
+        raise _too_large(uri, int(m.group(1)) if m else 0, max_pixels or PILLOW_LIMIT or 0) from None
     except UnidentifiedImageError:
         raise ImageFileError("bad_image", f"cannot decode image {uri}: not an image file Pillow can read ({len(data):,} bytes)") from None
     except MemoryError:
@@ -127,17 +127,13 @@ def read_image(uri: str, *, max_pixels: int | None = None, max_side: int | None 
     return data, decode(open_header(data, uri, max_pixels), uri, max_side)
 
 
-def image_size(uri: str) -> tuple[int, int]:
-    """(width, height) from the header, without decoding pixels."""
-    return open_header(read_bytes(uri), uri).size
-
-
 def check_image(uri: str, max_pixels: int | None) -> CheckedImage:
     """Size and sha256 of a file that decodes, checked in bounded memory.
 
     Up to :data:`FULL_DECODE_PIXELS` the file is decoded fully. Above it, a JPEG's whole
-    stream is decoded at 1/8 scale and a PNG's chunks are checked (every CRC up to IEND), so a
-    12000x12000 image costs megabytes, not gigabytes; other formats are decoded fully.
+    stream is decoded at 1/8 scale (DCT scaling) and a PNG's chunks are checked (every CRC up
+    to IEND), so a 12000x12000 image costs megabytes, not gigabytes; other formats are decoded
+    fully (at most ``max_pixels`` of them).
     """
     data = read_bytes(uri)
     img = open_header(data, uri, max_pixels)
@@ -150,5 +146,5 @@ def check_image(uri: str, max_pixels: int | None) -> CheckedImage:
         except Exception as e:
             raise ImageFileError("bad_image", f"cannot decode image {uri} (corrupt or truncated?): {_reason(e)}") from None
     else:
-        decode(img, uri, max(1, max(w, h) // 8))
+        decode(img, uri, max(w, h) // 8 if img.format in ("JPEG", "MPO") else None)
     return CheckedImage(w, h, hashlib.sha256(data).hexdigest())

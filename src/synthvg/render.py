@@ -82,7 +82,6 @@ def render_scene_graph(image: Image.Image, regions: list[dict], relations: list[
 
 def render_image_from_dataset(root: str, image_id: str, stage: str | None = None) -> Image.Image:
     """Look an image up in a built dataset and render it with its regions and relations."""
-
     dataset = Dataset(root)
     con = connect(dataset)
     try:

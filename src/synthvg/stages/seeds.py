@@ -3,9 +3,12 @@
 Planning indexes every source (one streaming pass per file, cached per process), gives each
 real image one id (:mod:`synthvg.readers.identity`), applies the selection rule and cuts the
 sorted ids into shards. A shard re-reads only its images' records from each source, attaches
-the image file (decoded fully, so corrupt files are caught here) or, without one, the sizes
+the image file (decoded, so corrupt files are caught here; huge ones in bounded memory or
+refused over ``max_image_pixels``, see :mod:`synthvg.image_files`) or, without one, the sizes
 the annotations give, and joins the sources into regions and seed relations
-(:mod:`synthvg.readers.join`). Bad input becomes error rows; the build goes on.
+(:mod:`synthvg.readers.join`). Bad input becomes error rows, costing only its image or
+annotation; the build goes on. Only a source that yields no images at all stops it
+(:func:`check_sources`), unless the source allows it.
 """
 
 from __future__ import annotations
