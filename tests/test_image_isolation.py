@@ -198,3 +198,17 @@ def test_a_file_changed_to_another_size_is_refused_before_decoding(tmp_path):
     assert load_rgb(row, out, RunContext("r", "regions")) is None
     (error,) = out.errors
     assert error.kind == "image_size_mismatch" and "9000x9000" in error.reason
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_files_above_the_full_decode_size_are_still_checked_to_the_end(tmp_path, fmt):
+    side = 6000  # 36M pixels: above FULL_DECODE_PIXELS, so checked without a full-size buffer
+    gray = np.tile(np.arange(side, dtype=np.uint16) % 251, (side, 1)).astype(np.uint8)
+    path = tmp_path / f"large.{fmt.lower()}"
+    Image.fromarray(gray).save(path, fmt)
+    checked = check_image(str(path), None)
+    assert (checked.width, checked.height) == (side, side)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    with pytest.raises(ImageFileError, match="corrupt or truncated") as e:
+        check_image(str(path), None)
+    assert e.value.kind == "bad_image"

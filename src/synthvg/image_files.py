@@ -83,7 +83,8 @@ def open_header(data: bytes, uri: str, max_pixels: int | None = None) -> Image.I
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             # We enforce our own limit below; Pillow's warning would only be noise (or, with
-            # warnings turned into errors, a crash).
+            # warnings turned into errors, a crash). The filter is process-wide, hence the lock;
+            # opening reads only the header, so holding it is cheap.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
