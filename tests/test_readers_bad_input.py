@@ -57,10 +57,10 @@ def test_unreadable_file_stops_only_its_source(tmp_path):
     truncated.write_text(text[: len(text) // 3])
     empty = tmp_path / "val_sceneGraphs.json"
     empty.write_text("")
-    con = _build(tmp_path, [
-        {"annotations": str(truncated)},
-        {"kind": "gqa", "annotations": str(empty)},
-        {"kind": "lvis", "annotations": str(tmp_path / "missing.json")},
+    con = _build(tmp_path, [  # allowed to be empty: else the build stops (below)
+        {"annotations": str(truncated), "allow_empty": True},
+        {"kind": "gqa", "annotations": str(empty), "allow_empty": True},
+        {"kind": "lvis", "annotations": str(tmp_path / "missing.json"), "allow_empty": True},
         {"kind": "vg", "root": str(SEEDS / "vg")},
     ])
     errors = {source: reason for _, source, reason in _errors(con, "bad_annotation_file")}
@@ -174,7 +174,7 @@ def test_a_pickle_that_is_not_a_refs_list(tmp_path, payload, message):
     ref = _copy(tmp_path, "refcoco")
     refs = ref / "refs(unc).p"
     refs.write_bytes(payload if isinstance(payload, bytes) else pickle.dumps(payload, protocol=2))
-    con = _build(tmp_path, [{"kind": "refcoco", "refs": str(refs)}, {"kind": "lvis", "annotations": str(SEEDS / "lvis_v1" / "lvis_v1_val.json")}])
+    con = _build(tmp_path, [{"kind": "refcoco", "refs": str(refs), "allow_empty": True}, {"kind": "lvis", "annotations": str(SEEDS / "lvis_v1" / "lvis_v1_val.json")}])
     (_, source, reason), = _errors(con, "bad_annotation_file")
     assert source == str(refs) and message in reason
     assert con.sql("SELECT count(*) FROM images").fetchall() == [(2,)]  # LVIS still read
@@ -187,3 +187,131 @@ def test_refs_list_with_a_bad_entry_keeps_the_others(tmp_path):
     con = _build(tmp_path, [{"kind": "refcoco", "refs": str(ref / "refs(unc).p")}])
     assert [s.split("#")[1] for _, s, _ in _errors(con, "bad_ref")] == ["refs[3]", "refs[4]"]
     assert con.sql("SELECT count(*) FROM regions").fetchall() == [(3,)]
+
+
+def test_bad_values_cost_only_their_annotation(tmp_path):
+    raw = json.loads((TINYCOCO / "annotations" / "instances_val2017.json").read_text())
+    per_image: dict[int, list[dict]] = {}
+    for a in raw["annotations"]:
+        if not a["iscrowd"]:
+            per_image.setdefault(a["image_id"], []).append(a)
+    image, anns = max(per_image.items(), key=lambda kv: len(kv[1]))
+    total = sum(a["image_id"] == image for a in raw["annotations"])
+    odd, crowd, nan_box, inf_poly = anns[:4]
+    odd["segmentation"][0].append(17.0)
+    crowd["iscrowd"] = "no"
+    nan_box["bbox"][1] = float("nan")
+    inf_poly["segmentation"][0][2] = float("inf")
+    path = tmp_path / "instances_val2017.json"
+    path.write_text(json.dumps(raw))  # NaN and Infinity, as Python's (and numpy users') writers put them
+    con = _build(tmp_path, [{"annotations": str(path)}])
+    rows = {s.split("#")[1]: (k, image_id, r) for k, image_id, s, r in con.sql("SELECT kind, image_id, source, reason FROM errors").fetchall()}
+    assert set(rows) == {f"annotation={a['id']}" for a in (odd, crowd, nan_box, inf_poly)}
+    assert all(image_id == f"coco:{image}" for _, image_id, _ in rows.values())
+    n = len(odd["segmentation"][0])
+    assert rows[f"annotation={odd['id']}"][::2] == ("bad_segmentation", f"segmentation polygon 0 has an odd number of coordinates ({n}), not x, y pairs; region kept with its box only")
+    assert rows[f"annotation={crowd['id']}"][::2] == ("bad_annotation", "iscrowd must be 0 or 1, got 'no'; annotation skipped")
+    kind, _, reason = rows[f"annotation={nan_box['id']}"]
+    assert kind == "bad_annotation" and reason.startswith("bbox must be 4 finite numbers, got [") and "nan" in reason
+    kind, _, reason = rows[f"annotation={inf_poly['id']}"]
+    assert kind == "bad_segmentation" and "not finite" in reason
+    # the image keeps every other annotation; the two bad masks keep their boxes
+    regions = con.sql(f"SELECT s.unnest.annotation_id, mask IS NULL, is_crowd FROM regions r, unnest(r.sources) s WHERE image_id = 'coco:{image}'").fetchall()
+    assert len(regions) == total - 2
+    assert {a: m for a, m, _ in regions if m} == {str(odd["id"]): True, str(inf_poly["id"]): True}
+    assert str(crowd["id"]) not in {a for a, _, _ in regions} and not any(c for a, _, c in regions if a == str(nan_box["id"]))
+
+
+def test_a_nan_in_a_vg_object_costs_only_that_object(tmp_path):
+    vg = _copy(tmp_path, "vg")
+    objects = json.loads((vg / "objects.json").read_text())
+    objects[0]["objects"][0]["w"] = float("nan")
+    (vg / "objects.json").write_text(json.dumps(objects))
+    before = _build(tmp_path / "before", [{"kind": "vg", "root": str(SEEDS / "vg")}]).sql("SELECT count(*) FROM regions WHERE image_id = 'coco:397133'").fetchall()[0][0]
+    con = _build(tmp_path, [{"kind": "vg", "root": str(vg)}])
+    (image, source, reason), = _errors(con, "bad_annotation")
+    assert image == "coco:397133" and source.endswith("objects[0]") and "finite numeric x, y, w, h" in reason
+    assert not _errors(con, "image_vanished") and not _errors(con, "bad_record")
+    assert con.sql("SELECT count(*) FROM regions WHERE image_id = 'coco:397133'").fetchall()[0][0] >= before - 1 > 0
+
+
+def _empty_source(tmp_path: Path, case: str) -> dict:
+    val = TINYCOCO / "annotations" / "instances_val2017.json"
+    images = str(TINYCOCO / "images" / "val2017")
+    path = tmp_path / "instances.json"
+    if case == "empty file":
+        path.write_text("")
+    elif case == "truncated file":
+        path.write_text(val.read_text()[:3000])
+    elif case == "no usable images":
+        path.write_text(json.dumps({  # its one image entry lacks a size
+            "images": [{"id": 1, "file_name": "a.jpg"}], "categories": [{"id": 1, "name": "cat"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}],
+        }))
+    elif case == "mistyped images folder":
+        shutil.copy(val, path)
+        images += "x"
+    return {"annotations": str(path if case != "mistyped annotation path" else tmp_path / "instancs.json"), "images": images}
+
+
+CASES = ["empty file", "truncated file", "no usable images", "mistyped annotation path", "mistyped images folder"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_source_without_images_stops_the_build(tmp_path, case):
+    from typer.testing import CliRunner
+
+    from synthvg.cli import app
+    from synthvg.stages.seeds import EmptySource
+
+    source = _empty_source(tmp_path, case)
+    cfg = BuildConfig.model_validate({"out": str(tmp_path / "root"), "seeds": {"sources": [source]}, "regions": {"proposer": "none"}})
+    with pytest.raises(EmptySource, match="allow_empty: true"):
+        run_build(cfg)
+    config = tmp_path / "build.yaml"
+    config.write_text(json.dumps({"out": str(tmp_path / "cli-root"), "seeds": {"sources": [source]}}))
+    result = CliRunner().invoke(app, ["build", "--config", str(config)])
+    assert result.exit_code == 2, result.output
+    message = result.output.strip()
+    assert "\n" not in message and "Traceback" not in message
+    assert (source["images"] if case == "mistyped images folder" else source["annotations"]) in message
+    assert case != "no usable images" or "lists no images" in message
+    assert not (tmp_path / "cli-root").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_source_allowed_to_be_empty_stops_only_itself(tmp_path, case):
+    con = _build(tmp_path, [{**_empty_source(tmp_path, case), "allow_empty": True}, {"kind": "vg", "root": str(SEEDS / "vg")}])
+    assert con.sql("SELECT count(*) FROM images").fetchall() == [(3,)]  # VG's
+    if case == "mistyped images folder":
+        assert {r.split(":")[0] for (_, _, r) in _errors(con, "bad_image")} == {"image file not found"}
+
+
+def test_a_huge_panoptic_png_costs_only_its_masks(tmp_path):
+    pan = _copy(tmp_path, "panopticapi")
+    Image.new("1", (14000, 14000)).save(pan / "panoptic_val2017" / "000000142238.png")  # 196M pixels, 600 KB
+    con = _build(tmp_path, [{"kind": "psg", "annotations": str(SEEDS / "psg" / "psg.json"), "panoptic": str(pan)}])
+    (image, _, reason), = _errors(con, "bad_segmentation")
+    assert image == "coco:142238" and "196000000 pixels" in reason and "boxes only" in reason
+    assert con.sql("SELECT image_id, count(*), count(mask) FROM regions GROUP BY 1 ORDER BY 1").fetchall() == [("coco:142238", 18, 0), ("coco:439180", 32, 32)]
+
+
+def test_a_record_that_does_not_parse_costs_only_itself(tmp_path):
+    """Bytes that are not UTF-8 pass the index (which scans as latin-1) but not the re-read."""
+    raw = json.loads((TINYCOCO / "annotations" / "instances_val2017.json").read_text())
+    first, second = sorted(raw["images"], key=lambda i: i["id"])[:2]
+    ann = next(a for a in raw["annotations"] if a["image_id"] == first["id"])
+    ann["note"] = "MARK-A"
+    second["note"] = "MARK-B"
+    path = tmp_path / "instances_val2017.json"
+    path.write_bytes(json.dumps(raw).encode().replace(b"MARK-A", b"\xff").replace(b"MARK-B", b"\xfe"))
+    con = _build(tmp_path, [{"annotations": str(path)}])
+    rows = {image: (source, reason) for image, source, reason in _errors(con, "bad_annotation")}
+    assert rows.keys() == {f"coco:{first['id']}", f"coco:{second['id']}"}
+    assert rows[f"coco:{first['id']}"][0] == f"{path}#annotation={ann['id']}"  # that annotation only
+    assert rows[f"coco:{second['id']}"][0] == str(path)  # its image entry: the whole image
+    assert all("utf-8" in reason.lower() for _, reason in rows.values())
+    assert not _errors(con, "image_vanished")  # the second image's only record is unusable: said once, truly
+    n = sum(a["image_id"] == first["id"] for a in raw["annotations"])
+    assert con.sql(f"SELECT count(*) FROM regions WHERE image_id = 'coco:{first['id']}'").fetchall() == [(n - 1,)]
+    assert con.sql("SELECT count(*) FROM images").fetchall() == [(len(raw["images"]) - 1,)]

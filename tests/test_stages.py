@@ -90,7 +90,7 @@ def messy_source(tmp_path):
     truncated.write_text(path.read_text()[: len(path.read_text()) // 2])
     return [
         {"annotations": str(path), "images": str(imgs)},
-        {"annotations": str(truncated), "images": str(imgs)},
+        {"annotations": str(truncated), "images": str(imgs), "allow_empty": True},
     ]
 
 

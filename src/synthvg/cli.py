@@ -75,13 +75,15 @@ def build(
     """
     from synthvg.flows.runners import RunnerUnavailable, require
     from synthvg.schemas.config import ConfigError, load_config, with_executor
+    from synthvg.stages.seeds import EmptySource, check_sources
 
     if out is not None and "://" not in out:
         out = str(Path(out).resolve())
     try:
         cfg = with_executor(load_config(config, out=out, limit=limit), kind=runner, address=address)
         require(cfg.executor.kind)
-    except (ConfigError, RunnerUnavailable) as e:
+        check_sources(cfg.seeds)  # before anything is written; planning reuses the indexes
+    except (ConfigError, RunnerUnavailable, EmptySource) as e:
         raise _fail(str(e)) from None
     if dry_run:
         _print_dry_run(cfg, replace)
@@ -362,6 +364,7 @@ def ingest(
     from synthvg.pipeline import WithdrawalRefused, run_build
     from synthvg.readers.sources import open_sources
     from synthvg.schemas.config import BuildConfig, format_validation_error
+    from synthvg.stages.seeds import EmptySource
     from synthvg.storage import BuildLocked
 
     if "://" not in out:
@@ -385,7 +388,7 @@ def ingest(
         raise typer.Exit(2)
     try:
         run = run_build(cfg)
-    except (BuildLocked, WithdrawalRefused) as e:
+    except (BuildLocked, EmptySource, WithdrawalRefused) as e:
         raise _fail(str(e)) from None
     seeds = next(s for s in run.stages if s.stage == "seeds")
     rows = ", ".join(f"{n} {t}" for t, n in seeds.rows_out.items())

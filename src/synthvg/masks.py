@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -22,6 +23,20 @@ def from_coco(rle: dict) -> RLE:
     return RLE(size=[int(rle["size"][0]), int(rle["size"][1])], counts=counts)
 
 
+def _check_polygon(k: int, polygon: object) -> None:
+    """pycocotools would drop an odd last coordinate and rasterise NaN anywhere: refuse both."""
+    if not isinstance(polygon, list):
+        return
+    if len(polygon) % 2:
+        raise ValueError(f"segmentation polygon {k} has an odd number of coordinates ({len(polygon)}), not x, y pairs")
+    try:
+        total = sum(polygon)  # one C loop: NaN or infinity anywhere makes the sum non-finite
+    except TypeError:
+        raise ValueError(f"segmentation polygon {k} holds a coordinate that is not a number") from None
+    if not math.isfinite(total):
+        raise ValueError(f"segmentation polygon {k} holds a coordinate that is not finite (NaN or infinity)")
+
+
 def segmentation_to_rle(segmentation, height: int, width: int) -> RLE:
     """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) -> compressed RLE.
 
@@ -29,6 +44,8 @@ def segmentation_to_rle(segmentation, height: int, width: int) -> RLE:
     annotation instead of crashing.
     """
     if isinstance(segmentation, list):
+        for k, p in enumerate(segmentation):
+            _check_polygon(k, p)
         polys = [p for p in segmentation if isinstance(p, list) and len(p) >= 6]
         if not polys:
             raise ValueError("polygon segmentation has no polygon with >= 3 points")

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from synthvg import masks
+from synthvg.image_files import read_image
 from synthvg.schemas import RLE, Box
 from synthvg.storage import Dataset, connect, fetch_dicts
 
@@ -81,8 +82,6 @@ def render_scene_graph(image: Image.Image, regions: list[dict], relations: list[
 
 def render_image_from_dataset(root: str, image_id: str, stage: str | None = None) -> Image.Image:
     """Look an image up in a built dataset and render it with its regions and relations."""
-    from synthvg.stages.seeds import read_image  # not at import: the stages draw with this module
-
     dataset = Dataset(root)
     con = connect(dataset)
     try:

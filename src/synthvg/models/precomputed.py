@@ -38,6 +38,7 @@ class PrecomputedProposer:
 
     batch_size = 64
     needs_pixels = False
+    max_input_side = None
 
     def __init__(self, config: PrecomputedConfig):
         if not os.path.isdir(config.path):

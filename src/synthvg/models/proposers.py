@@ -45,6 +45,9 @@ class MaskProposer(Protocol):
     batch_size: int
     #: False for proposers that read their masks from files rather than from pixels.
     needs_pixels: bool
+    #: The longest side a proposer looks at (None: the full image). Larger images are handed
+    #: over downscaled, to at least this side; masks still come back at the image's size.
+    max_input_side: int | None
 
     def propose_batch(self, items: list[ImageItem]) -> list[list[Proposal]]:
         """Candidate masks for each image (at its own size), largest first. Raises
@@ -69,26 +72,32 @@ class FelzenszwalbProposer:
 
     def __init__(self, config: FelzenszwalbConfig):
         self.config = config
+        self.max_input_side = config.max_side
 
     def propose_batch(self, items: list[ImageItem]) -> list[list[Proposal]]:
-        return [self.propose(item.rgb) for item in items]
+        return [self.propose(item.rgb, (item.height, item.width)) for item in items]
 
-    def propose(self, rgb: np.ndarray) -> list[Proposal]:
+    def propose(self, rgb: np.ndarray, size: tuple[int, int] | None = None) -> list[Proposal]:
+        """Proposals at ``size`` (height, width; default: the rgb's own), which ``rgb`` may be a
+        downscaled copy of."""
         from skimage.segmentation import felzenszwalb
 
-        h, w = rgb.shape[:2]
+        h, w = size or rgb.shape[:2]
+        rh, rw = rgb.shape[:2]
         scale = min(1.0, self.config.max_side / max(h, w))
+        work = (max(1, round(w * scale)), max(1, round(h * scale)))
         small = rgb
-        if scale < 1.0:
+        if work != (rw, rh):
             from PIL import Image
 
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            small = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+            small = np.asarray(Image.fromarray(rgb).resize(work, Image.BILINEAR))
         labels = felzenszwalb(small, scale=self.config.scale, sigma=self.config.sigma, min_size=self.config.min_size)
+        labels = labels.astype(np.int32 if labels.max() >= 1 << 15 else np.int16)
         if labels.shape != (h, w):
-            # nearest-neighbour upsampling back to full resolution
+            # nearest-neighbour upsampling back to full resolution, built transposed so that
+            # the column-major walk below reads it without another full-size copy
             rows = np.minimum((np.arange(h) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1)
             cols = np.minimum((np.arange(w) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1)
-            labels = labels[rows[:, None], cols[None, :]]
+            labels = labels.T[cols[:, None], rows[None, :]].T
         rles = list(masks.label_map_to_rles(labels).values())
         return to_proposals(rles, [None] * len(rles), self.config.max_proposals)

@@ -152,6 +152,7 @@ class SegmentAnythingProposer:
 
     batch_size = 1
     needs_pixels = True
+    max_input_side = None
 
     def __init__(self, config: SegmentAnythingConfig):
         self.config = config

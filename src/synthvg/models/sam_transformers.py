@@ -50,6 +50,7 @@ class TransformersSamProposer:
     """A batch of images: one encoder call, then the point grid in chunks for all of them."""
 
     needs_pixels = True
+    max_input_side = None
 
     def __init__(self, config: TransformersSamConfig):
         self.config = config

@@ -20,7 +20,14 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from synthvg import masks
-from synthvg.readers.base import ImageSeeds, ProblemLog, SourceError, SourceImage, SourceRegion
+from synthvg.readers.base import (
+    ImageSeeds,
+    ProblemLog,
+    SourceError,
+    SourceImage,
+    SourceRegion,
+    are_numbers,
+)
 from synthvg.schemas import RLE, RegionSource
 
 
@@ -33,7 +40,7 @@ def decode_seg(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _polygon_rle(obj: dict, height: int, width: int) -> RLE | None:
     poly = obj.get("polygon")
     xs, ys = (poly.get("x"), poly.get("y")) if isinstance(poly, dict) else (None, None)
-    if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys) or len(xs) < 3:
+    if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys) or len(xs) < 3 or not are_numbers(*xs, *ys):
         return None
     flat = [float(v) for xy in zip(xs, ys, strict=True) for v in xy]
     return masks.from_coco(mask_utils.merge(mask_utils.frPyObjects([flat], height, width)))
@@ -97,7 +104,7 @@ class Ade20kReader:
             with Image.open(seg_path) as im:
                 im.load()
                 classes, instances = decode_seg(np.asarray(im.convert("RGB")))
-        except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, MemoryError) as e:
             problems.add("bad_segmentation", f"cannot read {seg_path}: {e}; image has no regions")
             return seeds
         if classes.shape != (height, width):

@@ -6,6 +6,7 @@ happen once, in :mod:`synthvg.readers.join`, so every source gets the same treat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -139,11 +140,20 @@ def xywh_box(x: float, y: float, w: float, h: float) -> tuple[float, float, floa
 
 
 def are_numbers(*values: object) -> bool:
-    """All ints or floats (bools are not numbers here)."""
+    """All ints or finite floats (bools are not numbers here, nor NaN or infinity: a JSON file
+    may hold ``NaN``, and one such coordinate must cost only its annotation)."""
     for v in values:
-        if type(v) is not int and type(v) is not float:
+        if type(v) is not int and (type(v) is not float or not math.isfinite(v)):
             return False
     return True
+
+
+def as_flag(value: object) -> bool | None:
+    """A 0/1 flag (``iscrowd``) as a bool; None for anything else. ``"no"`` is not False:
+    ``bool("no")`` would make it a crowd."""
+    if type(value) is bool:
+        return value
+    return bool(value) if type(value) is int and value in (0, 1) else None
 
 
 def is_box(values: object, n: int = 4) -> bool:

@@ -19,6 +19,7 @@ from synthvg.readers.base import (
     SourceError,
     SourceImage,
     SourceRegion,
+    as_flag,
     is_box,
     xywh_box,
 )
@@ -147,10 +148,18 @@ class CocoFile:
     def image(self, image_id: int) -> dict:
         return self._file.load(*self.images[image_id])
 
-    def annotations(self, image_id: int) -> Iterator[dict]:
+    def annotations(self, image_id: int, problems: ProblemLog) -> Iterator[dict]:
+        """The image's annotation records; one that does not parse is a problem, not the
+        end of the image's other annotations."""
         lo, hi = np.searchsorted(self._image, [image_id, image_id + 1])
-        for start, end in self._spans[lo:hi]:
-            yield self._file.load(int(start), int(end))
+        for k in range(lo, hi):
+            start, end = self._spans[k]
+            try:
+                ann = self._file.load(int(start), int(end))
+            except ValueError as e:
+                problems.add("bad_annotation", f"annotation record does not parse: {e}; annotation skipped", f"annotation={self._ids[k]}", image_id)
+                continue
+            yield ann
 
     def annotation(self, ann_id: int) -> dict | None:
         """The annotation with this id (COCO ids are unique per file), or None."""
@@ -170,7 +179,11 @@ def coco_region(
     """One COCO-format annotation as a region (None, with a problem, when it is unusable)."""
     record = f"annotation={ann.get('id')}"
     if not is_box(ann.get("bbox")):
-        problems.add("bad_annotation", f"bbox must be 4 numbers, got {str(ann.get('bbox'))[:80]}", record, native_id)
+        problems.add("bad_annotation", f"bbox must be 4 finite numbers, got {str(ann.get('bbox'))[:80]}; annotation skipped", record, native_id)
+        return None
+    crowd = as_flag(ann.get("iscrowd", 0))
+    if crowd is None:
+        problems.add("bad_annotation", f"iscrowd must be 0 or 1, got {str(ann.get('iscrowd'))[:40]!r}; annotation skipped", record, native_id)
         return None
     category = index.category_name(ann.get("category_id"))
     if category is None:
@@ -181,7 +194,7 @@ def coco_region(
         source=RegionSource(dataset=dataset, annotation_id=str(ann.get("id")), category=category),
         label=category,
         segmentation=ann.get("segmentation"),
-        is_crowd=bool(ann.get("iscrowd", 0)),
+        is_crowd=crowd,
         link=f"coco-ann:{ann['id']}" if link and isinstance(ann.get("id"), int) else None,
     )
 
@@ -231,7 +244,7 @@ class CocoReader(CocoFileReader):
         entry = self.index.image(native_id)
         seeds = ImageSeeds(coco_source_image(self.dataset, native_id, entry, split=self.split))
         problems = ProblemLog(self.index.path)
-        for ann in self.index.annotations(native_id):
+        for ann in self.index.annotations(native_id, problems):
             region = coco_region(ann, self.index, self.dataset, problems, native_id)
             if region is not None:
                 seeds.regions.append(region)

@@ -93,7 +93,7 @@ class GqaReader:
     def _region(self, image: str, oid: str, o: object, problems: ProblemLog) -> SourceRegion | None:
         record = f"image={image}/object={oid}"
         if not isinstance(o, dict) or not isinstance(o.get("name"), str) or not are_numbers(o.get("x"), o.get("y"), o.get("w"), o.get("h")):
-            problems.add("bad_annotation", f"object needs a text 'name' and numeric x, y, w, h: {str(o)[:160]}", record, image)
+            problems.add("bad_annotation", f"object needs a text 'name' and finite numeric x, y, w, h: {str(o)[:160]}", record, image)
             return None
         attributes = o.get("attributes", [])
         if not isinstance(attributes, list):

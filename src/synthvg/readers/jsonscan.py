@@ -185,8 +185,17 @@ class SpanFile:
         self._fd = os.open(path, os.O_RDONLY)
 
     def load(self, start: int, end: int) -> object:
-        """The record at ``[start, end)``; raises ``ValueError`` if it does not parse."""
-        return orjson.loads(os.pread(self._fd, end - start, start))
+        """The record at ``[start, end)``; raises ``ValueError`` if it does not parse.
+
+        What the scan accepted reads back the same: orjson refuses ``NaN``, ``Infinity`` and
+        integers beyond 64 bits, which Python's decoder (the scan's) takes, so those records
+        are decoded by Python's; readers then judge each value.
+        """
+        raw = os.pread(self._fd, end - start, start)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return json.loads(raw)
 
     def __del__(self) -> None:
         fd = getattr(self, "_fd", None)

@@ -48,7 +48,7 @@ class LvisReader(CocoFileReader):
         entry = self.index.image(native_id)
         seeds = ImageSeeds(coco_source_image(self.dataset, native_id, entry, file_name=lvis_file_name(entry)))
         problems = ProblemLog(self.index.path)
-        for ann in self.index.annotations(native_id):
+        for ann in self.index.annotations(native_id, problems):
             region = coco_region(ann, self.index, self.dataset, problems, native_id, link=False)
             if region is None:
                 continue

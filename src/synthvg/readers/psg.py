@@ -25,6 +25,7 @@ from synthvg.readers.base import (
     SourceImage,
     SourceRegion,
     SourceRelation,
+    as_flag,
     is_box,
 )
 from synthvg.readers.jsonscan import Item
@@ -130,7 +131,7 @@ class PsgReader:
             with Image.open(path) as im:
                 im.load()
                 rgb = np.asarray(im.convert("RGB"))
-        except (FileNotFoundError, UnidentifiedImageError, OSError, ValueError) as e:
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, MemoryError) as e:
             problems.add("bad_segmentation", f"cannot read panoptic PNG {path}: {e}; regions keep their boxes only", record, native_id)
             return None
         if rgb.shape[1] != size[0] or rgb.shape[0] != size[1]:
@@ -152,6 +153,10 @@ class PsgReader:
             mask = rles.get(seg["id"])
             if mask is None:
                 problems.add("bad_segmentation", f"segment id {seg['id']} does not occur in the panoptic PNG; region keeps its box only", where, native_id)
+        crowd = as_flag(seg.get("iscrowd", 0))
+        if crowd is None:
+            problems.add("bad_annotation", f"iscrowd must be 0 or 1, got {str(seg.get('iscrowd'))[:40]!r}; segment skipped", where, native_id)
+            return None
         x1, y1, x2, y2 = (float(v) for v in ann["bbox"])
         return SourceRegion(
             key=str(i),
@@ -159,7 +164,7 @@ class PsgReader:
             source=RegionSource(dataset=self.dataset, annotation_id=str(seg["id"]), category=label, split=split),
             label=label,
             segmentation=mask,
-            is_crowd=bool(seg.get("iscrowd", 0)),
+            is_crowd=crowd,
         )
 
     def _relations(self, relations, known: set[str], problems: ProblemLog, record: str, native_id: int) -> list[SourceRelation]:

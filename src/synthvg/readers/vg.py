@@ -96,7 +96,7 @@ class _Image:
             return known
         w, h = o.get("w", o.get("width")), o.get("h", o.get("height"))
         if not _int(oid) or not are_numbers(o.get("x"), o.get("y"), w, h):
-            self.problems.add("bad_annotation", f"object needs int object_id and numeric x, y, w, h: {str(o)[:160]}", record, self.vg_id)
+            self.problems.add("bad_annotation", f"object needs int object_id and finite numeric x, y, w, h: {str(o)[:160]}", record, self.vg_id)
             return None
         names = _names(o)
         if not names:
@@ -237,7 +237,7 @@ class VgReader:
             record = f"region_descriptions:image={vg_id}/regions[{k}]"
             ok = isinstance(r, dict) and isinstance(r.get("phrase"), str) and are_numbers(r.get("x"), r.get("y"), r.get("width"), r.get("height"))
             if not ok:
-                problems.add("bad_annotation", f"region needs a text 'phrase' and numeric x, y, width, height: {str(r)[:160]}", record, vg_id)
+                problems.add("bad_annotation", f"region needs a text 'phrase' and finite numeric x, y, width, height: {str(r)[:160]}", record, vg_id)
                 continue
             rid = r.get("region_id", k)
             out.append(

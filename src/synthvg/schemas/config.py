@@ -47,7 +47,15 @@ def _backend_tag(default: str):
     return Discriminator(tag)
 
 
-class CocoSource(Section):
+class SourceSection(Section):
+    """What every seed source has besides its files."""
+
+    allow_empty: bool = Field(
+        False, description="the source may yield no images; otherwise `synthvg build` stops (exit 2) when it does"
+    )
+
+
+class CocoSource(SourceSection):
     """COCO ``instances_*.json`` (2014 or 2017 names)."""
 
     kind: Literal["coco"] = "coco"
@@ -59,7 +67,7 @@ class CocoSource(Section):
     dataset: ClassVar[str] = "coco"
 
 
-class LvisSource(Section):
+class LvisSource(SourceSection):
     """LVIS v1 or v0.5 (``lvis_v1_train.json``, ...)."""
 
     kind: Literal["lvis"]
@@ -70,7 +78,7 @@ class LvisSource(Section):
     dataset: ClassVar[str] = "lvis"
 
 
-class RefcocoSource(Section):
+class RefcocoSource(SourceSection):
     """RefCOCO, RefCOCO+ or RefCOCOg: a refs pickle and its ``instances.json``."""
 
     kind: Literal["refcoco"]
@@ -89,7 +97,7 @@ class RefcocoSource(Section):
         return self.name or (folder if folder in ("refcoco", "refcoco+", "refcocog") else "refcoco")
 
 
-class VgSource(Section):
+class VgSource(SourceSection):
     """Visual Genome v1.2 / v1.4: a folder of the release's files, or the files one by one."""
 
     kind: Literal["vg"]
@@ -116,7 +124,7 @@ class VgSource(Section):
         return self
 
 
-class GqaSource(Section):
+class GqaSource(SourceSection):
     """GQA scene graphs (``train_sceneGraphs.json`` or ``val_sceneGraphs.json``)."""
 
     kind: Literal["gqa"]
@@ -129,7 +137,7 @@ class GqaSource(Section):
     dataset: ClassVar[str] = "gqa"
 
 
-class PsgSource(Section):
+class PsgSource(SourceSection):
     """PSG (OpenPSG ``psg.json``) with the COCO panoptic PNGs."""
 
     kind: Literal["psg"]
@@ -147,7 +155,7 @@ class PsgSource(Section):
         return self
 
 
-class Ade20kSource(Section):
+class Ade20kSource(SourceSection):
     """ADE20K 2021: per-image ``<name>.json`` and ``<name>_seg.png`` (stage-2 builds)."""
 
     kind: Literal["ade20k"]
@@ -201,9 +209,18 @@ class SelectConfig(Section):
         return v
 
 
+#: Pillow's own decompression-bomb refusal (2 x ``PIL.Image.MAX_IMAGE_PIXELS``): the highest
+#: pixel limit that can be configured, and the default.
+MAX_IMAGE_PIXELS = 178_956_970
+
+
 class SeedsConfig(Section):
     sources: list[SeedSource] = Field(min_length=1)
     min_region_area: float = Field(1.0, ge=0, description="regions below this many pixels are dropped (errors table)")
+    max_image_pixels: int = Field(
+        MAX_IMAGE_PIXELS, ge=1, le=MAX_IMAGE_PIXELS,
+        description="an image file with more pixels is an image_too_large error row, never decoded",
+    )
     merge: MergeConfig = MergeConfig()
     select: SelectConfig = SelectConfig()
 

@@ -102,7 +102,8 @@ class DepthStage(Stage):
             return self.model.predict([rgb for _, rgb in batch], sizes)
 
         for start in range(0, len(images), step):
-            batch = [(i, rgb) for i in images[start : start + step] if (rgb := load_rgb(i, out, ctx)) is not None]
+            # the model sees the image at most at max_side (work_size): decode no larger
+            batch = [(i, rgb) for i in images[start : start + step] if (rgb := load_rgb(i, out, ctx, self.depth.max_side)) is not None]
             maps = per_image(predict, batch, lambda item, kind, reason: failed(item[0], kind, reason), "depth_failed")
             for (image, _), depth in zip(batch, maps, strict=True):
                 if depth is not None:

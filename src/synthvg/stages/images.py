@@ -9,9 +9,9 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
+from synthvg.image_files import ImageFileError, decode, open_header, read_bytes
 from synthvg.models.errors import ImageError
 from synthvg.stages.base import RunContext, StageOutput
-from synthvg.stages.seeds import read_image
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -28,23 +28,29 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     elif img.mode.startswith("I"):
         a = np.asarray(img, dtype=np.int64)
         img = Image.fromarray(np.clip(a // 257 if a.max() > 255 else a, 0, 255).astype(np.uint8))
-    return np.asarray(img.convert("RGB"))
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert() would copy
 
 
-def load_rgb(image: dict, out: StageOutput, ctx: RunContext) -> np.ndarray | None:
+def load_rgb(image: dict, out: StageOutput, ctx: RunContext, max_side: int | None = None) -> np.ndarray | None:
     """The image as RGB, or None with the reason in ``out.errors`` (unreadable, or no longer the
-    size the seeds stage recorded, which masks depend on)."""
+    size the seeds stage recorded, which masks depend on: checked from the header, before any
+    pixel is decoded). With ``max_side``, for stages that work at most at that size, a larger
+    image is decoded downscaled (long side still >= ``max_side``), so memory stays bounded."""
     uri = image["file_uri"]
     try:
-        _, img = read_image(uri)
-    except ValueError as e:
-        out.errors.append(ctx.error("bad_image", str(e), image_id=image["image_id"], source=uri))
+        img = open_header(read_bytes(uri), uri)
+        if img.size != (image["width"], image["height"]):
+            reason = f"file is now {img.size[0]}x{img.size[1]}, the images table says {image['width']}x{image['height']}"
+            out.errors.append(ctx.error("image_size_mismatch", reason, image_id=image["image_id"], source=uri))
+            return None
+        return to_rgb(decode(img, uri, max_side))
+    except ImageFileError as e:
+        out.errors.append(ctx.error(e.kind, str(e), image_id=image["image_id"], source=uri))
         return None
-    if img.size != (image["width"], image["height"]):
-        reason = f"file is now {img.size[0]}x{img.size[1]}, the images table says {image['width']}x{image['height']}"
-        out.errors.append(ctx.error("image_size_mismatch", reason, image_id=image["image_id"], source=uri))
+    except MemoryError:
+        reason = f"ran out of memory converting the {image['width']}x{image['height']} image to RGB"
+        out.errors.append(ctx.error("image_too_large", reason, image_id=image["image_id"], source=uri))
         return None
-    return to_rgb(img)
 
 
 def per_image(

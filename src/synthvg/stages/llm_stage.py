@@ -12,6 +12,7 @@ from typing import Any
 
 from PIL import Image
 
+from synthvg.image_files import ImageFileError, read_image
 from synthvg.llm import (
     BatchJob,
     BudgetExceeded,
@@ -23,7 +24,6 @@ from synthvg.llm import (
 from synthvg.llm.client import DEFAULT_OUTPUT_ESTIMATE
 from synthvg.schemas.config import VisionLLMConfig
 from synthvg.stages.base import RunContext, StageOutput
-from synthvg.stages.seeds import read_image
 from synthvg.storage import Dataset
 
 Request = Mapping[str, Any]
@@ -49,11 +49,11 @@ def redact_logs() -> None:
 
 
 def open_image(image: dict, ctx: RunContext, out: StageOutput) -> Image.Image | None:
-    """The decoded image of an ``images`` row, or None with a ``bad_image`` error row."""
+    """The decoded image of an ``images`` row, or None with its error row (``bad_image``, ...)."""
     try:
         return read_image(image["file_uri"])[1]
-    except ValueError as e:
-        out.errors.append(ctx.error("bad_image", str(e), image_id=image["image_id"], source=image["file_uri"]))
+    except ImageFileError as e:
+        out.errors.append(ctx.error(e.kind, str(e), image_id=image["image_id"], source=image["file_uri"]))
         return None
 
 

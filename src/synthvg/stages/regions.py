@@ -140,7 +140,7 @@ class RegionsStage(Stage):
         for start in range(0, len(images), step):
             batch = []
             for image in images[start : start + step]:
-                rgb = load_rgb(image, out, ctx) if self.proposer.needs_pixels else None
+                rgb = load_rgb(image, out, ctx, self.proposer.max_input_side) if self.proposer.needs_pixels else None
                 if rgb is not None or not self.proposer.needs_pixels:
                     batch.append(ImageItem(image["image_id"], image["file_uri"], image["width"], image["height"], rgb))
             for item, proposals in zip(batch, per_image(self.proposer.propose_batch, batch, failed, "proposer_failed"), strict=True):

@@ -3,23 +3,24 @@
 Planning indexes every source (one streaming pass per file, cached per process), gives each
 real image one id (:mod:`synthvg.readers.identity`), applies the selection rule and cuts the
 sorted ids into shards. A shard re-reads only its images' records from each source, attaches
-the image file (decoded fully, so corrupt files are caught here) or, without one, the sizes
+the image file (decoded, so corrupt files are caught here; huge ones in bounded memory or
+refused over ``max_image_pixels``, see :mod:`synthvg.image_files`) or, without one, the sizes
 the annotations give, and joins the sources into regions and seed relations
-(:mod:`synthvg.readers.join`). Bad input becomes error rows; the build goes on.
+(:mod:`synthvg.readers.join`). Bad input becomes error rows, costing only its image or
+annotation; the build goes on. Only a source that yields no images at all stops it
+(:func:`check_sources`), unless the source allows it.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import math
 import os
 from dataclasses import dataclass
 
-import fsspec
-from PIL import Image, UnidentifiedImageError
-
+from synthvg.image_files import ImageFileError, check_image
+from synthvg.image_files import read_image as read_image  # where stages looked for it first
 from synthvg.readers.base import ImageSeeds
 from synthvg.readers.identity import sort_key
 from synthvg.readers.join import Joiner, View
@@ -33,7 +34,7 @@ from synthvg.readers.sources import (
     open_sources,
 )
 from synthvg.schemas import ErrorRecord, ImageRecord
-from synthvg.schemas.config import BuildConfig, SeedsConfig
+from synthvg.schemas.config import MAX_IMAGE_PIXELS, BuildConfig, SeedsConfig
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
 
 
@@ -116,10 +117,45 @@ def select_images(config: SeedsConfig, available: dict[str, set[str]], ctx: RunC
     return sorted(ids, key=sort_key), errors
 
 
+class EmptySource(ValueError):
+    """A source yields no images and its config does not say it may (``allow_empty``)."""
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _emptiness(opened: Opened) -> str | None:
+    """Why a source yields no images (None: it yields some)."""
+    kind, images = opened.config.kind, getattr(opened.config, "images", None)
+    if opened.failure:
+        return f"{kind} source: {opened.failure}" if opened.path in opened.failure else f"{kind} source {opened.path}: {opened.failure}"
+    if not opened.reader.native_ids():
+        return f"{kind} source {opened.path} lists no images"
+    if images and _is_local(images) and not os.path.isdir(images.removeprefix("file://")):
+        return f"{kind} source {opened.path}: images folder {images} not found"
+    return None
+
+
+def check_sources(config: SeedsConfig) -> SeedSources:
+    """The opened sources; raises :class:`EmptySource` (one line) when one yields no images.
+
+    A mistyped path or an empty or truncated file would otherwise give a dataset without that
+    source and exit 0. A source that may legitimately be empty says ``allow_empty: true``; it
+    then stops only itself, with a ``bad_annotation_file`` row when it cannot be read.
+    """
+    sources = open_sources(config.sources)
+    empty = [why for s in sources.sources if not s.config.allow_empty and (why := _emptiness(s))]
+    if empty:
+        more = f" (and {len(empty) - 1} more source(s) like it)" if len(empty) > 1 else ""
+        raise EmptySource(f"{empty[0]}{more}; fix the path or set `allow_empty: true` on the source")
+    return sources
+
+
 def plan_build(config: BuildConfig, run_id: str) -> BuildPlan:
     """Index every source, select the images (sorted, limited) and cut them into shards."""
     ctx = RunContext(run_id=run_id, stage="plan")
-    sources = open_sources(config.seeds.sources)
+    sources = check_sources(config.seeds)
     errors = _plan_errors(sources, ctx)
     image_ids, selection_errors = select_images(config.seeds, sources.image_datasets(), ctx)
     errors += selection_errors
@@ -128,23 +164,6 @@ def plan_build(config: BuildConfig, run_id: str) -> BuildPlan:
     size = config.shard_size
     shards = [ShardSpec(index=k, image_ids=image_ids[k * size : (k + 1) * size]) for k in range(math.ceil(len(image_ids) / size))]
     return BuildPlan(shards=shards, errors=errors)
-
-
-def read_image(uri: str) -> tuple[bytes, Image.Image]:
-    """Read and fully decode an image; raises ValueError with a person-readable reason."""
-    try:
-        with fsspec.open(uri, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ValueError(f"image file not found: {uri}") from None
-    except OSError as e:
-        raise ValueError(f"cannot read image file {uri}: {e}") from None
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot decode image {uri} (corrupt or truncated?): {e}") from None
-    return data, img
 
 
 def _join_path(folder: str, name: str) -> str:
@@ -167,7 +186,7 @@ class SeedsStage(Stage):
         # The annotation files' content decides the output, not just their paths.
         sources = [
             {
-                **s.model_dump(mode="json"),
+                **s.model_dump(mode="json", exclude={"allow_empty"}),  # decides whether a build starts, not its rows
                 "sha256": {p: _file_digest(p) for p in annotation_files(s)},
                 "listing": {p: _folder_digest(p) for p in annotation_folders(s)},
             }
@@ -175,23 +194,30 @@ class SeedsStage(Stage):
         ]
         # `select` only decides which images exist, and the shards' image ids are hashed anyway.
         seeds = config.seeds.model_dump(mode="json", exclude={"sources", "select"})
+        if seeds["max_image_pixels"] == MAX_IMAGE_PIXELS:
+            del seeds["max_image_pixels"]  # the default refuses what Pillow always refused: no output changes
         return {"sources": sources, **seeds}
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
         out = StageOutput()
         sources = open_sources(self.config.seeds.sources)  # cached: planning indexed them already
         for image_id in shard.image_ids:
-            views = self._views(image_id, sources, out, ctx)
-            if not views:
+            listed = sources.views(image_id)
+            if not listed:
                 out.errors.append(ctx.error("image_vanished", "image no longer listed by any source", image_id=image_id))
                 continue
-            self._seed_image(image_id, views, out, ctx)
+            try:
+                views = self._views(image_id, listed, out, ctx)
+                if views:  # else every source's record was unusable: its bad_annotation rows say why
+                    self._seed_image(image_id, views, out, ctx)
+            except Exception as e:  # one image's fault (out of memory, a bug on odd input) costs only that image
+                out.errors.append(ctx.error("seed_failed", f"image skipped: {type(e).__name__}: {e}", image_id=image_id))
         return out
 
     @staticmethod
-    def _views(image_id: str, sources: SeedSources, out: StageOutput, ctx: RunContext) -> list[tuple[Opened, ImageSeeds]]:
+    def _views(image_id: str, listed: list[tuple[Opened, int | str]], out: StageOutput, ctx: RunContext) -> list[tuple[Opened, ImageSeeds]]:
         views = []
-        for opened, native in sources.views(image_id):
+        for opened, native in listed:
             try:
                 seeds = opened.reader.read(native)
             except (ValueError, KeyError, TypeError, OSError) as e:
@@ -229,32 +255,32 @@ class SeedsStage(Stage):
         out.add("regions", *joined.regions)
         out.add("relations", *joined.relations)
 
-    @staticmethod
-    def _attach(image_id: str, views: list[tuple[Opened, ImageSeeds]], out: StageOutput, ctx: RunContext) -> tuple[str, int, int, str] | None:
+    def _attach(self, image_id: str, views: list[tuple[Opened, ImageSeeds]], out: StageOutput, ctx: RunContext) -> tuple[str, int, int, str] | None:
         """(file uri, width, height, sha256) of the image, or None (with an error) to skip it.
 
         The first source with an image folder gives the file; without one, the first source
         that knows the size gives it, and the file stays where the annotations say it is.
         """
+        max_pixels = self.config.seeds.max_image_pixels
         for opened, seeds in views:
             img = seeds.image
             if opened.reader.images is None or not img.file_name:
                 continue
             uri = _join_path(opened.reader.images, img.file_name)
             try:
-                data, decoded = read_image(uri)
-            except ValueError as e:
-                out.errors.append(ctx.error("bad_image", str(e), image_id=image_id, source=uri))
+                checked = check_image(uri, max_pixels)
+            except ImageFileError as e:
+                out.errors.append(ctx.error(e.kind, str(e), image_id=image_id, source=uri))
                 return None
-            if img.width and img.height and decoded.size != (img.width, img.height):
+            if img.width and img.height and (checked.width, checked.height) != (img.width, img.height):
                 out.errors.append(ctx.error(
                     "image_size_mismatch",
-                    f"file is {decoded.size[0]}x{decoded.size[1]} but the annotations say {img.width}x{img.height}; image skipped",
+                    f"file is {checked.width}x{checked.height} but the annotations say {img.width}x{img.height}; image skipped",
                     image_id=image_id,
                     source=uri,
                 ))
                 return None
-            return uri, decoded.size[0], decoded.size[1], hashlib.sha256(data).hexdigest()
+            return uri, checked.width, checked.height, checked.sha256
         sized = next((s.image for _, s in views if s.image.width and s.image.height), None)
         if sized is None:
             out.errors.append(ctx.error("image_size_unknown", "no source gives this image's size and no image folder is set (--images / `images:`); image skipped", image_id=image_id))
