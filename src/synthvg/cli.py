@@ -136,13 +136,14 @@ def plan(
     from synthvg.pipeline import plan_changes
     from synthvg.schemas.config import ConfigError, load_config
     from synthvg.stages import GraphError
+    from synthvg.stages.seeds import EmptySource
 
     if out is not None and "://" not in out:
         out = str(Path(out).resolve())
     try:
         cfg = load_config(config, out=out, limit=limit)
         stages, withdrawn = plan_changes(cfg)
-    except (ConfigError, GraphError) as e:
+    except (ConfigError, GraphError, EmptySource) as e:
         raise _fail(str(e)) from None
     typer.echo(f"stage graph of {cfg.name}, in build order (stage: table <- the stages it reads it from):")
     for st in stages:
