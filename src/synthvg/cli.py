@@ -78,7 +78,7 @@ def build(
         return
     from synthvg.flows import BuildIncomplete, build_dataset
     from synthvg.stats import compute_stats, format_stats
-    from synthvg.storage import BuildLocked
+    from synthvg.storage import BuildLocked, LockLost, StorageWriteError
 
     typer.echo(f"building {cfg.name} -> {cfg.out}", err=True)
     try:
@@ -90,6 +90,10 @@ def build(
         run, code = e.run, 1
     except FileExistsError as e:
         raise _fail(str(e)) from None
+    except (StorageWriteError, LockLost) as e:
+        typer.secho(str(e), fg=typer.colors.RED, err=True)
+        typer.echo(_committed_text(cfg.out))
+        raise typer.Exit(1) from None
     typer.echo("")
     for s in run.stages:
         if s.status == "skipped":
@@ -111,6 +115,23 @@ def build(
     if code:
         typer.secho("some shards failed: run the same command again to retry only those", fg=typer.colors.YELLOW, err=True)
     raise typer.Exit(code)
+
+
+def _committed_text(root: str) -> str:
+    """What a root holds, from its commit records: the summary of a build that storage stopped."""
+    from synthvg.stats import compute_stats, format_stats
+    from synthvg.storage import Dataset
+
+    try:
+        shards: dict[str, int] = {}
+        for m in Dataset(root).manifests():
+            shards[m.stage] = shards.get(m.stage, 0) + 1
+        if not shards:
+            return f"nothing is committed in {root}"
+        per_stage = ", ".join(f"{stage} {n}" for stage, n in shards.items())
+        return f"committed in {root} (shards per stage): {per_stage}\n\n{format_stats(compute_stats(root))}"
+    except (OSError, ValueError) as e:
+        return f"cannot read what {root} holds: {e}"
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
@@ -218,6 +239,34 @@ def sql(
             t.add_row(*("NULL" if r[c] is None else str(r[c]) for c in table.column_names))
         Console(width=max(100, os.get_terminal_size().columns if sys.stdout.isatty() else 160)).print(t)
         typer.echo(f"{len(rows)} row(s)", err=True)
+
+
+@app.command()
+def verify(
+    root: RootOpt,
+    stage: Annotated[str | None, typer.Option("--stage", help="only this stage's shards")] = None,
+) -> None:
+    """Check every committed file against its commit record: size, SHA-256, Parquet rows. Reads only."""
+    from synthvg.storage.verify import verify_dataset
+
+    _check_root(root)
+    report = verify_dataset(root, stage)
+    for line in report.problems:
+        typer.echo(line)
+    if report.unchecksummed:
+        typer.echo(f"{len(report.unchecksummed)} file(s) have no checksum recorded (committed by an older synthvg): "
+                   "size, Parquet and rows checked only")
+    scope = f"{stage} shards" if stage else "shards"
+    checked = f"{report.shards} {scope}, {report.files} files, {report.bytes / 1e6:.1f} MB"
+    if report.ok:
+        typer.echo(f"verified {checked} in {root}: all intact")
+        return
+    typer.secho(
+        f"{len(report.problems)} problem(s) in {checked} of {root}. A build redoes shards whose files are missing "
+        "or resized; for other damage delete that shard's manifests/<stage>/shard-<shard>.json, then build again",
+        fg=typer.colors.RED, err=True,
+    )
+    raise typer.Exit(1)
 
 
 @app.command()

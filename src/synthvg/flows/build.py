@@ -39,7 +39,7 @@ from synthvg.schemas import RunManifest, StageSummary
 from synthvg.schemas.config import BuildConfig
 from synthvg.stages import STAGE_ORDER, STAGES
 from synthvg.stats import compute_stats
-from synthvg.storage import Dataset, build_lock
+from synthvg.storage import Dataset, LockLost, StorageWriteError, build_lock
 from synthvg.tasks import plan_task, shard_task
 
 
@@ -110,7 +110,8 @@ def _stage_table(summary: StageSummary, results: list[ShardResult], images: dict
 
     ordered = sorted(results, key=lambda r: r.shard)
     rows = [
-        row(f"{r.shard:05d}", r.status, images.get(r.shard, 0), r.rows, r.errors_by_kind, r.seconds, r.metrics, r.message or "")
+        row(f"{r.shard:05d}", r.status, images.get(r.shard, 0), r.rows, r.errors_by_kind, r.seconds, r.metrics,
+            r.message or (f"redone: {r.redone}" if r.redone else ""))
         for r in ordered
     ]
     if not rows:
@@ -127,12 +128,17 @@ def _stage_table(summary: StageSummary, results: list[ShardResult], images: dict
 
 
 @flow(name="stage", flow_run_name="{stage}", log_prints=False)
-def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
-    """One stage over every shard of the plan saved by ``plan-shards``."""
+def stage_flow(config: BuildConfig, stage: str, run_id: str, fence: str | None = None) -> StageSummary:
+    """One stage over every shard of the plan saved by ``plan-shards``.
+
+    A storage fault (read-only, full disk) or a lost lock ends the build once the shards
+    already submitted are done: every later shard would fail the same way.
+    """
     logger = get_run_logger()
     t0 = time.perf_counter()
     reason = STAGES[stage].skip_reason(config)
     images: dict[int, int] = {}  # shard -> images in it
+    fatal: BaseException | None = None  # a storage fault or a lost lock: the build stops
     if reason:
         withdrawn = withdraw_stage(Dataset(config.out), stage)
         logger.info("%s skipped: %s%s", stage, reason, f" (withdrew {withdrawn} stale shards)" if withdrawn else "")
@@ -152,7 +158,7 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
         dataset = Dataset(config.out)
         with placement(ex, stage):
             futures = {
-                task.with_options(refresh_cache=not shard_done(dataset, config, stage, shard)).submit(config, stage, shard, run_id): shard
+                task.with_options(refresh_cache=not shard_done(dataset, config, stage, shard)).submit(config, stage, shard, run_id, fence): shard
                 for shard in shards
             }
         results = []
@@ -163,6 +169,9 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
                 result = future.result()  # first: the future's state is final only after it
                 if future.state.name == "Cached":  # Prefect's copy of a shard the storage holds as is
                     result = up_to_date_shard(stage, shard)
+            except (StorageWriteError, LockLost) as e:
+                fatal = fatal or e
+                result = failed_shard(stage, shard, e)
             except Exception as e:  # the task already retried; record it and go on with other shards
                 logger.error("%s shard %05d failed: %s", stage, shard.index, e)
                 result = failed_shard(stage, shard, e)
@@ -178,11 +187,15 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
             stage, rows_in, summary.shards_written, summary.shards_up_to_date, summary.shards_failed,
             summary.rows_out or "{}", summary.errors, summary.seconds,
         )
+        for note in summary.redone:
+            logger.warning("%s %s; redone", stage, note)
     create_table_artifact(
         key=artifact_key(config.name, "stage", stage),
         table=_stage_table(summary, results, images),
         description=f"{stage}: {summary.status}" + (f" ({summary.reason})" if summary.reason else ""),
     )
+    if fatal is not None:
+        raise fatal
     return summary
 
 
@@ -232,7 +245,7 @@ def build_dataset(config: BuildConfig, run_id: str | None = None) -> RunManifest
     run_id = run_id or new_run_id()
     dataset = Dataset(config.out)
     dataset.init()
-    with build_lock(dataset, run_id):
+    with build_lock(dataset, run_id) as fence:
         plan = plan_task(config, run_id)
         logger.info("run %s: %d images in %d shards of <= %d -> %s", run_id, plan.image_count, len(plan.shards), config.shard_size, dataset.url)
         if plan.errors:
@@ -247,7 +260,7 @@ def build_dataset(config: BuildConfig, run_id: str | None = None) -> RunManifest
                 for stage in STAGE_ORDER:
                     # Skipped stages submit nothing: they need no cluster.
                     sub = runner() if stage in active else ThreadPoolTaskRunner(max_workers=1)
-                    summaries.append(stage_flow.with_options(task_runner=sub)(config, stage, run_id))
+                    summaries.append(stage_flow.with_options(task_runner=sub)(config, stage, run_id, fence))
         finally:
             progress.close()
             _PROGRESS.pop(run_id, None)
