@@ -78,10 +78,11 @@ def build(
         return
     from synthvg.flows import BuildIncomplete, build_dataset
     from synthvg.stats import compute_stats, format_stats
-    from synthvg.storage import BuildLocked, LockLost, StorageWriteError
+    from synthvg.storage import BuildLocked, Dataset, LockLost, StorageWriteError
 
     typer.echo(f"building {cfg.name} -> {cfg.out}", err=True)
     try:
+        Dataset(cfg.out).init()  # a root that cannot be written says so before Prefect starts
         run = build_dataset(cfg)
         code = 0
     except BuildLocked as e:
@@ -105,6 +106,8 @@ def build(
             )
             if s.shards_failed:
                 typer.echo(f"           {s.reason}")
+            for note in s.redone:
+                typer.echo(f"           redone {note}")
     typer.echo("")
     typer.echo(format_stats(compute_stats(cfg.out)))
     from synthvg.pipeline import up_to_date
@@ -119,16 +122,16 @@ def build(
 
 def _committed_text(root: str) -> str:
     """What a root holds, from its commit records: the summary of a build that storage stopped."""
+    from synthvg.stages import STAGE_ORDER
     from synthvg.stats import compute_stats, format_stats
     from synthvg.storage import Dataset
 
     try:
-        shards: dict[str, int] = {}
-        for m in Dataset(root).manifests():
-            shards[m.stage] = shards.get(m.stage, 0) + 1
-        if not shards:
+        dataset = Dataset(root)
+        shards = {stage: len(dataset.manifest_paths(stage)) for stage in STAGE_ORDER}
+        if not any(shards.values()):
             return f"nothing is committed in {root}"
-        per_stage = ", ".join(f"{stage} {n}" for stage, n in shards.items())
+        per_stage = ", ".join(f"{stage} {n}" for stage, n in shards.items() if n)
         return f"committed in {root} (shards per stage): {per_stage}\n\n{format_stats(compute_stats(root))}"
     except (OSError, ValueError) as e:
         return f"cannot read what {root} holds: {e}"

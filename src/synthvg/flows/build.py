@@ -6,6 +6,7 @@ Each stage is a subflow that maps one task over the shards; the logic they call 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -50,6 +51,21 @@ class BuildIncomplete(RuntimeError):
         failed = [f"{s.stage}: {s.shards_failed} shard(s) ({s.reason})" for s in run.stages if s.shards_failed]
         super().__init__("build incomplete; " + "; ".join(failed))
         self.run = run
+
+
+class _ReportedFaults(logging.Filter):
+    """Drop the traceback Prefect logs for faults the build reports in one line itself (storage
+    refused a write, the lock was lost, shards failed): it would only bury that line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (StorageWriteError, LockLost, BuildIncomplete)):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_REPORTED_FAULTS = _ReportedFaults()
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_name).addFilter(_REPORTED_FAULTS)
 
 
 def artifact_key(*parts: str) -> str:
@@ -187,8 +203,6 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str, fence: str | None =
             stage, rows_in, summary.shards_written, summary.shards_up_to_date, summary.shards_failed,
             summary.rows_out or "{}", summary.errors, summary.seconds,
         )
-        for note in summary.redone:
-            logger.warning("%s %s; redone", stage, note)
     create_table_artifact(
         key=artifact_key(config.name, "stage", stage),
         table=_stage_table(summary, results, images),

@@ -59,6 +59,9 @@ class StorageWriteError(OSError):
         why = f"[Errno {self.errno}] {self.strerror}" if self.errno is not None else str(self.strerror)
         return f"cannot write {self.filename}: {why}"
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
 
 @contextlib.contextmanager
 def writing(path: str) -> Iterator[None]:
