@@ -362,7 +362,7 @@ def ingest(
     from synthvg.pipeline import run_build
     from synthvg.readers.sources import open_sources
     from synthvg.schemas.config import BuildConfig, format_validation_error
-    from synthvg.storage import BuildLocked
+    from synthvg.storage import BuildLocked, StorageWriteError
 
     if "://" not in out:
         out = str(Path(out).resolve())
@@ -387,6 +387,8 @@ def ingest(
         run = run_build(cfg)
     except BuildLocked as e:
         raise _fail(str(e)) from None
+    except StorageWriteError as e:
+        raise _fail(str(e), 1) from None
     seeds = next(s for s in run.stages if s.stage == "seeds")
     rows = ", ".join(f"{n} {t}" for t, n in seeds.rows_out.items())
     typer.echo(f"ingested {format.value} -> {out}: {rows or 'nothing'}; {seeds.errors} input errors (see the errors table)")
@@ -430,7 +432,7 @@ def import_(
 ) -> None:
     """Read SVG-format Parquet files into a new dataset root, so `synthvg sql` and `export` work on them."""
     from synthvg.export import import_svg
-    from synthvg.storage import BuildLocked
+    from synthvg.storage import BuildLocked, StorageWriteError
 
     if "://" not in out:
         out = str(Path(out).resolve())
@@ -438,6 +440,8 @@ def import_(
         report = import_svg([str(p) for p in paths], out, images_dir=str(images.resolve()) if images else None, shard_size=shard_size)
     except (FileExistsError, BuildLocked) as e:
         raise _fail(str(e)) from None
+    except StorageWriteError as e:
+        raise _fail(str(e), 1) from None
     typer.echo(f"imported {report.images} images, {report.regions} regions, {report.relations} relations "
                f"({report.errors} errors) into {report.root}")
 
