@@ -22,7 +22,7 @@ import synthvg.storage.lock as lock_module
 from synthvg.cli import app
 from synthvg.pipeline import run_build
 from synthvg.schemas import ImageRecord, to_table
-from synthvg.storage import Dataset, LockLost, StorageWriteError, build_lock
+from synthvg.storage import Dataset, LockLost, StorageRefused, build_lock
 from synthvg.storage.dataset import file_digest, utcnow
 from synthvg.storage.verify import verify_dataset
 
@@ -239,10 +239,11 @@ def test_every_shard_commit_of_a_build_carries_its_lock_token(tmp_path, monkeypa
 
 # ---------------------------------------------------------------------------------- faults
 class _FailingDisk:
-    """``os`` as the dataset module sees it, where writes start failing after ``free`` files."""
+    """``os`` as the dataset module sees it, where writes start failing after ``free`` files
+    (``failures`` times, then they work again)."""
 
-    def __init__(self, free: int, code: int, call: str):
-        self.free, self.code, self.call = free, code, call
+    def __init__(self, free: int, code: int, call: str, failures: int = 1 << 30):
+        self.free, self.code, self.call, self.failures = free, code, call, failures
         self.refused = 0
 
     def __getattr__(self, name):
@@ -251,7 +252,7 @@ class _FailingDisk:
             return real
 
         def failing(*args):
-            if self.free <= 0:
+            if self.free <= 0 and self.refused < self.failures:
                 self.refused += 1
                 raise OSError(self.code, os.strerror(self.code))
             self.free -= 1
@@ -267,7 +268,7 @@ def test_a_storage_fault_stops_the_build_and_the_rerun_completes(tmp_path, monke
     reference = _seeds_only(tmp_path / "reference")
     run_build(reference)
     monkeypatch.setattr(dataset_module, "os", _FailingDisk(5, code, call))
-    with pytest.raises(StorageWriteError) as info:
+    with pytest.raises(StorageRefused) as info:
         run_build(cfg)
     message = str(info.value)
     assert message.startswith(f"cannot write {cfg.out}/") and f"[Errno {code}] {os.strerror(code)}" in message
@@ -278,12 +279,25 @@ def test_a_storage_fault_stops_the_build_and_the_rerun_completes(tmp_path, monke
     assert dataset_rows(cfg.out) == dataset_rows(reference.out)
 
 
+def test_a_flaky_write_fails_only_its_shard(tmp_path, monkeypatch):
+    """An I/O error that is not the storage refusing writes is the shard's fault: recorded, the
+    build goes on, a rerun redoes that shard."""
+    cfg = _seeds_only(tmp_path / "root")
+    monkeypatch.setattr(dataset_module, "os", _FailingDisk(5, errno.EIO, "fsync", failures=1))
+    run = run_build(cfg)
+    seeds = next(s for s in run.stages if s.stage == "seeds")
+    assert (run.status, seeds.shards_written, seeds.shards_failed) == ("failed", 1, 1)
+    assert f"StorageWriteError: cannot write {cfg.out}/tables/" in seeds.reason and "[Errno 5] Input/output error" in seeds.reason
+    monkeypatch.undo()
+    assert run_build(cfg).status == "completed"
+
+
 def test_storage_write_errors_survive_pickling():
     """Dask and Ray workers send the exception back pickled."""
     import pickle
 
-    e = StorageWriteError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/y")
-    assert str(pickle.loads(pickle.dumps(e))) == "cannot write /x/y: [Errno 28] No space left on device"
+    e = pickle.loads(pickle.dumps(StorageRefused(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/y")))
+    assert isinstance(e, StorageRefused) and str(e) == "cannot write /x/y: [Errno 28] No space left on device"
 
 
 def _without_write_permission() -> list[str]:

@@ -36,7 +36,7 @@ from synthvg.stages import (
     table_writers,
 )
 from synthvg.stages.base import RunContext, stable_hash
-from synthvg.storage.dataset import Dataset, StorageWriteError, utcnow
+from synthvg.storage.dataset import Dataset, StorageRefused, utcnow
 from synthvg.storage.lock import LockLost
 
 log = logging.getLogger("synthvg")
@@ -321,7 +321,7 @@ def run_build(
             for shard in plan.shards:
                 try:
                     r = run_shard(dataset, config, stage, shard, run_id, fence=fence)
-                except (StorageWriteError, LockLost):  # every later write would fail too: stop
+                except (StorageRefused, LockLost):  # every later write would fail too: stop
                     raise
                 except Exception as e:  # as the flow does after retries: record, go on
                     log.error("%s shard %05d failed: %s", stage, shard.index, e)

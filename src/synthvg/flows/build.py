@@ -40,7 +40,7 @@ from synthvg.schemas import RunManifest, StageSummary
 from synthvg.schemas.config import BuildConfig
 from synthvg.stages import STAGE_ORDER, STAGES
 from synthvg.stats import compute_stats
-from synthvg.storage import Dataset, LockLost, StorageWriteError, build_lock
+from synthvg.storage import Dataset, LockLost, StorageRefused, StorageWriteError, build_lock
 from synthvg.tasks import plan_task, shard_task
 
 
@@ -185,7 +185,7 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str, fence: str | None =
                 result = future.result()  # first: the future's state is final only after it
                 if future.state.name == "Cached":  # Prefect's copy of a shard the storage holds as is
                     result = up_to_date_shard(stage, shard)
-            except (StorageWriteError, LockLost) as e:
+            except (StorageRefused, LockLost) as e:
                 fatal = fatal or e
                 result = failed_shard(stage, shard, e)
             except Exception as e:  # the task already retried; record it and go on with other shards

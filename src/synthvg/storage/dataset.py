@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import io
 import json
@@ -48,11 +49,9 @@ def utcnow() -> dt.datetime:
 
 
 class StorageWriteError(OSError):
-    """The dataset root refused a write (read-only storage, a full disk, no permission).
+    """A write to the dataset root failed; says which path and why in one line.
 
-    Not a fault of one shard: every later write would fail the same way, so a build stops and
-    says which path and why in one line. Built like ``OSError(errno, strerror, filename)`` so
-    it pickles across Dask and Ray workers.
+    Built like ``OSError(errno, strerror, filename)`` so it pickles across Dask and Ray workers.
     """
 
     def __str__(self) -> str:
@@ -63,6 +62,16 @@ class StorageWriteError(OSError):
         return f"{type(self).__name__}({str(self)!r})"
 
 
+class StorageRefused(StorageWriteError):
+    """The storage refuses writes: full, read-only, no permission. Not a fault of one shard:
+    every later write fails the same way, so a build stops instead of retrying (other write
+    errors, e.g. a flaky network mount, fail that shard and are retried)."""
+
+
+#: The errnos of :class:`StorageRefused`.
+REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 @contextlib.contextmanager
 def writing(path: str) -> Iterator[None]:
     """Turn an ``OSError`` raised while writing ``path`` into a :class:`StorageWriteError` naming it."""
@@ -71,7 +80,8 @@ def writing(path: str) -> Iterator[None]:
     except StorageWriteError:
         raise
     except OSError as e:
-        raise StorageWriteError(e.errno, e.strerror or str(e), path) from e
+        kind = StorageRefused if e.errno in REFUSED else StorageWriteError
+        raise kind(e.errno, e.strerror or str(e), path) from e
 
 
 def file_digest(data: bytes) -> str:

@@ -12,7 +12,7 @@ from synthvg.pipeline import ShardResult, fingerprints, prepare, run_shard
 from synthvg.prefect_setup import shard_slots
 from synthvg.schemas.config import BuildConfig
 from synthvg.stages import BuildPlan, ShardSpec
-from synthvg.storage import Dataset, LockLost, StorageWriteError
+from synthvg.storage import Dataset, LockLost, StorageRefused
 
 
 def _shard_run_name() -> str:
@@ -52,7 +52,7 @@ def retry_unless_storage_fault(task, task_run, state) -> bool:
     fail again on every try."""
     try:
         state.result()
-    except (StorageWriteError, LockLost):
+    except (StorageRefused, LockLost):
         return False
     except Exception:
         return True
