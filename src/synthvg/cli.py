@@ -148,12 +148,14 @@ def _metrics_text(metrics: dict[str, float]) -> str:
 
 def _print_dry_run(cfg) -> None:
     from synthvg.pipeline import dry_run
-    from synthvg.storage import BuildLocked
+    from synthvg.storage import BuildLocked, StorageWriteError
 
     try:
         report = dry_run(cfg)
     except BuildLocked as e:
         raise _fail(str(e)) from None
+    except StorageWriteError as e:
+        raise _fail(str(e), 1) from None
     typer.echo(f"dry run of {cfg.name} (free stages ran for real; paid stages sent nothing):")
     for stage, m in report.items():
         paid = "cost_usd" in m
