@@ -223,6 +223,7 @@ def test_a_remote_root_fences_by_its_lease():
         _commit(ds, 0, "fp", "a", fence=fence)
     with pytest.raises(LockLost, match="no build holds it now"):
         _commit(ds, 1, "fp", "b", fence=fence)
+    assert verify_dataset(ds).ok and verify_dataset(ds).files == 1
 
 
 def test_every_shard_commit_of_a_build_carries_its_lock_token(tmp_path, monkeypatch):
