@@ -103,6 +103,7 @@ def test_verify_names_a_replaced_and_a_truncated_file(tmp_path):
     assert any(line.startswith(f"seeds shard 00001: {truncated.path}: does not parse as Parquet") for line in lines)
     assert "Traceback" not in result.output
     assert runner.invoke(app, ["verify", "--root", str(tmp_path), "--stage", "teacher"]).exit_code == 0
+    assert runner.invoke(app, ["verify", "--root", str(tmp_path), "--stage", "teachr"]).exit_code == 2
 
 
 def test_verify_reports_missing_files_and_broken_records(tmp_path):

@@ -252,9 +252,13 @@ def verify(
     stage: Annotated[str | None, typer.Option("--stage", help="only this stage's shards")] = None,
 ) -> None:
     """Check every committed file against its commit record: size, SHA-256, Parquet rows. Reads only."""
+    from synthvg.pipeline import PLAN_STAGE
+    from synthvg.stages import STAGE_ORDER
     from synthvg.storage.verify import verify_dataset
 
     _check_root(root)
+    if stage is not None and stage not in (PLAN_STAGE, *STAGE_ORDER):
+        raise _fail(f"unknown stage {stage!r}; one of {', '.join(STAGE_ORDER)}")
     report = verify_dataset(root, stage)
     for line in report.problems:
         typer.echo(line)
