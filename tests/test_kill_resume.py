@@ -13,6 +13,8 @@ import yaml
 from helpers import DEMO_CONFIG, dataset_rows, demo_config
 
 from synthvg.pipeline import run_build
+from synthvg.storage import Dataset
+from synthvg.storage.verify import verify_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +58,10 @@ def test_sigkill_then_resume_gives_the_uninterrupted_rows(prefect_server, tmp_pa
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
     assert "regions  done: " in out
+    # The resumed build tidied up after the killed one, and every committed file is intact.
+    assert [r.status for r in Dataset(str(killed_root)).runs()] == ["interrupted", "completed"]
+    assert not list(killed_root.rglob("*.tmp"))
+    assert verify_dataset(str(killed_root)).ok
 
     reference = demo_config(tmp_path / "reference", limit=8, shard_size=2)
     run_build(reference)

@@ -91,10 +91,11 @@ def build(
     from synthvg.flows import BuildIncomplete, build_dataset
     from synthvg.pipeline import WithdrawalRefused
     from synthvg.stats import compute_stats, format_stats
-    from synthvg.storage import BuildLocked
+    from synthvg.storage import BuildLocked, Dataset, LockLost, StorageWriteError
 
     typer.echo(f"building {cfg.name} -> {cfg.out}", err=True)
     try:
+        Dataset(cfg.out).init()  # a root that cannot be written says so before Prefect starts
         run = build_dataset(cfg, replace=replace)
         code = 0
     except (BuildLocked, WithdrawalRefused) as e:
@@ -103,6 +104,10 @@ def build(
         run, code = e.run, 1
     except FileExistsError as e:
         raise _fail(str(e)) from None
+    except (StorageWriteError, LockLost) as e:
+        typer.secho(str(e), fg=typer.colors.RED, err=True)
+        typer.echo(_committed_text(cfg.out))
+        raise typer.Exit(1) from None
     typer.echo("")
     for s in run.stages:
         if s.status == "skipped":
@@ -114,6 +119,8 @@ def build(
             )
             if s.shards_failed:
                 typer.echo(f"           {s.reason}")
+            for note in s.redone:
+                typer.echo(f"           redone {note}")
     typer.echo("")
     typer.echo(format_stats(compute_stats(cfg.out)))
     from synthvg.pipeline import up_to_date
@@ -162,6 +169,23 @@ def plan(
         typer.echo(f"  would withdraw (needs --replace): {w.describe()}")
 
 
+def _committed_text(root: str) -> str:
+    """What a root holds, from its commit records: the summary of a build that storage stopped."""
+    from synthvg.stages import STAGE_ORDER
+    from synthvg.stats import compute_stats, format_stats
+    from synthvg.storage import Dataset
+
+    try:
+        dataset = Dataset(root)
+        shards = {stage: len(dataset.manifest_paths(stage)) for stage in STAGE_ORDER}
+        if not any(shards.values()):
+            return f"nothing is committed in {root}"
+        per_stage = ", ".join(f"{stage} {n}" for stage, n in shards.items() if n)
+        return f"committed in {root} (shards per stage): {per_stage}\n\n{format_stats(compute_stats(root))}"
+    except (OSError, ValueError) as e:
+        return f"cannot read what {root} holds: {e}"
+
+
 def _metrics_text(metrics: dict[str, float]) -> str:
     if not metrics:
         return ""
@@ -173,12 +197,14 @@ def _metrics_text(metrics: dict[str, float]) -> str:
 
 def _print_dry_run(cfg, replace: bool) -> None:
     from synthvg.pipeline import WithdrawalRefused, dry_run
-    from synthvg.storage import BuildLocked
+    from synthvg.storage import BuildLocked, StorageWriteError
 
     try:
         report = dry_run(cfg, replace=replace)
     except (BuildLocked, WithdrawalRefused) as e:
         raise _fail(str(e)) from None
+    except StorageWriteError as e:
+        raise _fail(str(e), 1) from None
     typer.echo(f"dry run of {cfg.name} (free stages ran for real; paid stages sent nothing):")
     for stage, m in report.items():
         paid = "cost_usd" in m
@@ -276,6 +302,38 @@ def sql(
 
 
 @app.command()
+def verify(
+    root: RootOpt,
+    stage: Annotated[str | None, typer.Option("--stage", help="only this stage's shards")] = None,
+) -> None:
+    """Check every committed file against its commit record: size, SHA-256, Parquet rows. Reads only."""
+    from synthvg.pipeline import PLAN_STAGE
+    from synthvg.stages import STAGE_ORDER
+    from synthvg.storage.verify import verify_dataset
+
+    _check_root(root)
+    if stage is not None and stage not in (PLAN_STAGE, *STAGE_ORDER):
+        raise _fail(f"unknown stage {stage!r}; one of {', '.join(STAGE_ORDER)}")
+    report = verify_dataset(root, stage)
+    for line in report.problems:
+        typer.echo(line)
+    if report.unchecksummed:
+        typer.echo(f"{len(report.unchecksummed)} file(s) have no checksum recorded (committed by an older synthvg): "
+                   "size, Parquet and rows checked only")
+    scope = f"{stage} shards" if stage else "shards"
+    checked = f"{report.shards} {scope}, {report.files} files, {report.bytes / 1e6:.1f} MB"
+    if report.ok:
+        typer.echo(f"verified {checked} in {root}: all intact")
+        return
+    typer.secho(
+        f"{len(report.problems)} problem(s) in {checked} of {root}. A build redoes shards whose files are missing "
+        "or resized; for other damage delete that shard's manifests/<stage>/shard-<shard>.json, then build again",
+        fg=typer.colors.RED, err=True,
+    )
+    raise typer.Exit(1)
+
+
+@app.command()
 def stats(
     root: RootOpt,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a report")] = False,
@@ -366,7 +424,7 @@ def ingest(
     from synthvg.readers.sources import open_sources
     from synthvg.schemas.config import BuildConfig, format_validation_error
     from synthvg.stages.seeds import EmptySource
-    from synthvg.storage import BuildLocked
+    from synthvg.storage import BuildLocked, StorageWriteError
 
     if "://" not in out:
         out = str(Path(out).resolve())
@@ -391,6 +449,8 @@ def ingest(
         run = run_build(cfg)
     except (BuildLocked, EmptySource, WithdrawalRefused) as e:
         raise _fail(str(e)) from None
+    except StorageWriteError as e:
+        raise _fail(str(e), 1) from None
     seeds = next(s for s in run.stages if s.stage == "seeds")
     rows = ", ".join(f"{n} {t}" for t, n in seeds.rows_out.items())
     typer.echo(f"ingested {format.value} -> {out}: {rows or 'nothing'}; {seeds.errors} input errors (see the errors table)")
@@ -434,7 +494,7 @@ def import_(
 ) -> None:
     """Read SVG-format Parquet files into a new dataset root, so `synthvg sql` and `export` work on them."""
     from synthvg.export import import_svg
-    from synthvg.storage import BuildLocked
+    from synthvg.storage import BuildLocked, StorageWriteError
 
     if "://" not in out:
         out = str(Path(out).resolve())
@@ -442,6 +502,8 @@ def import_(
         report = import_svg([str(p) for p in paths], out, images_dir=str(images.resolve()) if images else None, shard_size=shard_size)
     except (FileExistsError, BuildLocked) as e:
         raise _fail(str(e)) from None
+    except StorageWriteError as e:
+        raise _fail(str(e), 1) from None
     typer.echo(f"imported {report.images} images, {report.regions} regions, {report.relations} relations "
                f"({report.errors} errors) into {report.root}")
 

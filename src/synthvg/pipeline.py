@@ -39,7 +39,8 @@ from synthvg.stages import (
 )
 from synthvg.stages.base import RunContext, stable_hash
 from synthvg.stages.graph import shard_fingerprints
-from synthvg.storage.dataset import Dataset, utcnow
+from synthvg.storage.dataset import Dataset, StorageRefused, utcnow
+from synthvg.storage.lock import LockLost
 
 log = logging.getLogger("synthvg")
 
@@ -58,6 +59,8 @@ class ShardResult(BaseModel):
     seconds: float = 0.0
     message: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    #: Why a shard committed as is was redone anyway (a committed file missing or changed).
+    redone: str | None = None
 
 
 def new_run_id() -> str:
@@ -226,11 +229,13 @@ def run_shard(
     shard: ShardSpec,
     run_id: str,
     guard: Callable[[], AbstractContextManager[object]] = nullcontext,
+    fence: str | None = None,
 ) -> ShardResult:
     """Run one stage on one shard and commit it, unless it is already committed as is.
 
     ``guard`` wraps the work only (Prefect concurrency slots): a shard that is up to date or
-    blocked holds no GPU or API slot.
+    blocked holds no GPU or API slot. ``fence`` is the build lock's token: the commit is
+    refused once the build holding it has ended (a worker outliving its build).
     """
     started = time.perf_counter()
     fp, blocked, inputs = _shard_state(dataset, config, stage_name, shard)
@@ -238,6 +243,10 @@ def run_shard(
         return up_to_date_shard(stage_name, shard)
     if blocked:
         return ShardResult(stage=stage_name, shard=shard.index, status="failed", message=blocked)
+    damage = dataset.damage(stage_name, shard.index, fp)
+    redone = "; ".join(damage) or None
+    if redone:
+        log.warning("%s shard %05d: redoing it, its committed files changed: %s", stage_name, shard.index, redone)
     ctx = RunContext(run_id=run_id, stage=stage_name, shard=shard.index)
     started_at = utcnow()
     with guard():
@@ -245,7 +254,8 @@ def run_shard(
         output = stage.process(shard, inputs, ctx)
     tables = output.arrow_tables()
     dataset.commit_shard(
-        stage_name, shard.index, fp, tables, run_id=run_id, image_count=len(shard.image_ids), started_at=started_at, metrics=output.metrics
+        stage_name, shard.index, fp, tables, run_id=run_id, image_count=len(shard.image_ids), started_at=started_at,
+        metrics=output.metrics, fence=fence,
     )
     return ShardResult(
         stage=stage_name,
@@ -256,6 +266,7 @@ def run_shard(
         errors_by_kind=dict(Counter(e.kind for e in output.errors)),
         seconds=time.perf_counter() - started,
         metrics=output.metrics,
+        redone=redone,
     )
 
 
@@ -288,6 +299,7 @@ def summarize_stage(stage: str, results: Iterable[ShardResult], seconds: float, 
         shards_written=sum(r.status == "written" for r in results),
         shards_up_to_date=sum(r.status == "up_to_date" for r in results),
         shards_failed=len(failed),
+        redone=[f"shard {r.shard:05d}: {r.redone}" for r in sorted(results, key=lambda r: r.shard) if r.redone],
         rows_out=rows,
         errors=sum(r.errors for r in results),
         seconds=seconds,
@@ -295,7 +307,18 @@ def summarize_stage(stage: str, results: Iterable[ShardResult], seconds: float, 
     )
 
 
+def recover(dataset: Dataset, run_id: str) -> None:
+    """Tidy what killed builds left behind: temporaries of interrupted writes, and run records
+    still saying ``running``. Only under the build lock, where no other writer is alive."""
+    removed = dataset.remove_stale_temporaries()
+    if removed:
+        log.info("removed %d temporary file(s) left by interrupted writes: %s", len(removed), ", ".join(removed[:5]))
+    for run in dataset.mark_interrupted_runs(run_id):
+        log.warning("run %s (started %s) ended without finishing: marked it interrupted", run.run_id, run.started_at)
+
+
 def start_run(dataset: Dataset, config: BuildConfig, run_id: str, plan: BuildPlan) -> RunManifest:
+    recover(dataset, run_id)
     run = RunManifest(
         run_id=run_id,
         name=config.name,
@@ -387,7 +410,7 @@ def dry_run(config: BuildConfig, run_id: str | None = None, *, replace: bool = F
     dataset = Dataset(config.out)
     dataset.init()
     report: dict[str, dict[str, float]] = {}
-    with build_lock(dataset, run_id):
+    with build_lock(dataset, run_id) as fence:
         dataset, plan = prepare(config, run_id, replace=replace)
         for stage_name in active_stages(config):
             stage = load_stage(STAGES[stage_name], config)
@@ -399,7 +422,7 @@ def dry_run(config: BuildConfig, run_id: str | None = None, *, replace: bool = F
                     continue
                 estimate = stage.estimate(shard, inputs, RunContext(run_id=run_id, stage=stage_name, shard=shard.index))
                 if estimate is None:
-                    run_shard(dataset, config, stage_name, shard, run_id)
+                    run_shard(dataset, config, stage_name, shard, run_id, fence=fence)
                     totals["shards_done"] += 1
                     continue
                 for k, v in estimate.items():
@@ -424,7 +447,7 @@ def run_build(
     run_id = run_id or new_run_id()
     dataset = Dataset(config.out)
     dataset.init()
-    with build_lock(dataset, run_id):
+    with build_lock(dataset, run_id) as fence:
         dataset, plan = prepare(config, run_id, replace=replace)
         run = start_run(dataset, config, run_id, plan)
         summaries = []
@@ -438,7 +461,9 @@ def run_build(
             results = []
             for shard in plan.shards:
                 try:
-                    r = run_shard(dataset, config, stage, shard, run_id)
+                    r = run_shard(dataset, config, stage, shard, run_id, fence=fence)
+                except (StorageRefused, LockLost):  # every later write would fail too: stop
+                    raise
                 except Exception as e:  # as the flow does after retries: record, go on
                     log.error("%s shard %05d failed: %s", stage, shard.index, e)
                     r = failed_shard(stage, shard, e)

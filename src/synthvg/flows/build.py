@@ -7,6 +7,7 @@ watches progress.
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from contextlib import nullcontext
@@ -45,7 +46,7 @@ from synthvg.schemas import RunManifest, StageSummary
 from synthvg.schemas.config import BuildConfig
 from synthvg.stages import ShardSpec, graph
 from synthvg.stats import compute_stats
-from synthvg.storage import Dataset, build_lock
+from synthvg.storage import Dataset, LockLost, StorageRefused, StorageWriteError, build_lock
 from synthvg.tasks import plan_task, shard_task
 
 
@@ -56,6 +57,21 @@ class BuildIncomplete(RuntimeError):
         failed = [f"{s.stage}: {s.shards_failed} shard(s) ({s.reason})" for s in run.stages if s.shards_failed]
         super().__init__("build incomplete; " + "; ".join(failed))
         self.run = run
+
+
+class _ReportedFaults(logging.Filter):
+    """Drop the traceback Prefect logs for faults the build reports in one line itself (storage
+    refused a write, the lock was lost, shards failed): it would only bury that line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], (StorageWriteError, LockLost, BuildIncomplete)):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_REPORTED_FAULTS = _ReportedFaults()
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_name).addFilter(_REPORTED_FAULTS)
 
 
 def artifact_key(*parts: str) -> str:
@@ -116,7 +132,8 @@ def _stage_table(summary: StageSummary, results: list[ShardResult], images: dict
 
     ordered = sorted(results, key=lambda r: r.shard)
     rows = [
-        row(f"{r.shard:05d}", r.status, images.get(r.shard, 0), r.rows, r.errors_by_kind, r.seconds, r.metrics, r.message or "")
+        row(f"{r.shard:05d}", r.status, images.get(r.shard, 0), r.rows, r.errors_by_kind, r.seconds, r.metrics,
+            r.message or (f"redone: {r.redone}" if r.redone else ""))
         for r in ordered
     ]
     if not rows:
@@ -138,6 +155,8 @@ def _shard_outcome(future: PrefectFuture, stage: str, shard: ShardSpec) -> Shard
     except UnfinishedRun:  # an upstream task of the same shard failed, so this one never ran
         return ShardResult(stage=stage, shard=shard.index, status="failed",
                            message=f"an upstream stage did not complete shard {shard.index}")
+    except (StorageRefused, LockLost):
+        raise
     except Exception as e:  # the task already retried; record it and go on with other shards
         get_run_logger().error("%s shard %05d failed: %s", stage, shard.index, e)
         return failed_shard(stage, shard, e)
@@ -145,7 +164,7 @@ def _shard_outcome(future: PrefectFuture, stage: str, shard: ShardSpec) -> Shard
 
 
 @flow(name="shards", flow_run_name="shards", log_prints=False)
-def shards_flow(config: BuildConfig, run_id: str) -> list[StageSummary]:
+def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> list[StageSummary]:
     """Every stage over every shard of the plan saved by ``plan-shards``.
 
     Each shard task waits only for the tasks of the same shard that write what its stage reads,
@@ -153,6 +172,9 @@ def shards_flow(config: BuildConfig, run_id: str) -> list[StageSummary]:
     other run side by side (``executor.overlap: false``: each stage waits for every shard of the
     stages before it). Tasks are submitted shard by shard, so a thread pool's workers pick them
     up in an order that never waits on a task not yet started.
+
+    A storage fault (read-only, full disk) or a lost lock ends the build once the shards
+    already submitted are done: every later shard would fail the same way.
     """
     logger = get_run_logger()
     dataset = Dataset(config.out)
@@ -173,7 +195,7 @@ def shards_flow(config: BuildConfig, run_id: str) -> list[StageSummary]:
         upstream = sorted({w for ws in nodes[stage].reads.values() for w in ws})
         with placement(ex, stage):
             future = task.with_options(refresh_cache=not shard_done(dataset, config, stage, shard), tags=[f"stage:{stage}"]).submit(
-                config, stage, shard, run_id, wait_for=[submitted[(u, shard.index)] for u in upstream]
+                config, stage, shard, run_id, fence, wait_for=[submitted[(u, shard.index)] for u in upstream]
             )
         submitted[(stage, shard.index)] = future
         futures[future] = (stage, shard)
@@ -195,9 +217,14 @@ def shards_flow(config: BuildConfig, run_id: str) -> list[StageSummary]:
         for stage in active
     }
     progress = _PROGRESS.get(run_id)
+    fatal: BaseException | None = None  # a storage fault or a lost lock: the build stops
     for future in as_completed(list(futures)):
         stage, shard = futures[future]
-        results[stage].append(_shard_outcome(future, stage, shard))
+        try:
+            result = _shard_outcome(future, stage, shard)
+        except (StorageRefused, LockLost) as e:
+            fatal, result = fatal or e, failed_shard(stage, shard, e)
+        results[stage].append(result)
         update_progress_artifact(stage_progress[stage], progress=100.0 * len(results[stage]) / len(shards))
         if progress:
             progress.advance(f"{stage} {shard.index:05d}")
@@ -224,6 +251,8 @@ def shards_flow(config: BuildConfig, run_id: str) -> list[StageSummary]:
             description=f"{stage}: {summary.status}" + (f" ({summary.reason})" if summary.reason else ""),
         )
         summaries.append(summary)
+    if fatal is not None:
+        raise fatal
     return summaries
 
 
@@ -277,7 +306,7 @@ def build_dataset(config: BuildConfig, run_id: str | None = None, replace: bool 
     run_id = run_id or new_run_id()
     dataset = Dataset(config.out)
     dataset.init()
-    with build_lock(dataset, run_id):
+    with build_lock(dataset, run_id) as fence:
         plan = plan_task(config, run_id, replace)
         if isinstance(plan, WithdrawalRefused):
             return Failed(message=str(plan), data=plan)  # the caller gets the refusal raised
@@ -291,7 +320,7 @@ def build_dataset(config: BuildConfig, run_id: str | None = None, replace: bool 
         try:
             # A build whose stages are all skipped submits nothing: it needs no cluster.
             with task_runners(config.executor) if active else nullcontext(lambda: ThreadPoolTaskRunner(max_workers=1)) as runner:
-                summaries = shards_flow.with_options(task_runner=runner())(config, run_id)
+                summaries = shards_flow.with_options(task_runner=runner())(config, run_id, fence)
         finally:
             progress.close()
             _PROGRESS.pop(run_id, None)

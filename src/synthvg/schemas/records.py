@@ -231,9 +231,14 @@ class ErrorRecord(Record):
 
 
 class ShardFile(Record):
+    """One committed file. Its size is checked by every build, its checksum by ``synthvg verify``;
+    both are ``None`` in manifests written before synthvg recorded them."""
+
     table: str
     path: str = Field(description="path relative to the dataset root")
     rows: int
+    bytes: int | None = Field(None, description="file size in bytes, as committed")
+    sha256: str | None = Field(None, description="hex SHA-256 of the file's bytes, as committed")
 
 
 class ShardManifest(Record):
@@ -262,6 +267,7 @@ class StageSummary(Record):
     shards_written: int = 0
     shards_up_to_date: int = 0
     shards_failed: int = 0
+    redone: list[str] = Field(default_factory=list, description="shards redone because a committed file was missing or changed, and why")
     rows_out: dict[str, int] = Field(default_factory=dict)
     errors: int = 0
     seconds: float = 0.0
@@ -273,7 +279,9 @@ class RunManifest(Record):
 
     run_id: str
     name: str
-    status: Literal["running", "completed", "failed"]
+    status: Literal["running", "completed", "failed", "interrupted"] = Field(
+        description="interrupted: the build was killed; the next build marked it"
+    )
     started_at: dt.datetime
     finished_at: dt.datetime | None = None
     synthvg_version: str

@@ -1,7 +1,7 @@
 """Parquet shards under a dataset root, and DuckDB views over them."""
 
-from synthvg.storage.dataset import Dataset
-from synthvg.storage.lock import BuildLocked, build_lock
+from synthvg.storage.dataset import Dataset, StorageRefused, StorageWriteError
+from synthvg.storage.lock import BuildLocked, LockLost, build_lock
 from synthvg.storage.query import (
     QueryTimeout,
     ReadOnlyError,
@@ -13,6 +13,6 @@ from synthvg.storage.query import (
 )
 
 __all__ = [
-    "BuildLocked", "Dataset", "QueryTimeout", "ReadOnlyError", "SqlLimits",
-    "build_lock", "check_read_only", "connect", "fetch_dicts", "query",
+    "BuildLocked", "Dataset", "LockLost", "QueryTimeout", "ReadOnlyError", "SqlLimits", "StorageRefused",
+    "StorageWriteError", "build_lock", "check_read_only", "connect", "fetch_dicts", "query",
 ]

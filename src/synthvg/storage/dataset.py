@@ -11,15 +11,22 @@ The commit protocol makes a kill at any instant harmless: a shard's old manifest
 first, its files are written to temporary names and renamed, and the new manifest goes last.
 Readers (the DuckDB views) only see files named by a manifest, so a half-written shard is
 invisible and a rerun simply redoes it.
+
+The manifest records each file's size and SHA-256: a build redoes a shard whose file is
+missing or has another size (a cheap stat), ``synthvg verify`` checks the checksums.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import hashlib
 import io
 import json
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -33,9 +40,52 @@ from synthvg.schemas import TABLES, RunManifest, ShardFile, ShardManifest, schem
 
 FORMAT = {"format": "synthvg-dataset", "version": 1}
 
+#: What :meth:`Dataset._write_atomic` names its temporaries: ``<final name>.<uuid4 hex>.tmp``.
+TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.tmp$")
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class StorageWriteError(OSError):
+    """A write to the dataset root failed; says which path and why in one line.
+
+    Built like ``OSError(errno, strerror, filename)`` so it pickles across Dask and Ray workers.
+    """
+
+    def __str__(self) -> str:
+        why = f"[Errno {self.errno}] {self.strerror}" if self.errno is not None else str(self.strerror)
+        return f"cannot write {self.filename}: {why}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class StorageRefused(StorageWriteError):
+    """The storage refuses writes: full, read-only, no permission. Not a fault of one shard:
+    every later write fails the same way, so a build stops instead of retrying (other write
+    errors, e.g. a flaky network mount, fail that shard and are retried)."""
+
+
+#: The errnos of :class:`StorageRefused`.
+REFUSED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into a :class:`StorageWriteError` naming it."""
+    try:
+        yield
+    except StorageWriteError:
+        raise
+    except OSError as e:
+        kind = StorageRefused if e.errno in REFUSED else StorageWriteError
+        raise kind(e.errno, e.strerror or str(e), path) from e
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class Dataset:
@@ -73,18 +123,24 @@ class Dataset:
 
     # ----------------------------------------------------------------- io helpers
     def _write_atomic(self, path: str, data: bytes) -> None:
-        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        if self.is_local:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        else:
-            with self.fs.open(tmp, "wb") as f:
-                f.write(data)
-            self.fs.mv(tmp, path)
+        with writing(path):
+            try:
+                self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+                if self.is_local:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, path)
+                else:
+                    with self.fs.open(tmp, "wb") as f:
+                        f.write(data)
+                    self.fs.mv(tmp, path)
+            except OSError:
+                with contextlib.suppress(OSError):  # a full disk should not keep the partial copy
+                    self.fs.rm(tmp)
+                raise
 
     def read_json(self, path: str) -> dict | None:
         try:
@@ -98,7 +154,8 @@ class Dataset:
 
     def init(self) -> None:
         """Create the root (idempotent) and refuse one that is not a synthvg dataset."""
-        self.fs.makedirs(self.path, exist_ok=True)
+        with writing(self.path):
+            self.fs.makedirs(self.path, exist_ok=True)
         marker = self._p("synthvg.json")
         existing = self.read_json(marker)
         if existing is None:
@@ -119,21 +176,43 @@ class Dataset:
         return ShardManifest.model_validate(raw) if raw is not None else None
 
     def is_committed(self, stage: str, shard: int, fingerprint: str) -> bool:
-        """True when the shard is complete with this fingerprint and all its files exist."""
+        """True when the shard is complete with this fingerprint and its files are as committed
+        (present, with the recorded size; checksums are :mod:`synthvg.storage.verify`'s job)."""
         m = self.read_manifest(stage, shard)
         if m is None or m.fingerprint != fingerprint:
             return False
-        return all(self.fs.exists(self._p(f.path)) for f in m.files)
+        return not self.file_problems(m)
+
+    def damage(self, stage: str, shard: int, fingerprint: str) -> list[str]:
+        """Why a shard committed with this fingerprint no longer counts as committed (its files'
+        problems); empty when it is intact or was never committed with this fingerprint."""
+        m = self.read_manifest(stage, shard)
+        return self.file_problems(m) if m is not None and m.fingerprint == fingerprint else []
+
+    def file_problems(self, manifest: ShardManifest) -> list[str]:
+        """Files of a commit that are missing or whose size differs from the recorded one."""
+        problems = []
+        for f in manifest.files:
+            try:
+                size = self.fs.size(self._p(f.path))
+            except FileNotFoundError:
+                problems.append(f"{f.path} is missing")
+                continue
+            if f.bytes is not None and size != f.bytes:
+                problems.append(f"{f.path} has {size} bytes, its commit recorded {f.bytes}")
+        return problems
 
     def _clear_shard(self, stage: str, shard: int, tables: list[str]) -> None:
         """Remove the manifest first, then every file (any fingerprint, temporaries too)."""
         mpath = self.manifest_path(stage, shard)
-        if self.fs.exists(mpath):
-            self.fs.rm(mpath)
+        with writing(mpath):
+            if self.fs.exists(mpath):
+                self.fs.rm(mpath)
         for table in tables:
             prefix = self._part_prefix(table, stage, shard)
             for path in self.fs.glob(prefix + "*"):
-                self.fs.rm(path)
+                with writing(path):
+                    self.fs.rm(path)
 
     def commit_shard(
         self,
@@ -146,8 +225,18 @@ class Dataset:
         image_count: int,
         started_at: dt.datetime,
         metrics: dict[str, float] | None = None,
+        fence: str | None = None,
     ) -> ShardManifest:
-        """Write a shard's tables and then its manifest. Safe to kill at any point."""
+        """Write a shard's tables and then its manifest. Safe to kill at any point.
+
+        ``fence`` is the token of the build lock the writing build took. The commit checks that
+        the lock still holds it before touching anything and again before the manifest, so a
+        worker that outlived its build cannot commit once the build ended or another one took
+        the root (:class:`~synthvg.storage.lock.LockLost`). Writers outside a build (tests,
+        import under its own lock) may leave it ``None``.
+        """
+        what = f"{stage} shard {shard:05d}"
+        self._check_fence(fence, what)
         self._clear_shard(stage, shard, list(TABLES))
         files = []
         for table, data in sorted(tables.items()):
@@ -157,8 +246,11 @@ class Dataset:
             path = self._part_prefix(table, stage, shard) + f"{fingerprint[:16]}.parquet"
             buf = io.BytesIO()
             pq.write_table(data.replace_schema_metadata(expected.metadata), buf, compression="zstd")
-            self._write_atomic(path, buf.getvalue())
-            files.append(ShardFile(table=table, path=self.relpath(path), rows=data.num_rows))
+            blob = buf.getvalue()
+            self._write_atomic(path, blob)
+            files.append(
+                ShardFile(table=table, path=self.relpath(path), rows=data.num_rows, bytes=len(blob), sha256=file_digest(blob))
+            )
         finished = utcnow()
         manifest = ShardManifest(
             stage=stage,
@@ -173,20 +265,29 @@ class Dataset:
             seconds=(finished - started_at).total_seconds(),
             metrics=metrics or {},
         )
+        self._check_fence(fence, what)
         self.write_json(self.manifest_path(stage, shard), manifest.model_dump(mode="json"))
         return manifest
+
+    def _check_fence(self, fence: str | None, what: str) -> None:
+        if fence is not None:
+            from synthvg.storage.lock import check_fence
+
+            check_fence(self, fence, what)
 
     def drop_stage_shard(self, stage: str, shard: int) -> None:
         """Forget a stage's output for one shard (a stage now skipped, or a shard out of plan)."""
         self._clear_shard(stage, shard, list(TABLES))
 
-    def manifests(self, stage: str | None = None) -> Iterator[ShardManifest]:
+    def manifest_paths(self, stage: str | None = None) -> list[str]:
         pattern = self._p("manifests", stage or "*", "shard-*.json")
-        for path in sorted(self.fs.glob(pattern)):
-            if path.endswith(".json"):
-                raw = self.read_json(path)
-                if raw is not None:
-                    yield ShardManifest.model_validate(raw)
+        return [p for p in sorted(self.fs.glob(pattern)) if p.endswith(".json")]
+
+    def manifests(self, stage: str | None = None) -> Iterator[ShardManifest]:
+        for path in self.manifest_paths(stage):
+            raw = self.read_json(path)
+            if raw is not None:
+                yield ShardManifest.model_validate(raw)
 
     def committed_shards(self, stage: str) -> list[int]:
         return [m.shard for m in self.manifests(stage)]
@@ -217,6 +318,29 @@ class Dataset:
     # ----------------------------------------------------------------- runs
     def write_run(self, run: RunManifest) -> None:
         self.write_json(self._p("runs", f"{run.run_id}.json"), run.model_dump(mode="json"))
+
+    def mark_interrupted_runs(self, current_run_id: str) -> list[RunManifest]:
+        """Mark runs still recorded as ``running`` as ``interrupted``: called under the build lock,
+        so no other build is alive to finish them (their build was killed)."""
+        marked = []
+        for run in self.runs():
+            if run.status == "running" and run.run_id != current_run_id:
+                run = run.model_copy(update={"status": "interrupted"})
+                self.write_run(run)
+                marked.append(run)
+        return marked
+
+    def remove_stale_temporaries(self) -> list[str]:
+        """Remove the temporaries a killed write left (``<name>.<uuid>.tmp``); returns their
+        paths relative to the root. Call it only while holding the build lock: a live writer's
+        temporaries look the same."""
+        removed = []
+        for path in self.fs.find(self.path):
+            if TEMPORARY.search(path):
+                with writing(path), contextlib.suppress(FileNotFoundError):
+                    self.fs.rm(path)
+                removed.append(self.relpath(path))
+        return sorted(removed)
 
     def runs(self) -> list[RunManifest]:
         out = []

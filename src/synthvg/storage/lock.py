@@ -4,6 +4,12 @@ Local roots use an OS file lock (``flock``): the kernel releases it when the hol
 build killed with SIGKILL never leaves a stale lock behind. Remote (fsspec) roots have no such
 primitive; they use a lease file refreshed by a heartbeat thread, which a new build may take
 over once it is older than ``lease_seconds``.
+
+The lock file also carries a **fencing token**, new for every acquisition, which
+:func:`build_lock` yields. The build hands it to every shard commit (run_shard's ``fence``),
+and :func:`check_fence` refuses a commit whose token is no longer the lock file's, or whose
+build is gone (a local lock's holder process has exited, a released lock is empty). So a Dask or
+Ray worker that outlived a killed build cannot commit after it, nor over another build's work.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ import threading
 import uuid
 from collections.abc import Iterator
 
-from synthvg.storage.dataset import Dataset, utcnow
+from synthvg.storage.dataset import Dataset, utcnow, writing
 
 LOCK_NAME = ".synthvg.lock"
 
 
 class BuildLocked(RuntimeError):
     """Another build is writing this dataset root."""
+
+
+class LockLost(RuntimeError):
+    """A commit from a build that no longer holds the root's lock (a worker that outlived it)."""
 
 
 def _holder_text(info: dict | None) -> str:
@@ -37,7 +47,8 @@ def _holder_text(info: dict | None) -> str:
 
 
 @contextlib.contextmanager
-def build_lock(dataset: Dataset, run_id: str, lease_seconds: float = 300.0) -> Iterator[None]:
+def build_lock(dataset: Dataset, run_id: str, lease_seconds: float = 300.0) -> Iterator[str]:
+    """Hold the root's writer lock; yields the fencing token that this build's commits carry."""
     info = {
         "run_id": run_id,
         "pid": os.getpid(),
@@ -47,17 +58,61 @@ def build_lock(dataset: Dataset, run_id: str, lease_seconds: float = 300.0) -> I
     }
     if dataset.is_local:
         with _local_lock(dataset, info):
-            yield
+            yield info["token"]
     else:
         with _lease_lock(dataset, info, lease_seconds):
-            yield
+            yield info["token"]
+
+
+def lock_holder(dataset: Dataset) -> dict | None:
+    """What the lock file says about the build holding the root (None: nobody)."""
+    if not dataset.is_local:
+        try:
+            return dataset.read_json(dataset.abspath(LOCK_NAME))
+        except ValueError:
+            return None
+    try:
+        with open(os.path.join(dataset.path, LOCK_NAME), "rb") as f:
+            return json.loads(f.read() or b"null")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alive_here(info: dict) -> bool:
+    """False only when the holder ran on this host and its process is gone."""
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return True
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def check_fence(dataset: Dataset, token: str, what: str) -> None:
+    """Refuse to commit ``what`` unless the build that owns ``token`` still holds the root."""
+    holder = lock_holder(dataset)
+    if not holder or holder.get("token") != token:
+        now = f"it is now held by {_holder_text(holder)}" if holder else "no build holds it now"
+        raise LockLost(
+            f"refused to commit {what} to {dataset.url}: the build this worker belongs to no longer "
+            f"holds the dataset's lock ({now}); nothing was written"
+        )
+    if dataset.is_local and not _alive_here(holder):
+        raise LockLost(
+            f"refused to commit {what} to {dataset.url}: the build this worker belongs to "
+            f"(pid {holder.get('pid')}) has ended; nothing was written"
+        )
 
 
 @contextlib.contextmanager
 def _local_lock(dataset: Dataset, info: dict) -> Iterator[None]:
-    os.makedirs(dataset.path, exist_ok=True)
     path = os.path.join(dataset.path, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with writing(path):
+        os.makedirs(dataset.path, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -70,9 +125,14 @@ def _local_lock(dataset: Dataset, info: dict) -> Iterator[None]:
                 f"{dataset.url} is being written by {_holder_text(holder)}; "
                 "wait for it to finish or stop it, then run again"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        yield
+        with writing(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):  # released: no commit may carry this token any more
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # closing releases the flock
 

@@ -12,7 +12,7 @@ from synthvg.pipeline import ShardResult, WithdrawalRefused, fingerprints, prepa
 from synthvg.prefect_setup import shard_slots
 from synthvg.schemas.config import BuildConfig
 from synthvg.stages import BuildPlan, ShardSpec
-from synthvg.storage import Dataset
+from synthvg.storage import Dataset, LockLost, StorageRefused
 
 
 def _shard_run_name() -> str:
@@ -52,7 +52,26 @@ def plan_task(config: BuildConfig, run_id: str, replace: bool = False) -> BuildP
     return plan
 
 
-@task(name="run-shard", task_run_name=_shard_run_name, cache_policy=ShardIdentity(), persist_result=True)
-def shard_task(config: BuildConfig, stage: str, shard: ShardSpec, run_id: str) -> ShardResult:
+def retry_unless_storage_fault(task, task_run, state) -> bool:
+    """Retry a failed shard, unless storage refused the write or the build lost its lock: those
+    fail again on every try."""
+    try:
+        state.result()
+    except (StorageRefused, LockLost):
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="run-shard",
+    task_run_name=_shard_run_name,
+    cache_policy=ShardIdentity(),
+    persist_result=True,
+    retry_condition_fn=retry_unless_storage_fault,
+)
+def shard_task(config: BuildConfig, stage: str, shard: ShardSpec, run_id: str, fence: str | None = None) -> ShardResult:
+    """``fence``: the build lock's token (see :func:`synthvg.storage.lock.check_fence`)."""
     slots = partial(shard_slots, config.executor, stage, len(shard.image_ids))
-    return run_shard(Dataset(config.out), config, stage, shard, run_id, guard=slots)
+    return run_shard(Dataset(config.out), config, stage, shard, run_id, guard=slots, fence=fence)
