@@ -49,28 +49,51 @@ def test_commit_then_views_see_rows(tmp_path):
 
 
 def test_recommit_replaces_without_duplicates(tmp_path):
+    from deltalake import DeltaTable
+
     ds = Dataset(tmp_path)
     ds.init()
     _commit(ds, 0, "fp-a", "a", "b")
     _commit(ds, 0, "fp-b", "a", "b", "c")
     assert _count(ds) == 3
-    files = list((tmp_path / "tables" / "images" / "seeds").iterdir())
-    assert len(files) == 1
+    current = DeltaTable(str(tmp_path / "tables" / "images")).file_uris()
+    assert len(current) == 1 and "_fingerprint=fp-b" in current[0]
+    assert DeltaTable(str(tmp_path / "tables" / "images")).to_pyarrow_table().num_rows == 3
 
 
-def test_files_without_manifest_are_invisible_and_cleaned(tmp_path):
-    """A kill after the data files but before the manifest leaves nothing visible."""
+def test_a_shard_without_its_record_is_invisible_and_its_previous_state_stays(tmp_path, monkeypatch):
+    """A kill after the data transactions but before the record: readers keep the old state."""
     ds = Dataset(tmp_path)
     ds.init()
     _commit(ds, 0, "fp-a", "a")
     _commit(ds, 1, "fp-b", "b")
-    os.remove(ds.manifest_path("seeds", 1))  # as if killed before the manifest landed
-    (tmp_path / "tables" / "images" / "seeds" / "part-00001-deadbeef.parquet.123.tmp").write_bytes(b"partial")
-    assert _count(ds) == 1
-    _commit(ds, 1, "fp-b", "b")
+    monkeypatch.setattr(Dataset, "_append_record", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        _commit(ds, 1, "fp-c", "b", "c")  # killed just before its record
+    with pytest.raises(KeyboardInterrupt):
+        _commit(ds, 2, "fp-d", "d")  # a new shard killed the same way
+    monkeypatch.undo()
+    assert _count(ds) == 2  # shard 1 as it was, shard 2 not at all
+    assert ds.is_committed("seeds", 1, "fp-b") and not ds.is_committed("seeds", 2, "fp-d")
+    _commit(ds, 1, "fp-c", "b", "c")
+    _commit(ds, 2, "fp-d", "d")
+    assert _count(ds) == 4
+
+
+def test_every_commit_is_a_version_and_old_versions_stay_readable(tmp_path):
+    ds = Dataset(tmp_path)
+    ds.init()
+    assert ds.version() is None
+    _commit(ds, 0, "fp-a", "a", "b")
+    first = ds.version()
+    _commit(ds, 0, "fp-b", "a")
+    _commit(ds, 1, "fp-c", "c")
+    assert ds.version() == first + 2
+    assert _count(Dataset(tmp_path, as_of=first)) == 2
     assert _count(ds) == 2
-    leftovers = sorted(p.name for p in (tmp_path / "tables" / "images" / "seeds").iterdir())
-    assert all(not n.endswith(".tmp") for n in leftovers) and len(leftovers) == 2
+    assert query(Dataset(tmp_path, as_of=first), "SELECT string_agg(image_id, ',' ORDER BY image_id) AS ids FROM images").to_pylist() == [{"ids": "a,b"}]
+    ds.drop_stage_shard("seeds", 1)
+    assert _count(ds) == 1 and _count(Dataset(tmp_path, as_of=first + 2)) == 2
 
 
 def test_missing_file_means_not_committed(tmp_path):
@@ -118,12 +141,14 @@ def test_init_refuses_a_foreign_folder(tmp_path):
         Dataset(tmp_path).init()
 
 
-def test_fsspec_memory_root_round_trips():
-    ds = Dataset("memory://synthvg-test-root")
-    ds.init()
-    _commit(ds, 0, "fp", "a", "b")
-    assert ds.is_committed("seeds", 0, "fp")
-    assert _count(ds) == 2
+def test_old_layout_roots_are_refused_with_the_command_that_converts_them(tmp_path):
+    from synthvg.storage.dataset import LegacyLayout
+
+    (tmp_path / "synthvg.json").write_text('{"format": "synthvg-dataset", "version": 1}')
+    (tmp_path / "manifests").mkdir()
+    for action in (lambda: Dataset(tmp_path).init(), lambda: connect(str(tmp_path))):
+        with pytest.raises(LegacyLayout, match=f"synthvg migrate --root {tmp_path}"):
+            action()
 
 
 def test_second_writer_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_path):
@@ -159,3 +184,11 @@ def test_remote_lease_lock_refuses_while_fresh():
             pass
     with build_lock(ds, "run-c", lease_seconds=30):
         pass
+
+
+def test_views_show_no_partition_columns(tmp_path):
+    ds = Dataset(tmp_path)
+    ds.init()
+    _commit(ds, 0, "fp", "a")
+    cols = connect(ds).sql("SELECT * FROM images LIMIT 0").columns
+    assert not {"_stage", "_shard", "_fingerprint"} & set(cols) and "image_id" in cols

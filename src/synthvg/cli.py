@@ -177,7 +177,7 @@ def _committed_text(root: str) -> str:
 
     try:
         dataset = Dataset(root)
-        shards = {stage: len(dataset.manifest_paths(stage)) for stage in STAGE_ORDER}
+        shards = {stage: len(list(dataset.manifests(stage))) for stage in STAGE_ORDER}
         if not any(shards.values()):
             return f"nothing is committed in {root}"
         per_stage = ", ".join(f"{stage} {n}" for stage, n in shards.items() if n)
@@ -305,8 +305,11 @@ def sql(
 def verify(
     root: RootOpt,
     stage: Annotated[str | None, typer.Option("--stage", help="only this stage's shards")] = None,
+    withdraw_damaged: Annotated[
+        bool, typer.Option("--withdraw-damaged", help="withdraw the damaged shards' records, so the next build redoes them")
+    ] = False,
 ) -> None:
-    """Check every committed file against its commit record: size, SHA-256, Parquet rows. Reads only."""
+    """Check every committed file against its commit record: size, SHA-256, Parquet rows. Reads only, unless --withdraw-damaged."""
     from synthvg.pipeline import PLAN_STAGE
     from synthvg.stages import STAGE_ORDER
     from synthvg.storage.verify import verify_dataset
@@ -325,9 +328,23 @@ def verify(
     if report.ok:
         typer.echo(f"verified {checked} in {root}: all intact")
         return
+    if withdraw_damaged:
+        from synthvg.pipeline import new_run_id
+        from synthvg.storage import BuildLocked, Dataset, build_lock
+
+        dataset, run_id = Dataset(root), new_run_id()
+        try:
+            with build_lock(dataset, run_id):
+                for damaged_stage, shard in report.damaged:
+                    dataset.drop_stage_shard(damaged_stage, shard, run_id)
+        except BuildLocked as e:
+            raise _fail(str(e)) from None
+        typer.secho(f"{len(report.problems)} problem(s) in {checked} of {root}; withdrew {len(report.damaged)} damaged "
+                    "shard(s): build again to redo them", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
     typer.secho(
         f"{len(report.problems)} problem(s) in {checked} of {root}. A build redoes shards whose files are missing "
-        "or resized; for other damage delete that shard's manifests/<stage>/shard-<shard>.json, then build again",
+        "or resized; for other damage run `synthvg verify --withdraw-damaged`, then build again",
         fg=typer.colors.RED, err=True,
     )
     raise typer.Exit(1)

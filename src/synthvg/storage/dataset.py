@@ -1,18 +1,22 @@
-"""A dataset root: Parquet shards per table and stage, committed atomically, resumable.
+"""A dataset root: Delta Lake tables, committed shard by shard, versioned, resumable.
 
-Layout under the root (a local folder or any fsspec URL)::
+Layout under the root (a local folder or an object-store URL delta-rs can write)::
 
-    synthvg.json                                  format marker
-    tables/<table>/<stage>/part-<shard>-<fp>.parquet
-    manifests/<stage>/shard-<shard>.json          completion record, written last
-    runs/<run_id>.json                            one manifest per build run
+    synthvg.json                                   format marker (layout version 2)
+    tables/<table>/                                a Delta table per table, partitioned by
+        _delta_log/                                _stage and _shard (and _fingerprint)
+        _stage=<stage>/_shard=<n>/_fingerprint=<fp>/part-<uuid>.parquet
+    completions/                                   Delta table of commit records (its version
+                                                   is the dataset version)
+    runs/<run_id>.json                             one manifest per build run
 
-The commit protocol makes a kill at any instant harmless: a shard's old manifest is removed
-first, its files are written to temporary names and renamed, and the new manifest goes last.
-Readers (the DuckDB views) only see files named by a manifest, so a half-written shard is
-invisible and a rerun simply redoes it.
+A shard's commit writes its files (to temporary names, renamed), registers them in each table
+with one Delta transaction per table that replaces the shard's partition, and appends its commit
+record to ``completions`` last. The views read only files named by the latest record of each
+(stage, shard), so a shard a kill left half-written is invisible and a rerun redoes it; an older
+version of the dataset is the records as they were at an older version of ``completions``.
 
-The manifest records each file's size and SHA-256: a build redoes a shard whose file is
+The record names each file with its rows, size and SHA-256: a build redoes a shard whose file is
 missing or has another size (a cheap stat), ``synthvg verify`` checks the checksums.
 """
 
@@ -27,6 +31,8 @@ import json
 import os
 import posixpath
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -37,8 +43,32 @@ from fsspec.implementations.local import LocalFileSystem
 
 from synthvg import __version__
 from synthvg.schemas import TABLES, RunManifest, ShardFile, ShardManifest, schema_of
+from synthvg.storage.delta import (
+    COMPLETION_SCHEMA,
+    COMPLETIONS,
+    PARTITION,
+    data_schema,
+    retry_conflicts,
+)
 
-FORMAT = {"format": "synthvg-dataset", "version": 1}
+FORMAT = {"format": "synthvg-dataset", "version": 2, "layout": "delta"}
+
+
+#: URL schemes of the object stores delta-rs reads and writes (their credentials come from the
+#: environment, as delta-rs reads them).
+DELTA_PROTOCOLS = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "azure"})
+
+
+class LegacyLayout(RuntimeError):
+    """The root is in the layout before Delta tables; ``synthvg migrate`` converts it."""
+
+    def __init__(self, url: str):
+        super().__init__(f"{url} is a dataset in the old layout (JSON manifests, before Delta tables): "
+                         f"convert it once with `synthvg migrate --root {url}`, then run the command again")
+
+
+class UnknownVersion(LookupError):
+    """A dataset version that does not exist (or whose files vacuum removed)."""
 
 #: What :meth:`Dataset._write_atomic` names its temporaries: ``<final name>.<uuid4 hex>.tmp``.
 TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.tmp$")
@@ -91,11 +121,13 @@ def file_digest(data: bytes) -> str:
 class Dataset:
     """A handle on a dataset root; cheap to create, safe to share between threads."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, as_of: int | None = None):
         root = os.fspath(root)
         self.url = root
         self.fs, self.path = fsspec.core.url_to_fs(root)
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        #: read the dataset as it was at this version of ``completions`` (None: the latest)
+        self.as_of = as_of
 
     # ----------------------------------------------------------------- paths
     def _p(self, *parts: str) -> str:
@@ -115,11 +147,13 @@ class Dataset:
         proto = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         return f"{proto}://{full.lstrip('/')}" if proto == "memory" else f"{proto}://{full}"
 
-    def manifest_path(self, stage: str, shard: int) -> str:
-        return self._p("manifests", stage, f"shard-{shard:05d}.json")
-
-    def _part_prefix(self, table: str, stage: str, shard: int) -> str:
-        return self._p("tables", table, stage, f"part-{shard:05d}-")
+    def delta_uri(self, *parts: str) -> str:
+        """Where delta-rs finds a Delta table of this root (a local path or an object-store URL)."""
+        uri = self.uri(posixpath.join(*parts))
+        if not self.is_local and uri.split("://", 1)[0] not in DELTA_PROTOCOLS:
+            raise ValueError(f"{self.url}: dataset tables are Delta tables, which delta-rs writes to local folders and "
+                             f"object stores ({', '.join(sorted(DELTA_PROTOCOLS))}://), not {uri.split('://', 1)[0]}://")
+        return uri
 
     # ----------------------------------------------------------------- io helpers
     def _write_atomic(self, path: str, data: bytes) -> None:
@@ -169,11 +203,28 @@ class Dataset:
             self.write_json(marker, FORMAT)
         elif existing.get("format") != FORMAT["format"]:
             raise FileExistsError(f"{self.url}: synthvg.json is not a synthvg dataset marker")
+        self.check_layout()
 
-    # ----------------------------------------------------------------- shards
+    def check_layout(self) -> None:
+        """Refuse a root in the old layout (with the command that converts it)."""
+        marker = self.read_json(self._p("synthvg.json")) or {}
+        if marker.get("version", FORMAT["version"]) < FORMAT["version"] or (
+            not marker and self.fs.exists(self._p("manifests"))
+        ):
+            raise LegacyLayout(self.url)
+
+    # ----------------------------------------------------------------- records
+    def records(self) -> dict[tuple[str, int], ShardManifest]:
+        """The commit record of every complete (stage, shard), at ``as_of`` or the latest."""
+        self.check_layout()
+        return _record_log(self).snapshot(self.as_of)
+
+    def version(self) -> int | None:
+        """The dataset's version: that of its ``completions`` table (None before any commit)."""
+        return _record_log(self).version()
+
     def read_manifest(self, stage: str, shard: int) -> ShardManifest | None:
-        raw = self.read_json(self.manifest_path(stage, shard))
-        return ShardManifest.model_validate(raw) if raw is not None else None
+        return self.records().get((stage, shard))
 
     def is_committed(self, stage: str, shard: int, fingerprint: str) -> bool:
         """True when the shard is complete with this fingerprint and its files are as committed
@@ -202,18 +253,7 @@ class Dataset:
                 problems.append(f"{f.path} has {size} bytes, its commit recorded {f.bytes}")
         return problems
 
-    def _clear_shard(self, stage: str, shard: int, tables: list[str]) -> None:
-        """Remove the manifest first, then every file (any fingerprint, temporaries too)."""
-        mpath = self.manifest_path(stage, shard)
-        with writing(mpath):
-            if self.fs.exists(mpath):
-                self.fs.rm(mpath)
-        for table in tables:
-            prefix = self._part_prefix(table, stage, shard)
-            for path in self.fs.glob(prefix + "*"):
-                with writing(path):
-                    self.fs.rm(path)
-
+    # ----------------------------------------------------------------- commits
     def commit_shard(
         self,
         stage: str,
@@ -227,30 +267,31 @@ class Dataset:
         metrics: dict[str, float] | None = None,
         fence: str | None = None,
     ) -> ShardManifest:
-        """Write a shard's tables and then its manifest. Safe to kill at any point.
+        """Write a shard's tables and then its commit record. Safe to kill at any point.
+
+        Each table's partition of the shard is replaced in one Delta transaction; the record is
+        appended last, so until it lands the shard's previous record (and the files it names,
+        which stay on disk until ``vacuum``) is what readers see.
 
         ``fence`` is the token of the build lock the writing build took. The commit checks that
-        the lock still holds it before touching anything and again before the manifest, so a
+        the lock still holds it before touching anything and again before the record, so a
         worker that outlived its build cannot commit once the build ended or another one took
         the root (:class:`~synthvg.storage.lock.LockLost`). Writers outside a build (tests,
         import under its own lock) may leave it ``None``.
         """
         what = f"{stage} shard {shard:05d}"
         self._check_fence(fence, what)
-        self._clear_shard(stage, shard, list(TABLES))
+        previous = self.read_manifest(stage, shard)
         files = []
         for table, data in sorted(tables.items()):
             expected = schema_of(TABLES[table])
             if not data.schema.equals(expected, check_metadata=False):
                 data = data.cast(expected)
-            path = self._part_prefix(table, stage, shard) + f"{fingerprint[:16]}.parquet"
             buf = io.BytesIO()
             pq.write_table(data.replace_schema_metadata(expected.metadata), buf, compression="zstd")
-            blob = buf.getvalue()
-            self._write_atomic(path, blob)
-            files.append(
-                ShardFile(table=table, path=self.relpath(path), rows=data.num_rows, bytes=len(blob), sha256=file_digest(blob))
-            )
+            files.append(self._replace_partition(table, stage, shard, fingerprint, buf.getvalue(), data.num_rows))
+        for table in sorted({f.table for f in previous.files} - set(tables) if previous else ()):
+            self._replace_partition(table, stage, shard, fingerprint, None, 0)  # it wrote this table before, not now
         finished = utcnow()
         manifest = ShardManifest(
             stage=stage,
@@ -266,8 +307,56 @@ class Dataset:
             metrics=metrics or {},
         )
         self._check_fence(fence, what)
-        self.write_json(self.manifest_path(stage, shard), manifest.model_dump(mode="json"))
+        self._append_record(stage, shard, run_id, manifest)
         return manifest
+
+    def _replace_partition(self, table: str, stage: str, shard: int, fingerprint: str, blob: bytes | None, rows: int) -> ShardFile | None:
+        """Replace a table's (stage, shard) partition by one file (``blob``), or by nothing."""
+        from deltalake import DeltaTable
+        from deltalake.transaction import AddAction
+
+        uri = self.delta_uri("tables", table)
+        schema = data_schema(schema_of(TABLES[table]))
+        actions, shard_file = [], None
+        if blob is not None:
+            rel = f"_stage={stage}/_shard={shard}/_fingerprint={fingerprint[:16]}/part-{uuid.uuid4().hex}.parquet"
+            path = self._p("tables", table, rel)
+            self._write_atomic(path, blob)
+            shard_file = ShardFile(table=table, path=self.relpath(path), rows=rows, bytes=len(blob), sha256=file_digest(blob))
+            actions.append(AddAction(
+                path=rel, size=len(blob), partition_values={"_stage": stage, "_shard": str(shard), "_fingerprint": fingerprint[:16]},
+                modification_time=int(time.time() * 1000), data_change=True, stats=json.dumps({"numRecords": rows}),
+            ))
+
+        def transaction() -> None:
+            with writing(uri):
+                DeltaTable.create(uri, schema, partition_by=list(PARTITION), mode="ignore")
+                DeltaTable(uri).create_write_transaction(
+                    actions, mode="overwrite", schema=schema, partition_by=list(PARTITION),
+                    partition_filters=[("_stage", "=", stage), ("_shard", "=", str(shard))],
+                )
+
+        retry_conflicts(transaction)
+        return shard_file
+
+    def _append_record(self, stage: str, shard: int, run_id: str, manifest: ShardManifest | None) -> None:
+        """Append the (stage, shard)'s new state to ``completions``: its record, or none."""
+        from deltalake import CommitProperties, write_deltalake
+
+        row = {
+            "stage": [stage], "shard": [shard], "sequence": [time.time_ns()],
+            "fingerprint": [manifest.fingerprint if manifest else None], "run_id": [run_id],
+            "committed_at": [utcnow()], "record": [manifest.model_dump_json() if manifest else None],
+        }
+        meta = {"run_id": run_id, "stage": stage, "shard": str(shard), "action": "commit" if manifest else "withdraw"}
+        uri = self.delta_uri(COMPLETIONS)
+
+        def append() -> None:
+            with writing(uri):
+                write_deltalake(uri, pa.table(row, schema=COMPLETION_SCHEMA), mode="append",
+                                commit_properties=CommitProperties(custom_metadata=meta))
+
+        retry_conflicts(append)
 
     def _check_fence(self, fence: str | None, what: str) -> None:
         if fence is not None:
@@ -275,19 +364,20 @@ class Dataset:
 
             check_fence(self, fence, what)
 
-    def drop_stage_shard(self, stage: str, shard: int) -> None:
-        """Forget a stage's output for one shard (a stage now skipped, or a shard out of plan)."""
-        self._clear_shard(stage, shard, list(TABLES))
-
-    def manifest_paths(self, stage: str | None = None) -> list[str]:
-        pattern = self._p("manifests", stage or "*", "shard-*.json")
-        return [p for p in sorted(self.fs.glob(pattern)) if p.endswith(".json")]
+    def drop_stage_shard(self, stage: str, shard: int, run_id: str = "withdraw") -> None:
+        """Withdraw a stage's output for one shard (a stage now skipped, or a shard out of plan):
+        its record first, then its partitions. Older versions keep it until ``vacuum``."""
+        previous = self.read_manifest(stage, shard)
+        if previous is None:
+            return
+        self._append_record(stage, shard, run_id, None)
+        for table in sorted({f.table for f in previous.files}):
+            self._replace_partition(table, stage, shard, previous.fingerprint, None, 0)
 
     def manifests(self, stage: str | None = None) -> Iterator[ShardManifest]:
-        for path in self.manifest_paths(stage):
-            raw = self.read_json(path)
-            if raw is not None:
-                yield ShardManifest.model_validate(raw)
+        for (s, _), m in sorted(self.records().items()):
+            if stage is None or s == stage:
+                yield m
 
     def committed_shards(self, stage: str) -> list[int]:
         return [m.shard for m in self.manifests(stage)]
@@ -355,3 +445,98 @@ class Dataset:
         path = self._p(rel)
         self._write_atomic(path, data)
         return path
+
+
+class _RecordLog:
+    """A root's ``completions`` table, read incrementally: each call reads only the files that
+    commits since the last call added (the log only grows; compaction rewrites files with the
+    same rows), so a build's many lookups stay cheap."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.uri = dataset.delta_uri(COMPLETIONS)
+        self._table = None
+        self._read: set[str] = set()
+        self._latest: dict[tuple[str, int], tuple[int, str | None]] = {}
+        self._parsed: dict[tuple[str, int], ShardManifest] = {}
+        self._lock = threading.Lock()
+
+    def _open(self, version: int | None = None):
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.uri, version=version)
+        except TableNotFoundError:
+            return None
+
+    def version(self) -> int | None:
+        with self._lock:
+            table = self._refresh()
+            return table.version() if table is not None else None
+
+    def _refresh(self):
+        if self._table is None:
+            self._table = self._open()
+        else:
+            self._table.update_incremental()
+        return self._table
+
+    def _rows(self, table, paths: list[str]) -> list[dict]:
+        full = [self.dataset._p(COMPLETIONS, p) for p in paths]
+        return pq.read_table(full, filesystem=self.dataset.fs, schema=COMPLETION_SCHEMA).to_pylist() if full else []
+
+    @staticmethod
+    def _fold(rows: list[dict], latest: dict) -> None:
+        for r in rows:
+            key = (r["stage"], r["shard"])
+            if key not in latest or latest[key][0] < r["sequence"]:
+                latest[key] = (r["sequence"], r["record"])
+
+    def snapshot(self, version: int | None) -> dict[tuple[str, int], ShardManifest]:
+        if version is not None:
+            return self._at(version)
+        with self._lock:
+            table = self._refresh()
+            if table is None:
+                return {}
+            paths = [p for p in table.get_add_actions(flatten=True).column("path").to_pylist() if p not in self._read]
+            changed: dict = {}
+            self._fold(self._rows(table, paths), changed)
+            self._read.update(paths)
+            for key, (seq, record) in changed.items():
+                if key not in self._latest or self._latest[key][0] < seq:
+                    self._latest[key] = (seq, record)
+                    self._parsed.pop(key, None)
+            for key, (_, record) in self._latest.items():
+                if record is not None and key not in self._parsed:
+                    self._parsed[key] = ShardManifest.model_validate_json(record)
+            return {k: m for k, m in self._parsed.items() if self._latest[k][1] is not None}
+
+    def _at(self, version: int) -> dict[tuple[str, int], ShardManifest]:
+        from deltalake.exceptions import DeltaError
+
+        try:
+            table = self._open(version)
+        except (DeltaError, OSError, ValueError) as e:
+            raise UnknownVersion(f"{self.dataset.url} has no version {version} ({str(e).splitlines()[0]}); "
+                                 "`synthvg versions` lists them") from None
+        if table is None:
+            raise UnknownVersion(f"{self.dataset.url} has no version {version}: nothing was ever committed")
+        latest: dict = {}
+        self._fold(self._rows(table, table.get_add_actions(flatten=True).column("path").to_pylist()), latest)
+        return {k: ShardManifest.model_validate_json(r) for k, (_, r) in latest.items() if r is not None}
+
+
+_RECORD_LOGS: dict[str, _RecordLog] = {}
+_RECORD_LOGS_LOCK = threading.Lock()
+
+
+def _record_log(dataset: Dataset) -> _RecordLog:
+    """One record log per root and process, shared by every handle on the root."""
+    key = dataset.delta_uri(COMPLETIONS)
+    with _RECORD_LOGS_LOCK:
+        log = _RECORD_LOGS.get(key)
+        if log is None:
+            log = _RECORD_LOGS[key] = _RecordLog(dataset)
+        return log

@@ -92,7 +92,7 @@ def _sql_str(s: str) -> str:
 def _create_source(con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema) -> None:
     if files:
         listing = ", ".join(_sql_str(f) for f in files)
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name = true)")
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)")
     else:
         con.register(f"{name}__empty", schema.empty_table())
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}__empty")

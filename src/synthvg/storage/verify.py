@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from synthvg.schemas import ShardFile, ShardManifest
+from synthvg.schemas import ShardFile
 from synthvg.storage.dataset import Dataset, file_digest
 
 
@@ -22,6 +22,7 @@ class VerifyReport(BaseModel):
     files: int = 0
     bytes: int = 0
     problems: list[str] = Field(default_factory=list, description="one line per damaged file or record")
+    damaged: list[tuple[str, int]] = Field(default_factory=list, description="(stage, shard) of every damaged shard")
     unchecksummed: list[str] = Field(default_factory=list, description="files committed before checksums were recorded")
 
     @property
@@ -57,16 +58,7 @@ def verify_dataset(root: str | Dataset, stage: str | None = None) -> VerifyRepor
     """Every commit record of the root (or of one stage) and the files it names."""
     dataset = root if isinstance(root, Dataset) else Dataset(root)
     report = VerifyReport(root=dataset.url)
-    for mpath in dataset.manifest_paths(stage):
-        rel = dataset.relpath(mpath)
-        try:
-            raw = dataset.read_json(mpath)
-            if raw is None:
-                continue  # withdrawn since it was listed
-            manifest = ShardManifest.model_validate(raw)
-        except ValueError as e:  # bad JSON, or not a commit record
-            report.problems.append(f"{rel}: not a valid commit record ({str(e).splitlines()[0]})")
-            continue
+    for manifest in dataset.manifests(stage):
         found: list[str] = []
         for f in manifest.files:
             problems, size = _check_file(dataset, f)
@@ -75,9 +67,11 @@ def verify_dataset(root: str | Dataset, stage: str | None = None) -> VerifyRepor
             found.extend(f"{f.path}: {p}" for p in problems)
             if f.sha256 is None:
                 report.unchecksummed.append(f.path)
-        if found and dataset.read_json(mpath) != raw:
+        if found and dataset.read_manifest(manifest.stage, manifest.shard) != manifest:
             continue  # a build rewrote this shard while we read it: not damage
         report.shards += 1
         label = f"{manifest.stage} shard {manifest.shard:05d}"
         report.problems.extend(f"{label}: {p}" for p in found)
+        if found:
+            report.damaged.append((manifest.stage, manifest.shard))
     return report
