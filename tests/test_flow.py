@@ -79,7 +79,7 @@ def test_prefect_caches_shards_by_their_storage_identity_and_never_against_stora
     third = build_dataset(cfg)
     assert up_to_date(third)
     teacher = Dataset(cfg.out).read_manifest("teacher", 0)
-    Dataset(cfg.out).drop_stage_shard("teacher", 0)
+    Dataset(cfg.out).drop_stage_shard("teacher", 0, "test")
     fourth = build_dataset(cfg)
     assert {s.stage: s.shards_written for s in fourth.stages if s.status == "done"}["teacher"] == 1
     assert dataset_rows(cfg.out) == before and Dataset(cfg.out).read_manifest("teacher", 0).fingerprint == teacher.fingerprint

@@ -92,7 +92,7 @@ def test_every_commit_is_a_version_and_old_versions_stay_readable(tmp_path):
     assert _count(Dataset(tmp_path, as_of=first)) == 2
     assert _count(ds) == 2
     assert query(Dataset(tmp_path, as_of=first), "SELECT string_agg(image_id, ',' ORDER BY image_id) AS ids FROM images").to_pylist() == [{"ids": "a,b"}]
-    ds.drop_stage_shard("seeds", 1)
+    ds.drop_stage_shard("seeds", 1, "test")
     assert _count(ds) == 1 and _count(Dataset(tmp_path, as_of=first + 2)) == 2
 
 

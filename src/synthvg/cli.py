@@ -33,12 +33,28 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _check_root(root: str) -> None:
+def _check_root(root: str, as_of: int | None = None):
+    """The dataset at ``root`` (as of a version), or a one-line error: not a dataset, the old
+    layout (naming `synthvg migrate`), an unknown or vacuumed version."""
     from synthvg.storage import Dataset
+    from synthvg.storage.dataset import LegacyLayout, UnknownVersion
 
-    ds = Dataset(root)
+    ds = Dataset(root, as_of=as_of)
     if not ds.fs.exists(ds.abspath("synthvg.json")):
         raise _fail(f"{root} is not a synthvg dataset (no synthvg.json); build one with `synthvg build`")
+    try:
+        ds.check_layout()
+        ds.records()  # a commit log that cannot be read says so here, in one line
+        if as_of is not None:
+            from synthvg.storage.versions import check_readable
+
+            check_readable(ds)
+    except (LegacyLayout, UnknownVersion, ValueError) as e:
+        raise _fail(str(e)) from None
+    return ds
+
+
+AsOfOpt = Annotated[int | None, typer.Option("--as-of", min=0, help="read the dataset as it was at this version (`synthvg versions` lists them)")]
 
 
 class Runner(StrEnum):
@@ -263,6 +279,7 @@ def sql(
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.001, help="cancel the query after this many seconds")] = None,
     memory_limit: Annotated[str | None, typer.Option("--memory-limit", help="DuckDB memory limit, e.g. 2GB")] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="DuckDB threads")] = None,
+    as_of: AsOfOpt = None,
 ) -> None:
     """Run one read-only SQL query (DuckDB) over a dataset.
 
@@ -273,9 +290,9 @@ def sql(
     from synthvg.storage import QueryTimeout, ReadOnlyError, SqlLimits
     from synthvg.storage import query as run_query
 
-    _check_root(root)
+    dataset = _check_root(root, as_of)
     try:
-        table = run_query(root, query, limits=SqlLimits(memory_limit=memory_limit, threads=threads, timeout_s=timeout))
+        table = run_query(dataset, query, limits=SqlLimits(memory_limit=memory_limit, threads=threads, timeout_s=timeout))
     except (ReadOnlyError, QueryTimeout) as e:
         raise _fail(str(e)) from None
     except (ValueError, duckdb.Error) as e:
@@ -488,13 +505,14 @@ def export(
     format: FormatOpt = DataFormat.svg,
     stage: Annotated[str, typer.Option("--stage", help="whose graph: auto (edit, else robin, teacher, seed), edit, robin, teacher or seed")] = "auto",
     images_per_file: Annotated[int, typer.Option("--images-per-file", min=1, help="rows per Parquet shard")] = 1000,
+    as_of: AsOfOpt = None,
 ) -> None:
     """Write the dataset's scene graphs as Parquet shards in the released SVG format (see docs/EDIT.md)."""
     from synthvg.export import export_svg
 
-    _check_root(root)
+    dataset = _check_root(root, as_of)
     try:
-        report = export_svg(root, out, stage=stage, images_per_file=images_per_file)
+        report = export_svg(dataset, out, stage=stage, images_per_file=images_per_file)
     except ValueError as e:
         raise _fail(str(e)) from None
     typer.echo(f"wrote {report.images} images, {report.relations} relations of the {report.stage} graphs "
@@ -523,6 +541,90 @@ def import_(
         raise _fail(str(e), 1) from None
     typer.echo(f"imported {report.images} images, {report.regions} regions, {report.relations} relations "
                f"({report.errors} errors) into {report.root}")
+
+
+def _maintain(root: str, action, what: str):
+    """Run a writing maintenance action under the build lock; one-line errors."""
+    from synthvg.pipeline import new_run_id
+    from synthvg.storage import BuildLocked, StorageWriteError, build_lock
+
+    dataset = _check_root(root)
+    run_id = new_run_id()
+    try:
+        with build_lock(dataset, run_id):
+            return action(dataset, run_id)
+    except (BuildLocked, StorageWriteError) as e:
+        raise _fail(str(e)) from None
+    except (LookupError, ValueError) as e:
+        raise _fail(f"{what}: {e}") from None
+
+
+@app.command()
+def versions(root: RootOpt) -> None:
+    """List the dataset's versions, by the run that made them (read any with --as-of)."""
+    from synthvg.storage.versions import list_versions
+
+    infos = list_versions(_check_root(root))
+    if not infos:
+        typer.echo(f"{root} has no versions yet: nothing was committed")
+        return
+    typer.echo(f"{'versions':<13} {'run':<26} {'shards committed':>16} {'withdrawn':>9}  {'finished (UTC)':<19}  stages")
+    for v in infos:
+        span = f"{v.first}-{v.last}" if v.first != v.last else str(v.first)
+        typer.echo(f"{span:<13} {v.run_id:<26} {v.committed:>16} {v.withdrawn:>9}  {v.finished:%Y-%m-%d %H:%M:%S}  {', '.join(v.stages)}")
+    typer.echo(f"latest version: {infos[-1].last}")
+
+
+@app.command()
+def restore(root: RootOpt, version: Annotated[int, typer.Argument(min=0, help="the version to bring back")]) -> None:
+    """Make an older version the latest again (as new versions: the ones in between stay readable until vacuum)."""
+    from synthvg.storage.versions import restore as restore_version
+
+    restored, withdrawn = _maintain(root, lambda ds, run_id: restore_version(ds, version, run_id), f"cannot restore version {version}")
+    typer.echo(f"restored version {version} of {root}: {restored} shard(s) recommitted, {withdrawn} withdrawn")
+
+
+@app.command()
+def compact(root: RootOpt) -> None:
+    """Merge the commit log's small files and checkpoint every Delta log, so opening the dataset stays fast."""
+    from synthvg.storage.versions import compact as compact_dataset
+
+    merged = _maintain(root, lambda ds, run_id: compact_dataset(ds), "cannot compact")
+    typer.echo(f"compacted {root}: {sum(merged.values())} commit-log file(s) merged; {len(merged)} Delta logs checkpointed")
+
+
+@app.command()
+def vacuum(
+    root: RootOpt,
+    keep_days: Annotated[float, typer.Option("--keep-days", min=0, help="keep every file a version of the last N days needs")],
+) -> None:
+    """Delete files only versions older than --keep-days need (those versions may then be unreadable). Never implicit."""
+    from synthvg.storage.versions import vacuum as vacuum_dataset
+
+    deleted = _maintain(root, lambda ds, run_id: vacuum_dataset(ds, keep_days), "cannot vacuum")
+    typer.echo(f"vacuumed {root}: {len(deleted)} file(s) deleted; versions older than {keep_days:g} day(s) may no longer be readable")
+
+
+@app.command()
+def migrate(root: RootOpt) -> None:
+    """Convert a dataset of the old layout (JSON manifests) to Delta tables, once; safe to rerun after a kill."""
+    from synthvg.pipeline import new_run_id
+    from synthvg.storage import BuildLocked, Dataset, StorageWriteError, build_lock
+    from synthvg.storage.versions import migrate as migrate_dataset
+
+    dataset = Dataset(root)
+    if not dataset.fs.exists(dataset.abspath("synthvg.json")):
+        raise _fail(f"{root} is not a synthvg dataset (no synthvg.json)")
+    try:
+        with build_lock(dataset, new_run_id()):
+            report = migrate_dataset(dataset, new_run_id())
+    except (BuildLocked, StorageWriteError, FileNotFoundError, ValueError) as e:
+        raise _fail(str(e)) from None
+    if not report.shards and not report.skipped:
+        typer.echo(f"{root} is already in the Delta layout: nothing to do")
+        return
+    typer.echo(f"migrated {root}: {report.shards} shard(s) committed as Delta tables ({report.skipped} already were), "
+               f"{report.files_removed} old file(s) removed; dataset version {dataset.version()}")
 
 
 if __name__ == "__main__":

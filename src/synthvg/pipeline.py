@@ -179,7 +179,7 @@ def prepare(config: BuildConfig, run_id: str, *, replace: bool = False) -> tuple
     for stage in STAGE_ORDER:
         for shard in dataset.committed_shards(stage):
             if shard >= n:
-                dataset.drop_stage_shard(stage, shard)
+                dataset.drop_stage_shard(stage, shard, run_id)
     dataset.write_json(dataset.abspath(PLAN_FILE), {"shards": [sh.model_dump() for sh in plan.shards]})
     return dataset, plan
 
@@ -196,11 +196,11 @@ def load_shards(dataset: Dataset) -> list[ShardSpec]:
     return [ShardSpec.model_validate(s) for s in raw["shards"]]
 
 
-def withdraw_stage(dataset: Dataset, stage: str) -> int:
+def withdraw_stage(dataset: Dataset, stage: str, run_id: str) -> int:
     """Remove a now-skipped stage's earlier output so no stale rows stay visible."""
     shards = dataset.committed_shards(stage)
     for shard in shards:
-        dataset.drop_stage_shard(stage, shard)
+        dataset.drop_stage_shard(stage, shard, run_id)
     return len(shards)
 
 
@@ -333,9 +333,21 @@ def start_run(dataset: Dataset, config: BuildConfig, run_id: str, plan: BuildPla
     return run
 
 
+#: A build compacts the commit log when it holds more files than this (one per commit).
+COMPACT_AFTER_FILES = 256
+
+
 def finish_run(dataset: Dataset, run: RunManifest, summaries: list[StageSummary]) -> RunManifest:
+    """Record how the run ended and the dataset version it left; keep opening the dataset cheap
+    by compacting the commit log once it has many small files."""
+    from synthvg.storage.versions import commit_log_files, compact
+
+    if commit_log_files(dataset) > COMPACT_AFTER_FILES:
+        compact(dataset)
     failed = any(s.status in ("failed", "partial") for s in summaries)
-    run = run.model_copy(update={"status": "failed" if failed else "completed", "finished_at": utcnow(), "stages": summaries})
+    run = run.model_copy(update={
+        "status": "failed" if failed else "completed", "finished_at": utcnow(), "stages": summaries, "version": dataset.version(),
+    })
     dataset.write_run(run)
     return run
 
@@ -455,7 +467,7 @@ def run_build(
             t0 = time.perf_counter()
             reason = STAGES[stage].skip_reason(config)
             if reason:
-                withdraw_stage(dataset, stage)
+                withdraw_stage(dataset, stage, run_id)
                 summaries.append(summarize_stage(stage, [], time.perf_counter() - t0, skipped=reason))
                 continue
             results = []

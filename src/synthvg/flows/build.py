@@ -235,7 +235,7 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
     summaries = []
     for stage, node in nodes.items():
         if node.skipped:
-            withdrawn = withdraw_stage(dataset, stage)
+            withdrawn = withdraw_stage(dataset, stage, run_id)
             logger.info("%s skipped: %s%s", stage, node.skipped, f" (withdrew {withdrawn} stale shards)" if withdrawn else "")
             summary = summarize_stage(stage, [], 0.0, skipped=node.skipped)
         else:

@@ -289,6 +289,7 @@ class RunManifest(Record):
     shards: int = 0
     images: int = 0
     stages: list[StageSummary] = Field(default_factory=list)
+    version: int | None = Field(None, description="the dataset version the run left (read it with --as-of)")
 
 
 def relation_id(image_id: str, stage: str, subject_id: int, object_id: int, predicate: str) -> str:

@@ -67,6 +67,10 @@ class LegacyLayout(RuntimeError):
                          f"convert it once with `synthvg migrate --root {url}`, then run the command again")
 
 
+class CorruptLog(ValueError):
+    """The commit log cannot be read."""
+
+
 class UnknownVersion(LookupError):
     """A dataset version that does not exist (or whose files vacuum removed)."""
 
@@ -281,7 +285,7 @@ class Dataset:
         """
         what = f"{stage} shard {shard:05d}"
         self._check_fence(fence, what)
-        previous = self.read_manifest(stage, shard)
+        previous = _record_log(self).snapshot(None).get((stage, shard))  # writers passed init's layout check
         files = []
         for table, data in sorted(tables.items()):
             expected = schema_of(TABLES[table])
@@ -364,10 +368,10 @@ class Dataset:
 
             check_fence(self, fence, what)
 
-    def drop_stage_shard(self, stage: str, shard: int, run_id: str = "withdraw") -> None:
+    def drop_stage_shard(self, stage: str, shard: int, run_id: str) -> None:
         """Withdraw a stage's output for one shard (a stage now skipped, or a shard out of plan):
         its record first, then its partitions. Older versions keep it until ``vacuum``."""
-        previous = self.read_manifest(stage, shard)
+        previous = _record_log(self).snapshot(None).get((stage, shard))
         if previous is None:
             return
         self._append_record(stage, shard, run_id, None)
@@ -463,12 +467,17 @@ class _RecordLog:
 
     def _open(self, version: int | None = None):
         from deltalake import DeltaTable
-        from deltalake.exceptions import TableNotFoundError
+        from deltalake.exceptions import DeltaError, TableNotFoundError
 
         try:
             return DeltaTable(self.uri, version=version)
         except TableNotFoundError:
             return None
+        except DeltaError as e:
+            if version is not None:
+                raise
+            raise CorruptLog(f"cannot read the commit log of {self.dataset.url} ({str(e).splitlines()[0]}); "
+                             "restore its completions/_delta_log from a backup, or rebuild into a new root") from None
 
     def version(self) -> int | None:
         with self._lock:
@@ -476,10 +485,15 @@ class _RecordLog:
             return table.version() if table is not None else None
 
     def _refresh(self):
+        from deltalake.exceptions import DeltaError
+
         if self._table is None:
             self._table = self._open()
         else:
-            self._table.update_incremental()
+            try:
+                self._table.update_incremental()
+            except DeltaError as e:
+                raise CorruptLog(f"cannot read the commit log of {self.dataset.url} ({str(e).splitlines()[0]})") from None
         return self._table
 
     def _rows(self, table, paths: list[str]) -> list[dict]:
@@ -524,7 +538,12 @@ class _RecordLog:
         if table is None:
             raise UnknownVersion(f"{self.dataset.url} has no version {version}: nothing was ever committed")
         latest: dict = {}
-        self._fold(self._rows(table, table.get_add_actions(flatten=True).column("path").to_pylist()), latest)
+        try:
+            rows = self._rows(table, table.get_add_actions(flatten=True).column("path").to_pylist())
+        except (FileNotFoundError, OSError):
+            raise UnknownVersion(f"{self.dataset.url} version {version}: its records were removed (by `synthvg vacuum`); "
+                                 "that version can no longer be read") from None
+        self._fold(rows, latest)
         return {k: ShardManifest.model_validate_json(r) for k, (_, r) in latest.items() if r is not None}
 
 
