@@ -85,7 +85,11 @@ def test_openai_teacher_writes_checked_relations_descriptions_and_cost(tmp_path,
         # A fresh build over the same root with the teacher redone (new config value that does not
         # change the requests: budget) re-uses every answer from the cache: zero new requests.
         again = _config(tmp_path, server, budget_usd=100.0)
-        (tmp_path / "root" / "manifests" / "teacher").rename(tmp_path / "old-teacher-manifests")
+        from synthvg.storage import Dataset
+
+        root = Dataset(str(tmp_path / "root"))
+        for m in list(root.manifests("teacher")):
+            root.drop_stage_shard("teacher", m.shard, "test")
         run_build(again)
         assert len(server.chat_requests) == first_requests
     # the key is in no file the build wrote: Parquet, manifests, run records, request cache
