@@ -36,6 +36,8 @@ class BatchReport:
     created: list[str] = field(default_factory=list)  # batches created by this call
     stored: int = 0  # answers written to the cache by this call
     failed: dict[str, str] = field(default_factory=dict)  # request key -> why (not cached)
+    #: request key -> the HTTP status the batch gave it (None: the batch ended without one)
+    failed_status: dict[str, int | None] = field(default_factory=dict)
     pending: int = 0  # requests still in unfinished batches
 
     @property
@@ -220,6 +222,7 @@ class BatchJob:
         for custom_id, key in record["requests"].items():
             if custom_id not in answered:
                 report.failed[key] = redact(why)
+                report.failed_status[key] = None
         record["collected"] = True
 
     async def _download(self, file_id: str) -> list[dict[str, Any]]:
@@ -251,6 +254,7 @@ class BatchJob:
                     completion_tokens=usage.get("completion_tokens") or 0,
                 ),
                 factor=self.client.config.batch_price_factor,
+                source="batch",
             )
             await asyncio.to_thread(self.cache.put, key, body, cost_usd=cost, source="batch")
             report.stored += 1
@@ -258,3 +262,5 @@ class BatchJob:
         error = row.get("error") or (body or {}).get("error") or {}
         message = error.get("message") if isinstance(error, dict) else str(error)
         report.failed[key] = redact(f"HTTP {response.get('status_code')}: {message}")
+        status = response.get("status_code")
+        report.failed_status[key] = status if isinstance(status, int) else None

@@ -90,6 +90,11 @@ class RequestCache:
         write_json_atomic(path, entry)
 
 
+    def discard(self, key: str) -> None:
+        """Forget an entry that turned out not to be a usable answer."""
+        self.path(key).unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Readers see the old file or the new one, never a partial write."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:16]}.", suffix=".tmp")
