@@ -33,6 +33,7 @@ from synthvg.pipeline import (
     summarize_stage,
     up_to_date,
     up_to_date_shard,
+    with_spend,
     withdraw_stage,
 )
 from synthvg.schemas import RunManifest, StageSummary
@@ -126,6 +127,13 @@ def _stage_table(summary: StageSummary, results: list[ShardResult], images: dict
     return rows
 
 
+def _worth_a_retry(task, task_run, state) -> bool:
+    """Prefect retries a failed shard, except when the whole stage cannot succeed in this run."""
+    from synthvg.stages.base import StageFatal
+
+    return not isinstance(state.result(raise_on_failure=False), StageFatal)
+
+
 @flow(name="stage", flow_run_name="{stage}", log_prints=False)
 def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
     """One stage over every shard of the plan saved by ``plan-shards``."""
@@ -145,6 +153,7 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
             retries=ex.retries,
             retry_delay_seconds=exponential_backoff(ex.retry_delay_seconds)(ex.retries) if ex.retries else 0,
             retry_jitter_factor=0.2,
+            retry_condition_fn=_worth_a_retry,
         )
         stage_progress = create_progress_artifact(
             progress=0.0, key=artifact_key(config.name, "stage", stage, "progress"), description=f"{stage}: shards done"
@@ -170,7 +179,7 @@ def stage_flow(config: BuildConfig, stage: str, run_id: str) -> StageSummary:
             update_progress_artifact(stage_progress, progress=100.0 * len(results) / len(shards))
             if progress:
                 progress.advance(f"{stage} {shard.index:05d}")
-        summary = summarize_stage(stage, results, time.perf_counter() - t0)
+        summary = with_spend(summarize_stage(stage, results, time.perf_counter() - t0), config, run_id)
         images = {sh.index: len(sh.image_ids) for sh in shards}
         rows_in = sum(images.values())
         logger.info(

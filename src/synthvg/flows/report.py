@@ -26,7 +26,7 @@ from synthvg.storage import Dataset, connect, fetch_dicts
 
 REPORT_DIR = "report"
 #: Cost-like metrics summed per stage over every run (a resumed build's cost spreads over runs).
-COST_METRICS = ("requests", "cached", "prompt_tokens", "completion_tokens", "cost_usd")
+COST_METRICS = ("requests", "cached", "paid_requests", "prompt_tokens", "completion_tokens", "cost_usd")
 
 
 def dataset_root_of(flow_run_id: str) -> str:

@@ -42,6 +42,10 @@ class RobinStage(Stage):
     writes = ("relations", "descriptions", "generations")
 
     @classmethod
+    def dry_run_mode(cls, config: BuildConfig) -> str:
+        return "model"
+
+    @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         payload = {**super().fingerprint_payload(config), "feed": config.regions.feed}
         if isinstance(config.robin, RobinModelConfig):
