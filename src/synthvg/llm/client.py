@@ -24,8 +24,7 @@ import os
 import posixpath
 import threading
 import weakref
-from collections.abc import Iterator
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import openai
