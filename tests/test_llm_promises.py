@@ -300,6 +300,7 @@ def test_check_runs_only_the_cheap_checks(tmp_path, monkeypatch, key):
         assert build.exit_code == 2 and not (tmp_path / "root").exists()
 
 
+@pytest.mark.slow  # a Prefect build through the CLI (~1 min with the server start)
 def test_build_exits_non_zero_on_a_fatal_fault_past_the_preflight(tmp_path, monkeypatch, key):
     with FakeOpenAIServer(responder=scripted_teacher, models=[MODEL]) as server:
         server.enqueue(Reply.bad_request("Your organization is not allowed to use this model.", status=403))
@@ -342,3 +343,26 @@ def test_spend_totals_equal_what_the_server_billed_across_failed_and_retried_sha
     for r in runs:
         assert stage(r, "teacher").metrics.get("paid_requests", 0) == by_run.get((r.run_id, "teacher"), {}).get("paid_requests", 0)
     assert total["cost_usd"] == pytest.approx(sum(p * 2.5 + c * 10.0 for _, p, c in billed) / 1e6)
+
+
+# ---- 5. shared by every worker: cache and ledger under the dataset root, any fsspec URL -------------
+
+
+def test_remote_roots_keep_cache_and_ledger_under_the_root_not_the_home_folder(tmp_path, key, monkeypatch):
+    import uuid
+
+    import fsspec
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = f"memory://synthvg-{uuid.uuid4().hex[:8]}/root"
+    with FakeOpenAIServer(responder=scripted_teacher) as server:
+        cfg = teacher_config(root, server)
+        assert run_build(cfg).status == "completed"
+        sent = len(server.chat_requests)
+        fs = fsspec.filesystem("memory")
+        fs.rm(f"{root.removeprefix('memory://')}/manifests/teacher", recursive=True)  # redo the stage
+        assert run_build(cfg).status == "completed"
+        assert len(server.chat_requests) == sent == 3  # every answer came from the shared cache
+    entries = SpendLedger(f"{root}/cache/llm/ledger").entries()
+    assert spend_totals(entries)[()]["paid_requests"] == 3
+    assert not (tmp_path / "home").exists()

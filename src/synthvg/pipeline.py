@@ -188,10 +188,12 @@ def with_spend(summary: StageSummary, config: BuildConfig, run_id: str) -> Stage
     if summary.status == "skipped" or STAGES[summary.stage].dry_run_mode(config) != "paid":
         return summary
     from synthvg.llm import SpendLedger, spend_totals
-    from synthvg.stages.llm_stage import llm_cache_dir
+    from synthvg.stages.llm_stage import ledger_urls
 
-    ledger = SpendLedger(f"{llm_cache_dir(config.out)}/ledger")
-    mine = [e for e in ledger.entries() if e.get("run_id") == run_id and e.get("stage") == summary.stage]
+    mine = [
+        e for url in sorted(ledger_urls(config)) for e in SpendLedger(url).entries()
+        if e.get("run_id") == run_id and e.get("stage") == summary.stage
+    ]
     paid = spend_totals(mine).get((), {})
     metrics = {**summary.metrics, **{k: paid.get(k, 0.0) for k in ("paid_requests", "prompt_tokens", "completion_tokens", "cost_usd")}}
     return summary.model_copy(update={"metrics": metrics})

@@ -20,14 +20,12 @@ from synthvg.llm.redact import register_secret
 from synthvg.schemas.config import (
     BuildConfig,
     DepthAnythingConfig,
-    OpenAIEditConfig,
-    OpenAITeacherConfig,
-    OpenAIVerifierConfig,
     RobinModelConfig,
     RuleFiltersConfig,
     TransformersVerifierConfig,
 )
 from synthvg.stages import STAGES
+from synthvg.stages.llm_stage import llm_sections
 
 #: Seconds one ``GET /models`` may take: a preflight that hangs is worse than none.
 MODELS_TIMEOUT = 15.0
@@ -43,18 +41,6 @@ class PreflightFailed(RuntimeError):
 
 def _active(config: BuildConfig, stage: str) -> bool:
     return STAGES[stage].skip_reason(config) is None
-
-
-def llm_sections(config: BuildConfig) -> Iterator[tuple[str, LLMConfig]]:
-    """(where in the config, its endpoint config) for every LLM the build would call."""
-    if _active(config, "teacher") and isinstance(config.teacher, OpenAITeacherConfig):
-        yield "teacher", config.teacher
-    if _active(config, "filters") and isinstance(config.filters, RuleFiltersConfig):
-        for i, v in enumerate(config.filters.verifiers):
-            if isinstance(v, OpenAIVerifierConfig):
-                yield f"filters.verifiers[{i}]", v
-    if _active(config, "edit") and isinstance(config.edit, OpenAIEditConfig):
-        yield "edit", config.edit
 
 
 def local_paths(config: BuildConfig) -> Iterator[tuple[str, str]]:

@@ -18,7 +18,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from synthvg.llm.cache import write_json_atomic
 from synthvg.llm.client import LLMClient
 from synthvg.llm.errors import LLMConfigError
 from synthvg.llm.redact import log, redact
@@ -65,7 +64,7 @@ class BatchJob:
         self.poll_seconds = poll_seconds
         self.max_requests = max_requests
         self.max_bytes = max_bytes
-        self.state_path = self.cache.root / "batches" / f"{name}.json"
+        self.state_rel = f"batches/{name}.json"
 
     def run(
         self, requests: Sequence[Mapping[str, Any]], *, timeout: float | None = None
@@ -88,16 +87,17 @@ class BatchJob:
 
     def _load(self) -> dict[str, Any]:
         try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+            state = self.cache.read_json(self.state_rel)
+        except ValueError:
+            state = "unreadable"
+        if state is None:
             return {"job": self.name, "batches": []}
         if not isinstance(state, dict) or not isinstance(state.get("batches"), list):
-            raise LLMConfigError(f"unreadable batch state file {self.state_path}")
+            raise LLMConfigError(f"unreadable batch state file {self.state_rel} in {self.cache.url}")
         return state
 
     def _save(self, state: dict[str, Any]) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.state_path, state)
+        self.cache.write_json(self.state_rel, state)
 
     # ---- the job -------------------------------------------------------------------------------
 

@@ -58,6 +58,11 @@ class LLMConfig(BaseModel):
     batch_price_factor: float = Field(0.5, gt=0, description="Batch API price / online price")
     budget_usd: float | None = Field(None, ge=0, description="hard stop for this client")
     cache: bool = True
+    cache_url: str | None = Field(
+        None,
+        description="request cache and spend ledger (a folder or fsspec URL all workers reach); "
+        "None: <dataset root>/cache/llm",
+    )
 
     def price(self, model: str) -> ModelPrice | None:
         return self.prices.get(model)

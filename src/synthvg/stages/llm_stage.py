@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from PIL import Image
@@ -29,7 +29,14 @@ from synthvg.llm import (
 )
 from synthvg.llm.client import DEFAULT_OUTPUT_ESTIMATE
 from synthvg.llm.errors import FATAL_STATUSES, BudgetExceeded, LLMConfigError, LLMRequestError
-from synthvg.schemas.config import BuildConfig, VisionLLMConfig
+from synthvg.schemas.config import (
+    BuildConfig,
+    OpenAIEditConfig,
+    OpenAITeacherConfig,
+    OpenAIVerifierConfig,
+    RuleFiltersConfig,
+    VisionLLMConfig,
+)
 from synthvg.stages.base import RunContext, StageFatal, StageOutput
 from synthvg.stages.seeds import read_image
 from synthvg.storage import Dataset
@@ -43,11 +50,32 @@ class ShardStopped(RuntimeError):
 
 
 def llm_cache_dir(root: str) -> str:
-    """Request cache and spend ledger beside a local dataset; under the user's cache for remote roots."""
+    """``<dataset root>/cache/llm`` (a folder or an fsspec URL): the request cache and spend
+    ledger every worker of a build, and every later build, share."""
     ds = Dataset(root)
-    if ds.is_local:
-        return os.path.join(ds.path, "cache", "llm")
-    return os.path.join(os.path.expanduser("~/.cache/synthvg/llm"), ds.url.replace("://", "_").replace("/", "_"))
+    return os.path.join(ds.path, "cache", "llm") if ds.is_local else f"{root.rstrip('/')}/cache/llm"
+
+
+def llm_sections(config: BuildConfig) -> Iterator[tuple[str, LLMConfig]]:
+    """(where in the config, its endpoint config) for every LLM the build would call."""
+    from synthvg.stages import STAGES
+
+    def _active(stage: str) -> bool:
+        return STAGES[stage].skip_reason(config) is None
+
+    if _active("teacher") and isinstance(config.teacher, OpenAITeacherConfig):
+        yield "teacher", config.teacher
+    if _active("filters") and isinstance(config.filters, RuleFiltersConfig):
+        for i, v in enumerate(config.filters.verifiers):
+            if isinstance(v, OpenAIVerifierConfig):
+                yield f"filters.verifiers[{i}]", v
+    if _active("edit") and isinstance(config.edit, OpenAIEditConfig):
+        yield "edit", config.edit
+
+
+def ledger_urls(config: BuildConfig) -> set[str]:
+    """Every spend ledger the build's LLM sections write to."""
+    return {posixpath.join(cfg.cache_url or llm_cache_dir(config.out), "ledger") for _, cfg in llm_sections(config)}
 
 
 def make_client(config: LLMConfig, build: BuildConfig, scope: str) -> LLMClient:
@@ -61,7 +89,7 @@ def make_client(config: LLMConfig, build: BuildConfig, scope: str) -> LLMClient:
         config = config.model_copy(update={
             k: v / share for k in ("requests_per_minute", "tokens_per_minute") if (v := getattr(config, k)) is not None
         })
-    return LLMClient(config, cache_dir=llm_cache_dir(build.out), budget_scope=scope)
+    return LLMClient(config, cache_dir=config.cache_url or llm_cache_dir(build.out), budget_scope=scope)
 
 
 def redact_logs() -> None:
