@@ -44,7 +44,7 @@ from synthvg.llm.errors import (
     failure_kind,
 )
 from synthvg.llm.ledger import BudgetAccount, SpendLedger
-from synthvg.llm.limits import RateLimiter, estimate_tokens
+from synthvg.llm.limits import RateLimiter, SharedRateLimit, estimate_tokens
 from synthvg.llm.loop import LoopThread
 from synthvg.llm.redact import log, redact, register_secret
 from synthvg.llm.results import (
@@ -143,6 +143,19 @@ class LLMClient:
         self.tags: dict[str, str] = {}
         self.usage = UsageTotals()
         self.limiter = RateLimiter(config.requests_per_minute, config.tokens_per_minute)
+        #: The same limits over every process sharing the (local) ledger: build-wide on a cluster.
+        self.shared_limit = (
+            SharedRateLimit(
+                posixpath.join(self.ledger.path, "limits"),
+                self.budget_scope,
+                config.requests_per_minute,
+                config.tokens_per_minute,
+            )
+            if self.ledger is not None
+            and self.ledger.is_local
+            and (config.requests_per_minute or config.tokens_per_minute)
+            else None
+        )
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._structured_mode = config.structured_output
         self._spent = 0.0
@@ -527,6 +540,8 @@ class LLMClient:
                 settled = False
                 try:
                     await self.limiter.acquire(req.rate_tokens)
+                    if self.shared_limit is not None:
+                        await self.shared_limit.acquire(req.rate_tokens)
                     self._check_may_send()
                     self.usage.requests += 1
                     raw = await create(
@@ -562,6 +577,8 @@ class LLMClient:
         total = (body.get("usage") or {}).get("total_tokens")
         if isinstance(total, int):
             self.limiter.settle(req.rate_tokens, total)
+            if self.shared_limit is not None:
+                await asyncio.to_thread(self.shared_limit.settle, req.rate_tokens, total)
         return body, attempts, paid[-1] if paid else 0.0
 
     async def with_retries(

@@ -17,6 +17,8 @@ import posixpath
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image
 
 from synthvg.llm import (
@@ -79,17 +81,21 @@ def ledger_urls(config: BuildConfig) -> set[str]:
 
 
 def make_client(config: LLMConfig, build: BuildConfig, scope: str) -> LLMClient:
-    """The client of one stage (``scope`` names its budget) in one worker process.
+    """The client of one stage (``scope`` names its budget and rate limits) in one worker.
 
-    Rate limits hold per process; on a Dask or Ray cluster each of the ``executor.workers``
-    processes gets its share, so the build as a whole stays under the configured limit.
+    With the cache on a local or mounted filesystem, budget and rate limits are shared by every
+    worker process through files beside the ledger (build-wide). On an object store there is
+    no lock to share them with: each of the ``executor.workers`` processes of a Dask or Ray
+    build gets its share of the rate limits, and the budget holds per process.
     """
-    share = build.executor.workers if build.executor.kind in ("dask", "ray") else 1
+    cache_dir = config.cache_url or llm_cache_dir(build.out)
+    shared = isinstance(fsspec.core.url_to_fs(cache_dir)[0], LocalFileSystem)
+    share = build.executor.workers if build.executor.kind in ("dask", "ray") and not shared else 1
     if share > 1:
         config = config.model_copy(update={
             k: v / share for k in ("requests_per_minute", "tokens_per_minute") if (v := getattr(config, k)) is not None
         })
-    return LLMClient(config, cache_dir=config.cache_url or llm_cache_dir(build.out), budget_scope=scope)
+    return LLMClient(config, cache_dir=cache_dir, budget_scope=scope)
 
 
 def redact_logs() -> None:
