@@ -366,3 +366,39 @@ def test_remote_roots_keep_cache_and_ledger_under_the_root_not_the_home_folder(t
     entries = SpendLedger(f"{root}/cache/llm/ledger").entries()
     assert spend_totals(entries)[()]["paid_requests"] == 3
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.slow  # a Prefect server, a local Dask cluster of 2 worker processes, two builds
+def test_rpm_and_budget_hold_for_a_dask_build_with_two_workers(prefect_server, tmp_path, key):
+    from synthvg.flows import BuildIncomplete, build_dataset
+
+    rpm = 60.0
+    dask = {"kind": "dask", "workers": 2, "retries": 0}
+    with FakeOpenAIServer(responder=scripted_teacher, latency=0.05) as server:
+        cfg = demo_config(tmp_path / "rpm", name="dask-rpm", limit=16, shard_size=4, executor=dask,
+                          teacher={"backend": "openai", **endpoint(server, requests_per_minute=rpm)})
+        run = build_dataset(cfg)
+        assert stage(run, "teacher").shards_written == 4
+        arrivals = sorted(r.received_at for r in server.requests if r.path == "/v1/chat/completions")
+        achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) * 60
+        print(f"dask, 2 workers: {len(arrivals)} requests, achieved {achieved:.1f} RPM of {rpm:g}")
+        assert rpm * 0.95 <= achieved <= rpm * 1.02
+        for t in arrivals:
+            assert sum(t <= u < t + 5.0 for u in arrivals) <= rpm / 60 * 5 + 2
+
+        # The budget: both workers draw on one account, so together they stay under it.
+        biggest = max(p for _, p, _ in server.billed)
+        per_request = sum(p * 2.5 + c * 10.0 for _, p, c in server.billed) / 1e6 / len(server.billed)
+        budget = 5 * per_request
+        billed_before = len(server.billed)
+        cfg = demo_config(tmp_path / "budget", name="dask-budget", limit=16, shard_size=2, executor=dask,
+                          teacher={"backend": "openai", **endpoint(server, budget_usd=budget, max_tokens=2000,
+                                                                   image_token_estimate=biggest)})
+        with pytest.raises(BuildIncomplete) as info:
+            build_dataset(cfg)
+        teacher = stage(info.value.run, "teacher")
+        assert "BudgetExceeded" in teacher.reason and teacher.shards_failed > 0
+        spent = sum(p * 2.5 + c * 10.0 for _, p, c in server.billed[billed_before:]) / 1e6
+        assert 0 < spent <= budget
+        ledger = spend_totals(SpendLedger(tmp_path / "budget" / "cache" / "llm" / "ledger").entries())[()]
+        assert ledger["cost_usd"] == pytest.approx(spent) and teacher.metrics["cost_usd"] == pytest.approx(spent)
