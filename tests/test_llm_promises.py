@@ -344,6 +344,12 @@ def test_spend_totals_equal_what_the_server_billed_across_failed_and_retried_sha
         assert stage(r, "teacher").metrics.get("paid_requests", 0) == by_run.get((r.run_id, "teacher"), {}).get("paid_requests", 0)
     assert total["cost_usd"] == pytest.approx(sum(p * 2.5 + c * 10.0 for _, p, c in billed) / 1e6)
 
+    from synthvg.flows.report import api_spend  # the dataset card's spend table
+
+    ds = Dataset(cfg.out)
+    card = api_spend(ds, ds.runs())
+    assert [(r["stage"], r["model"], r["paid_requests"]) for r in card] == [("teacher", MODEL, len(billed))]
+
 
 # ---- 5. shared by every worker: cache and ledger under the dataset root, any fsspec URL -------------
 
