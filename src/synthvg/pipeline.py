@@ -185,15 +185,18 @@ def failed_shard(stage: str, shard: ShardSpec, error: BaseException) -> ShardRes
 def with_spend(summary: StageSummary, config: BuildConfig, run_id: str) -> StageSummary:
     """The stage's paid requests, tokens and cost in this run, from the spend ledger: what was
     paid, including requests of shards that failed and were not committed."""
-    if summary.status == "skipped" or STAGES[summary.stage].dry_run_mode(config) != "paid":
-        return summary
     from synthvg.llm import SpendLedger, spend_totals
     from synthvg.stages.llm_stage import ledger_urls
 
+    urls = ledger_urls(config)
+    if summary.status == "skipped" or not urls:
+        return summary
     mine = [
-        e for url in sorted(ledger_urls(config)) for e in SpendLedger(url).entries()
+        e for url in sorted(urls) for e in SpendLedger(url).entries()
         if e.get("run_id") == run_id and e.get("stage") == summary.stage
     ]
+    if not mine and STAGES[summary.stage].dry_run_mode(config) != "paid":
+        return summary
     paid = spend_totals(mine).get((), {})
     metrics = {**summary.metrics, **{k: paid.get(k, 0.0) for k in ("paid_requests", "prompt_tokens", "completion_tokens", "cost_usd")}}
     return summary.model_copy(update={"metrics": metrics})

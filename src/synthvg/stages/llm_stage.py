@@ -231,6 +231,8 @@ def answer(
     try:
         try:
             batched = _run_batch(client, config, requests, batch_name) if config.batch and requests else set()
+        except ShardStopped:
+            raise
         except Exception as exc:  # noqa: BLE001 - sorted like any request's failure
             stop_on_failures(client, root, ctx, [exc])
             raise
