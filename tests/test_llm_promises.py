@@ -408,3 +408,14 @@ def test_rpm_and_budget_hold_for_a_dask_build_with_two_workers(prefect_server, t
         assert 0 < spent <= budget
         ledger = spend_totals(SpendLedger(tmp_path / "budget" / "cache" / "llm" / "ledger").entries())[()]
         assert ledger["cost_usd"] == pytest.approx(spent) and teacher.metrics["cost_usd"] == pytest.approx(spent)
+
+
+def test_prefect_does_not_retry_a_shard_whose_stage_cannot_succeed():
+    from prefect.states import Failed
+
+    from synthvg.flows.build import _worth_a_retry
+    from synthvg.llm import LLMRetryExhausted
+    from synthvg.stages.base import StageFatal
+
+    assert not _worth_a_retry(None, None, Failed(data=StageFatal("teacher stopped: ...")))
+    assert _worth_a_retry(None, None, Failed(data=LLMRetryExhausted("gave up", attempts=3)))
