@@ -82,12 +82,6 @@ def check_paths(config: BuildConfig) -> list[str]:
     return problems
 
 
-def _key_source(cfg: LLMConfig) -> str:
-    if cfg.api_key_secret_block:
-        return f"Prefect Secret block {cfg.api_key_secret_block!r}"
-    return f"env var {cfg.api_key_env}"
-
-
 def check_endpoint(where: str, cfg: LLMConfig, listed: dict[tuple[str, str], list[str] | None]) -> list[str]:
     """Problems of one endpoint config; ``listed`` caches each (endpoint, key source)'s models."""
     import openai
@@ -98,13 +92,13 @@ def check_endpoint(where: str, cfg: LLMConfig, listed: dict[tuple[str, str], lis
     except LLMConfigError as exc:
         return [f"{where}: {endpoint}: {exc}"]
     register_secret(key)
-    cache_key = (endpoint, _key_source(cfg))
+    cache_key = (endpoint, cfg.key_source())
     if cache_key not in listed:
         client = openai.OpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=min(cfg.timeout_seconds, MODELS_TIMEOUT))
         try:
             listed[cache_key] = [m.id for m in client.models.list().data]
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            return [redact(f"{where}: {endpoint} rejected the key from {_key_source(cfg)} (HTTP {exc.status_code})")]
+            return [redact(f"{where}: {endpoint} rejected the key from {cfg.key_source()} (HTTP {exc.status_code})")]
         except openai.NotFoundError:
             listed[cache_key] = None  # the endpoint lists no models: nothing more to check for free
         except openai.APITimeoutError:

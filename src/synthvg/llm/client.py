@@ -159,6 +159,13 @@ class LLMClient:
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._structured_mode = config.structured_output
         self._spent = 0.0
+        if config.budget_usd is not None and self.ledger is not None and self.account is None:
+            # No shared account on an object store: at least count every earlier run.
+            self._spent = sum(
+                float(e.get("cost_usd") or 0.0)
+                for e in self.ledger.entries()
+                if e.get("scope") == self.budget_scope
+            )
         self._reserved = 0.0
         self._unpriced_warned: set[str] = set()
         self._fatal: LLMError | None = None

@@ -23,7 +23,7 @@ from synthvg.schemas.config import BuildConfig, OpenAIVerifierConfig, RuleFilter
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
 from synthvg.stages.llm_stage import (
     add_metrics,
-    begin,
+    begin_shard,
     estimate,
     make_client,
     open_image,
@@ -181,7 +181,7 @@ class FiltersStage(Stage):
         answers = []
         for v in self.verifiers:
             if isinstance(v, OpenAIVerifier):
-                begin(v.client, self.config.out, ctx)
+                begin_shard(v.client, self.config.out, ctx)
                 before = v.client.usage.paid_requests
                 try:
                     ps = v.p_yes(questions)

@@ -30,7 +30,7 @@ from synthvg.llm import (
     install_log_redaction,
 )
 from synthvg.llm.client import DEFAULT_OUTPUT_ESTIMATE
-from synthvg.llm.errors import FATAL_STATUSES, BudgetExceeded, LLMConfigError, LLMRequestError
+from synthvg.llm.errors import FATAL_STATUSES, BudgetExceeded, LLMRequestError
 from synthvg.schemas.config import (
     BuildConfig,
     OpenAIEditConfig,
@@ -143,7 +143,7 @@ def _stop_marker(ctx: RunContext) -> str:
     return posixpath.join("cache", "llm", "stopped", f"{ctx.run_id}-{ctx.stage}.txt")
 
 
-def begin(client: LLMClient, root: str, ctx: RunContext) -> None:
+def begin_shard(client: LLMClient, root: str, ctx: RunContext) -> None:
     """Before a shard sends anything: tag the ledger with the run, and refuse at once when a
     fatal error already stopped this stage in this run (in this process or another one)."""
     client.begin_run(ctx.run_id, stage=ctx.stage)
@@ -162,14 +162,11 @@ def fatal_message(stage: str, client: LLMClient, exc: BaseException) -> str:
         text = f"{client.endpoint}: {text}"
     hint = ""
     if isinstance(exc, LLMRequestError) and exc.status_code in (401, 403):
-        where = client.config.api_key_secret_block or client.config.api_key_env
-        hint = f"; check the key in {where}"
+        hint = f"; check the key in {client.config.key_source()}"
     elif isinstance(exc, LLMRequestError) and exc.status_code == 404:
         hint = f"; check model {client.config.model!r} and base_url"
     elif isinstance(exc, BudgetExceeded):
         hint = f" (budget of {client.budget_scope} over every run of this dataset); raise budget_usd"
-    elif isinstance(exc, LLMConfigError):
-        hint = ""
     return f"{stage} stopped: {type(exc).__name__}: {text}{hint}; nothing of the stopped shards was written, run again once fixed"
 
 
@@ -227,7 +224,7 @@ def answer(
     read from the cache. Raises :class:`StageFatal` or :class:`ShardStopped` as the module
     docstring says; what was answered stays cached and in the ledger either way.
     """
-    begin(client, root, ctx)
+    begin_shard(client, root, ctx)
     try:
         try:
             batched = _run_batch(client, config, requests, batch_name) if config.batch and requests else set()
