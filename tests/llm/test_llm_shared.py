@@ -72,3 +72,20 @@ def test_requests_per_minute_hold_for_two_processes_together(api_key, cache_dir)
     for t in arrivals:
         in_second = sum(t <= u < t + 1.0 for u in arrivals)
         assert in_second <= rpm / 60 + 2, (t, in_second)
+
+
+def test_on_an_object_store_the_ledger_and_budget_carry_over_between_runs(api_key, server):
+    import uuid
+
+    cache = f"memory://llm-{uuid.uuid4().hex[:8]}/cache/llm"
+    config = LLMConfig(**_config(server, budget_usd=1.0))
+    first = LLMClient(config, cache_dir=cache, budget_scope="edit")
+    first.begin_run("run-1", stage="edit")
+    cost = first.run_sync(first.complete([{"role": "user", "content": "x"}], max_tokens=5)).cost_usd
+    first.close()  # object stores cannot append: the ledger is flushed as a part file
+    second = LLMClient(config, cache_dir=cache, budget_scope="edit")
+    assert cost > 0 and second.account is None and second.committed_usd() == pytest.approx(cost)
+    assert second.run_sync(second.complete([{"role": "user", "content": "x"}], max_tokens=5)).cached
+    second.close()
+    entries = SpendLedger(f"{cache}/ledger").entries()
+    assert [(e["run_id"], e["stage"], e["scope"]) for e in entries] == [("run-1", "edit", "edit")]
