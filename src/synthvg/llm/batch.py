@@ -119,17 +119,33 @@ class BatchJob:
         todo = await asyncio.to_thread(
             lambda: [r for k, r in prepared.items() if k not in waiting and k not in self.cache]
         )
+        # Held against the budget until this call has collected what it created, so other
+        # workers creating batches at the same time see it (answers collected count as spent).
+        held: tuple[str | None, float] | None = None
         if todo:
             factor = self.client.config.batch_price_factor
-            self.client.check_budget(sum(self.client.estimate_cost(r, factor) for r in todo))
-            for model, chunk, lines in self._chunks(todo):
-                record = await self._submit(model, chunk, lines)
-                state["batches"].append(record)
-                await asyncio.to_thread(self._save, state)
-                report.created.append(record["id"])
-                log.info(
-                    "batch job %s: created %s (%d requests)", self.name, record["id"], len(chunk)
-                )
+            estimate = sum(self.client.estimate_cost(r, factor) for r in todo)
+            held = (await asyncio.to_thread(self.client.reserve, estimate), estimate)
+        try:
+            return await self._submit_and_poll(state, todo, report, loop, deadline)
+        finally:
+            if held is not None:
+                await asyncio.to_thread(self.client.release, *held)
+
+    async def _submit_and_poll(
+        self,
+        state: dict[str, Any],
+        todo: Sequence[PreparedRequest],
+        report: BatchReport,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float | None,
+    ) -> BatchReport:
+        for model, chunk, lines in self._chunks(todo):
+            record = await self._submit(model, chunk, lines)
+            state["batches"].append(record)
+            await asyncio.to_thread(self._save, state)
+            report.created.append(record["id"])
+            log.info("batch job %s: created %s (%d requests)", self.name, record["id"], len(chunk))
 
         while True:
             for record in state["batches"]:

@@ -479,8 +479,9 @@ class LLMClient:
         if committed + estimate > budget:
             raise BudgetExceeded(spent_usd=committed, budget_usd=budget, estimate_usd=estimate)
 
-    def _reserve(self, estimate: float) -> str | None:
-        """Hold ``estimate`` against the budget while a request is in flight."""
+    def reserve(self, estimate: float) -> str | None:
+        """Hold ``estimate`` against the budget while a request (or a batch) is in flight;
+        raises ``BudgetExceeded`` when it does not fit. Give it back with ``release``."""
         budget = self.config.budget_usd
         if self.account is not None and budget is not None:
             return self.account.reserve(estimate, budget)
@@ -488,7 +489,7 @@ class LLMClient:
         self._reserved += estimate
         return None
 
-    def _release(self, rid: str | None, estimate: float) -> None:
+    def release(self, rid: str | None, estimate: float) -> None:
         if self.account is not None and rid is not None:
             self.account.settle(rid, 0.0)
         elif self.account is None:
@@ -543,7 +544,7 @@ class LLMClient:
                 # Reserved only while this attempt is in flight: the budget check sees at most
                 # max_concurrency estimates per process, and the real cost replaces it.
                 estimate = self.estimate_cost(req)
-                rid = self._reserve(estimate)
+                rid = self.reserve(estimate)
                 settled = False
                 try:
                     await self.limiter.acquire(req.rate_tokens)
@@ -576,7 +577,7 @@ class LLMClient:
                     return body
                 finally:
                     if not settled:
-                        self._release(rid, estimate)
+                        self.release(rid, estimate)
                     elif self.account is None:
                         self._reserved -= estimate
 
