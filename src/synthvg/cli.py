@@ -84,6 +84,9 @@ def build(
             help="allow withdrawing committed work (shards outside the new plan, stages set to none); without it such a build is refused",
         ),
     ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="only the preflight: keys, endpoints (GET /models), models, input files and weights; exit 0 or 2")
+    ] = False,
 ) -> None:
     """Build or resume a dataset. Shards already committed with the same inputs, config and code are skipped.
 
@@ -104,6 +107,7 @@ def build(
     if dry_run:
         _print_dry_run(cfg, replace)
         return
+    _preflight(cfg, only=check)
     from synthvg.flows import BuildIncomplete, build_dataset
     from synthvg.pipeline import WithdrawalRefused
     from synthvg.stats import compute_stats, format_stats
@@ -211,22 +215,39 @@ def _metrics_text(metrics: dict[str, float]) -> str:
     return "; " + ", ".join(parts)
 
 
+def _preflight(cfg, *, only: bool) -> None:
+    """One line per problem and exit 2; with ``only`` (``--check``) exit 0 when there is none."""
+    from synthvg.preflight import preflight
+
+    problems = preflight(cfg)
+    for line in problems:
+        typer.secho(f"preflight: {line}", fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(2)
+    if only:
+        typer.echo(f"preflight of {cfg.name}: keys, endpoints, models and input paths are in order")
+        raise typer.Exit(0)
+
+
 def _print_dry_run(cfg, replace: bool) -> None:
+    from synthvg.llm import LLMError
     from synthvg.pipeline import WithdrawalRefused, dry_run
     from synthvg.storage import BuildLocked, StorageWriteError
 
     try:
         report = dry_run(cfg, replace=replace)
-    except (BuildLocked, WithdrawalRefused) as e:
+    except (BuildLocked, WithdrawalRefused, LLMError) as e:
         raise _fail(str(e)) from None
     except StorageWriteError as e:
         raise _fail(str(e), 1) from None
-    typer.echo(f"dry run of {cfg.name} (free stages ran for real; paid stages sent nothing):")
+    typer.echo(f"dry run of {cfg.name} (free stages ran for real; paid stages sent nothing; model stages loaded nothing):")
     for stage, m in report.items():
         paid = "cost_usd" in m
         line = f"  {stage:<8} {int(m['shards_done'])} shards done"
+        if m.get("model_shards"):
+            line += f", {int(m['model_shards'])} to run on its model ({int(m['model_images'])} images; not loaded)"
         if m.get("shards_blocked"):
-            line += f", {int(m['shards_blocked'])} waiting for an earlier paid stage"
+            line += f", {int(m['shards_blocked'])} waiting for an earlier paid or model stage"
         if paid:
             line += (
                 f"; would send {int(m['requests'] - m['cached'])} requests ({int(m['cached'])} cached), "

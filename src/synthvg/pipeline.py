@@ -37,7 +37,7 @@ from synthvg.stages import (
     load_stage,
     plan_build,
 )
-from synthvg.stages.base import RunContext, stable_hash
+from synthvg.stages.base import RunContext, StageFatal, stable_hash
 from synthvg.stages.graph import shard_fingerprints
 from synthvg.storage.dataset import Dataset, StorageRefused, utcnow
 from synthvg.storage.lock import LockLost
@@ -275,7 +275,28 @@ def up_to_date_shard(stage: str, shard: ShardSpec) -> ShardResult:
 
 
 def failed_shard(stage: str, shard: ShardSpec, error: BaseException) -> ShardResult:
-    return ShardResult(stage=stage, shard=shard.index, status="failed", message=f"{type(error).__name__}: {error}")
+    message = str(error) if isinstance(error, StageFatal) else f"{type(error).__name__}: {error}"
+    return ShardResult(stage=stage, shard=shard.index, status="failed", message=message)
+
+
+def with_spend(summary: StageSummary, config: BuildConfig, run_id: str) -> StageSummary:
+    """The stage's paid requests, tokens and cost in this run, from the spend ledger: what was
+    paid, including requests of shards that failed and were not committed."""
+    from synthvg.llm import SpendLedger, spend_totals
+    from synthvg.stages.llm_stage import ledger_urls
+
+    urls = ledger_urls(config)
+    if summary.status == "skipped" or not urls:
+        return summary
+    mine = [
+        e for url in sorted(urls) for e in SpendLedger(url).entries()
+        if e.get("run_id") == run_id and e.get("stage") == summary.stage
+    ]
+    if not mine and STAGES[summary.stage].dry_run_mode(config) != "paid":
+        return summary
+    paid = spend_totals(mine).get((), {})
+    metrics = {**summary.metrics, **{k: paid.get(k, 0.0) for k in ("paid_requests", "prompt_tokens", "completion_tokens", "cost_usd")}}
+    return summary.model_copy(update={"metrics": metrics})
 
 
 def summarize_stage(stage: str, results: Iterable[ShardResult], seconds: float, skipped: str | None = None) -> StageSummary:
@@ -416,21 +437,28 @@ def dry_run(config: BuildConfig, run_id: str | None = None, *, replace: bool = F
     every shard not yet committed, counting those its cache already answers. A paid stage
     after another paid stage can only be priced once that one has run (``blocked`` shards).
     """
+    from synthvg.llm.client import requests_disabled
     from synthvg.storage.lock import build_lock
 
     run_id = run_id or new_run_id()
     dataset = Dataset(config.out)
     dataset.init()
     report: dict[str, dict[str, float]] = {}
-    with build_lock(dataset, run_id) as fence:
+    with build_lock(dataset, run_id) as fence, requests_disabled():
         dataset, plan = prepare(config, run_id, replace=replace)
         for stage_name in active_stages(config):
-            stage = load_stage(STAGES[stage_name], config)
+            mode = STAGES[stage_name].dry_run_mode(config)
+            # A model stage is counted, not loaded: later stages wait for it (blocked).
+            stage = load_stage(STAGES[stage_name], config) if mode != "model" else None
             totals: dict[str, float] = {"shards_done": 0.0, "shards_blocked": 0.0}
             for shard in plan.shards:
                 _, blocked, inputs = _shard_state(dataset, config, stage_name, shard)
                 if blocked:
                     totals["shards_done" if blocked == "up_to_date" else "shards_blocked"] += 1
+                    continue
+                if stage is None:
+                    totals["model_shards"] = totals.get("model_shards", 0.0) + 1
+                    totals["model_images"] = totals.get("model_images", 0.0) + len(shard.image_ids)
                     continue
                 estimate = stage.estimate(shard, inputs, RunContext(run_id=run_id, stage=stage_name, shard=shard.index))
                 if estimate is None:
@@ -471,18 +499,26 @@ def run_build(
                 summaries.append(summarize_stage(stage, [], time.perf_counter() - t0, skipped=reason))
                 continue
             results = []
+            stopped: StageFatal | None = None
             for shard in plan.shards:
+                if stopped is not None:  # nothing more is sent once the stage cannot succeed
+                    done = shard_done(dataset, config, stage, shard)
+                    results.append(up_to_date_shard(stage, shard) if done else failed_shard(stage, shard, stopped))
+                    continue
                 try:
                     r = run_shard(dataset, config, stage, shard, run_id, fence=fence)
                 except (StorageRefused, LockLost):  # every later write would fail too: stop
                     raise
+                except StageFatal as e:
+                    log.error("%s", e)
+                    stopped, r = e, failed_shard(stage, shard, e)
                 except Exception as e:  # as the flow does after retries: record, go on
                     log.error("%s shard %05d failed: %s", stage, shard.index, e)
                     r = failed_shard(stage, shard, e)
                 results.append(r)
                 if on_shard:
                     on_shard(r)
-            summaries.append(summarize_stage(stage, results, time.perf_counter() - t0))
+            summaries.append(with_spend(summarize_stage(stage, results, time.perf_counter() - t0), config, run_id))
         return finish_run(dataset, run, summaries)
 
 

@@ -124,8 +124,8 @@ def test_retries_exhausted(make_client, server):
     assert info.value.attempts == 3 and len(server.chat_requests) == 3
 
 
-def test_connection_errors_are_retried_then_reported(api_key, cache_dir):
-    from synthvg.llm import LLMClient, LLMConfig
+def test_an_unreachable_endpoint_fails_fast_and_names_the_url(api_key, cache_dir):
+    from synthvg.llm import LLMClient, LLMConfig, LLMUnreachable, failure_kind
 
     with FakeOpenAIServer() as gone:
         url = gone.base_url
@@ -133,12 +133,16 @@ def test_connection_errors_are_retried_then_reported(api_key, cache_dir):
         model="m",
         base_url=url,
         api_key_env="SYNTHVG_TEST_LLM_KEY",
-        max_retries=1,
+        max_retries=6,
         backoff_base_seconds=0.01,
         timeout_seconds=2,
     )
-    with LLMClient(config) as client, pytest.raises(LLMRetryExhausted, match="connection error"):
+    t0 = time.monotonic()
+    with LLMClient(config) as client, pytest.raises(LLMUnreachable, match="cannot reach") as info:
         client.run_sync(client.complete(user("x")))
+    assert url in str(info.value) and api_key not in str(info.value)
+    assert time.monotonic() - t0 < 5  # not six rounds of backoff
+    assert failure_kind(info.value) == "fatal"
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 422])

@@ -49,6 +49,8 @@ def test_key_never_leaks(make_client, server, cache_dir, api_key, caplog):
     server.enqueue(*[Reply.server_error()] * 2)
     results = client.map_complete([{"messages": user("3")}, {"messages": user("4")}])
     errors += [r for r in results if isinstance(r, BaseException)]
+    assert client.fatal is not None  # the 401 stops the client for the rest of this run
+    client.begin_run("next-run")
     BatchJob(client, poll_seconds=0.01).run([{"messages": user("5")}])
 
     assert len(errors) == 3, errors
@@ -83,8 +85,9 @@ def test_logged_secrets_are_scrubbed(make_client, api_key, caplog):
 def test_missing_key_names_the_variable_not_a_value(monkeypatch):
     monkeypatch.delenv("SYNTHVG_NO_SUCH_KEY", raising=False)
     config = LLMConfig(model="m", api_key_env="SYNTHVG_NO_SUCH_KEY")
-    with pytest.raises(LLMConfigError, match="SYNTHVG_NO_SUCH_KEY"):
-        LLMClient(config)
+    client = LLMClient(config)  # no key needed until a request is sent (dry runs)
+    with client, pytest.raises(LLMConfigError, match="api.openai.com.*SYNTHVG_NO_SUCH_KEY"):
+        client.run_sync(client.complete([{"role": "user", "content": "x"}]))
 
 
 def test_key_from_a_prefect_secret_block(monkeypatch, server, api_key):

@@ -40,6 +40,7 @@ from synthvg.pipeline import (
     summarize_stage,
     up_to_date,
     up_to_date_shard,
+    with_spend,
     withdraw_stage,
 )
 from synthvg.schemas import RunManifest, StageSummary
@@ -239,7 +240,7 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
             logger.info("%s skipped: %s%s", stage, node.skipped, f" (withdrew {withdrawn} stale shards)" if withdrawn else "")
             summary = summarize_stage(stage, [], 0.0, skipped=node.skipped)
         else:
-            summary = summarize_stage(stage, results[stage], finished.get(stage, time.perf_counter() - t0))
+            summary = with_spend(summarize_stage(stage, results[stage], finished.get(stage, time.perf_counter() - t0)), config, run_id)
             logger.info(
                 "%s: %d images in; shards written %d, up to date %d, failed %d; rows out %s; %d input errors; done after %.1fs",
                 stage, sum(images.values()), summary.shards_written, summary.shards_up_to_date, summary.shards_failed,

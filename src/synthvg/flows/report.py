@@ -12,7 +12,7 @@ import base64
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -26,7 +26,7 @@ from synthvg.storage import Dataset, connect, fetch_dicts
 
 REPORT_DIR = "report"
 #: Cost-like metrics summed per stage over every run (a resumed build's cost spreads over runs).
-COST_METRICS = ("requests", "cached", "prompt_tokens", "completion_tokens", "cost_usd")
+COST_METRICS = ("requests", "cached", "paid_requests", "prompt_tokens", "completion_tokens", "cost_usd")
 
 
 def dataset_root_of(flow_run_id: str) -> str:
@@ -79,6 +79,33 @@ def stage_costs(runs: Sequence[RunManifest]) -> list[dict]:
             for k in COST_METRICS:
                 row[k] += s.metrics.get(k, 0.0)
     return [{k: round(v, 2 if k == "seconds" else 6) if isinstance(v, float) else v for k, v in r.items()} for r in rows.values()]
+
+
+def api_spend(dataset: Dataset, runs: Sequence[RunManifest]) -> list[dict]:
+    """Every paid LLM request per stage and model, from the spend ledger(s): shards that failed
+    and were redone are in it too, so this is what the dataset cost, not what it kept."""
+    from synthvg.llm import SpendLedger, spend_totals
+
+    def cache_urls(node) -> Iterator[str]:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "cache_url" and isinstance(v, str):
+                    yield v
+                else:
+                    yield from cache_urls(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from cache_urls(v)
+
+    urls = {dataset.uri("cache/llm/ledger")} | {f"{u.rstrip('/')}/ledger" for r in runs for u in cache_urls(r.config)}
+    entries = [e for url in sorted(urls) for e in SpendLedger(url).entries()]
+    rows = [
+        {"stage": stage, "model": model, **{k: round(v, 6) for k, v in totals.items()}}
+        for (stage, model), totals in sorted(spend_totals(entries, ("stage", "model")).items(), key=lambda kv: str(kv[0]))
+    ]
+    if len(rows) > 1:
+        rows.append({"stage": "total", "model": "", **{k: round(v, 6) for k, v in spend_totals(entries)[()].items()}})
+    return rows
 
 
 def histogram_png(rows: Sequence[dict], label: str, count: str, title: str) -> bytes:
@@ -137,7 +164,7 @@ def _object_labels(dataset: Dataset, top: int = 20) -> list[dict]:
         con.close()
 
 
-def _card(name: str, dataset: Dataset, runs: Sequence[RunManifest], stats: dict, drops: dict, costs: list[dict], images: dict[str, str]) -> str:
+def _card(name: str, dataset: Dataset, runs: Sequence[RunManifest], stats: dict, drops: dict, costs: list[dict], images: dict[str, str], spend: list[dict] | None = None) -> str:
     """The card's markdown; ``images`` maps a figure's file name to how the card links it."""
     last = runs[-1] if runs else None
     run_line = (
@@ -168,6 +195,8 @@ def _card(name: str, dataset: Dataset, runs: Sequence[RunManifest], stats: dict,
         "## Cost\n",
         f"Summed over {len(runs)} run(s) of this dataset (a resumed build's work spreads over its runs).\n",
         _md_table(costs),
+        *(["Model API spend per stage and model, from the spend ledger: every paid request, those of "
+           "shards that failed and were redone included.\n", _md_table(spend)] if spend else []),
         "## Sample scene graphs\n",
         "The images with the most relations not dropped: regions (masks, boxes, ids) and relations.\n",
         *[f"![{f}]({images[f]})\n" for f in samples],
@@ -193,6 +222,7 @@ def dataset_report(root: str | None = None, build_flow_run_id: str | None = None
     stats = compute_stats(dataset)
     drops = drop_reasons(dataset)
     costs = stage_costs(runs)
+    spend = api_spend(dataset, runs)
 
     figures = {
         "categories.png": histogram_png(stats["by_category"], "category", "relations", "Relations per category"),
@@ -205,16 +235,16 @@ def dataset_report(root: str | None = None, build_flow_run_id: str | None = None
         figures[f"samples/{re.sub(r'[^A-Za-z0-9_.-]+', '-', image_id)}.png"] = buf.getvalue()
 
     written = [dataset.write_file(f"{REPORT_DIR}/{f}", data) for f, data in figures.items()]
-    summary = {"name": name, "stats": stats, "drop_reasons": drops, "cost": costs, "figures": sorted(figures)}
+    summary = {"name": name, "stats": stats, "drop_reasons": drops, "cost": costs, "api_spend": spend, "figures": sorted(figures)}
     written.append(dataset.write_file(f"{REPORT_DIR}/report.json", json.dumps(summary, indent=2, default=str).encode()))
-    card = _card(name, dataset, runs, stats, drops, costs, {f: f for f in figures})
+    card = _card(name, dataset, runs, stats, drops, costs, {f: f for f in figures}, spend)
     written.append(dataset.write_file(f"{REPORT_DIR}/README.md", card.encode()))
 
     # The artifact shows the figures inline: histograms as data URLs; sample renderings (large)
     # are linked by path, since the Prefect UI cannot read the dataset's files.
     inline = {f: f"data:image/png;base64,{base64.b64encode(d).decode()}" for f, d in figures.items() if not f.startswith("samples/")}
     inline |= {f: dataset.abspath(f"{REPORT_DIR}/{f}") for f in figures if f.startswith("samples/")}
-    create_markdown_artifact(key=artifact_key(name, "dataset-card"), markdown=_card(name, dataset, runs, stats, drops, costs, inline), description=f"dataset card of {name}")
+    create_markdown_artifact(key=artifact_key(name, "dataset-card"), markdown=_card(name, dataset, runs, stats, drops, costs, inline, spend), description=f"dataset card of {name}")
     create_link_artifact(
         key=artifact_key(name, "dataset-card-file"), link=output_link(dataset, f"{REPORT_DIR}/README.md"),
         link_text=dataset.abspath(f"{REPORT_DIR}/README.md"), description=f"the dataset card of {name}, beside the data",

@@ -19,9 +19,13 @@ from synthvg.llm.errors import (
     LLMError,
     LLMRequestError,
     LLMRetryExhausted,
+    LLMUnreachable,
     ResponseFormatRejected,
+    SendingDisabled,
     StructuredOutputError,
+    failure_kind,
 )
+from synthvg.llm.ledger import BudgetAccount, SpendLedger, spend_totals
 from synthvg.llm.limits import RateLimiter, parse_duration, parse_rate_limit_headers
 from synthvg.llm.messages import image_part, text_part
 from synthvg.llm.redact import RedactingFilter, install_log_redaction, redact
@@ -30,6 +34,7 @@ from synthvg.llm.results import LLMResult, PreparedRequest, TokenUsage, UsageTot
 __all__ = [
     "BatchJob",
     "BatchReport",
+    "BudgetAccount",
     "BudgetExceeded",
     "LLMClient",
     "LLMConfig",
@@ -38,20 +43,25 @@ __all__ = [
     "LLMRequestError",
     "LLMResult",
     "LLMRetryExhausted",
+    "LLMUnreachable",
     "ModelPrice",
     "PreparedRequest",
     "RateLimiter",
     "RedactingFilter",
     "RequestCache",
     "ResponseFormatRejected",
+    "SendingDisabled",
+    "SpendLedger",
     "StructuredOutputError",
     "TokenUsage",
     "UsageTotals",
     "image_part",
+    "failure_kind",
     "install_log_redaction",
     "parse_duration",
     "parse_rate_limit_headers",
     "redact",
     "request_key",
+    "spend_totals",
     "text_part",
 ]

@@ -18,7 +18,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from synthvg.llm.cache import write_json_atomic
 from synthvg.llm.client import LLMClient
 from synthvg.llm.errors import LLMConfigError
 from synthvg.llm.redact import log, redact
@@ -36,6 +35,8 @@ class BatchReport:
     created: list[str] = field(default_factory=list)  # batches created by this call
     stored: int = 0  # answers written to the cache by this call
     failed: dict[str, str] = field(default_factory=dict)  # request key -> why (not cached)
+    #: request key -> the HTTP status the batch gave it (None: the batch ended without one)
+    failed_status: dict[str, int | None] = field(default_factory=dict)
     pending: int = 0  # requests still in unfinished batches
 
     @property
@@ -63,7 +64,7 @@ class BatchJob:
         self.poll_seconds = poll_seconds
         self.max_requests = max_requests
         self.max_bytes = max_bytes
-        self.state_path = self.cache.root / "batches" / f"{name}.json"
+        self.state_rel = f"batches/{name}.json"
 
     def run(
         self, requests: Sequence[Mapping[str, Any]], *, timeout: float | None = None
@@ -86,16 +87,17 @@ class BatchJob:
 
     def _load(self) -> dict[str, Any]:
         try:
-            state = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+            state = self.cache.read_json(self.state_rel)
+        except ValueError:
+            state = "unreadable"
+        if state is None:
             return {"job": self.name, "batches": []}
         if not isinstance(state, dict) or not isinstance(state.get("batches"), list):
-            raise LLMConfigError(f"unreadable batch state file {self.state_path}")
+            raise LLMConfigError(f"unreadable batch state file {self.state_rel} in {self.cache.url}")
         return state
 
     def _save(self, state: dict[str, Any]) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.state_path, state)
+        self.cache.write_json(self.state_rel, state)
 
     # ---- the job -------------------------------------------------------------------------------
 
@@ -117,17 +119,33 @@ class BatchJob:
         todo = await asyncio.to_thread(
             lambda: [r for k, r in prepared.items() if k not in waiting and k not in self.cache]
         )
+        # Held against the budget until this call has collected what it created, so other
+        # workers creating batches at the same time see it (answers collected count as spent).
+        held: tuple[str | None, float] | None = None
         if todo:
             factor = self.client.config.batch_price_factor
-            self.client.check_budget(sum(self.client.estimate_cost(r, factor) for r in todo))
-            for model, chunk, lines in self._chunks(todo):
-                record = await self._submit(model, chunk, lines)
-                state["batches"].append(record)
-                await asyncio.to_thread(self._save, state)
-                report.created.append(record["id"])
-                log.info(
-                    "batch job %s: created %s (%d requests)", self.name, record["id"], len(chunk)
-                )
+            estimate = sum(self.client.estimate_cost(r, factor) for r in todo)
+            held = (await asyncio.to_thread(self.client.reserve, estimate), estimate)
+        try:
+            return await self._submit_and_poll(state, todo, report, loop, deadline)
+        finally:
+            if held is not None:
+                await asyncio.to_thread(self.client.release, *held)
+
+    async def _submit_and_poll(
+        self,
+        state: dict[str, Any],
+        todo: Sequence[PreparedRequest],
+        report: BatchReport,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float | None,
+    ) -> BatchReport:
+        for model, chunk, lines in self._chunks(todo):
+            record = await self._submit(model, chunk, lines)
+            state["batches"].append(record)
+            await asyncio.to_thread(self._save, state)
+            report.created.append(record["id"])
+            log.info("batch job %s: created %s (%d requests)", self.name, record["id"], len(chunk))
 
         while True:
             for record in state["batches"]:
@@ -220,6 +238,7 @@ class BatchJob:
         for custom_id, key in record["requests"].items():
             if custom_id not in answered:
                 report.failed[key] = redact(why)
+                report.failed_status[key] = None
         record["collected"] = True
 
     async def _download(self, file_id: str) -> list[dict[str, Any]]:
@@ -251,6 +270,7 @@ class BatchJob:
                     completion_tokens=usage.get("completion_tokens") or 0,
                 ),
                 factor=self.client.config.batch_price_factor,
+                source="batch",
             )
             await asyncio.to_thread(self.cache.put, key, body, cost_usd=cost, source="batch")
             report.stored += 1
@@ -258,3 +278,5 @@ class BatchJob:
         error = row.get("error") or (body or {}).get("error") or {}
         message = error.get("message") if isinstance(error, dict) else str(error)
         report.failed[key] = redact(f"HTTP {response.get('status_code')}: {message}")
+        status = response.get("status_code")
+        report.failed_status[key] = status if isinstance(status, int) else None

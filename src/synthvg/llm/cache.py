@@ -1,4 +1,4 @@
-"""On-disk cache of LLM answers, one file per request.
+"""Cache of LLM answers, one file per request, in a folder or under any fsspec URL.
 
 The key is the sha256 of the canonical JSON of the whole request body (model, messages with
 their image data, every generation parameter), so an identical request is never paid for
@@ -15,10 +15,14 @@ import datetime as dt
 import hashlib
 import json
 import os
+import posixpath
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from synthvg.llm.redact import log
 
@@ -44,21 +48,40 @@ def request_key(body: Mapping[str, Any]) -> str:
 
 
 class RequestCache:
-    """``<root>/<key[:2]>/<key>.json``; the two-hex shard keeps folders small."""
+    """``<root>/<key[:2]>/<key>.json``; the two-hex shard keeps folders small.
+
+    ``root`` is a folder or any fsspec URL (``s3://bucket/ds/cache/llm``), so every worker of
+    a cluster, and every later build, shares one cache. Local entries are written through a
+    temp file and ``os.replace``; object stores replace whole objects atomically on their own.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
+        self.url = os.fspath(root)
+        self.fs, path = fsspec.core.url_to_fs(self.url)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.root: Path | str = Path(path) if self.is_local else path
 
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+    def path(self, key: str) -> Path | str:
+        return self._join(key[:2], f"{key}.json")
+
+    def _join(self, *parts: str) -> Path | str:
+        if isinstance(self.root, Path):
+            return self.root.joinpath(*parts)
+        return posixpath.join(self.root, *parts)
 
     def __contains__(self, key: str) -> bool:
-        return self.path(key).is_file()
+        path = self.path(key)
+        return path.is_file() if isinstance(path, Path) else self.fs.exists(path)
+
+    def _read(self, path: Path | str) -> str:
+        if isinstance(path, Path):
+            return path.read_text(encoding="utf-8")
+        return self.fs.cat_file(path).decode("utf-8")
 
     def get(self, key: str) -> dict[str, Any] | None:
         path = self.path(key)
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
+            entry = json.loads(self._read(path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -85,9 +108,38 @@ class RequestCache:
             "usage": response.get("usage"),
             "response": response,
         }
+        self._write(self.path(key), entry)
+
+    def discard(self, key: str) -> None:
+        """Forget an entry that turned out not to be a usable answer."""
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, entry)
+        if isinstance(path, Path):
+            path.unlink(missing_ok=True)
+        else:
+            try:
+                self.fs.rm(path)
+            except FileNotFoundError:
+                pass
+
+    # ---- small JSON files beside the entries (batch job state) ------------------------------
+
+    def read_json(self, rel: str) -> Any:
+        """The JSON file ``rel`` under the root; None when missing (ValueError when unreadable)."""
+        try:
+            return json.loads(self._read(self._join(rel)))
+        except FileNotFoundError:
+            return None
+
+    def write_json(self, rel: str, data: Any) -> None:
+        self._write(self._join(rel), data)
+
+    def _write(self, path: Path | str, data: Any) -> None:
+        if isinstance(path, Path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, data)
+        else:
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            self.fs.pipe(path, json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

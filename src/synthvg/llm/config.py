@@ -58,9 +58,20 @@ class LLMConfig(BaseModel):
     batch_price_factor: float = Field(0.5, gt=0, description="Batch API price / online price")
     budget_usd: float | None = Field(None, ge=0, description="hard stop for this client")
     cache: bool = True
+    cache_url: str | None = Field(
+        None,
+        description="request cache and spend ledger (a folder or fsspec URL all workers reach); "
+        "None: <dataset root>/cache/llm",
+    )
 
     def price(self, model: str) -> ModelPrice | None:
         return self.prices.get(model)
+
+    def key_source(self) -> str:
+        """Where the key is read from, for messages (never the key)."""
+        if self.api_key_secret_block:
+            return f"Prefect Secret block {self.api_key_secret_block!r}"
+        return f"env var {self.api_key_env}"
 
     def resolve_api_key(self) -> str:
         """The key, from the Secret block if named, else from the env var.
@@ -81,12 +92,8 @@ class LLMConfig(BaseModel):
         else:
             key = os.environ.get(self.api_key_env, "")
         if not key:
-            where = (
-                f"Prefect Secret block {self.api_key_secret_block!r}"
-                if self.api_key_secret_block
-                else f"env var {self.api_key_env}"
-            )
             raise LLMConfigError(
-                f"no API key in {where} (local servers such as vLLM or Ollama accept any value)"
+                f"no API key in {self.key_source()} "
+                "(local servers such as vLLM or Ollama accept any value)"
             )
         return key

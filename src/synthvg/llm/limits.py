@@ -203,3 +203,83 @@ class RateLimiter:
                 self.pause(state.reset_seconds)
             else:
                 bucket.cap(state.remaining)
+
+
+class SharedRateLimit:
+    """Requests- and tokens-per-minute for every process that sends through one folder.
+
+    One token bucket per limit lives in a small JSON file read and rewritten under an exclusive
+    ``flock`` (local or shared POSIX filesystems), so the workers of a Dask or Ray build draw
+    from one budget of requests per minute instead of each from its own. The request bucket
+    holds one request (no burst): over any span of T seconds at most ``1 + rpm * T / 60``
+    requests leave, which is what "never above the limit" means. Waiting happens outside the
+    lock. Waiters in different processes are not served in arrival order.
+    """
+
+    def __init__(
+        self,
+        folder: str,
+        name: str,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        *,
+        burst_seconds: float = 1.0,
+    ) -> None:
+        import os
+
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        self.path = os.path.join(folder, f"{safe}.json")
+        self.rates = {"requests": requests_per_minute, "tokens": tokens_per_minute}
+        self.capacity = {
+            "requests": 1.0,
+            "tokens": max(1.0, (tokens_per_minute or 0) / 60 * burst_seconds),
+        }
+
+    def _update(self, amounts: dict[str, float], *, force: bool = False) -> float:
+        """Take ``amounts`` when all are available (or ``force``); else the seconds to wait."""
+        import fcntl
+        import os
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            now = time.time()
+            try:
+                with open(self.path, encoding="utf-8") as fh:
+                    state = json.load(fh)
+            except (FileNotFoundError, ValueError):
+                state = {}
+            wait = 0.0
+            for kind, rate in self.rates.items():
+                if rate is None:
+                    continue
+                level, stamp = state.get(kind, (0.0, now))
+                level = min(self.capacity[kind], level + max(0.0, now - stamp) * rate / 60)
+                state[kind] = (level, now)
+                need = min(amounts.get(kind, 0.0), self.capacity[kind])
+                if level < need:
+                    wait = max(wait, (need - level) * 60 / rate)
+            if wait == 0.0 or force:
+                for kind, rate in self.rates.items():
+                    if rate is not None:
+                        level, stamp = state[kind]
+                        state[kind] = (level - amounts.get(kind, 0.0), stamp)
+                wait = 0.0
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(state, fh)
+            os.replace(tmp, self.path)
+            return wait
+        finally:
+            os.close(fd)
+
+    async def acquire(self, tokens: int) -> None:
+        """Wait until one request of ``tokens`` estimated tokens may leave, then charge it."""
+        while (wait := await asyncio.to_thread(self._update, {"requests": 1.0, "tokens": tokens})) > 0:
+            await asyncio.sleep(wait)
+
+    def settle(self, estimated: int, actual: int) -> None:
+        """Replace a request's token estimate with its real count."""
+        if self.rates["tokens"] is not None and actual != estimated:
+            self._update({"tokens": float(actual - estimated)}, force=True)

@@ -31,9 +31,11 @@ class LLMResult(BaseModel):
 
 @dataclass
 class UsageTotals:
-    """Running totals of one client (``requests`` counts HTTP attempts, retries included)."""
+    """Running totals of one client (``requests`` counts HTTP attempts, retries included;
+    ``paid_requests`` the answers received and paid for, usable or not)."""
 
     requests: int = 0
+    paid_requests: int = 0
     cached_hits: int = 0
     retries: int = 0
     prompt_tokens: int = 0

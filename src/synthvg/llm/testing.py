@@ -209,10 +209,15 @@ class FakeOpenAIServer:
         latency: float = 0.0,
         requests_per_minute: float | None = None,
         batch_polls: int = 2,
+        api_key: str | None = None,
+        models: list[str] | None = None,
     ) -> None:
         """``requests_per_minute``: enforce a token-bucket limit (429 past it) and send
         ``x-ratelimit-*-requests`` headers. ``batch_polls``: a batch completes on that many
-        ``GET /v1/batches/{id}``."""
+        ``GET /v1/batches/{id}``. ``api_key``: answer 401 to any other bearer token, as a
+        provider does to a wrong key. ``models``: what ``GET /v1/models`` lists, and chat
+        requests for any other model get 404 ``model_not_found``; None: every model is
+        served and ``/v1/models`` is not (some OpenAI-compatible servers lack it)."""
         self.responder: Responder = responder or echo_responder
         self.latency = latency
         self.batch_polls = batch_polls
@@ -225,6 +230,11 @@ class FakeOpenAIServer:
         self._in_flight = 0
         self.max_in_flight = 0
         self.rate_limited = 0  # 429s sent by the requests_per_minute limit
+        self.api_key = api_key
+        self.models = models
+        #: (model, prompt_tokens, completion_tokens) of every chat answer delivered whole with
+        #: HTTP 200, online or in a batch: what a provider bills.
+        self.billed: list[tuple[str, int, int]] = []
         self._ids = itertools.count(1)
         self._files: dict[str, bytes] = {}
         self._batches: dict[str, dict[str, Any]] = {}
@@ -305,7 +315,14 @@ class FakeOpenAIServer:
         with self._lock:
             self._requests.append(record)
         route = (h.command, path)
-        if route == ("POST", "/v1/chat/completions"):
+        if self.api_key is not None and record.headers.get("authorization") != f"Bearer {self.api_key}":
+            _send(h, 401, _json({"error": {
+                "message": "Incorrect API key provided. You can find your API key at https://example.invalid.",
+                "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}))
+        elif route == ("GET", "/v1/models") and self.models is not None:
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+            _send(h, 200, _json({"object": "list", "data": data}))
+        elif route == ("POST", "/v1/chat/completions"):
             self._chat(h, record.json())
         elif route == ("POST", "/v1/files"):
             self._upload(h, body)
@@ -389,6 +406,26 @@ class FakeOpenAIServer:
             },
         }
 
+    def _unknown_model(self, request: dict[str, Any]) -> Reply | None:
+        model = request.get("model")
+        if self.models is None or model in self.models:
+            return None
+        return Reply(
+            status=404,
+            error=f"The model `{model}` does not exist or you do not have access to it.",
+            error_code="model_not_found",
+        )
+
+    def _bill(self, completion: dict[str, Any]) -> None:
+        usage = completion["usage"]
+        with self._lock:
+            self.billed.append((completion["model"], usage["prompt_tokens"], usage["completion_tokens"]))
+
+    @property
+    def paid_requests(self) -> int:
+        with self._lock:
+            return len(self.billed)
+
     def _chat(self, h: BaseHTTPRequestHandler, request: dict[str, Any]) -> None:
         with self._lock:
             self._in_flight += 1
@@ -396,7 +433,9 @@ class FakeOpenAIServer:
             scripted = self._queue.popleft() if self._queue else None
         try:
             wait, headers = self._rate_check()
-            if wait is not None:
+            if (unknown := self._unknown_model(request)) is not None:
+                reply = unknown
+            elif wait is not None:
                 reply = Reply.rate_limited(round(wait, 3))
             else:
                 reply = self._answer(request, scripted)
@@ -405,9 +444,12 @@ class FakeOpenAIServer:
             if reply.status != 200:
                 status, payload = reply.status, _error(reply.error, reply.error_code)
             else:
-                status, payload = 200, _json(self._completion(request, reply))
+                completion = self._completion(request, reply)
+                status, payload = 200, _json(completion)
                 if reply.truncate_body:
                     payload = payload[: len(payload) // 2]
+                else:
+                    self._bill(completion)
         finally:
             with self._lock:  # before answering: the client may send its next request at once
                 self._in_flight -= 1
@@ -487,10 +529,11 @@ class FakeOpenAIServer:
         errors: list[str] = []
         for line in self._files[batch["input_file_id"]].decode().splitlines():
             item = json.loads(line)
-            reply = self._answer(item["body"], None)
+            reply = self._unknown_model(item["body"]) or self._answer(item["body"], None)
             row_id = f"batch_req_{next(self._ids)}"
             if reply.status == 200:
                 body = self._completion(item["body"], reply)
+                self._bill(body)
                 outputs.append(
                     json.dumps(
                         {

@@ -146,11 +146,11 @@ def graph_json(graph: Graph) -> str:
 class LLMEditor:
     """Builds the caption and edit requests of an image; loads once per worker."""
 
-    def __init__(self, config: OpenAIEditConfig, cache_dir: str | None):
+    def __init__(self, config: OpenAIEditConfig, cache_dir: str | None, *, client: LLMClient | None = None):
         self.config = config
         self.prompt: Prompt = load_prompt(config.prompt)
         self.caption_prompt: Prompt | None = load_prompt(config.caption_prompt) if config.caption else None
-        self.client = LLMClient(config, cache_dir=cache_dir)
+        self.client = client or LLMClient(config, cache_dir=cache_dir)
 
     @property
     def prompt_version(self) -> str:

@@ -65,10 +65,10 @@ def parse_answer(obj: dict) -> tuple[TeacherAnswer, list[tuple[str, str]]]:
 class LLMTeacher:
     """Builds one request per image and checks each answer; loads once per worker."""
 
-    def __init__(self, config: OpenAITeacherConfig, cache_dir: str | None):
+    def __init__(self, config: OpenAITeacherConfig, cache_dir: str | None, *, client: LLMClient | None = None):
         self.config = config
         self.prompt: Prompt = load_prompt(config.prompt)
-        self.client = LLMClient(config, cache_dir=cache_dir)
+        self.client = client or LLMClient(config, cache_dir=cache_dir)
 
     @property
     def name(self) -> str:

@@ -102,11 +102,15 @@ def p_yes_from_text(text: str) -> float | None:
 class OpenAIVerifier:
     """Yes/no questions through the shared OpenAI-compatible client (cached, rate limited)."""
 
-    def __init__(self, config: OpenAIVerifierConfig, cache_dir: str | None):
+    def __init__(self, config: OpenAIVerifierConfig, cache_dir: str | None, *, client: LLMClient | None = None):
         self.config = config
         self.threshold = config.threshold
         self.name = f"vqa:{config.model}"
-        self.client = LLMClient(config, cache_dir=cache_dir)
+        self.client = client or LLMClient(config, cache_dir=cache_dir)
+
+    def request(self, q: Question) -> dict:
+        """Keyword arguments for ``LLMClient.complete`` (also what a dry run prices)."""
+        return self._request(q)
 
     def _request(self, q: Question) -> dict:
         params: dict = {"messages": question_messages(self.config.prompt, q), "max_tokens": 1, "temperature": 0.0}

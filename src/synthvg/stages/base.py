@@ -41,6 +41,12 @@ def output_settings(section: BaseModel) -> dict:
     return strip(section.model_dump(mode="json"))
 
 
+class StageFatal(RuntimeError):
+    """No shard of this stage can succeed in this run (a rejected key, an unknown model, an
+    unreachable endpoint, a spent budget): the runner stops the stage instead of trying the
+    other shards, and commits none of them. The message is one line saying what to fix."""
+
+
 class ShardSpec(BaseModel):
     """One unit of work: a fixed, ordered list of image ids (the same across stages)."""
 
@@ -180,6 +186,14 @@ class Stage(ABC):
         """Which stages' rows of ``table`` this stage reads under ``config`` (None: every stage
         that writes it, but itself)."""
         return None
+
+    @classmethod
+    def dry_run_mode(cls, config: BuildConfig) -> str:
+        """How a dry run treats this stage under ``config``: ``free`` (CPU only, no weights, no
+        API: it runs for real, since later stages' requests depend on its output), ``paid``
+        (it prices its requests with :meth:`estimate`, sending nothing) or ``model`` (it loads
+        weights: its shards are counted, nothing is loaded or run)."""
+        return "free"
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:

@@ -73,6 +73,10 @@ class DepthStage(Stage):
         return None
 
     @classmethod
+    def dry_run_mode(cls, config: BuildConfig) -> str:
+        return "model"
+
+    @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         d: DepthAnythingConfig = config.depth
         return {"config": output_settings(d), "model": path_identity(d.path)}

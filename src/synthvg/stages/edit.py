@@ -40,7 +40,7 @@ from synthvg.stages.llm_stage import (
     add_metrics,
     answer,
     estimate,
-    llm_cache_dir,
+    make_client,
     open_image,
     redact_logs,
 )
@@ -76,6 +76,10 @@ class EditStage(Stage):
         return None
 
     @classmethod
+    def dry_run_mode(cls, config: BuildConfig) -> str:
+        return "paid"
+
+    @classmethod
     def skip_reason(cls, config: BuildConfig) -> str | None:
         edit = config.edit
         if edit.backend == "none":
@@ -108,7 +112,7 @@ class EditStage(Stage):
         super().__init__(config)
         assert isinstance(config.edit, OpenAIEditConfig)
         redact_logs()
-        self.editor = LLMEditor(config.edit, llm_cache_dir(config.out))
+        self.editor = LLMEditor(config.edit, None, client=make_client(config.edit, config, scope="edit"))
 
     # ---- inputs --------------------------------------------------------------------------------
 
@@ -162,7 +166,7 @@ class EditStage(Stage):
             cached = [(j, r) for j, r in zip(jobs, requests, strict=True) if cache is not None and editor.client.prepare(**r).key in cache]
             results = editor.client.map_complete([r for _, r in cached])
             return {j.image_id: res.content for (j, _), res in zip(cached, results, strict=True) if isinstance(res, LLMResult)}
-        results, metrics = answer(editor.client, editor.config, requests, f"edit-caption-{self.config.name}-shard-{ctx.shard:05d}")
+        results, metrics = answer(editor.client, editor.config, requests, f"edit-caption-{self.config.name}-shard-{ctx.shard:05d}", ctx, self.config.out)
         add_metrics(out.metrics, {**metrics, "captions": metrics["requests"]})
         captions = {}
         for job, result in zip(jobs, results, strict=True):
@@ -189,7 +193,7 @@ class EditStage(Stage):
         jobs = self._jobs(inputs, ctx, out)
         captions = self._captions(jobs, ctx, out)
         requests = [editor.edit_request(j.image, j.shown, j.graph, captions.get(j.image_id)) for j in jobs]
-        results, metrics = answer(editor.client, editor.config, requests, f"edit-{self.config.name}-shard-{ctx.shard:05d}")
+        results, metrics = answer(editor.client, editor.config, requests, f"edit-{self.config.name}-shard-{ctx.shard:05d}", ctx, self.config.out)
         add_metrics(out.metrics, metrics)
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):

@@ -28,14 +28,22 @@ from synthvg.stages.base import (
     StageInputs,
     StageOutput,
 )
-from synthvg.stages.llm_stage import llm_cache_dir, open_image, redact_logs
+from synthvg.stages.llm_stage import (
+    add_metrics,
+    begin_shard,
+    estimate,
+    make_client,
+    open_image,
+    redact_logs,
+    stop_on_failures,
+)
 
 _VERDICT = {"keep": "kept", "drop": "dropped", "abstain": "unverified"}
 
 
 def make_verifier(cfg, build: BuildConfig) -> VQAVerifier:
     if isinstance(cfg, OpenAIVerifierConfig):
-        return OpenAIVerifier(cfg, llm_cache_dir(build.out))
+        return OpenAIVerifier(cfg, None, client=make_client(cfg, build, scope=f"filters:{cfg.model}"))
     from synthvg.models.vqa_transformers import TransformersVerifier
 
     return TransformersVerifier(cfg)
@@ -70,6 +78,13 @@ class FiltersStage(Stage):
             "synonyms": synonyms,
         }
 
+    @classmethod
+    def dry_run_mode(cls, config: BuildConfig) -> str:
+        verifiers = getattr(config.filters, "verifiers", [])
+        if any(not isinstance(v, OpenAIVerifierConfig) for v in verifiers):
+            return "model"
+        return "paid" if verifiers else "free"
+
     def __init__(self, config: BuildConfig):
         super().__init__(config)
         self.filters: RuleFiltersConfig = config.filters
@@ -80,6 +95,30 @@ class FiltersStage(Stage):
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
         out = StageOutput()
+        pending, names, verdict = self._decide_by_rules(inputs, ctx, out)
+        self._verify(pending, names, verdict, out, ctx)
+        counts = {"kept": 0.0, "dropped": 0.0, "unverified": 0.0}
+        for v in out.tables.get("relation_verdicts", []):
+            counts[v.verdict] += 1
+        out.metrics = add_metrics(counts, out.metrics)
+        return out
+
+    def estimate(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> dict[str, float] | None:
+        """The VQA questions the OpenAI-compatible verifiers would be asked, priced; rules cost nothing."""
+        clients = [v for v in self.verifiers if isinstance(v, OpenAIVerifier)]
+        if not clients:
+            return None
+        out = StageOutput()
+        pending, names, verdict = self._decide_by_rules(inputs, ctx, out)
+        _, questions = self._questions(pending, names, verdict, out, ctx)
+        totals: dict[str, float] = {}
+        for v in clients:
+            add_metrics(totals, estimate(v.client, [v.request(q) for q in questions]))
+        return totals
+
+    def _decide_by_rules(self, inputs: StageInputs, ctx: RunContext, out: StageOutput):
+        """Verdicts of everything rules decide, into ``out``; (relations for the verifiers, region
+        names, the verdict writer)."""
         images = {i["image_id"]: i for i in inputs.rows("images")}
         regions = {(r["image_id"], r["region_id"]): r for r in inputs.rows("regions")}
         depth = {(d["image_id"], d["region_id"]): d["depth_median"] for d in inputs.rows("region_depth")}
@@ -110,12 +149,7 @@ class FiltersStage(Stage):
                 pending.append((rel, image, {"s": s, "o": o, "predicate": predicate}))
             else:
                 verdict(rel, "unverified", f"no VQA verifier configured for {rel['category']} relations", "filters")
-        self._verify(pending, names, verdict, out, ctx)
-        counts = {"kept": 0.0, "dropped": 0.0, "unverified": 0.0}
-        for v in out.tables.get("relation_verdicts", []):
-            counts[v.verdict] += 1
-        out.metrics = counts
-        return out
+        return pending, names, verdict
 
     def _spatial(self, rel, predicate, image, s, o, depth, verdict) -> None:
         if predicate not in RULES:
@@ -133,9 +167,8 @@ class FiltersStage(Stage):
         result = check(predicate, gs, go, Context(image["width"], image["height"], self.filters.spatial, s_in_o, o_in_s))
         verdict(rel, _VERDICT[result.decision], result.reason, f"rule:{result.rule}", result.margin)
 
-    def _verify(self, pending, names, verdict, out: StageOutput, ctx: RunContext) -> None:
-        if not pending:
-            return
+    def _questions(self, pending, names, verdict, out: StageOutput, ctx: RunContext) -> tuple[list[dict], list[Question]]:
+        """(relations asked, their questions); relations whose image cannot be read get a verdict."""
         pixels: dict[str, object] = {}
         questions: list[Question] = []
         asked: list[dict] = []
@@ -154,7 +187,29 @@ class FiltersStage(Stage):
                 object=names[(rel["image_id"], o["region_id"])],
             ))
             asked.append(rel)
-        answers = [(v.name, v.threshold, v.p_yes(questions)) for v in self.verifiers]
+        return asked, questions
+
+    def _verify(self, pending, names, verdict, out: StageOutput, ctx: RunContext) -> None:
+        if not pending:
+            return
+        asked, questions = self._questions(pending, names, verdict, out, ctx)
+        answers = []
+        for v in self.verifiers:
+            if isinstance(v, OpenAIVerifier):
+                begin_shard(v.client, self.config.out, ctx)
+                before = v.client.usage.paid_requests
+                try:
+                    ps = v.p_yes(questions)
+                    # A failure that is not this question's own fault never becomes "unverified".
+                    stop_on_failures(v.client, self.config.out, ctx, ps)
+                finally:
+                    if v.client.ledger is not None:
+                        v.client.ledger.flush()
+                add_metrics(out.metrics, {"requests": float(len(questions)),
+                                          "paid_requests": float(v.client.usage.paid_requests - before)})
+            else:
+                ps = v.p_yes(questions)
+            answers.append((v.name, v.threshold, ps))
         by = "+".join(v.name for v in self.verifiers)
         for i, rel in enumerate(asked):
             v, score, reason = combine([(name, ps[i], t) for name, t, ps in answers], self.filters.vote)

@@ -113,6 +113,10 @@ class RegionsStage(Stage):
         return None
 
     @classmethod
+    def dry_run_mode(cls, config: BuildConfig) -> str:
+        return "model" if config.regions.proposer in ("segment_anything", "transformers_sam") else "free"
+
+    @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         r = config.regions
         section = r.proposer_config()

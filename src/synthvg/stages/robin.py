@@ -43,6 +43,10 @@ class RobinStage(Stage):
     reads = ("images", "regions", "region_checks")
 
     @classmethod
+    def dry_run_mode(cls, config: BuildConfig) -> str:
+        return "model"
+
+    @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         payload = {**super().fingerprint_payload(config), "feed": config.regions.feed}
         if isinstance(config.robin, RobinModelConfig):

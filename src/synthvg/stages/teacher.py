@@ -21,7 +21,7 @@ from synthvg.stages.base import (
     StageOutput,
     regions_for_later_stages,
 )
-from synthvg.stages.llm_stage import answer, estimate, llm_cache_dir, open_image, redact_logs
+from synthvg.stages.llm_stage import answer, estimate, make_client, open_image, redact_logs
 from synthvg.stages.regions import region_mask
 
 
@@ -30,6 +30,10 @@ class TeacherStage(Stage):
     version = "1"
     writes = ("relations", "descriptions")
     reads = ("images", "regions", "region_checks")
+
+    @classmethod
+    def dry_run_mode(cls, config: BuildConfig) -> str:
+        return "paid" if isinstance(config.teacher, OpenAITeacherConfig) else "free"
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
@@ -50,7 +54,8 @@ class TeacherStage(Stage):
         super().__init__(config)
         if isinstance(config.teacher, OpenAITeacherConfig):
             redact_logs()
-            self.llm: LLMTeacher | None = LLMTeacher(config.teacher, llm_cache_dir(config.out))
+            client = make_client(config.teacher, config, scope="teacher")
+            self.llm: LLMTeacher | None = LLMTeacher(config.teacher, None, client=client)
             self.rules = None
         else:
             self.llm = None
@@ -112,7 +117,7 @@ class TeacherStage(Stage):
         teacher = self.llm
         jobs = self._llm_jobs(images, regions, ctx, out)
         batch_name = f"teacher-{self.config.name}-shard-{ctx.shard:05d}"
-        results, out.metrics = answer(teacher.client, teacher.config, [req for _, _, req in jobs], batch_name)
+        results, out.metrics = answer(teacher.client, teacher.config, [req for _, _, req in jobs], batch_name, ctx, self.config.out)
         version = teacher.prompt.version
         for (image_id, shown, _), result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):

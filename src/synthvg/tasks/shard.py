@@ -53,11 +53,13 @@ def plan_task(config: BuildConfig, run_id: str, replace: bool = False) -> BuildP
 
 
 def retry_unless_storage_fault(task, task_run, state) -> bool:
-    """Retry a failed shard, unless storage refused the write or the build lost its lock: those
-    fail again on every try."""
+    """Retry a failed shard, unless storage refused the write, the build lost its lock, or the
+    stage cannot succeed in this run (a rejected key, a spent budget): those fail again on every try."""
+    from synthvg.stages.base import StageFatal
+
     try:
         state.result()
-    except (StorageRefused, LockLost):
+    except (StorageRefused, LockLost, StageFatal):
         return False
     except Exception:
         return True
