@@ -108,7 +108,8 @@ def test_dry_run_counts_model_stages_without_loading_them(tmp_path):
                       depth={"backend": "depth-anything", "path": str(tmp_path / "no-such-weights")})
     report = dry_run(cfg)  # loading the (missing) weights would fail
     assert report["depth"]["model_shards"] == 2 and report["depth"]["model_images"] == 4
-    assert report["teacher"]["shards_blocked"] == 2
+    assert report["teacher"]["shards_done"] == 2  # the rule teacher reads no depth: it runs
+    assert report["filters"]["shards_blocked"] == 2  # the filters read depth: they wait for it
 
 
 # ---- 2. failure kinds -----------------------------------------------------------------------------
@@ -357,16 +358,16 @@ def test_spend_totals_equal_what_the_server_billed_across_failed_and_retried_sha
 def test_remote_roots_keep_cache_and_ledger_under_the_root_not_the_home_folder(tmp_path, key, monkeypatch):
     import uuid
 
-    import fsspec
 
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    root = f"memory://synthvg-{uuid.uuid4().hex[:8]}/root"
+    root = f"file://{tmp_path}/root-{uuid.uuid4().hex[:8]}"  # a URL root, as object stores are given
     with FakeOpenAIServer(responder=scripted_teacher) as server:
         cfg = teacher_config(root, server)
         assert run_build(cfg).status == "completed"
         sent = len(server.chat_requests)
-        fs = fsspec.filesystem("memory")
-        fs.rm(f"{root.removeprefix('memory://')}/manifests/teacher", recursive=True)  # redo the stage
+        dataset = Dataset(root)
+        for m in list(dataset.manifests("teacher")):
+            dataset.drop_stage_shard("teacher", m.shard, "test")  # redo the stage
         assert run_build(cfg).status == "completed"
         assert len(server.chat_requests) == sent == 3  # every answer came from the shared cache
     entries = SpendLedger(f"{root}/cache/llm/ledger").entries()
@@ -413,9 +414,9 @@ def test_rpm_and_budget_hold_for_a_dask_build_with_two_workers(prefect_server, t
 def test_prefect_does_not_retry_a_shard_whose_stage_cannot_succeed():
     from prefect.states import Failed
 
-    from synthvg.flows.build import _worth_a_retry
     from synthvg.llm import LLMRetryExhausted
     from synthvg.stages.base import StageFatal
+    from synthvg.tasks.shard import retry_unless_storage_fault as _worth_a_retry
 
     assert not _worth_a_retry(None, None, Failed(data=StageFatal("teacher stopped: ...")))
     assert _worth_a_retry(None, None, Failed(data=LLMRetryExhausted("gave up", attempts=3)))

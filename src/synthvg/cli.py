@@ -101,13 +101,17 @@ def build(
     try:
         cfg = with_executor(load_config(config, out=out, limit=limit), kind=runner, address=address)
         require(cfg.executor.kind)
+    except (ConfigError, RunnerUnavailable) as e:
+        raise _fail(str(e)) from None
+    if not dry_run:
+        _preflight(cfg, only=check)  # every problem it can see at once, one line each
+    try:
         check_sources(cfg.seeds)  # before anything is written; planning reuses the indexes
-    except (ConfigError, RunnerUnavailable, EmptySource) as e:
+    except EmptySource as e:
         raise _fail(str(e)) from None
     if dry_run:
         _print_dry_run(cfg, replace)
         return
-    _preflight(cfg, only=check)
     from synthvg.flows import BuildIncomplete, build_dataset
     from synthvg.pipeline import WithdrawalRefused
     from synthvg.stats import compute_stats, format_stats
