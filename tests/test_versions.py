@@ -166,3 +166,20 @@ def test_old_roots_are_refused_until_migrated_and_a_killed_migrate_resumes(tmp_p
     assert "already in the Delta layout" in runner.invoke(app, ["migrate", "--root", str(root)]).output
     verified = runner.invoke(app, ["verify", "--root", str(root)])
     assert verified.exit_code == 0 and "all intact" in verified.output
+
+
+def test_other_engines_see_the_views_rows_through_the_completion_join(replaced):
+    """docs/STORAGE.md's join over the raw Delta tables (deltalake + DuckDB) equals the view."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    root, _, _ = replaced
+    completions = DeltaTable(f"{root}/completions").to_pyarrow_table()  # noqa: F841 (read by DuckDB)
+    regions = DeltaTable(f"{root}/tables/regions").to_pyarrow_table()  # noqa: F841
+    external = duckdb.sql("""
+        WITH latest AS (SELECT stage, shard, arg_max(fingerprint, sequence) AS fingerprint FROM completions GROUP BY ALL)
+        SELECT r.image_id, r.region_id, r.label FROM regions r JOIN latest c
+          ON r._stage = c.stage AND r._shard = c.shard AND r._fingerprint = left(c.fingerprint, 16)
+        ORDER BY ALL""").fetchall()
+    view = query(root, "SELECT image_id, region_id, label FROM regions ORDER BY ALL").to_pylist()
+    assert external == [tuple(r.values()) for r in view] and len(external) > 0
