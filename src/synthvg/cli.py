@@ -13,8 +13,10 @@ from typing import Annotated
 import typer
 
 from synthvg import prefect_env
-from synthvg.prefect_setup import WORK_POOL
+from synthvg.prefect_env import WORK_POOL
 
+# Environment only: Prefect itself is imported by the commands that run a flow (build, ingest,
+# report, setup-prefect), so sql, stats, show and export start fast and never start a server.
 prefect_env.configure()
 
 app = typer.Typer(
