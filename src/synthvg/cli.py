@@ -30,6 +30,23 @@ app = typer.Typer(
 RootOpt = Annotated[str, typer.Option("--root", help="dataset root: a folder or an fsspec URL")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from synthvg import __version__
+
+        typer.echo(f"synthvg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    pass
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.secho(message, fg=typer.colors.RED, err=True)
     return typer.Exit(code)
@@ -65,27 +82,36 @@ def build(
     ] = None,
 ) -> None:
     """Build or resume a dataset. Shards already committed with the same inputs, config and code are skipped."""
-    from synthvg.flows.runners import RunnerUnavailable, require
-    from synthvg.schemas.config import ConfigError, load_config, with_executor
+    from synthvg.schemas.config import ConfigError, check_input_paths, load_config, with_executor
+    from synthvg.storage import BuildLocked, Dataset, check_unlocked
 
     if out is not None and "://" not in out:
         out = str(Path(out).resolve())
     try:
         cfg = with_executor(load_config(config, out=out, limit=limit), kind=runner, address=address)
+        check_input_paths(cfg)
+        # Before Prefect is imported: a refused build starts no server and prints no traceback.
+        check_unlocked(Dataset(cfg.out))
+    except (ConfigError, BuildLocked) as e:
+        raise _fail(str(e)) from None
+    from synthvg.flows.runners import RunnerUnavailable, require
+
+    try:
         require(cfg.executor.kind)
-    except (ConfigError, RunnerUnavailable) as e:
+    except RunnerUnavailable as e:
         raise _fail(str(e)) from None
     if dry_run:
         _print_dry_run(cfg)
         return
     from synthvg.flows import BuildIncomplete, build_dataset
     from synthvg.stats import compute_stats, format_stats
-    from synthvg.storage import BuildLocked
 
     typer.echo(f"building {cfg.name} -> {cfg.out}", err=True)
     try:
         run = build_dataset(cfg)
         code = 0
+    except KeyboardInterrupt:
+        raise _fail("interrupted: committed shards are kept; run the same command again to resume", 130) from None
     except BuildLocked as e:
         raise _fail(str(e)) from None
     except BuildIncomplete as e:
@@ -165,13 +191,22 @@ def setup_prefect(
     work_pool: Annotated[str, typer.Option("--work-pool", help="process work pool to create if missing ('' skips)")] = WORK_POOL,
 ) -> None:
     """Create the config's global concurrency and rate limits and the work pool on the Prefect server."""
-    from synthvg.prefect_setup import setup_prefect as setup
     from synthvg.schemas.config import ConfigError, load_config
 
     try:
         cfg = load_config(config)
     except ConfigError as e:
         raise _fail(str(e)) from None
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        # Prefect would create them on a temporary server that is gone when this command ends.
+        raise _fail(
+            "no Prefect server: start one (prefect server start) and set PREFECT_API_URL, "
+            "e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    from synthvg.prefect_setup import setup_prefect as setup
+
     for line in setup(cfg.executor.limits, work_pool or None):
         typer.echo(line)
 
@@ -184,7 +219,10 @@ class Format(StrEnum):
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="SQL over the views images, regions, proposals, relations, svg_relations, svg_full, descriptions, edits, generations, errors (docs/SCHEMA.md)")],
+    query: Annotated[str, typer.Argument(help=(
+        "SQL over the views images, regions, proposals, relations, svg_relations, svg_full, descriptions, edits, "
+        "generations, errors, and the raw region_checks, region_depth, depth_maps, relation_verdicts (docs/SCHEMA.md)"
+    ))],
     root: RootOpt,
     format: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
 ) -> None:
@@ -205,7 +243,7 @@ def sql(
     if format is Format.json:
         typer.echo(json.dumps(rows, indent=2, default=str))
     elif format is Format.csv:
-        writer = csv.writer(sys.stdout)
+        writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(table.column_names)
         for r in rows:
             writer.writerow([r[c] for c in table.column_names])
@@ -245,6 +283,8 @@ def show(
     """Draw an image with its regions (masks, boxes, ids) and relations into a PNG."""
     from synthvg.render import render_image_from_dataset
 
+    if out.is_dir():
+        raise _fail(f"--out {out} is a folder; give the PNG file to write, e.g. {out / 'scene.png'}")
     _check_root(root)
     try:
         img = render_image_from_dataset(root, image_id, stage=stage)
@@ -361,6 +401,8 @@ def export(
     """Write the dataset's scene graphs as Parquet shards in the released SVG format (see docs/EDIT.md)."""
     from synthvg.export import export_svg
 
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file; export writes a folder of Parquet shards, give a folder")
     _check_root(root)
     try:
         report = export_svg(root, out, stage=stage, images_per_file=images_per_file)
@@ -386,7 +428,7 @@ def import_(
         out = str(Path(out).resolve())
     try:
         report = import_svg([str(p) for p in paths], out, images_dir=str(images.resolve()) if images else None, shard_size=shard_size)
-    except (FileExistsError, BuildLocked) as e:
+    except (FileExistsError, BuildLocked, ValueError) as e:
         raise _fail(str(e)) from None
     typer.echo(f"imported {report.images} images, {report.regions} regions, {report.relations} relations "
                f"({report.errors} errors) into {report.root}")

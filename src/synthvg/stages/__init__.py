@@ -1,26 +1,57 @@
-"""Pipeline stages, in build order. Each is a plain class: see :mod:`synthvg.stages.base`."""
+"""Pipeline stages, in build order. Each is a plain class: see :mod:`synthvg.stages.base`.
 
-from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput, load_stage
-from synthvg.stages.depth import DepthStage
-from synthvg.stages.edit import EditStage
-from synthvg.stages.filters import FiltersStage
-from synthvg.stages.regions import RegionsStage
-from synthvg.stages.robin import RobinStage
-from synthvg.stages.seeds import BuildPlan, SeedsStage, plan_build
-from synthvg.stages.teacher import TeacherStage
+Names resolve on first use (PEP 562): importing one stage module (``synthvg.stages.seeds`` for
+``read_image``, say) must not load every stage's model SDKs (openai, torch) with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from synthvg.stages.base import Stage
 
 #: The shard stages in the order a build runs them (publish follows, over the whole dataset).
-STAGES: dict[str, type[Stage]] = {
-    cls.name: cls
-    for cls in (SeedsStage, RegionsStage, DepthStage, TeacherStage, FiltersStage, RobinStage, EditStage)
+_STAGE_CLASSES = {
+    "SeedsStage": "synthvg.stages.seeds",
+    "RegionsStage": "synthvg.stages.regions",
+    "DepthStage": "synthvg.stages.depth",
+    "TeacherStage": "synthvg.stages.teacher",
+    "FiltersStage": "synthvg.stages.filters",
+    "RobinStage": "synthvg.stages.robin",
+    "EditStage": "synthvg.stages.edit",
 }
-STAGE_ORDER: tuple[str, ...] = tuple(STAGES)
+_EXPORTS = {
+    **{n: "synthvg.stages.base" for n in ("RunContext", "ShardSpec", "Stage", "StageInputs", "StageOutput", "load_stage")},
+    **{n: "synthvg.stages.seeds" for n in ("BuildPlan", "plan_build")},
+    **_STAGE_CLASSES,
+}
+
+
+def _stages() -> dict[str, type[Stage]]:
+    """Every stage class by name, in build order (imports them all)."""
+    classes = (getattr(importlib.import_module(module), name) for name, module in _STAGE_CLASSES.items())
+    return {cls.name: cls for cls in classes}
+
+
+def __getattr__(name: str):
+    if name in ("STAGES", "STAGE_ORDER"):
+        stages = _stages()
+        globals().update(STAGES=stages, STAGE_ORDER=tuple(stages))
+        return globals()[name]
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def table_writers() -> dict[str, list[str]]:
     """Which stages write each table, in build order."""
     out: dict[str, list[str]] = {}
-    for name, cls in STAGES.items():
+    for name, cls in _stages().items():
         for table in cls.writes:
             out.setdefault(table, []).append(name)
     return out
