@@ -83,7 +83,7 @@ def test_show_says_what_it_hides(built, tmp_path, monkeypatch):
     con = connect(built)
     image_id, dropped = con.execute(
         "SELECT image_id, count(*) FILTER (WHERE verdict = 'dropped') FROM relations GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1"
-    ).fetchone()
+    ).fetchall()[0]
     result = runner.invoke(app, ["show", "--root", built, image_id, "--out", str(tmp_path / "s.png")])
     assert result.exit_code == 0, result.output
     assert seen["dropped"] == dropped

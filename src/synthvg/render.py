@@ -119,7 +119,7 @@ def render_image_from_dataset(root: str, image_id: str, stage: str | None = None
         relations = fetch_dicts(
             con, f"SELECT * FROM relations WHERE {where} AND verdict <> 'dropped' ORDER BY subject_id, object_id, predicate", params
         )
-        dropped = con.execute(f"SELECT count(*) FROM relations WHERE {where} AND verdict = 'dropped'", params).fetchone()[0]
+        dropped = con.execute(f"SELECT count(*) FROM relations WHERE {where} AND verdict = 'dropped'", params).fetchall()[0][0]
     finally:
         con.close()
     _, img = read_image(image["file_uri"])

@@ -83,7 +83,7 @@ def _require_relations(con, root: str, asked: str, stage: str) -> None:
     of bare objects (seed graphs are exempt: COCO-like annotations carry objects only)."""
     if asked == "auto" or stage == "seed":
         return
-    if not con.execute("SELECT count(*) FROM relations WHERE stage = ?", [stage]).fetchone()[0]:
+    if not con.execute("SELECT count(*) FROM relations WHERE stage = ?", [stage]).fetchall()[0][0]:
         written = [r[0] for r in con.execute("SELECT DISTINCT stage FROM relations ORDER BY 1").fetchall()]
         raise ValueError(
             f"no {stage} relations in {root} (relations come from: {', '.join(written) or 'no stage'}); nothing written"
