@@ -151,12 +151,13 @@ def _metrics_text(metrics: dict[str, float]) -> str:
 
 
 def _print_dry_run(cfg) -> None:
+    from synthvg.llm.errors import LLMConfigError
     from synthvg.pipeline import dry_run
     from synthvg.storage import BuildLocked
 
     try:
         report = dry_run(cfg)
-    except BuildLocked as e:
+    except (BuildLocked, LLMConfigError) as e:
         raise _fail(str(e)) from None
     typer.echo(f"dry run of {cfg.name} (free stages ran for real; paid stages sent nothing):")
     for stage, m in report.items():
