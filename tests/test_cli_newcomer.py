@@ -172,15 +172,15 @@ def test_export_out_file_and_a_stage_without_relations(built, tmp_path):
 
 def test_setup_prefect_refuses_without_a_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=SRC)
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=SRC, SYNTHVG_PREFECT_LOCAL_URL="")
     proc = subprocess.run(
         [sys.executable, "-m", "synthvg.cli", "setup-prefect", "--config", str(DEMO_CONFIG)],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        "no Prefect server: start one (prefect server start) and set PREFECT_API_URL, "
-        "e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        "no Prefect server: start one with `prefect server start` (found on 127.0.0.1:4200) "
+        "or set PREFECT_API_URL to yours"
     ]
     assert proc.stdout == ""
 

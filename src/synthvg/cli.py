@@ -104,11 +104,13 @@ def build(
         _print_dry_run(cfg)
         return
     from synthvg.flows import BuildIncomplete, build_dataset
+    from synthvg.prefect_server import flow_api
     from synthvg.stats import compute_stats, format_stats
 
     typer.echo(f"building {cfg.name} -> {cfg.out}", err=True)
     try:
-        run = build_dataset(cfg)
+        with flow_api():
+            run = build_dataset(cfg)
         code = 0
     except KeyboardInterrupt:
         raise _fail("interrupted: committed shards are kept; run the same command again to resume", 130) from None
@@ -180,9 +182,11 @@ def report(
 ) -> None:
     """Write the dataset card (ROOT/report/: Table 1, histograms, drop reasons, cost, samples) and its artifacts."""
     from synthvg.flows import dataset_report
+    from synthvg.prefect_server import flow_api
 
     _check_root(root)
-    out = dataset_report(root=root, samples=samples)
+    with flow_api():
+        out = dataset_report(root=root, samples=samples)
     typer.echo(f"wrote {len(out['files'])} files under {root.rstrip('/')}/report/")
 
 
@@ -198,17 +202,19 @@ def setup_prefect(
         cfg = load_config(config)
     except ConfigError as e:
         raise _fail(str(e)) from None
-    from prefect.settings import PREFECT_API_URL
+    from synthvg.prefect_server import configured_api_url, flow_api, running_local_server
 
-    if not PREFECT_API_URL.value():
+    if not (configured_api_url() or running_local_server()):
         # Prefect would create them on a temporary server that is gone when this command ends.
         raise _fail(
-            "no Prefect server: start one (prefect server start) and set PREFECT_API_URL, "
-            "e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api"
+            "no Prefect server: start one with `prefect server start` (found on 127.0.0.1:4200) "
+            "or set PREFECT_API_URL to yours"
         )
     from synthvg.prefect_setup import setup_prefect as setup
 
-    for line in setup(cfg.executor.limits, work_pool or None):
+    with flow_api():
+        lines = setup(cfg.executor.limits, work_pool or None)
+    for line in lines:
         typer.echo(line)
 
 
