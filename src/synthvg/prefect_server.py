@@ -100,6 +100,18 @@ def flow_api() -> Iterator[str]:
     server.start()
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+            try:
+                yield server.api_url
+            finally:
+                _send_pending()
     finally:
         server.stop()
+
+
+def _send_pending(timeout: float = 10.0) -> None:
+    """Send the logs and events still queued before the server they go to stops."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)
