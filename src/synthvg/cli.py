@@ -15,8 +15,8 @@ import typer
 from synthvg import prefect_env
 from synthvg.prefect_env import WORK_POOL
 
-# Environment only: Prefect itself is imported by the commands that run a flow (build, ingest,
-# report, setup-prefect), so sql, stats, show and export start fast and never start a server.
+# Environment only: Prefect itself is imported by the commands that run a flow (build, report,
+# setup-prefect), so sql, stats, show, export and ingest start fast and never start a server.
 prefect_env.configure()
 
 app = typer.Typer(
