@@ -20,6 +20,7 @@ install-test: $(BIN)/python
 demo: install
 	$(BIN)/synthvg build --config configs/demo.yaml --out $(ROOT)
 	$(BIN)/synthvg sql --root $(ROOT) "SELECT predicate, verdict, count(*) AS n FROM relations GROUP BY 1, 2 ORDER BY n DESC LIMIT 12"
+	@echo "the dataset is in $(ROOT)/; next: source $(BIN)/activate, then synthvg stats --root $(ROOT) (see README.md)"
 
 test: install-test
 	$(BIN)/python -m pytest -q

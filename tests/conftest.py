@@ -9,6 +9,8 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="synthvg-prefect-h
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Never reuse a developer's long-lived server on 127.0.0.1:4200 (synthvg.prefect_server).
+os.environ.setdefault("SYNTHVG_PREFECT_LOCAL_URL", "")
 
 import pytest  # noqa: E402
 

@@ -13,8 +13,10 @@ from typing import Annotated
 import typer
 
 from synthvg import prefect_env
-from synthvg.prefect_setup import WORK_POOL
+from synthvg.prefect_env import WORK_POOL
 
+# Environment only: Prefect itself is imported by the commands that run a flow (build, report,
+# setup-prefect), so sql, stats, show, export and ingest start fast and never start a server.
 prefect_env.configure()
 
 app = typer.Typer(
@@ -26,6 +28,23 @@ app = typer.Typer(
 )
 
 RootOpt = Annotated[str, typer.Option("--root", help="dataset root: a folder or an fsspec URL")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from synthvg import __version__
+
+        typer.echo(f"synthvg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    pass
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -92,16 +111,24 @@ def build(
 
     A build that would withdraw committed rows (fewer images, other sources, a stage set to none) is refused before it writes anything, listing what it would withdraw; --replace allows it.
     """
-    from synthvg.flows.runners import RunnerUnavailable, require
-    from synthvg.schemas.config import ConfigError, load_config, with_executor
+    from synthvg.schemas.config import ConfigError, check_input_paths, load_config, with_executor
     from synthvg.stages.seeds import EmptySource, check_sources
+    from synthvg.storage import BuildLocked, Dataset, check_unlocked
 
     if out is not None and "://" not in out:
         out = str(Path(out).resolve())
     try:
         cfg = with_executor(load_config(config, out=out, limit=limit), kind=runner, address=address)
+        check_input_paths(cfg)
+        # Before Prefect is imported: a refused build starts no server and prints no traceback.
+        check_unlocked(Dataset(cfg.out))
+    except (ConfigError, BuildLocked) as e:
+        raise _fail(str(e)) from None
+    from synthvg.flows.runners import RunnerUnavailable, require
+
+    try:
         require(cfg.executor.kind)
-    except (ConfigError, RunnerUnavailable) as e:
+    except RunnerUnavailable as e:
         raise _fail(str(e)) from None
     if not dry_run:
         _preflight(cfg, only=check)  # every problem it can see at once, one line each
@@ -114,14 +141,18 @@ def build(
         return
     from synthvg.flows import BuildIncomplete, build_dataset
     from synthvg.pipeline import WithdrawalRefused
+    from synthvg.prefect_server import flow_api
     from synthvg.stats import compute_stats, format_stats
-    from synthvg.storage import BuildLocked, Dataset, LockLost, StorageWriteError
+    from synthvg.storage import LockLost, StorageWriteError
 
     typer.echo(f"building {cfg.name} -> {cfg.out}", err=True)
     try:
         Dataset(cfg.out).init()  # a root that cannot be written says so before Prefect starts
-        run = build_dataset(cfg, replace=replace)
+        with flow_api():
+            run = build_dataset(cfg, replace=replace)
         code = 0
+    except KeyboardInterrupt:
+        raise _fail("interrupted: committed shards are kept; run the same command again to resume", 130) from None
     except (BuildLocked, WithdrawalRefused) as e:
         raise _fail(str(e)) from None
     except BuildIncomplete as e:
@@ -267,9 +298,11 @@ def report(
 ) -> None:
     """Write the dataset card (ROOT/report/: Table 1, histograms, drop reasons, cost, samples) and its artifacts."""
     from synthvg.flows import dataset_report
+    from synthvg.prefect_server import flow_api
 
     _check_root(root)
-    out = dataset_report(root=root, samples=samples)
+    with flow_api():
+        out = dataset_report(root=root, samples=samples)
     typer.echo(f"wrote {len(out['files'])} files under {root.rstrip('/')}/report/")
 
 
@@ -279,14 +312,25 @@ def setup_prefect(
     work_pool: Annotated[str, typer.Option("--work-pool", help="process work pool to create if missing ('' skips)")] = WORK_POOL,
 ) -> None:
     """Create the config's global concurrency and rate limits and the work pool on the Prefect server."""
-    from synthvg.prefect_setup import setup_prefect as setup
     from synthvg.schemas.config import ConfigError, load_config
 
     try:
         cfg = load_config(config)
     except ConfigError as e:
         raise _fail(str(e)) from None
-    for line in setup(cfg.executor.limits, work_pool or None):
+    from synthvg.prefect_server import configured_api_url, flow_api, running_local_server
+
+    if not (configured_api_url() or running_local_server()):
+        # Prefect would create them on a temporary server that is gone when this command ends.
+        raise _fail(
+            "no Prefect server: start one with `prefect server start` (found on 127.0.0.1:4200) "
+            "or set PREFECT_API_URL to yours"
+        )
+    from synthvg.prefect_setup import setup_prefect as setup
+
+    with flow_api():
+        lines = setup(cfg.executor.limits, work_pool or None)
+    for line in lines:
         typer.echo(line)
 
 
@@ -298,7 +342,10 @@ class Format(StrEnum):
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help="SQL over the views images, regions, proposals, relations, svg_relations, svg_full, descriptions, edits, generations, errors (docs/SCHEMA.md)")],
+    query: Annotated[str, typer.Argument(help=(
+        "SQL over the views images, regions, proposals, relations, svg_relations, svg_full, descriptions, edits, "
+        "generations, errors, and the raw region_checks, region_depth, depth_maps, relation_verdicts (docs/SCHEMA.md)"
+    ))],
     root: RootOpt,
     format: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.001, help="cancel the query after this many seconds")] = None,
@@ -326,7 +373,7 @@ def sql(
     if format is Format.json:
         typer.echo(json.dumps(rows, indent=2, default=str))
     elif format is Format.csv:
-        writer = csv.writer(sys.stdout)
+        writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(table.column_names)
         for r in rows:
             writer.writerow([r[c] for c in table.column_names])
@@ -415,6 +462,8 @@ def show(
     """Draw an image with its regions (masks, boxes, ids) and relations into a PNG."""
     from synthvg.render import render_image_from_dataset
 
+    if out.is_dir():
+        raise _fail(f"--out {out} is a folder; give the PNG file to write, e.g. {out / 'scene.png'}")
     _check_root(root)
     try:
         img = render_image_from_dataset(root, image_id, stage=stage)
@@ -535,6 +584,8 @@ def export(
     """Write the dataset's scene graphs as Parquet shards in the released SVG format (see docs/EDIT.md)."""
     from synthvg.export import export_svg
 
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file; export writes a folder of Parquet shards, give a folder")
     dataset = _check_root(root, as_of)
     try:
         report = export_svg(dataset, out, stage=stage, images_per_file=images_per_file)
@@ -560,7 +611,7 @@ def import_(
         out = str(Path(out).resolve())
     try:
         report = import_svg([str(p) for p in paths], out, images_dir=str(images.resolve()) if images else None, shard_size=shard_size)
-    except (FileExistsError, BuildLocked) as e:
+    except (FileExistsError, BuildLocked, ValueError) as e:
         raise _fail(str(e)) from None
     except StorageWriteError as e:
         raise _fail(str(e), 1) from None

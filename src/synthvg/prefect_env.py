@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 
+#: The process work pool ``prefect.yaml`` deploys to (here, not in prefect_setup, so the CLI
+#: can name it without importing the config schema at start-up).
+WORK_POOL = "synthvg-process"
+
 DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",

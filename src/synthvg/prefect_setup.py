@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
+from synthvg.prefect_env import WORK_POOL
 from synthvg.schemas.config import ExecutorConfig, PrefectLimit
-
-WORK_POOL = "synthvg-process"
 
 
 @contextmanager

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import colorsys
+import typing
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -14,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from synthvg import masks
 from synthvg.image_files import read_image
 from synthvg.schemas import RLE, Box
+from synthvg.schemas.records import RelationStage
 from synthvg.storage import Dataset, connect, fetch_dicts
 
 
@@ -55,8 +57,14 @@ def draw_regions(image: Image.Image, regions: list[dict], alpha: float = 0.35) -
     return out
 
 
-def render_scene_graph(image: Image.Image, regions: list[dict], relations: list[dict], max_relations: int = 40) -> Image.Image:
-    """The marked image with a panel listing regions' labels and relations beside it."""
+def render_scene_graph(
+    image: Image.Image, regions: list[dict], relations: list[dict], max_relations: int = 40, dropped: int = 0
+) -> Image.Image:
+    """The marked image with a panel listing regions' labels and relations beside it.
+
+    ``dropped``: how many relations the filters dropped and the caller left out; the panel says
+    so, and marks unverified relations (no filter kept or dropped them) with ``?``.
+    """
     marked = draw_regions(image, regions)
     text_font = load_font(14)
     names = {r["region_id"]: (r.get("label") or "region") for r in regions}
@@ -66,9 +74,11 @@ def render_scene_graph(image: Image.Image, regions: list[dict], relations: list[
     lines += ["", f"RELATIONS ({len(relations)})"]
     for rel in relations[:max_relations]:
         s, o = rel["subject_id"], rel["object_id"]
-        lines.append(f"{s} {names.get(s, '?')} -[{rel['predicate']}]-> {o} {names.get(o, '?')}")
+        mark = "? " if rel.get("verdict") == "unverified" else ""
+        lines.append(f"{mark}{s} {names.get(s, '?')} -[{rel['predicate']}]-> {o} {names.get(o, '?')}")
     if len(relations) > max_relations:
         lines.append(f"... {len(relations) - max_relations} more")
+    lines += ["", *relation_legend(relations, dropped)]
     line_h = 18
     panel_w = 420
     height = max(marked.height, line_h * (len(lines) + 2))
@@ -80,8 +90,20 @@ def render_scene_graph(image: Image.Image, regions: list[dict], relations: list[
     return canvas
 
 
+def relation_legend(relations: list[dict], dropped: int) -> list[str]:
+    """What the relation list shows and what it hides, in words."""
+    unverified = sum(rel.get("verdict") == "unverified" for rel in relations)
+    return [
+        f"shown: kept and unverified; {dropped} dropped by the filters hidden",
+        f"? = unverified ({unverified}): no filter kept or dropped it",
+    ]
+
+
 def render_image_from_dataset(root: str, image_id: str, stage: str | None = None) -> Image.Image:
     """Look an image up in a built dataset and render it with its regions and relations."""
+    stages = typing.get_args(RelationStage)
+    if stage is not None and stage not in stages:
+        raise ValueError(f"unknown stage {stage!r}: relations come from {', '.join(stages)}")
     dataset = Dataset(root)
     con = connect(dataset)
     try:
@@ -91,13 +113,13 @@ def render_image_from_dataset(root: str, image_id: str, stage: str | None = None
             raise KeyError(f"no image {image_id!r} in {root}; ids look like {sample}")
         image = images[0]
         regions = fetch_dicts(con, "SELECT * FROM regions WHERE image_id = ? ORDER BY region_id", [image_id])
-        sql = "SELECT * FROM relations WHERE image_id = ? AND verdict <> 'dropped'"
-        params = [image_id]
-        if stage:
-            sql += " AND stage = ?"
-            params.append(stage)
-        relations = fetch_dicts(con, sql + " ORDER BY subject_id, object_id, predicate", params)
+        where = "image_id = ?" + (" AND stage = ?" if stage else "")
+        params = [image_id, stage] if stage else [image_id]
+        relations = fetch_dicts(
+            con, f"SELECT * FROM relations WHERE {where} AND verdict <> 'dropped' ORDER BY subject_id, object_id, predicate", params
+        )
+        dropped = con.execute(f"SELECT count(*) FROM relations WHERE {where} AND verdict = 'dropped'", params).fetchall()[0][0]
     finally:
         con.close()
     _, img = read_image(image["file_uri"])
-    return render_scene_graph(img, regions, relations)
+    return render_scene_graph(img, regions, relations, dropped=dropped)

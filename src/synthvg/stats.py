@@ -97,6 +97,8 @@ def format_stats(stats: dict) -> str:
         rows = stats[key]
         if not rows:
             lines.append("  (none)")
+        else:  # a header row: the numbers say what they count
+            lines.append("  " + "  ".join(f"{c:<14}" for c in cols).rstrip())
         for r in rows:
             lines.append("  " + "  ".join(f"{r[c]!s:<14}" for c in cols).rstrip())
     return "\n".join(lines)

@@ -78,6 +78,18 @@ def pick_stage(con, stage: str) -> str:
     return next((s for s in STAGES if s in written), "seed")
 
 
+def _require_relations(con, root: str, asked: str, stage: str) -> None:
+    """A graph stage named by the user that wrote nothing is a mistake to report, not an export
+    of bare objects (seed graphs are exempt: COCO-like annotations carry objects only)."""
+    if asked == "auto" or stage == "seed":
+        return
+    if not con.execute("SELECT count(*) FROM relations WHERE stage = ?", [stage]).fetchall()[0][0]:
+        written = [r[0] for r in con.execute("SELECT DISTINCT stage FROM relations ORDER BY 1").fetchall()]
+        raise ValueError(
+            f"no {stage} relations in {root} (relations come from: {', '.join(written) or 'no stage'}); nothing written"
+        )
+
+
 def _xywh(bbox: dict) -> list[float]:
     x, y = round(bbox["x1"], BOX_DECIMALS), round(bbox["y1"], BOX_DECIMALS)
     return [x, y, round(bbox["x2"] - x, BOX_DECIMALS), round(bbox["y2"] - y, BOX_DECIMALS)]
@@ -127,6 +139,7 @@ def export_svg(root: str, out: str | os.PathLike, *, stage: str = "auto", images
     con = connect(root)
     try:
         report = ExportReport(stage=pick_stage(con, stage))
+        _require_relations(con, root, stage, report.stage)
         ids = [r[0] for r in con.sql("SELECT image_id FROM images ORDER BY image_id").fetchall()]
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -278,6 +291,11 @@ def import_svg(paths: list[str], root: str, *, images_dir: str | None = None, sh
     from synthvg.pipeline import PLAN_FILE, new_run_id
     from synthvg.stages.base import stable_hash
 
+    for path in paths:  # before anything is written: a wrong file leaves no half-made root
+        try:
+            pq.read_schema(path)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"{path} is not a Parquet file ({e})") from None
     dataset = Dataset(root)
     dataset.init()
     if list(dataset.manifests()):

@@ -9,27 +9,45 @@ and files. Any OpenAI-compatible endpoint works (OpenAI, Azure OpenAI, vLLM, Oll
 ``synthvg.llm.testing`` holds a local fake server for tests and benchmarks.
 """
 
-from synthvg.llm.batch import BatchJob, BatchReport
-from synthvg.llm.cache import RequestCache, request_key
-from synthvg.llm.client import LLMClient
-from synthvg.llm.config import LLMConfig, ModelPrice
-from synthvg.llm.errors import (
-    BudgetExceeded,
-    LLMConfigError,
-    LLMError,
-    LLMRequestError,
-    LLMRetryExhausted,
-    LLMUnreachable,
-    ResponseFormatRejected,
-    SendingDisabled,
-    StructuredOutputError,
-    failure_kind,
-)
-from synthvg.llm.ledger import BudgetAccount, SpendLedger, spend_totals
-from synthvg.llm.limits import RateLimiter, parse_duration, parse_rate_limit_headers
-from synthvg.llm.messages import image_part, text_part
-from synthvg.llm.redact import RedactingFilter, install_log_redaction, redact
-from synthvg.llm.results import LLMResult, PreparedRequest, TokenUsage, UsageTotals
+import importlib
+
+# Names resolve on first use (PEP 562): the config schema imports synthvg.llm.config, and
+# commands that never call a model (sql, stats, show) must not pay for the openai SDK.
+_EXPORTS = {
+    "BatchJob": "synthvg.llm.batch",
+    "BatchReport": "synthvg.llm.batch",
+    "RequestCache": "synthvg.llm.cache",
+    "request_key": "synthvg.llm.cache",
+    "LLMClient": "synthvg.llm.client",
+    "LLMConfig": "synthvg.llm.config",
+    "ModelPrice": "synthvg.llm.config",
+    "BudgetExceeded": "synthvg.llm.errors",
+    "LLMConfigError": "synthvg.llm.errors",
+    "LLMError": "synthvg.llm.errors",
+    "LLMRequestError": "synthvg.llm.errors",
+    "LLMRetryExhausted": "synthvg.llm.errors",
+    "LLMUnreachable": "synthvg.llm.errors",
+    "SendingDisabled": "synthvg.llm.errors",
+    "failure_kind": "synthvg.llm.errors",
+    "BudgetAccount": "synthvg.llm.ledger",
+    "SpendLedger": "synthvg.llm.ledger",
+    "spend_totals": "synthvg.llm.ledger",
+    "ResponseFormatRejected": "synthvg.llm.errors",
+    "StructuredOutputError": "synthvg.llm.errors",
+    "RateLimiter": "synthvg.llm.limits",
+    "parse_duration": "synthvg.llm.limits",
+    "parse_rate_limit_headers": "synthvg.llm.limits",
+    "image_part": "synthvg.llm.messages",
+    "text_part": "synthvg.llm.messages",
+    "RedactingFilter": "synthvg.llm.redact",
+    "install_log_redaction": "synthvg.llm.redact",
+    "redact": "synthvg.llm.redact",
+    "LLMResult": "synthvg.llm.results",
+    "PreparedRequest": "synthvg.llm.results",
+    "TokenUsage": "synthvg.llm.results",
+    "UsageTotals": "synthvg.llm.results",
+}
+
 
 __all__ = [
     "BatchJob",
@@ -65,3 +83,16 @@ __all__ = [
     "spend_totals",
     "text_part",
 ]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -710,6 +710,10 @@ def load_config(path: str | os.PathLike, **overrides) -> BuildConfig:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder, not a YAML file (e.g. configs/demo.yaml)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -756,6 +760,55 @@ def resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
     robin = cfg.robin
     if isinstance(robin, RobinModelConfig):
         robin = robin.model_copy(update={"checkpoint": _resolve(robin.checkpoint, base)})
+    filters = cfg.filters
+    if isinstance(filters, RuleFiltersConfig):
+        verifiers = [
+            v.model_copy(update={"path": _resolve(v.path, base)}) if isinstance(v, TransformersVerifierConfig) else v
+            for v in filters.verifiers
+        ]
+        synonyms = _resolve(filters.synonyms, base) if filters.synonyms else None
+        filters = filters.model_copy(update={"verifiers": verifiers, "synonyms": synonyms})
     return cfg.model_copy(
-        update={"out": _resolve(cfg.out, base), "seeds": seeds, "regions": regions, "depth": depth, "robin": robin}
+        update={
+            "out": _resolve(cfg.out, base), "seeds": seeds, "regions": regions, "depth": depth, "robin": robin,
+            "filters": filters,
+        }
     )
+
+
+def input_paths(cfg: BuildConfig) -> list[tuple[str, str]]:
+    """``(key, path)`` of every file or folder the build reads: the seed sources' files, the
+    chosen proposer's, the model folders of the stages that run, the filters' files."""
+    found = [
+        (f"seeds.sources[{i}].{k}", v)
+        for i, s in enumerate(cfg.seeds.sources)
+        for k in s.PATHS
+        if (v := getattr(s, k)) is not None
+    ]
+    if cfg.seeds.select.ids_file:
+        found.append(("seeds.select.ids_file", cfg.seeds.select.ids_file))
+    proposer = cfg.regions.proposer_config()
+    for key in ("checkpoint", "path"):
+        if proposer is not None and isinstance(getattr(proposer, key, None), str):
+            found.append((f"regions.{cfg.regions.proposer}.{key}", getattr(proposer, key)))
+    if isinstance(cfg.depth, DepthAnythingConfig):
+        found.append(("depth.path", cfg.depth.path))
+    if isinstance(cfg.filters, RuleFiltersConfig):
+        if cfg.filters.synonyms:
+            found.append(("filters.synonyms", cfg.filters.synonyms))
+        found += [
+            (f"filters.verifiers[{i}].path", v.path)
+            for i, v in enumerate(cfg.filters.verifiers)
+            if isinstance(v, TransformersVerifierConfig)
+        ]
+    if isinstance(cfg.robin, RobinModelConfig):
+        found.append(("robin.checkpoint", cfg.robin.checkpoint))
+    return found
+
+
+def check_input_paths(cfg: BuildConfig) -> None:
+    """Refuse, before any work, a config naming a local file or folder that does not exist: a
+    mistyped path must not become a build that quietly lacks a source or a model."""
+    missing = [(k, p) for k, p in input_paths(cfg) if not _is_url(p) and not os.path.exists(p)]
+    if missing:
+        raise ConfigError("\n".join(f"{k}: no such file or folder: {p}" for k, p in missing))

@@ -1,28 +1,63 @@
-"""Pipeline stages, in build order. Each is a plain class: see :mod:`synthvg.stages.base`."""
+"""Pipeline stages. Each is a plain class: see :mod:`synthvg.stages.base`; a build runs them in
+the order of their graph (:mod:`synthvg.stages.graph`).
 
-from synthvg.schemas.config import BuildConfig
-from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput, load_stage
-from synthvg.stages.depth import DepthStage
-from synthvg.stages.edit import EditStage
-from synthvg.stages.filters import FiltersStage
-from synthvg.stages.graph import GraphError, StageNode, stage_graph
-from synthvg.stages.regions import RegionsStage
-from synthvg.stages.robin import RobinStage
-from synthvg.stages.seeds import BuildPlan, SeedsStage, plan_build
-from synthvg.stages.teacher import TeacherStage
+Names resolve on first use (PEP 562): importing one stage module (``synthvg.stages.seeds`` for
+``plan_build``, say) must not load every stage's model SDKs (openai, torch) with it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from synthvg.schemas.config import BuildConfig
+    from synthvg.stages.base import Stage
+    from synthvg.stages.graph import StageNode
 
 #: The shard stages as declared; a build runs them in the graph's order (:func:`build_order`),
 #: which is this order unless a config makes a stage read a later one (publish follows).
-STAGES: dict[str, type[Stage]] = {
-    cls.name: cls
-    for cls in (SeedsStage, RegionsStage, DepthStage, TeacherStage, FiltersStage, RobinStage, EditStage)
+_STAGE_CLASSES = {
+    "SeedsStage": "synthvg.stages.seeds",
+    "RegionsStage": "synthvg.stages.regions",
+    "DepthStage": "synthvg.stages.depth",
+    "TeacherStage": "synthvg.stages.teacher",
+    "FiltersStage": "synthvg.stages.filters",
+    "RobinStage": "synthvg.stages.robin",
+    "EditStage": "synthvg.stages.edit",
 }
-STAGE_ORDER: tuple[str, ...] = tuple(STAGES)
+_EXPORTS = {
+    **{n: "synthvg.stages.base" for n in ("RunContext", "ShardSpec", "Stage", "StageInputs", "StageOutput", "load_stage")},
+    **{n: "synthvg.stages.seeds" for n in ("BuildPlan", "plan_build")},
+    **{n: "synthvg.stages.graph" for n in ("GraphError", "StageNode", "stage_graph")},
+    **_STAGE_CLASSES,
+}
+
+
+def _stages() -> dict[str, type[Stage]]:
+    """Every stage class by name, in declaration order (imports them all)."""
+    classes = (getattr(importlib.import_module(module), name) for name, module in _STAGE_CLASSES.items())
+    return {cls.name: cls for cls in classes}
+
+
+def __getattr__(name: str):
+    if name in ("STAGES", "STAGE_ORDER"):
+        stages = _stages()
+        globals().update(STAGES=stages, STAGE_ORDER=tuple(stages))
+        return globals()[name]
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 def graph(config: BuildConfig) -> dict[str, StageNode]:
     """The stage graph of ``config``, in build order (see :mod:`synthvg.stages.graph`)."""
-    return stage_graph(STAGES, config)
+    from synthvg.stages.graph import stage_graph
+
+    return stage_graph(_stages(), config)
 
 
 def build_order(config: BuildConfig) -> list[str]:
@@ -31,9 +66,9 @@ def build_order(config: BuildConfig) -> list[str]:
 
 
 def table_writers() -> dict[str, list[str]]:
-    """Which stages write each table, in build order."""
+    """Which stages write each table, in declaration order."""
     out: dict[str, list[str]] = {}
-    for name, cls in STAGES.items():
+    for name, cls in _stages().items():
         for table in cls.writes:
             out.setdefault(table, []).append(name)
     return out

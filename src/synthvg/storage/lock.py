@@ -107,6 +107,44 @@ def check_fence(dataset: Dataset, token: str, what: str) -> None:
         )
 
 
+def check_unlocked(dataset: Dataset, lease_seconds: float = 300.0) -> None:
+    """Raise :class:`BuildLocked` if a build holds ``dataset`` now, taking nothing: lets a
+    command refuse before it starts a flow (and a Prefect server) that would be refused anyway."""
+    if dataset.is_local:
+        path = os.path.join(dataset.path, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise _locked(dataset, _read_holder(fd)) from None
+        finally:
+            os.close(fd)
+    else:
+        current = dataset.read_json(dataset.abspath(LOCK_NAME))
+        if current is not None and _lease_age(current) < lease_seconds:
+            raise _locked(dataset, current)
+
+
+def _read_holder(fd: int) -> dict | None:
+    try:
+        return json.loads(os.pread(fd, 4096, 0) or b"null")
+    except ValueError:
+        return None
+
+
+def _locked(dataset: Dataset, holder: dict | None) -> BuildLocked:
+    return BuildLocked(
+        f"{dataset.url} is being written by {_holder_text(holder)}; wait for it to finish or stop it, then run again"
+    )
+
+
+def _lease_age(lease: dict) -> float:
+    return (utcnow() - dt.datetime.fromisoformat(lease["heartbeat"])).total_seconds()
+
+
 @contextlib.contextmanager
 def _local_lock(dataset: Dataset, info: dict) -> Iterator[None]:
     path = os.path.join(dataset.path, LOCK_NAME)
@@ -117,14 +155,7 @@ def _local_lock(dataset: Dataset, info: dict) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = json.loads(os.pread(fd, 4096, 0) or b"null")
-            except ValueError:
-                holder = None
-            raise BuildLocked(
-                f"{dataset.url} is being written by {_holder_text(holder)}; "
-                "wait for it to finish or stop it, then run again"
-            ) from None
+            raise _locked(dataset, _read_holder(fd)) from None
         with writing(path):
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(info).encode(), 0)
@@ -142,7 +173,7 @@ def _lease_lock(dataset: Dataset, info: dict, lease_seconds: float) -> Iterator[
     path = dataset.abspath(LOCK_NAME)
     current = dataset.read_json(path)
     if current is not None:
-        age = (utcnow() - dt.datetime.fromisoformat(current["heartbeat"])).total_seconds()
+        age = _lease_age(current)
         if age < lease_seconds:
             raise BuildLocked(
                 f"{dataset.url} is being written by {_holder_text(current)} "

@@ -1,0 +1,72 @@
+"""The Prefect API a flow uses: a running long-lived server is reused, and the temporary one a
+build starts dies with the build, even when the build is killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import synthvg
+from synthvg.prefect_server import LOCAL_URL_ENV, running_local_server
+
+SRC = str(Path(synthvg.__file__).resolve().parents[1])
+# Holds the API open and prints its URL and how long getting it took.
+HOLD = """
+import os, sys, time
+from synthvg.prefect_server import flow_api
+t0 = time.perf_counter()
+with flow_api() as url:
+    print(url, round(time.perf_counter() - t0, 2), flush=True)
+    time.sleep(float(sys.argv[1]))
+"""
+
+
+def _env(tmp_path: Path, local_url: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    return {**env, "PYTHONPATH": SRC, "PREFECT_HOME": str(tmp_path / "home"), LOCAL_URL_ENV: local_url}
+
+
+def _hold(tmp_path: Path, local_url: str, seconds: float) -> tuple[subprocess.Popen, str, float]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(seconds)], env=_env(tmp_path, local_url), stdout=subprocess.PIPE, text=True
+    )
+    url, took = proc.stdout.readline().split()
+    return proc, url, float(took)
+
+
+def _gone(url: str, within: float = 15.0) -> bool:
+    os.environ[LOCAL_URL_ENV] = url
+    try:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if running_local_server() is None:
+                return True
+            time.sleep(0.2)
+        return False
+    finally:
+        os.environ[LOCAL_URL_ENV] = ""
+
+
+@pytest.mark.slow
+def test_running_server_is_reused_and_a_killed_owner_takes_its_server_along(tmp_path):
+    owner, url, _ = _hold(tmp_path, "", 300)  # no local server configured: a temporary one
+    try:
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/api")
+        os.environ[LOCAL_URL_ENV] = url
+        assert running_local_server() == url
+        os.environ[LOCAL_URL_ENV] = ""
+        # a second command finds it running: it uses it (a server of its own would have its own port)
+        (tmp_path / "second").mkdir()
+        reuser, reused, _ = _hold(tmp_path / "second", url, 0)
+        assert reuser.wait(timeout=60) == 0
+        assert reused == url
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    assert _gone(url), "the temporary server outlived the process that started it"
