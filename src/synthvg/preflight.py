@@ -10,21 +10,12 @@ weights, synonym and id files): it exists.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import fsspec
 
 from synthvg.llm import LLMConfig, LLMConfigError, redact
 from synthvg.llm.client import DEFAULT_BASE_URL
 from synthvg.llm.redact import register_secret
-from synthvg.schemas.config import (
-    BuildConfig,
-    DepthAnythingConfig,
-    RobinModelConfig,
-    RuleFiltersConfig,
-    TransformersVerifierConfig,
-)
-from synthvg.stages import STAGES
+from synthvg.schemas.config import BuildConfig, input_paths
 from synthvg.stages.llm_stage import llm_sections
 
 #: Seconds one ``GET /models`` may take: a preflight that hangs is worse than none.
@@ -39,38 +30,9 @@ class PreflightFailed(RuntimeError):
         self.problems = problems
 
 
-def _active(config: BuildConfig, stage: str) -> bool:
-    return STAGES[stage].skip_reason(config) is None
-
-
-def local_paths(config: BuildConfig) -> Iterator[tuple[str, str]]:
-    """(where in the config, path) for every file or folder the build reads."""
-    for i, source in enumerate(config.seeds.sources):
-        for key in source.PATHS:
-            if (value := getattr(source, key)) is not None:
-                yield f"seeds.sources[{i}].{key}", value
-    if config.seeds.select.ids_file:
-        yield "seeds.select.ids_file", config.seeds.select.ids_file
-    if _active(config, "regions"):
-        section = config.regions.proposer_config()
-        for key in ("checkpoint", "path"):
-            if (value := getattr(section, key, None)) is not None:
-                yield f"regions.{config.regions.proposer}.{key}", value
-    if _active(config, "depth") and isinstance(config.depth, DepthAnythingConfig):
-        yield "depth.path", config.depth.path
-    if _active(config, "filters") and isinstance(config.filters, RuleFiltersConfig):
-        if config.filters.synonyms:
-            yield "filters.synonyms", config.filters.synonyms
-        for i, v in enumerate(config.filters.verifiers):
-            if isinstance(v, TransformersVerifierConfig):
-                yield f"filters.verifiers[{i}].path", v.path
-    if _active(config, "robin") and isinstance(config.robin, RobinModelConfig):
-        yield "robin.checkpoint", config.robin.checkpoint
-
-
 def check_paths(config: BuildConfig) -> list[str]:
     problems = []
-    for where, path in local_paths(config):
+    for where, path in input_paths(config):
         try:
             fs, p = fsspec.core.url_to_fs(path)
             found = fs.exists(p)
