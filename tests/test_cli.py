@@ -79,3 +79,15 @@ def test_build_config_errors_stop_before_work(tmp_path):
     assert result.exit_code == 2
     assert "teacher.rules.bakend: unknown key" in result.output
     assert not (tmp_path / "root").exists()
+
+
+def test_top_predicates_count_what_table_1_counts(built):
+    """The card's predicate chart leaves out dropped relations, as its triplets/image does."""
+    from synthvg.stats import compute_stats
+    from synthvg.storage import query
+
+    stats = compute_stats(built)
+    live = {r["predicate"]: r["n"] for r in query(built, "SELECT predicate, count(*) AS n FROM relations WHERE verdict <> 'dropped' GROUP BY 1").to_pylist()}
+    assert stats["top_predicates"] and all(live[r["predicate"]] == r["relations"] for r in stats["top_predicates"])
+    dropped = query(built, "SELECT count(*) AS n FROM relations WHERE verdict = 'dropped'").to_pylist()[0]["n"]
+    assert dropped > 0  # the demo's filters drop some, so the test can tell the difference

@@ -226,7 +226,7 @@ def dataset_report(root: str | None = None, build_flow_run_id: str | None = None
 
     figures = {
         "categories.png": histogram_png(stats["by_category"], "category", "relations", "Relations per category"),
-        "predicates.png": histogram_png(stats["top_predicates"], "predicate", "relations", "Top predicates"),
+        "predicates.png": histogram_png(stats["top_predicates"], "predicate", "relations", "Top predicates (relations not dropped)"),
         "objects.png": histogram_png(_object_labels(dataset), "label", "regions", "Top object labels"),
     }
     for image_id in _sample_ids(dataset, samples):
