@@ -5,7 +5,7 @@ runs the same steps sequentially without Prefect (benchmarks and tests compare t
 
 Resumability rests on fingerprints. A shard's fingerprint for a stage hashes the stage's version
 and config, the code version and the fingerprints of the stages it reads (the shard's image ids
-for a stage that reads none): see :mod:`synthvg.stages.graph`. A rerun skips every shard already
+for a stage that reads none): see :mod:`synthvg.stages.dag`. A rerun skips every shard already
 committed with the same fingerprint; changing one stage's config redoes that stage and the
 stages that read it, directly or not, and nothing else.
 """
@@ -38,7 +38,7 @@ from synthvg.stages import (
     plan_build,
 )
 from synthvg.stages.base import RunContext, StageFatal, stable_hash
-from synthvg.stages.graph import shard_fingerprints
+from synthvg.stages.dag import shard_fingerprints
 from synthvg.storage.dataset import Dataset, StorageRefused, utcnow
 from synthvg.storage.lock import LockLost
 
@@ -73,7 +73,7 @@ def active_stages(config: BuildConfig) -> list[str]:
 
 
 def fingerprints(config: BuildConfig, shard: ShardSpec) -> dict[str, str]:
-    """Every stage's fingerprint for ``shard`` (see :func:`synthvg.stages.graph.shard_fingerprints`)."""
+    """Every stage's fingerprint for ``shard`` (see :func:`synthvg.stages.dag.shard_fingerprints`)."""
     return shard_fingerprints(STAGES, config, shard)
 
 

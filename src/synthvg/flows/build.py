@@ -1,6 +1,6 @@
 """The ``build-dataset`` flow: plan, the shard tasks of every stage (subflow ``shards``), publish.
 
-Shard tasks are chained per shard through the stage graph (:mod:`synthvg.stages.graph`); the
+Shard tasks are chained per shard through the stage graph (:mod:`synthvg.stages.dag`); the
 logic they call lives in :mod:`synthvg.pipeline`, so the flow only orchestrates, reports and
 watches progress.
 """

@@ -1,5 +1,5 @@
 """Pipeline stages. Each is a plain class: see :mod:`synthvg.stages.base`; a build runs them in
-the order of their graph (:mod:`synthvg.stages.graph`).
+the order of their graph (:mod:`synthvg.stages.dag`).
 
 Names resolve on first use (PEP 562): importing one stage module (``synthvg.stages.seeds`` for
 ``plan_build``, say) must not load every stage's model SDKs (openai, torch) with it.
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from synthvg.schemas.config import BuildConfig
     from synthvg.stages.base import Stage
-    from synthvg.stages.graph import StageNode
+    from synthvg.stages.dag import StageNode
 
 #: The shard stages as declared; a build runs them in the graph's order (:func:`build_order`),
 #: which is this order unless a config makes a stage read a later one (publish follows).
@@ -29,7 +29,7 @@ _STAGE_CLASSES = {
 _EXPORTS = {
     **{n: "synthvg.stages.base" for n in ("RunContext", "ShardSpec", "Stage", "StageInputs", "StageOutput", "load_stage")},
     **{n: "synthvg.stages.seeds" for n in ("BuildPlan", "plan_build")},
-    **{n: "synthvg.stages.graph" for n in ("GraphError", "StageNode", "stage_graph")},
+    **{n: "synthvg.stages.dag" for n in ("GraphError", "StageNode", "stage_graph")},
     **_STAGE_CLASSES,
 }
 
@@ -54,8 +54,8 @@ def __getattr__(name: str):
 
 
 def graph(config: BuildConfig) -> dict[str, StageNode]:
-    """The stage graph of ``config``, in build order (see :mod:`synthvg.stages.graph`)."""
-    from synthvg.stages.graph import stage_graph
+    """The stage graph of ``config``, in build order (see :mod:`synthvg.stages.dag`)."""
+    from synthvg.stages.dag import stage_graph
 
     return stage_graph(_stages(), config)
 
