@@ -89,3 +89,112 @@ def test_save_load_round_trip_gives_identical_logits(ckpt, tmp_path):
     original, _, _ = load_robin(ckpt)
     with torch.no_grad():
         assert not torch.equal(original(**batch).logits, a)
+
+
+# ---- data: templates, tokenising, mixtures ------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from synthvg.models.robin.parse import parse_scene_graph  # noqa: E402
+from synthvg.models.robin.prompt import description_question, relationships_question  # noqa: E402
+from synthvg.train.data import (  # noqa: E402
+    Dropped,
+    ImageRef,
+    Region,
+    SourceCounts,
+    Tokeniser,
+    _graph,
+    _regions,
+    _split,
+    scene_graph_target,
+    scene_graph_turns,
+)
+
+_PLAIN = st.text(st.sampled_from("abcdefghij KLMNOP"), min_size=1, max_size=20).filter(str.strip)
+_ANY = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=30)
+
+
+def _regions_of(texts):
+    return [Region(i + 10, (0, 0, 5, 5), None, 1.0, t) for i, t in enumerate(texts)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_a_scene_graph_target_parses_back_into_its_graph_or_is_dropped(data):
+    """Property: whatever the rows hold, the rendered target is either read back by the robin
+    parser as exactly the graph it renders, or the example is dropped; plain text is never dropped."""
+    plain = data.draw(st.booleans())
+    texts = data.draw(st.lists(_PLAIN if plain else _ANY, min_size=1, max_size=6))
+    regions = _regions_of(texts)
+    ids = [r.region_id for r in regions] + [99]  # 99: a region the prompt does not list
+    rels = data.draw(st.lists(st.tuples(st.sampled_from(ids), st.sampled_from(ids), _PLAIN if plain else _ANY), max_size=12))
+    objects, relations = _graph(regions, rels)
+    try:
+        text = scene_graph_target(objects, relations)
+    except Dropped as d:
+        assert not plain and d.reason == "target_not_parseable"
+        return
+    parsed = parse_scene_graph(text, len(regions))
+    assert parsed.objects == objects and parsed.relations == relations and not parsed.problems
+    assert all(r.subject != r.object for r in relations) and len({(r.subject, r.object, r.predicate.lower()) for r in relations}) == len(relations)
+
+
+@pytest.fixture(scope="module")
+def engine(ckpt):
+    return RobinEngine(ckpt, device=torch.device("cpu"), lm_dtype=torch.float32, vision_dtype=torch.float32)
+
+
+def test_labels_are_on_assistant_turns_only_and_prompts_are_what_generation_feeds(engine):
+    tok = Tokeniser(engine.tokenizer, engine.config.image_tokens, 512)
+    image = ImageRef("x", "unused", 100, 80)
+    regions = _regions_of(["a man", "a wooden table"])
+    turns = [(first_message([r.box for r in regions], 100, 80, description_question(1)), "a man"),
+             (relationships_question(1), "region2 sitting at")]
+    ids, labels, length = tok.encode(turns, 2, True)
+    assert length == len(ids) - 1 + engine.config.image_tokens
+    learnt = engine.tokenizer.decode([t for t in labels if t != -100])
+    assert learnt == "a man<|im_end|>region2 sitting at<|im_end|>"
+    prompt = engine.prompt_ids([(turns[0][0], None)])  # generation's prompt is training's prefix
+    assert ids[: len(prompt)] == prompt and all(x == -100 for x in labels[: len(prompt)])
+    with pytest.raises(Dropped, match="feature_tokens_mismatch"):  # '<mask>' written in an answer
+        tok.encode([(turns[0][0], "a <mask> man")], 2, True)
+    graph_turns = scene_graph_turns(image, regions, [(10, 11, "sitting at")])
+    assert graph_turns[0][1] == "Objects:\nregion1: a man\nregion2: a wooden table\n\nRelations:\nregion1: region2 sitting at"
+
+
+def test_a_long_example_is_split_by_regions_never_cut_and_one_region_too_long_is_dropped(engine):
+    image = ImageRef("x", "unused", 100, 80)
+    regions = _regions_of([f"object number {i}" for i in range(8)])
+    rels = [(10 + i, 10 + (i + 1) % 8, "next to") for i in range(8)]
+    whole = Tokeniser(engine.tokenizer, engine.config.image_tokens, 4096)
+    (full,) = _split(whole, scene_graph_turns, image, regions, rels, "scene_graph", SourceCounts("scene_graph"), "s")
+    small = Tokeniser(engine.tokenizer, engine.config.image_tokens, full.length * 2 // 3)
+    counts = SourceCounts("scene_graph")
+    parts = _split(small, scene_graph_turns, image, regions, rels, "scene_graph", counts, "s")
+    assert len(parts) >= 2 and counts.splits >= 1 and all(p.length <= small.max_length for p in parts)
+    assert sum(len(p.masks) for p in parts) == 8
+    for p in parts:  # every part's target is whole: it ends with <|im_end|> and parses
+        answer = engine.tokenizer.decode([t for t in p.labels if t != -100])
+        assert answer.endswith("<|im_end|>")
+        assert not parse_scene_graph(answer.removesuffix("<|im_end|>"), len(p.masks)).problems
+    tiny = Tokeniser(engine.tokenizer, engine.config.image_tokens, 40)
+    counts = SourceCounts("scene_graph")
+    assert _split(tiny, scene_graph_turns, image, regions[:1], [], "scene_graph", counts, "s") == []
+    assert counts.dropped == {"too_long": 1}
+
+
+def test_regions_with_empty_masks_are_left_out_and_counted():
+    from collections import Counter
+
+    from synthvg import masks
+
+    full, empty = np.zeros((20, 30), bool), np.zeros((20, 30), bool)
+    full[2:10, 3:12] = True
+    rows = [
+        {"region_id": 0, "mask": masks.encode(empty).model_dump(), "bbox": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}, "area": 0.0, "label": "ghost", "descriptions": []},
+        {"region_id": 1, "mask": masks.encode(full).model_dump(), "bbox": {"x1": 3, "y1": 2, "x2": 12, "y2": 10}, "area": 72.0, "label": "cat", "descriptions": []},
+    ]
+    dropped = Counter()
+    got = _regions(ImageRef("i", "u", 30, 20), rows, {("i", 1): "a grey cat"}, 10, dropped)
+    assert [(r.region_id, r.text) for r in got] == [(1, "a grey cat")] and dropped == {"empty_mask_region": 1}

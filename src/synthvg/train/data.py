@@ -185,7 +185,8 @@ def _first(image: ImageRef, regions: list[Region], question: str) -> str:
 
 def _graph(regions: list[Region], relations: list[tuple[int, int, str]]) -> tuple[dict[int, str], list[ParsedRelation]]:
     """The graph in region numbers (1-based in ``regions``' order): relations among listed
-    regions, whitespace collapsed, self-loops and duplicates out (what the parser keeps)."""
+    regions, whitespace collapsed, self-loops and duplicates out (what the parser keeps),
+    grouped by subject (stable within a subject)."""
     number = {r.region_id: k for k, r in enumerate(regions, 1)}
     objects = {k: " ".join(r.text.split()) for k, r in enumerate(regions, 1)}
     out, seen = [], set()
@@ -194,7 +195,7 @@ def _graph(regions: list[Region], relations: list[tuple[int, int, str]]) -> tupl
         if s in number and o in number and s != o and p and (key := (s, o, p.lower())) not in seen:
             seen.add(key)
             out.append(ParsedRelation(number[s], number[o], p))
-    return objects, out
+    return objects, sorted(out, key=lambda r: r.subject)  # grouped by subject, as the text lists them
 
 
 def scene_graph_target(objects: dict[int, str], relations: list[ParsedRelation]) -> str:
@@ -254,7 +255,7 @@ def grounding_turns(image: ImageRef, regions: list[Region], captions: list) -> l
 def read_rows(source: Source) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
     """(a read-only connection to the root, the source's rows); a bad view or SELECT is a one-line ConfigError."""
     from synthvg.storage import connect
-    from synthvg.storage.query import check_read_only, fetch_dicts
+    from synthvg.storage.query import ReadOnlyError, check_read_only, fetch_dicts
 
     if not os.path.isdir(source.root) and "://" not in source.root:
         raise ConfigError(f"source {source.name}: dataset root {source.root} does not exist")
@@ -263,7 +264,7 @@ def read_rows(source: Source) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
     try:
         check_read_only(con, sql)
         rows = fetch_dicts(con, f"SELECT * FROM ({sql}) AS source", list(source.params))
-    except (duckdb.Error, ValueError) as e:
+    except (duckdb.Error, ValueError, ReadOnlyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"source {source.name}: {first}") from None
     need = TASK_COLUMNS[source.task]

@@ -32,6 +32,7 @@ from synthvg.train.data import Example, Tokeniser, build_mixture
 log = logging.getLogger("synthvg")
 MANIFEST = "training.json"
 MIXTURE = "mixture.json"
+LOSS_PNG = "loss.png"
 
 
 class RobinDataset(Dataset):
@@ -243,6 +244,23 @@ def train(cfg: TrainConfig, *, emit: Callable[[str], None] = print) -> TrainResu
     return result
 
 
+def loss_png(curve: list[dict]) -> bytes:
+    """The loss curve (step, loss) as PNG bytes."""
+    import io
+
+    from matplotlib.figure import Figure  # the object API: no pyplot state
+
+    fig = Figure(figsize=(6, 3.2), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([p["step"] for p in curve], [p["loss"] for p in curve], marker=".", color="#3b6ea8")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title("training loss")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def export(model, tokenizer, cfg: TrainConfig, result: TrainResult, log_history: list[dict], mean_loss: float) -> None:
     """The model in the released layout, its manifest, and a check that the loader reads it."""
     from synthvg.models.identity import path_identity
@@ -272,6 +290,8 @@ def export(model, tokenizer, cfg: TrainConfig, result: TrainResult, log_history:
     }
     with open(os.path.join(cfg.export_dir, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1, default=str)
+    with open(os.path.join(cfg.train.output_dir, LOSS_PNG), "wb") as f:
+        f.write(loss_png(manifest["loss_curve"]))
     read_config(cfg.export_dir)
     weight_files(cfg.export_dir)
 
