@@ -3,17 +3,45 @@ mixtures by SQL, the trainer, export and the ``synthvg train`` command."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
+import yaml
+from helpers import REPO, demo_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 from synthvg.models.robin.inference import RobinEngine  # noqa: E402
 from synthvg.models.robin.loader import load_robin  # noqa: E402
-from synthvg.models.robin.prompt import HOLISTIC_QUESTION, first_message, preprocess_image  # noqa: E402
+from synthvg.models.robin.parse import parse_scene_graph  # noqa: E402
+from synthvg.models.robin.prompt import (  # noqa: E402
+    HOLISTIC_QUESTION,
+    description_question,
+    first_message,
+    preprocess_image,
+    relationships_question,
+)
 from synthvg.models.robin.testing import make_checkpoint  # noqa: E402
 from synthvg.models.robin.writer import save_released  # noqa: E402
+from synthvg.train.data import (  # noqa: E402
+    Dropped,
+    ImageRef,
+    Region,
+    SourceCounts,
+    Tokeniser,
+    _graph,
+    _regions,
+    _split,
+    scene_graph_target,
+    scene_graph_turns,
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,24 +120,6 @@ def test_save_load_round_trip_gives_identical_logits(ckpt, tmp_path):
 
 
 # ---- data: templates, tokenising, mixtures ------------------------------------------------------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from synthvg.models.robin.parse import parse_scene_graph  # noqa: E402
-from synthvg.models.robin.prompt import description_question, relationships_question  # noqa: E402
-from synthvg.train.data import (  # noqa: E402
-    Dropped,
-    ImageRef,
-    Region,
-    SourceCounts,
-    Tokeniser,
-    _graph,
-    _regions,
-    _split,
-    scene_graph_target,
-    scene_graph_turns,
-)
 
 _PLAIN = st.text(st.sampled_from("abcdefghij KLMNOP"), min_size=1, max_size=20).filter(str.strip)
 _ANY = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=30)
@@ -198,3 +208,136 @@ def test_regions_with_empty_masks_are_left_out_and_counted():
     dropped = Counter()
     got = _regions(ImageRef("i", "u", 30, 20), rows, {("i", 1): "a grey cat"}, 10, dropped)
     assert [(r.region_id, r.text) for r in got] == [(1, "a grey cat")] and dropped == {"empty_mask_region": 1}
+
+
+# ---- the command, end to end, and bad input -----------------------------------------------------
+
+#: transformers' Trainer needs accelerate (in the models extra).
+needs_accelerate = pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="accelerate is not installed")
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    from synthvg.pipeline import run_build
+
+    cfg = demo_config(tmp_path_factory.mktemp("demo") / "root", limit=4)
+    run_build(cfg)
+    return cfg.out
+
+
+def _tiny_config(tmp_path, ckpt, root, **train) -> Path:
+    """configs/train-tiny.yaml with this test's checkpoint, dataset and output folder."""
+    raw = yaml.safe_load((REPO / "configs" / "train-tiny.yaml").read_text())
+    raw["model"]["checkpoint"] = ckpt
+    for s in raw["data"]["sources"]:
+        s["root"] = root
+    raw["train"] = {**raw["train"], "output_dir": str(tmp_path / "run"), **train}
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from synthvg.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+@needs_accelerate
+def test_synthvg_train_exports_a_checkpoint_that_a_build_runs(tmp_path, ckpt, demo_root):
+    from synthvg.pipeline import run_build
+    from synthvg.storage import connect
+
+    config = _tiny_config(tmp_path, ckpt, demo_root, max_steps=4, save_steps=2, logging_steps=1)
+    res = _cli("train", "--config", str(config))
+    assert res.exit_code == 0, res.output
+    assert "step 4/4" in res.output and "tokens/s" in res.output and "eta" in res.output
+    export = tmp_path / "run" / "export"
+    manifest = json.loads((export / "training.json").read_text())
+    assert manifest["steps"] == 4 and manifest["final_loss"] > 0 and len(manifest["loss_curve"]) == 4
+    assert manifest["parent_checkpoint"]["path"] == ckpt and len(manifest["config_sha256"]) == 64
+    sources = {d["name"]: d for d in manifest["data"]}
+    assert sources["svg-relations"]["root"] == demo_root and sources["svg-relations"]["counts"]["taken"] >= 3
+    assert json.loads((tmp_path / "run" / "mixture.json").read_text())["sources"]["grounding"]["task"] == "grounding"
+    assert (tmp_path / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    trained, _, _ = load_robin(str(export))
+    start, _, _ = load_robin(ckpt)
+    changed = {n for (n, a), (_, b) in zip(trained.named_parameters(), start.named_parameters(), strict=True) if not torch.equal(a, b)}
+    assert any(n.startswith("model.vision_tower.") for n in changed) and any(n.startswith("mask_extractor.") for n in changed)
+    cfg = demo_config(Path(demo_root), limit=4, robin={"backend": "robin", "checkpoint": str(export), "max_new_tokens": 6, "max_regions": 4})
+    run_build(cfg)
+    con = connect(demo_root)
+    (n, model) = con.execute("SELECT count(*), any_value(model) FROM generations WHERE stage = 'robin'").fetchone()
+    assert n >= 3 and model == "export"
+
+
+@needs_accelerate
+def test_a_frozen_group_stays_as_it_was(tmp_path, ckpt, demo_root):
+    from synthvg.train.config import load_train_config
+    from synthvg.train.trainer import train
+
+    config = _tiny_config(tmp_path, ckpt, demo_root, max_steps=2, save_steps=100)
+    raw = yaml.safe_load(config.read_text())
+    raw["groups"]["vision"] = None  # stage 0: the vision tower frozen
+    config.write_text(yaml.safe_dump(raw))
+    result = train(load_train_config(config), emit=lambda _: None)
+    trained, _, _ = load_robin(result.export_dir)
+    start, _, _ = load_robin(ckpt)
+    for (n, a), (_, b) in zip(trained.named_parameters(), start.named_parameters(), strict=True):
+        if n.startswith("model.vision_tower."):
+            assert torch.equal(a, b), n
+        elif n.startswith("model.mm_projector."):
+            assert not torch.equal(a, b), n
+
+
+@needs_accelerate
+def test_bad_inputs_are_counted_or_one_line_errors_before_training(tmp_path, ckpt, demo_root):
+    from synthvg.storage import connect
+
+    config = _tiny_config(tmp_path, ckpt, demo_root)
+    raw = yaml.safe_load(config.read_text())
+
+    def run_with(**changes):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**raw, **changes}))
+        return _cli("train", "--config", str(path))
+
+    def source(**s):
+        return {**raw["data"], "sources": [{"name": "s", "root": demo_root, "task": "scene_graph", **s}]}
+
+    res = run_with(data=source(view="no_such_view"))
+    assert res.exit_code == 2 and "source s:" in res.output and "no_such_view" in res.output and len(res.output.strip().splitlines()) == 1
+    res = run_with(data=source(sql="DELETE FROM images"))
+    assert res.exit_code == 2 and "refused" in res.output
+    res = run_with(data=source(sql="SELECT image_id FROM regions"))
+    assert res.exit_code == 2 and "missing ['subject_id'" in res.output
+    not_robin = tmp_path / "not-robin"
+    not_robin.mkdir()
+    (not_robin / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    res = run_with(model={"checkpoint": str(not_robin)})
+    assert res.exit_code == 2 and "is not a Robin config" in res.output and "Traceback" not in res.output
+
+    # conversations: good ones train; a missing or corrupt image, no assistant turn, Osprey's
+    # region turns (masks not read) are counted, not fatal
+    uri = connect(demo_root).execute("SELECT file_uri FROM images LIMIT 1").fetchone()[0]
+    images = tmp_path / "imgs"
+    images.mkdir()
+    shutil.copy(uri, images / "good.jpg")
+    (images / "corrupt.jpg").write_bytes(b"not a jpeg")
+    turn = [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A picture."}]
+    records = [
+        {"id": 1, "image": "good.jpg", "conversations": turn},
+        {"id": 2, "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
+        {"id": 3, "image": "missing.jpg", "conversations": turn},
+        {"id": 4, "image": "corrupt.jpg", "conversations": turn},
+        {"id": 5, "image": "good.jpg", "conversations": turn[:1]},
+        {"id": 6, "image": "good.jpg", "conversations": [turn[0], {"from": "gpt", "value": "region1 <mask><pos> is a cat"}]},
+    ]
+    (tmp_path / "conv.json").write_text(json.dumps(records))
+    data = {**raw["data"], "sources": [{"name": "llava", "task": "conversations", "path": str(tmp_path / "conv.json"), "image_root": str(images)}]}
+    res = run_with(data=data, train={**raw["train"], "max_steps": 2, "save_steps": 100})
+    assert res.exit_code == 0, res.output
+    counts = json.loads((tmp_path / "run" / "mixture.json").read_text())["sources"]["llava"]
+    assert counts["taken"] == 2 and counts["dropped"] == {"bad_image": 2, "no_assistant_turn": 1, "region_masks_not_read": 1}
