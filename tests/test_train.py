@@ -341,3 +341,18 @@ def test_bad_inputs_are_counted_or_one_line_errors_before_training(tmp_path, ckp
     assert res.exit_code == 0, res.output
     counts = json.loads((tmp_path / "run" / "mixture.json").read_text())["sources"]["llava"]
     assert counts["taken"] == 2 and counts["dropped"] == {"bad_image": 2, "no_assistant_turn": 1, "region_masks_not_read": 1}
+
+
+@pytest.mark.parametrize("name", ["train-tiny", "train-robin-stage0", "train-robin-stage1", "train-robin-stage2"])
+def test_training_configs_validate_and_the_recipes_freeze_as_the_paper_says(name):
+    from synthvg.train.config import load_train_config
+
+    cfg = load_train_config(REPO / "configs" / f"{name}.yaml")
+    assert Path(cfg.model.checkpoint).is_absolute() and all(Path(s.root or s.path).is_absolute() for s in cfg.data.sources)
+    if cfg.stage == 0:
+        assert cfg.groups.vision is None and cfg.groups.mask_extractor and cfg.groups.projector and cfg.groups.lm
+    elif name != "train-tiny":
+        assert all(lr for lr in cfg.groups.model_dump().values())
+    if cfg.stage == 2:
+        views = {s.view for s in cfg.data.sources}
+        assert "svg_full" in views and "svg_relations" not in views and cfg.model.checkpoint.endswith("robin-stage1/export")
