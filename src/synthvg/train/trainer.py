@@ -33,6 +33,7 @@ log = logging.getLogger("synthvg")
 MANIFEST = "training.json"
 MIXTURE = "mixture.json"
 LOSS_PNG = "loss.png"
+EXAMPLES_LOG = "examples.jsonl"
 
 
 class RobinDataset(Dataset):
@@ -49,7 +50,7 @@ class RobinDataset(Dataset):
         from synthvg.stages.seeds import read_image
 
         ex = self.examples[i]
-        item = {"input_ids": ex.input_ids, "labels": ex.labels, "length": ex.length, "pixel_values": None, "region_masks": None}
+        item = {"index": i, "input_ids": ex.input_ids, "labels": ex.labels, "length": ex.length, "pixel_values": None, "region_masks": None}
         if ex.image is not None:
             _, img = read_image(ex.image.uri)  # checked when the mixture was built
             item["pixel_values"] = preprocess_image(to_rgb(img), self.image_size).pixels
@@ -74,7 +75,8 @@ class RobinCollator:
             n = len(x["input_ids"])
             ids[j, :n], labels[j, :n], attention[j, :n] = torch.tensor(x["input_ids"]), torch.tensor(x["labels"]), 1
         batch = {"input_ids": ids, "labels": labels, "attention_mask": attention,
-                 "n_tokens": torch.tensor(sum(x["length"] for x in items))}
+                 "n_tokens": torch.tensor(sum(x["length"] for x in items)),
+                 "example_index": torch.tensor([x["index"] for x in items])}
         has_image = [x["pixel_values"] is not None for x in items]
         if any(has_image):
             blank = torch.zeros(3, self.image_size, self.image_size)
@@ -131,6 +133,10 @@ def _trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             self.tokens_seen += int(inputs.pop("n_tokens"))
+            seen = inputs.pop("example_index").tolist()
+            if self.is_world_process_zero():  # which examples each step trained on (resume audits)
+                with open(os.path.join(self.args.output_dir, EXAMPLES_LOG), "a") as f:
+                    f.write(json.dumps({"step": self.state.global_step + 1, "examples": seen}) + "\n")
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     return RobinTrainer
