@@ -410,3 +410,18 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_on_the_same_course(t
     order = [i for s in sorted(seen_b) for i in seen_b[s]]
     first_epoch = order[: json.loads((run / "mixture.json").read_text())["examples"]]
     assert len(first_epoch) == len(set(first_epoch))
+
+
+@pytest.mark.slow
+@needs_accelerate
+def test_the_train_robin_flow_trains_and_publishes_its_artifacts(prefect_server, tmp_path, ckpt, demo_root):
+    from prefect.client.orchestration import get_client
+
+    from synthvg.flows.train import train_robin
+
+    config = _tiny_config(tmp_path, ckpt, demo_root, max_steps=2, save_steps=100, logging_steps=1)
+    export = train_robin(str(config))
+    assert export == str(tmp_path / "run" / "export") and (Path(export) / "training.json").exists()
+    with get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts()}
+    assert {"train-train-tiny-checkpoint", "train-train-tiny-mixture", "train-train-tiny-loss", "train-train-tiny-summary"} <= keys
