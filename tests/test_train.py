@@ -281,6 +281,7 @@ def test_a_frozen_group_stays_as_it_was(tmp_path, ckpt, demo_root):
     config = _tiny_config(tmp_path, ckpt, demo_root, max_steps=2, save_steps=100)
     raw = yaml.safe_load(config.read_text())
     raw["groups"]["vision"] = None  # stage 0: the vision tower frozen
+    raw["model"]["gradient_checkpointing"] = True  # the GPU recipes' setting runs here too
     config.write_text(yaml.safe_dump(raw))
     result = train(load_train_config(config), emit=lambda _: None)
     trained, _, _ = load_robin(result.export_dir)
@@ -394,7 +395,7 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_on_the_same_course(t
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (run / "checkpoint-4").exists() and not (run / "export").exists()
+    assert (run / "checkpoint-4").exists() and not (run / "export").exists()  # killed while or after saving it
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "resuming from" in res.stdout and "checkpoint-" in res.stdout
@@ -425,3 +426,34 @@ def test_the_train_robin_flow_trains_and_publishes_its_artifacts(prefect_server,
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts()}
     assert {"train-train-tiny-checkpoint", "train-train-tiny-mixture", "train-train-tiny-loss", "train-train-tiny-summary"} <= keys
+
+
+@needs_accelerate
+def test_length_grouped_order_depends_on_seed_and_epoch_only():
+    from synthvg.train.trainer import EpochLengthGroupedSampler
+
+    lengths = [int(x) for x in np.random.default_rng(0).integers(20, 400, 64)]
+
+    def order(epoch):
+        sampler = EpochLengthGroupedSampler(8, lengths, seed=3)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(1) == order(1) != order(0) and sorted(order(1)) == list(range(64))
+    batches = [order(0)[i : i + 8] for i in range(0, 64, 8)]  # groups of similar length
+    spread = np.mean([np.ptp([lengths[i] for i in b]) for b in batches])
+    assert spread < np.ptp(lengths) / 2
+
+
+def test_an_interrupted_checkpoint_is_passed_over_when_resuming(tmp_path):
+    from synthvg.train.trainer import last_checkpoint
+
+    for step, state in ((2, {"global_step": 2}), (4, None), (6, "{truncated")):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if state is not None:
+            (d / "trainer_state.json").write_text(state if isinstance(state, str) else json.dumps(state))
+    said = []
+    assert last_checkpoint(str(tmp_path), said.append) == str(tmp_path / "checkpoint-2")
+    assert [s.split()[0] for s in said] == ["checkpoint-6", "checkpoint-4"]
+    assert last_checkpoint(str(tmp_path / "nothing")) is None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from synthvg import __version__
 from synthvg import masks as mask_ops
@@ -103,9 +104,20 @@ def parameter_groups(model, lrs: dict[str, float | None], weight_decay: float) -
     ]
 
 
+class EpochLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from (seed, epoch) alone, so a resumed run replays the
+    epoch's order and the Trainer's batch skipping lands on the examples not yet seen."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed))
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed + int(epoch))
+
+
 def _trainer_class():
     from transformers import Trainer
-    from transformers.trainer_pt_utils import LengthGroupedSampler
 
     class RobinTrainer(Trainer):
         """Trainer with Robin's optimizer groups, length-grouped sampling and a token count."""
@@ -126,9 +138,8 @@ def _trainer_class():
         def _get_train_sampler(self, train_dataset=None):
             if not self.group_by_length:
                 return super()._get_train_sampler(train_dataset)
-            return LengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.lengths,
-                generator=torch.Generator().manual_seed(self.args.seed),
+            return EpochLengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, self.lengths, self.args.seed
             )
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -174,10 +185,27 @@ class TrainResult:
     resumed_from: str | None
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def last_checkpoint(output_dir: str, emit: Callable[[str], None] = print) -> str | None:
+    """The newest complete Trainer checkpoint: its trainer_state.json (written last) reads and
+    names its step. One a kill interrupted while saving is passed over, and said so."""
+    import re
 
-    return get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if not os.path.isdir(output_dir):
+        return None
+    found = sorted(
+        ((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", name))),
+        reverse=True,
+    )
+    for step, name in found:
+        path = os.path.join(output_dir, name)
+        try:
+            with open(os.path.join(path, "trainer_state.json")) as f:
+                if json.load(f).get("global_step") == step:
+                    return path
+        except (OSError, ValueError):
+            pass
+        emit(f"{name} is incomplete (interrupted while saving): not resumed from")
+    return None
 
 
 def prepare(cfg: TrainConfig):
@@ -192,6 +220,23 @@ def prepare(cfg: TrainConfig):
     if not mixture.examples:
         raise ConfigError(f"the data mixture is empty: {json.dumps(mixture.summary()['sources'])}")
     return model, tokenizer, mixture
+
+
+def _warmup(ratio: float) -> dict:
+    """transformers 5 takes a warm-up ratio as a float warmup_steps; 4.x has warmup_ratio."""
+    from transformers import TrainingArguments
+
+    return {"warmup_ratio": ratio} if "warmup_ratio" in TrainingArguments.__dataclass_fields__ else {"warmup_steps": ratio}
+
+
+def _checkpointing(on: bool) -> dict:
+    """transformers 5 calls gradient checkpointing activation_checkpointing; 4.x does not."""
+    from transformers import TrainingArguments
+
+    if not on:
+        return {}
+    fields = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing": True} if "activation_checkpointing" in fields else {"gradient_checkpointing": True}
 
 
 def train(cfg: TrainConfig, *, emit: Callable[[str], None] = print) -> TrainResult:
@@ -216,9 +261,9 @@ def train(cfg: TrainConfig, *, emit: Callable[[str], None] = print) -> TrainResu
         output_dir=t.output_dir, num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
         learning_rate=max((v for v in lrs.values() if v), default=0.0), weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_ratio, lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.max_grad_norm,
+        **_warmup(t.warmup_ratio), lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.max_grad_norm,
         logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        bf16=cfg.model.bf16, **({"gradient_checkpointing": True} if cfg.model.gradient_checkpointing else {}),
+        bf16=cfg.model.bf16, **_checkpointing(cfg.model.gradient_checkpointing),
         use_cpu=t.device == "cpu", seed=t.seed, data_seed=t.seed, report_to=[], remove_unused_columns=False,
         dataloader_num_workers=t.dataloader_workers, disable_tqdm=True, save_only_model=False,
     )
@@ -232,7 +277,7 @@ def train(cfg: TrainConfig, *, emit: Callable[[str], None] = print) -> TrainResu
 
     trainer.remove_callback(PrinterCallback)  # the progress lines say it in one line per log
     trainer.add_callback(_progress_callback(emit, lambda: trainer.tokens_seen))
-    resume = last_checkpoint(t.output_dir)
+    resume = last_checkpoint(t.output_dir, emit)
     if resume:
         emit(f"resuming from {resume}")
     start = time.monotonic()
