@@ -89,12 +89,14 @@ class RobinCollator:
 
 def parameter_groups(model, lrs: dict[str, float | None], weight_decay: float) -> list[dict]:
     """Optimizer groups per module group (vision / projector / mask_extractor / lm), each at its
-    learning rate; a group whose rate is None is frozen (requires_grad False)."""
+    learning rate; a group whose rate is None is frozen (requires_grad False), as is the
+    vision trunk's unused head."""
     by_group: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
         group = next((g for g, prefixes in GROUP_PREFIXES.items() if name.startswith(prefixes)), "lm")
         lr = lrs[group]
-        p.requires_grad_(lr is not None and lr > 0)
+        # the ConvNeXt's own head is never run: frozen, or DDP would wait for its gradients
+        p.requires_grad_(lr is not None and lr > 0 and ".trunk.head." not in name)
         if p.requires_grad:
             decay = p.ndim >= 2 and "norm" not in name
             by_group.setdefault((group, decay), []).append(p)
