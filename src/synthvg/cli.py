@@ -451,6 +451,8 @@ def train(
     from synthvg.schemas.config import ConfigError
 
     try:
+        import accelerate  # noqa: F401  (transformers' Trainer needs it)
+
         from synthvg.train.config import load_train_config
         from synthvg.train.trainer import train as run_training
     except ImportError as e:
