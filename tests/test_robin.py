@@ -31,7 +31,8 @@ from synthvg.models.robin.prompt import (  # noqa: E402
     first_message,
     preprocess_image,
 )
-from synthvg.models.robin.testing import make_checkpoint, robin_3b_config, save_released  # noqa: E402
+from synthvg.models.robin.testing import make_checkpoint, robin_3b_config  # noqa: E402
+from synthvg.models.robin.writer import save_released  # noqa: E402
 
 GREEDY = Sampling(temperature=0)
 

@@ -702,6 +702,28 @@ def migrate(root: RootOpt) -> None:
     typer.echo(f"migrated {root}: {report.shards} shard(s) committed as Delta tables ({report.skipped} already were), "
                f"{report.files_removed} old file(s) removed; dataset version {dataset.version()}")
 
+@app.command("train")
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="training configuration (YAML, configs/train-*.yaml)")],
+) -> None:
+    """Train Robin on a data mixture from dataset roots and export it in the released layout
+    (docs/TRAINING.md); the same command resumes from the newest checkpoint in train.output_dir."""
+    from synthvg.schemas.config import ConfigError
+
+    try:
+        import accelerate  # noqa: F401  (transformers' Trainer needs it)
+
+        from synthvg.train.config import load_train_config
+        from synthvg.train.trainer import train as run_training
+    except ImportError as e:
+        raise _fail(f"training needs the models extra (pip install 'synthvg[models]'): {e}") from None
+    try:
+        result = run_training(load_train_config(config), emit=typer.echo)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"trained {result.steps} steps; final loss {result.final_loss}; "
+               f"{result.tokens_per_s:,.0f} tokens/s; robin checkpoint: {result.export_dir}")
+
 
 if __name__ == "__main__":
     app()

@@ -133,31 +133,16 @@ class RobinEngine:
 
         def run(chunk: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
             batch = torch.stack([pixels[i] for i in chunk]).to(self.device, self.vision_dtype)
-            feats, tokens = self.model.encode_images(batch)
-            out = []
-            for j, i in enumerate(chunk):
-                masks = images[i].masks
-                if masks:
-                    m = torch.from_numpy(np.stack(masks)).to(self.device)
-                    mask_feats, pos_feats = self.model.mask_extractor([f[j] for f in feats], m)
-                else:
-                    mask_feats = pos_feats = tokens.new_zeros((0, tokens.shape[-1]))
-                out.append(tuple(t.to(self.lm_dtype) for t in (tokens[j], mask_feats, pos_feats)))
-            return out
+            masks = [torch.from_numpy(np.stack(images[i].masks)).to(self.device) if images[i].masks else None for i in chunk]
+            return [tuple(t.to(self.lm_dtype) for t in e) for e in self.model.encode(batch, masks)]
 
         return self.batcher.run(lambda chunk: run(list(chunk)), list(range(len(images))))
 
     def embed(self, ids: list[int], call: RobinCall, encoded) -> torch.Tensor:
         """The call's input embeddings: text embeddings with ``<mask>``/``<pos>`` replaced by
-        region features and ``<image>`` expanded to the image tokens."""
-        image_tokens, mask_feats, pos_feats = encoded
-        ids_t = torch.tensor(ids, device=self.device)
-        emb = self.model.get_input_embeddings()(ids_t).clone()
-        regions = torch.tensor(call.regions, device=self.device, dtype=torch.long)
-        emb[ids_t == self.mask_id] = mask_feats[regions]
-        emb[ids_t == self.pos_id] = pos_feats[regions]
-        at = ids.index(self.image_id)
-        return torch.cat([emb[:at], image_tokens, emb[at + 1 :]])
+        region features and ``<image>`` expanded to the image tokens (the model's own splice,
+        which training uses too)."""
+        return self.model.splice(torch.tensor(ids, device=self.device), encoded, call.regions)
 
     # -- generation --------------------------------------------------------------------------
     @torch.inference_mode()

@@ -135,6 +135,8 @@ def load_robin(
     config = read_config(path)
     files = weight_files(path)
     tokenizer = load_tokenizer(path)
+    ids = tokenizer.convert_tokens_to_ids
+    config.image_token_id, config.mask_token_id, config.pos_token_id = ids(IMAGE), ids(MASK), ids(POS)
     with torch.device("meta"):
         model = RobinForCausalLM(config)
     expected = set(model.state_dict())

@@ -11,7 +11,11 @@ the release's state dict puts them, so its keys load one-to-one:
   mask at 112x112 through an MLP).
 
 The language model's forward pass is transformers' own; Robin's work is building the input
-embeddings (:mod:`synthvg.models.robin.inference`).
+embeddings: :meth:`RobinForCausalLM.encode` (image tokens and region features) and
+:meth:`RobinForCausalLM.splice` (those spliced into the text embeddings). Both are plain,
+differentiable torch, shared by generation (:mod:`synthvg.models.robin.inference`, which runs
+them under inference mode) and training (:meth:`RobinForCausalLM.forward` with
+``pixel_values``/``region_masks``/``labels``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ CONVNEXT_LARGE_DIMS = (192, 384, 768, 1536)
 IMAGE_FEATURE_STAGE = 2
 #: Parameters that run in the vision dtype (fp16 in the release): tower, projector, extractor.
 VISION_KEYS = ("model.vision_tower.", "model.mm_projector.", "mask_extractor.")
+
+
+#: (image tokens [T, hidden], mask features [N, hidden], pos features [N, hidden]) of one image.
+Encoded = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class RobinConfig(Qwen2Config):
@@ -54,6 +62,9 @@ class RobinConfig(Qwen2Config):
         vision_image_size: int = 512,
         mask_dim: int = 1024,
         pos_size: int = 112,
+        image_token_id: int | None = None,
+        mask_token_id: int | None = None,
+        pos_token_id: int | None = None,
         **kwargs,
     ):
         self.mm_projector_type = mm_projector_type
@@ -65,6 +76,9 @@ class RobinConfig(Qwen2Config):
         self.vision_image_size = vision_image_size
         self.mask_dim = mask_dim
         self.pos_size = pos_size
+        # The tokenizer's ids of <image>/<mask>/<pos>; the release's config lacks them, so the
+        # loader fills them from the checkpoint's tokenizer.
+        self.image_token_id, self.mask_token_id, self.pos_token_id = image_token_id, mask_token_id, pos_token_id
         super().__init__(**kwargs)
 
     @property
@@ -177,3 +191,78 @@ class RobinForCausalLM(Qwen2ForCausalLM):
         feats = self.model.vision_tower(pixels)
         tokens = feats[IMAGE_FEATURE_STAGE].flatten(2).transpose(1, 2)
         return feats, self.model.mm_projector(tokens)
+
+    def encode(self, pixels: torch.Tensor, masks: list[torch.Tensor | None]) -> list[Encoded]:
+        """Per image of the batch: (image tokens [T, hidden], mask features [N, hidden], pos
+        features [N, hidden]); ``masks[j]`` is image j's [N, H, W] masks (None or N = 0: none)."""
+        feats, tokens = self.encode_images(pixels)
+        out = []
+        for j, m in enumerate(masks):
+            if m is not None and m.shape[0]:
+                mask_feats, pos_feats = self.mask_extractor([f[j] for f in feats], m)
+            else:
+                mask_feats = pos_feats = tokens.new_zeros((0, tokens.shape[-1]))
+            out.append((tokens[j], mask_feats, pos_feats))
+        return out
+
+    def splice(self, ids: torch.Tensor, encoded: Encoded | None, regions: list[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """One row's input embeddings [L', hidden]: the text embeddings of ``ids`` ([L]) with the
+        k-th ``<mask>``/``<pos>`` replaced by region ``regions[k]``'s features (default: region k)
+        and ``<image>`` expanded to the image tokens. Differentiable in every input."""
+        emb = self.get_input_embeddings()(ids)
+        if encoded is None:
+            return emb
+        image_tokens, mask_feats, pos_feats = (t.to(emb.dtype) for t in encoded)
+        is_mask, is_pos = ids == self.config.mask_token_id, ids == self.config.pos_token_id
+        n = int(is_mask.sum())
+        index = torch.as_tensor(regions if regions is not None else list(range(n)), device=ids.device, dtype=torch.long)
+        emb = emb.clone()  # the replacements are index_put on a copy: autograd flows to both sides
+        emb[is_mask] = mask_feats[index]
+        emb[is_pos] = pos_feats[index]
+        at = (ids == self.config.image_token_id).nonzero()
+        if not len(at):
+            return emb
+        at = int(at[0, 0])
+        return torch.cat([emb[:at], image_tokens, emb[at + 1 :]])
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, pixel_values=None, region_masks=None,
+                has_image=None, **kwargs):
+        """Qwen2's forward; with ``pixel_values`` ([B, 3, S, S]) the rows of ``input_ids`` (right
+        padded, ``attention_mask`` 1 on real tokens) get the image and region features spliced
+        in (``region_masks``: per row [N, H, W] or None; ``has_image``: rows that have an image,
+        default all), and ``labels`` are widened to match (-100 on the image tokens)."""
+        if pixel_values is None:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+        rows = input_ids.shape[0]
+        with_image = [bool(x) for x in has_image] if has_image is not None else [True] * rows
+        picked = [j for j in range(rows) if with_image[j]]
+        encoded: list[Encoded | None] = [None] * rows
+        if picked:
+            vision_dtype = next(self.model.mm_projector.parameters()).dtype
+            masks = [region_masks[j] if region_masks is not None else None for j in picked]
+            for j, e in zip(picked, self.encode(pixel_values[picked].to(vision_dtype), masks), strict=True):
+                encoded[j] = e
+        lengths = attention_mask.sum(1).tolist() if attention_mask is not None else [input_ids.shape[1]] * rows
+        embeds, row_labels = [], []
+        for j in range(rows):
+            ids = input_ids[j, : lengths[j]]
+            e = self.splice(ids, encoded[j])
+            embeds.append(e)
+            if labels is not None:
+                lab = labels[j, : lengths[j]]
+                if encoded[j] is not None and (at := (ids == self.config.image_token_id).nonzero()).numel():
+                    at = int(at[0, 0])
+                    fill = lab.new_full((encoded[j][0].shape[0],), -100)
+                    lab = torch.cat([lab[:at], fill, lab[at + 1 :]])
+                row_labels.append(lab)
+        width = max(e.shape[0] for e in embeds)
+        batch = embeds[0].new_zeros((rows, width, embeds[0].shape[1]))
+        attention = torch.zeros((rows, width), dtype=torch.long, device=input_ids.device)
+        wide_labels = torch.full((rows, width), -100, dtype=torch.long, device=input_ids.device)
+        for j, e in enumerate(embeds):  # right padding, as training pads
+            batch[j, : e.shape[0]] = e
+            attention[j, : e.shape[0]] = 1
+            if labels is not None:
+                wide_labels[j, : e.shape[0]] = row_labels[j]
+        return super().forward(inputs_embeds=batch, attention_mask=attention,
+                               labels=wide_labels if labels is not None else None, **kwargs)

@@ -49,6 +49,7 @@ __all__ = [
     "parse_description",
     "parse_relationships",
     "parse_scene_graph",
+    "render_relationships",
     "render_scene_graph",
 ]
 
@@ -297,8 +298,13 @@ def render_scene_graph(objects: dict[int, str], relations: list[ParsedRelation])
     lines = ["Objects:"]
     lines += [f"region{k}: {_collapse(str(objects[k]))}" for k in sorted(objects)]
     lines += ["", "Relations:"]
-    groups: dict[int, list[str]] = {}
+    groups: dict[int, list[ParsedRelation]] = {}
     for r in relations:
-        groups.setdefault(r.subject, []).append(f"region{r.object} {_collapse(r.predicate)}")
-    lines += [f"region{s}: " + ", ".join(items) for s, items in groups.items()]
+        groups.setdefault(r.subject, []).append(r)
+    lines += [f"region{s}: " + render_relationships(items) for s, items in groups.items()]
     return "\n".join(lines)
+
+
+def render_relationships(relations: list[ParsedRelation]) -> str:
+    """One subject's per-region answer: ``region{j} {predicate}, ...`` (the subject is implied)."""
+    return ", ".join(f"region{r.object} {_collapse(r.predicate)}" for r in relations)

@@ -32,6 +32,17 @@ def relationships_question(k: int) -> str:
     return f"Generate list of relationships for: region{k}."
 
 
+def grounding_question(text: str) -> str:
+    """Referring-expression grounding, LLaVA-1.5's wording (answered with :func:`box_text`).
+    Not a release string: the release's training data is not public."""
+    return f"Please provide the bounding box coordinate of the region this sentence describes: {text}."
+
+
+def grounding_message(text: str) -> str:
+    """The first user turn of a grounding example: the image, no region list."""
+    return f"{IMAGE}\n{grounding_question(text)}"
+
+
 def box_text(box: tuple[float, float, float, float], width: int, height: int) -> str:
     """xyxy on a 0-1000 grid of the original image, truncated as the release does."""
     x1, y1, x2, y2 = box

@@ -9,9 +9,6 @@ benchmark builds a Robin-3B-sized one the same way.
 
 from __future__ import annotations
 
-import json
-import os
-
 import torch
 
 from synthvg.models.robin.modeling import RobinConfig, RobinForCausalLM
@@ -24,6 +21,7 @@ from synthvg.models.robin.prompt import (
     chatml,
     first_message,
 )
+from synthvg.models.robin.writer import save_released
 
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", IM_END, "<|box_start|>", "<|box_end|>", IMAGE, MASK, POS]
 
@@ -75,33 +73,7 @@ def build_tokenizer(path: str, vocab_size: int = 400):
     return fast
 
 
-def save_released(model: RobinForCausalLM, path: str, *, shards: int = 2, layer_scale: str = "gamma") -> None:
-    """Write ``model`` as the release is written: config.json and safetensors shards with an
-    index. ``layer_scale='weight'`` spells ConvNeXt's layer scale as transformers 4.43 did."""
-    from safetensors.torch import save_file
-
-    os.makedirs(path, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    if layer_scale == "weight":
-        state = {(k[: -len("gamma")] + "weight" if k.endswith(".gamma") else k): v for k, v in state.items()}
-    keys = sorted(state)
-    weight_map = {}
-    for i in range(shards):
-        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {k: state[k] for k in keys[i::shards]}
-        save_file(part, os.path.join(path, name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, name))
-    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f)
-    config = model.config.to_dict()
-    config["architectures"] = ["RobinQwenForCausalLM"]
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
-
-
-def make_checkpoint(path: str, config: RobinConfig | None = None, *, seed: int = 0, dtype=torch.float32, **save) -> RobinConfig:
+def make_checkpoint(path: str, config: RobinConfig | None = None, *, seed: int = 0, dtype=torch.float32, shards: int = 2, **save) -> RobinConfig:
     """A random Robin (tiny by default) with its tokenizer, saved in the released layout."""
     tokenizer = build_tokenizer(path)
     config = config or tiny_config(len(tokenizer))
@@ -111,7 +83,7 @@ def make_checkpoint(path: str, config: RobinConfig | None = None, *, seed: int =
     torch.manual_seed(seed)
     model = RobinForCausalLM(config).to(dtype)
     _spread_layer_scale(model)
-    save_released(model, path, **save)
+    save_released(model, path, shards=shards, **save)
     return config
 
 
