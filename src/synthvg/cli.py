@@ -702,6 +702,7 @@ def migrate(root: RootOpt) -> None:
     typer.echo(f"migrated {root}: {report.shards} shard(s) committed as Delta tables ({report.skipped} already were), "
                f"{report.files_removed} old file(s) removed; dataset version {dataset.version()}")
 
+
 @app.command("train")
 def train(
     config: Annotated[Path, typer.Option("--config", "-c", help="training configuration (YAML, configs/train-*.yaml)")],
