@@ -380,7 +380,9 @@ def test_rpm_and_budget_hold_for_a_dask_build_with_two_workers(prefect_server, t
     from synthvg.flows import BuildIncomplete, build_dataset
 
     rpm = 60.0
-    dask = {"kind": "dask", "workers": 2, "retries": 0}
+    # Stage by stage, so the teacher's requests are all ready at once: overlapped, they would
+    # trickle in at the pace of the regions stage and measure that, not the rate limit.
+    dask = {"kind": "dask", "workers": 2, "retries": 0, "overlap": False}
     with FakeOpenAIServer(responder=scripted_teacher, latency=0.05) as server:
         cfg = demo_config(tmp_path / "rpm", name="dask-rpm", limit=16, shard_size=4, executor=dask,
                           teacher={"backend": "openai", **endpoint(server, requests_per_minute=rpm)})

@@ -195,7 +195,7 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
     def submit(stage: str, shard: ShardSpec) -> None:
         upstream = sorted({w for ws in nodes[stage].reads.values() for w in ws})
         with placement(ex, stage):
-            future = task.with_options(refresh_cache=not shard_done(dataset, config, stage, shard), tags=[f"stage:{stage}"]).submit(
+            future = task.with_options(refresh_cache=not shard_done(dataset, config, stage, shard)).submit(
                 config, stage, shard, run_id, fence, wait_for=[submitted[(u, shard.index)] for u in upstream]
             )
         submitted[(stage, shard.index)] = future
