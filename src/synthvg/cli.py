@@ -111,7 +111,7 @@ def build(
 
     A build that would withdraw committed rows (fewer images, other sources, a stage set to none) is refused before it writes anything, listing what it would withdraw; --replace allows it.
     """
-    from synthvg.schemas.config import ConfigError, check_input_paths, load_config, with_executor
+    from synthvg.schemas.config import ConfigError, load_config, with_executor
     from synthvg.stages.seeds import EmptySource, check_sources
     from synthvg.storage import BuildLocked, Dataset, check_unlocked
 
@@ -119,7 +119,6 @@ def build(
         out = str(Path(out).resolve())
     try:
         cfg = with_executor(load_config(config, out=out, limit=limit), kind=runner, address=address)
-        check_input_paths(cfg)
         # Before Prefect is imported: a refused build starts no server and prints no traceback.
         check_unlocked(Dataset(cfg.out))
     except (ConfigError, BuildLocked) as e:
@@ -130,8 +129,8 @@ def build(
         require(cfg.executor.kind)
     except RunnerUnavailable as e:
         raise _fail(str(e)) from None
-    if not dry_run:
-        _preflight(cfg, only=check)  # every problem it can see at once, one line each
+    # Every problem it can see at once, one line each; a dry run sends nothing, not even GET /models.
+    _preflight(cfg, only=check, network=not dry_run)
     try:
         check_sources(cfg.seeds)  # before anything is written; planning reuses the indexes
     except EmptySource as e:
@@ -250,11 +249,11 @@ def _metrics_text(metrics: dict[str, float]) -> str:
     return "; " + ", ".join(parts)
 
 
-def _preflight(cfg, *, only: bool) -> None:
+def _preflight(cfg, *, only: bool, network: bool = True) -> None:
     """One line per problem and exit 2; with ``only`` (``--check``) exit 0 when there is none."""
     from synthvg.preflight import preflight
 
-    problems = preflight(cfg)
+    problems = preflight(cfg, network=network)
     for line in problems:
         typer.secho(f"preflight: {line}", fg=typer.colors.RED, err=True)
     if problems:

@@ -40,7 +40,7 @@ def check_paths(config: BuildConfig) -> list[str]:
             problems.append(f"{where}: cannot check {path} ({type(exc).__name__}: {exc})")
             continue
         if not found:
-            problems.append(f"{where}: {path} does not exist")
+            problems.append(f"{where}: no such file or folder: {path}")
     return problems
 
 

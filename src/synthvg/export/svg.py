@@ -130,16 +130,16 @@ def _rows(con, image_ids: list[str], stage: str) -> Iterator[dict]:
         }
 
 
-def export_svg(root: str, out: str | os.PathLike, *, stage: str = "auto", images_per_file: int = 1000) -> ExportReport:
+def export_svg(root: str | Dataset, out: str | os.PathLike, *, stage: str = "auto", images_per_file: int = 1000) -> ExportReport:
     """Write ``root``'s graphs as ``out/part-NNNNN.parquet`` (older part files there are replaced).
 
     ``stage``: whose graph (``edit`` = SVG-FULL, ``robin``, ``teacher``, ``seed``), or ``auto``:
-    the first of them that wrote relations.
+    the first of them that wrote relations. ``root`` may be a :class:`Dataset` read as of a version.
     """
     con = connect(root)
     try:
         report = ExportReport(stage=pick_stage(con, stage))
-        _require_relations(con, root, stage, report.stage)
+        _require_relations(con, root.url if isinstance(root, Dataset) else root, stage, report.stage)
         ids = [r[0] for r in con.sql("SELECT image_id FROM images ORDER BY image_id").fetchall()]
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

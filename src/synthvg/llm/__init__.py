@@ -11,6 +11,10 @@ and files. Any OpenAI-compatible endpoint works (OpenAI, Azure OpenAI, vLLM, Oll
 
 import importlib
 
+# ``redact`` shares its name with its module: bound now, so importing ``synthvg.llm.redact``
+# later cannot leave the module where the function is expected (the module is light).
+from synthvg.llm.redact import redact
+
 # Names resolve on first use (PEP 562): the config schema imports synthvg.llm.config, and
 # commands that never call a model (sql, stats, show) must not pay for the openai SDK.
 _EXPORTS = {
@@ -41,7 +45,6 @@ _EXPORTS = {
     "text_part": "synthvg.llm.messages",
     "RedactingFilter": "synthvg.llm.redact",
     "install_log_redaction": "synthvg.llm.redact",
-    "redact": "synthvg.llm.redact",
     "LLMResult": "synthvg.llm.results",
     "PreparedRequest": "synthvg.llm.results",
     "TokenUsage": "synthvg.llm.results",

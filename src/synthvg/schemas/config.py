@@ -805,10 +805,3 @@ def input_paths(cfg: BuildConfig) -> list[tuple[str, str]]:
         found.append(("robin.checkpoint", cfg.robin.checkpoint))
     return found
 
-
-def check_input_paths(cfg: BuildConfig) -> None:
-    """Refuse, before any work, a config naming a local file or folder that does not exist: a
-    mistyped path must not become a build that quietly lacks a source or a model."""
-    missing = [(k, p) for k, p in input_paths(cfg) if not _is_url(p) and not os.path.exists(p)]
-    if missing:
-        raise ConfigError("\n".join(f"{k}: no such file or folder: {p}" for k, p in missing))
