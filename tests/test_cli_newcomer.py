@@ -280,3 +280,17 @@ def test_dry_run_without_an_api_key_needs_none(tmp_path, monkeypatch):
     result = runner.invoke(app, ["build", "--config", str(p), "--out", str(tmp_path / "root"), "--dry-run", "--limit", "1"])
     assert result.exit_code == 0, result.output
     assert "paid stages sent nothing" in result.output and "teacher" in result.output and "Traceback" not in result.output
+
+
+def test_id_tags_of_small_objects_side_by_side_do_not_overlap():
+    from synthvg.render import tag_positions
+    from synthvg.schemas import Box
+
+    boxes = [Box(x1=100, y1=100, x2=112, y2=110), Box(x1=101, y1=101, x2=113, y2=111), Box(x1=103, y1=100, x2=115, y2=109)]
+    sizes = [(14, 12), (14, 12), (14, 12)]
+    spots = tag_positions(boxes, sizes, (640, 480))
+    rects = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(spots, sizes, strict=True)]
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    assert spots[0] == (102, 102)  # the first tag keeps its box's top-left corner

@@ -45,15 +45,38 @@ def draw_regions(image: Image.Image, regions: list[dict], alpha: float = 0.35) -
     out = Image.fromarray(overlay.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
     text_font = load_font(max(12, min(out.size) // 40))
-    for r in regions:
-        b = Box(**r["bbox"])
-        color = palette(r["region_id"])
-        draw.rectangle([b.x1, b.y1, b.x2, b.y2], outline=color, width=2)
-        label = str(r["region_id"])
-        tx, ty = b.x1 + 2, b.y1 + 2
+    boxes = [Box(**r["bbox"]) for r in regions]
+    labels = [str(r["region_id"]) for r in regions]
+    sizes = []
+    for label in labels:
+        x0, y0, x1, y1 = draw.textbbox((0, 0), label, font=text_font)
+        sizes.append((x1 - x0 + 4, y1 - y0 + 2))
+    for r, b in zip(regions, boxes, strict=True):  # every outline first, so no box line crosses a tag
+        draw.rectangle([b.x1, b.y1, b.x2, b.y2], outline=palette(r["region_id"]), width=2)
+    for r, label, (tx, ty) in zip(regions, labels, tag_positions(boxes, sizes, out.size), strict=True):
         box = draw.textbbox((tx, ty), label, font=text_font)
         draw.rectangle([box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1], fill=(0, 0, 0))
-        draw.text((tx, ty), label, fill=color, font=text_font)
+        draw.text((tx, ty), label, fill=palette(r["region_id"]), font=text_font)
+    return out
+
+
+def tag_positions(boxes: list[Box], sizes: list[tuple[int, int]], image_size: tuple[int, int]) -> list[tuple[float, float]]:
+    """Where each region's id tag goes: its box's top-left corner, else the first of its other
+    corners or of the places below the top-left that no earlier tag covers (small objects side
+    by side would otherwise print their ids over each other)."""
+    width, height = image_size
+    placed: list[tuple[float, float, float, float]] = []
+    out = []
+    for b, (w, h) in zip(boxes, sizes, strict=True):
+        candidates = [(b.x1 + 2, b.y1 + 2), (b.x2 - w - 2, b.y1 + 2), (b.x1 + 2, b.y2 - h - 2), (b.x2 - w - 2, b.y2 - h - 2)]
+        candidates += [(b.x1 + 2, b.y1 + 2 + k * (h + 2)) for k in range(1, 8)] + [(b.x1 + 2 + k * (w + 2), b.y1 + 2) for k in range(1, 8)]
+        spots = [(min(max(x, 0), width - w), min(max(y, 0), height - h)) for x, y in candidates]
+        free = next((
+            (x, y) for x, y in spots
+            if not any(x < px2 and px1 < x + w and y < py2 and py1 < y + h for px1, py1, px2, py2 in placed)
+        ), spots[0])
+        placed.append((free[0], free[1], free[0] + w, free[1] + h))
+        out.append(free)
     return out
 
 
