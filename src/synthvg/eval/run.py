@@ -24,6 +24,8 @@ from synthvg.eval.inputs import (
 from synthvg.eval.sgg import MatchBy, Missing, SggScores, evaluate
 from synthvg.eval.vocab import EmbeddingUnavailable, LabelMapper, minilm_embedder
 
+PRED_FILE_SUFFIXES = (".jsonl", ".parquet")
+
 
 @dataclass
 class PredSource:
@@ -38,7 +40,7 @@ class PredSource:
 
 def parse_pred(spec: str) -> PredSource:
     """``FILE``, ``ROOT`` or ``ROOT:stage`` (stage one of seed, teacher, robin, edit)."""
-    if Path(spec).is_file():
+    if Path(spec).is_file() or Path(spec).suffix in PRED_FILE_SUFFIXES:
         return PredSource(spec)
     head, sep, tail = spec.rpartition(":")
     if sep and tail in PRED_STAGES:

@@ -34,7 +34,7 @@ _VG150_PREDICATES = (
     "wears|with"
 ).split("|")
 
-_STUFF_SUFFIX = re.compile(r"-(?:merged|other|stuff)$")
+_STUFF_SUFFIX = re.compile(r"(?:-(?:merged|other|stuff))+$")
 
 
 @dataclass(frozen=True)
