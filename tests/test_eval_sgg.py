@@ -491,3 +491,34 @@ def test_build_then_evaluate_teacher_against_hand_made_psg(tmp_path):
     hit_predicates = {mapper(t["predicate_raw"]) for t in picked}
     assert data["scores"]["mean_recall"]["100"] == pytest.approx(len(hit_predicates) / 56)
     assert data["counts"]["images_evaluated"] == 1 and data["rank"] == "score"  # the rule teacher scores its rows
+
+
+def test_rank_rule_order_or_score(psg_root, tmp_path):
+    def edit(rows):
+        for r in rows:  # first row: a pair the ground truth does not relate, scored lowest
+            r["subjects"].insert(0, 0)
+            r["objects"].insert(0, 0)
+            r["predicates"].insert(0, "on")
+            r["scores"].insert(0, 0.1)
+        return rows
+
+    path = str(_file_from_root(psg_root, tmp_path, edit))
+    # --rank order: the first row (a miss) is all R@1 sees -> 0; by score the hits come first:
+    # each image has 2 GT triplets, R@1 = mean(1/2, 1/2).
+    assert evaluate_sgg(psg_root, path, ks=(1,), rank="order", embedding=False).scores.recall[1] == 0.0
+    assert evaluate_sgg(psg_root, path, ks=(1,), rank="score", embedding=False).scores.recall[1] == 0.5
+    assert evaluate_sgg(psg_root, path, ks=(1,), embedding=False).rank == "score"  # auto: every row scored
+
+
+def test_vg_ground_truth_box_matching_and_label_sets(tmp_path):
+    out = tmp_path / "vg"
+    assert runner.invoke(app, ["ingest", "--format", "vg", str(SEEDS / "vg"), "--out", str(out)]).exit_code == 0
+    # VG150: the fixture uses one predicate VG150 lacks: that relation is counted and left out
+    report = evaluate_sgg(str(out), f"{out}:seed", match_by="box", embedding=False)
+    assert report.benchmark == "vg150" and report.scores.num_predicates == 50
+    assert report.counts["gt_relations_outside_vocabulary"] == 1 and report.scores.recall[20] == 1.0
+    # the ground truth's own label sets: every relation counts, each spelling once
+    own = evaluate_sgg(str(out), f"{out}:seed", match_by="box", benchmark="ground-truth", embedding=False)
+    assert "gt_relations_outside_vocabulary" not in own.counts and own.scores.mean_recall[20] == 1.0
+    with pytest.raises(EvalInputError, match="no masks"):
+        evaluate_sgg(str(out), f"{out}:seed", match_by="mask", embedding=False)

@@ -106,6 +106,7 @@ def load_ground_truth(root: str, *, benchmark: BenchmarkName = "auto", split: st
     predicates = LabelMapper(vocab.predicates, "predicate", index_base=1)
     counts: Counter = Counter()
     out: dict[str, ImageTruth] = {}
+    with_mask = 0
     for img in images:
         iid = img["image_id"]
         regs = regions.get(iid, [])
@@ -122,8 +123,9 @@ def load_ground_truth(root: str, *, benchmark: BenchmarkName = "auto", split: st
         if not triplets:
             counts["gt_images_without_relations"] += 1
         masks = None
-        if match_by == "mask":
+        if match_by == "mask" and triplets:
             masks = [_rle(r["mask"]) for r in regs]
+            with_mask += sum(m is not None for m in masks)
             if any(m is None for m in masks):
                 counts["gt_regions_without_mask"] += sum(m is None for m in masks)
                 masks = [m if m is not None else _empty_rle(img["height"], img["width"]) for m in masks]
@@ -133,6 +135,8 @@ def load_ground_truth(root: str, *, benchmark: BenchmarkName = "auto", split: st
             rels=np.array(triplets, dtype=np.int64).reshape(-1, 3),
             masks=masks,
         )
+    if match_by == "mask" and with_mask == 0:
+        raise EvalInputError(f"{root}: the ground truth's regions have no masks (VG, GQA): use --match box")
     counts["gt_images"] = len(out)
     counts["gt_relations"] = sum(len(t.rels) for t in out.values())
     coco_ids = {int(i["coco_id"]): i["image_id"] for i in images if i["coco_id"] is not None}

@@ -62,7 +62,9 @@ def vg150(classes: Sequence[str]) -> Vocabulary:
 
 def from_ground_truth(classes: Sequence[str], predicates: Sequence[str]) -> Vocabulary:
     """The labels and predicates the ground truth itself uses, sorted (for any other source)."""
-    return Vocabulary("ground-truth", tuple(sorted(set(classes))), tuple(sorted(set(predicates))))
+    # cleaned, so spellings of one word ('ON', 'on') are one label, not one unreachable label more
+    return Vocabulary("ground-truth", tuple(sorted({clean(c) for c in classes} - {""})),
+                      tuple(sorted({clean(p) for p in predicates} - {""})))
 
 
 def _object_key(text: str) -> str:
