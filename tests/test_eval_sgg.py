@@ -357,9 +357,11 @@ def test_cli_table_and_results_files(psg_root, tmp_path):
     per = pq.read_table(out / "per_predicate.parquet").to_pylist()
     assert len(per) == 56 * 3 and pq.read_table(out / "mapping.parquet").num_rows == len(data["mapping"])
     # default folder: under the predictions' root
-    result = runner.invoke(app, ["evaluate", "sgg", "--gt", psg_root, "--pred", f"{psg_root}:seed", "--no-embedding", "--k", "5"])
+    result = runner.invoke(app, ["evaluate", "sgg", "--gt", psg_root, "--pred", f"{psg_root}:seed", "--no-embedding", "--k", "1,5", "--k", "7"])
     assert result.exit_code == 0, result.output
-    assert (Path(psg_root) / "eval" / "sgg-seed" / "results.json").is_file()
+    assert json.loads((Path(psg_root) / "eval" / "sgg-seed" / "results.json").read_text())["ks"] == [1, 5, 7]
+    result = runner.invoke(app, ["evaluate", "sgg", "--gt", psg_root, "--pred", f"{psg_root}:seed", "--k", "many"])
+    assert result.exit_code == 2 and "--k takes whole numbers" in result.output
 
 
 def test_bad_predictions_are_counted(psg_root, tmp_path):

@@ -23,6 +23,7 @@ from synthvg.eval.vocab import LabelMapper, Vocabulary, from_ground_truth, psg, 
 from synthvg.storage import connect, fetch_dicts
 
 RankRule = Literal["auto", "order", "score"]
+LabelSource = Literal["stage", "region"]
 BenchmarkName = Literal["auto", "psg", "vg150", "ground-truth"]
 PRED_STAGES = ("seed", "teacher", "robin", "edit")
 
@@ -161,11 +162,13 @@ class RawImage:
     rows: list[tuple[int, int, str, float | None]]  # subject, object, predicate, score
 
 
-def read_stage(root: str, stage: str, *, include_dropped: bool = False) -> tuple[dict[str, RawImage], dict[str, int]]:
+def read_stage(root: str, stage: str, *, include_dropped: bool = False,
+               labels: LabelSource = "stage") -> tuple[dict[str, RawImage], dict[str, int]]:
     """A root stage's relations (generation order = row order in its shards) and their regions.
 
     An object's label is the stage's own description of the region when it wrote one, else the
-    region's label. Returns the images and each image's COCO id (to join other roots).
+    region's label (``labels='region'``: always the region's label). Returns the images and each
+    image's COCO id (to join other roots).
     """
     if stage not in PRED_STAGES:
         raise EvalInputError(f"unknown stage {stage!r}: one of {', '.join(PRED_STAGES)}")
@@ -173,7 +176,7 @@ def read_stage(root: str, stage: str, *, include_dropped: bool = False) -> tuple
     try:
         sql = "SELECT image_id, subject_id, object_id, coalesce(predicate_raw, predicate) AS p, score FROM relations WHERE stage = ?"
         rows = fetch_dicts(con, sql + ("" if include_dropped else " AND verdict <> 'dropped'"), [stage])
-        names = {(r["image_id"], r["region_id"]): r["description"] for r in fetch_dicts(
+        names = {} if labels == "region" else {(r["image_id"], r["region_id"]): r["description"] for r in fetch_dicts(
             con, "SELECT image_id, region_id, description FROM descriptions WHERE stage = ?", [stage])}
         wanted = sorted({r["image_id"] for r in rows})
         regions = {(r["image_id"], r["region_id"]): r for r in fetch_dicts(

@@ -15,6 +15,7 @@ from synthvg.eval.inputs import (
     PRED_STAGES,
     BenchmarkName,
     EvalInputError,
+    LabelSource,
     RankRule,
     load_ground_truth,
     read_prediction_file,
@@ -97,6 +98,7 @@ def evaluate_sgg(
     embedding_threshold: float = 0.6,
     iou_threshold: float = 0.5,
     include_dropped: bool = False,
+    labels: LabelSource = "stage",
 ) -> SggReport:
     """Score predictions against a ground-truth root with OpenPSG's protocol (docs/EVALUATION.md)."""
     t0 = time.perf_counter()
@@ -117,7 +119,7 @@ def evaluate_sgg(
     else:
         if source.stage == "auto":
             source = PredSource(source.path, _auto_stage(source.path))
-        raw, coco_ids = read_stage(source.path, source.stage, include_dropped=include_dropped)
+        raw, coco_ids = read_stage(source.path, source.stage, include_dropped=include_dropped, labels=labels)
     if not raw or not any(img.rows for img in raw.values()):
         raise EvalInputError(f"{source.describe()} holds no predicted relations")
     preds = to_predictions(raw, gt, match_by=match_by, rank=rank, objects=objects, predicates=predicates, coco_ids=coco_ids)
