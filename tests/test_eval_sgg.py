@@ -524,3 +524,45 @@ def test_vg_ground_truth_box_matching_and_label_sets(tmp_path):
     assert "gt_relations_outside_vocabulary" not in own.counts and own.scores.mean_recall[20] == 1.0
     with pytest.raises(EvalInputError, match="no masks"):
         evaluate_sgg(str(out), f"{out}:seed", match_by="mask", embedding=False)
+
+
+def _runs(flat: np.ndarray) -> list[int]:
+    """Run lengths of a column-major 0/1 vector, zeros first (COCO's uncompressed RLE counts)."""
+    runs = np.diff(np.r_[0, np.flatnonzero(np.diff(flat)) + 1, flat.size])
+    return ([0] if flat[0] == 1 else []) + runs.tolist()
+
+
+def _uncompressed(mask: dict) -> dict:
+    flat = mask_utils.decode({"size": mask["size"], "counts": mask["counts"].encode()}).ravel(order="F")
+    return {"size": mask["size"], "counts": _runs(flat)}
+
+
+def test_rle_string_decoding_matches_pycocotools():
+    from synthvg.eval.inputs import rle_runs
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        a = (rng.random(tuple(rng.integers(1, 60, 2))) < rng.random()).astype(np.uint8)
+        assert rle_runs(_rle(a)["counts"]).tolist() == _runs(a.ravel(order="F"))
+    with pytest.raises(ValueError, match="cut short"):
+        rle_runs(b"0o")  # 'o' = 63: more groups announced, none follow
+
+
+def test_uncompressed_masks_read_and_undecodable_masks_counted(psg_root, tmp_path):
+    def edit(rows):
+        first, second = rows
+        first["masks"] = [_uncompressed(m) for m in first["masks"]]
+        second["masks"][0] = {"size": second["masks"][0]["size"], "counts": "zzzzzzzzzzzzzzzz~~~~"}
+        second["boxes"][1] = [1, 2, 3]  # not a box
+        return [first, second]
+
+    report = evaluate_sgg(psg_root, str(_file_from_root(psg_root, tmp_path, edit)), embedding=False)
+    assert report.counts["pred_images_bad_objects"] == 1  # the second image: one box of 3 numbers
+    assert report.counts["images_evaluated"] == 1 and report.scores.recall[20] == 1.0  # the first, from list counts
+
+    def garbled(rows):
+        rows[1]["masks"][0] = {"size": rows[1]["masks"][0]["size"], "counts": "zzzzzzzzzzzzzzzz~~~~"}
+        return rows[1:]
+
+    report = evaluate_sgg(psg_root, str(_file_from_root(psg_root, tmp_path, garbled)), embedding=False)
+    assert report.counts["pred_images_bad_masks"] == 1

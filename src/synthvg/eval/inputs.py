@@ -145,6 +145,52 @@ def load_ground_truth(root: str, *, benchmark: BenchmarkName = "auto", split: st
     return GroundTruth(vocab, out, sizes, coco_ids, counts)
 
 
+def _mask_at(mask: dict | None, h: int, w: int) -> dict:
+    """A prediction's mask as a compressed RLE (uncompressed ``counts`` lists are accepted), checked to decode."""
+    from pycocotools import mask as mask_utils
+
+    if mask is None:
+        return _empty_rle(h, w)
+    if isinstance(mask["counts"], list):
+        runs = np.asarray(mask["counts"], dtype=np.int64)
+        rle = None
+    else:
+        rle = _rle(mask)
+        runs = rle_runs(rle["counts"])
+    # pycocotools loops forever on counts that do not cover the image exactly: check first
+    if (runs < 0).any() or int(runs.sum()) != h * w:
+        raise ValueError("RLE counts do not cover the image")
+    return rle if rle is not None else mask_utils.frPyObjects(dict(mask), h, w)
+
+
+def rle_runs(counts: bytes) -> np.ndarray:
+    """The run lengths of a compressed COCO RLE string (pycocotools' rleFrString, vectorised).
+
+    Each value is 5-bit groups (little end first) in chars offset by 48, bit 0x20 = more follows,
+    bit 0x10 of the last group = negative; from the fourth value on, values are deltas to the
+    value two before.
+    """
+    c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return c
+    if (c < 0).any() or (c > 63).any():
+        raise ValueError("not a compressed RLE string")
+    ends = np.flatnonzero((c & 0x20) == 0)
+    if ends.size == 0 or ends[-1] != c.size - 1:
+        raise ValueError("compressed RLE string is cut short")
+    starts = np.r_[0, ends[:-1] + 1]
+    lengths = ends - starts + 1
+    if lengths.max() > 12:
+        raise ValueError("compressed RLE value too long")
+    k = np.arange(c.size) - np.repeat(starts, lengths)
+    values = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    values = np.where((c[ends] & 0x10) != 0, values | (-1 << (5 * lengths)), values)
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs
+
+
 def _empty_rle(h: int, w: int) -> dict:
     from pycocotools import mask as mask_utils
 
@@ -276,7 +322,8 @@ def to_predictions(raw: dict[str, RawImage], gt: GroundTruth, *, match_by: Match
             counts["pred_images_duplicate"] += 1
             continue
         n_obj = len(img.boxes)
-        if len(img.labels) != n_obj or (img.masks is not None and len(img.masks) != n_obj):
+        if (len(img.labels) != n_obj or (img.masks is not None and len(img.masks) != n_obj)
+                or (img.object_scores is not None and len(img.object_scores) != n_obj) or any(len(b) != 4 for b in img.boxes)):
             counts["pred_images_bad_objects"] += 1
             continue
         masks = None
@@ -288,7 +335,11 @@ def to_predictions(raw: dict[str, RawImage], gt: GroundTruth, *, match_by: Match
                 counts["pred_images_mask_size_mismatch"] += 1
                 continue
             counts["pred_objects_without_mask"] += sum(m is None for m in img.masks)
-            masks = [_rle(m) if m is not None else _empty_rle(h, w) for m in img.masks]
+            try:
+                masks = [_mask_at(m, h, w) for m in img.masks]
+            except (TypeError, ValueError, KeyError):
+                counts["pred_images_bad_masks"] += 1
+                continue
         rows = [r for r in img.rows if 0 <= r[0] < n_obj and 0 <= r[1] < n_obj]
         counts["pred_rows_bad_index"] += len(img.rows) - len(rows)
         if rule == "score":

@@ -123,7 +123,7 @@ def evaluate_sgg(
     if not raw or not any(img.rows for img in raw.values()):
         raise EvalInputError(f"{source.describe()} holds no predicted relations")
     preds = to_predictions(raw, gt, match_by=match_by, rank=rank, objects=objects, predicates=predicates, coco_ids=coco_ids)
-    if not preds.images:
+    if len(preds.unknown_images) == len(raw):
         raise EvalInputError(f"none of the {len(raw)} predicted images is in the ground truth {gt_root} (ids such as {next(iter(raw))!r})")
     scores = evaluate(
         ((t, preds.images.get(iid)) for iid, t in gt.images.items()),
@@ -191,5 +191,7 @@ def format_table(report: SggReport) -> str:
     methods = Counter((m["kind"], m["method"]) for m in report.mapping)
     if methods:
         lines.append("labels read: " + ", ".join(f"{kind} {method} {n}" for (kind, method), n in sorted(methods.items())))
+    if not s.images_evaluated:
+        lines.append("no image was evaluated: every image lacked ground-truth relations or usable predictions (see the counts)")
     lines.extend(report.notes)
     return "\n".join(lines)
