@@ -9,7 +9,7 @@ and files. Any OpenAI-compatible endpoint works (OpenAI, Azure OpenAI, vLLM, Oll
 ``synthvg.llm.testing`` holds a local fake server for tests and benchmarks.
 """
 
-import importlib
+from synthvg.lazy import lazy_getattr
 
 # ``redact`` shares its name with its module: bound now, so importing ``synthvg.llm.redact``
 # later cannot leave the module where the function is expected (the module is light).
@@ -88,13 +88,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from synthvg.lazy import lazy_getattr
+
 if TYPE_CHECKING:
     from synthvg.schemas.config import BuildConfig
     from synthvg.stages.base import Stage
@@ -40,17 +42,15 @@ def _stages() -> dict[str, type[Stage]]:
     return {cls.name: cls for cls in classes}
 
 
+_lazy = lazy_getattr(__name__, _EXPORTS)
+
+
 def __getattr__(name: str):
     if name in ("STAGES", "STAGE_ORDER"):
         stages = _stages()
         globals().update(STAGES=stages, STAGE_ORDER=tuple(stages))
         return globals()[name]
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return _lazy(name)
 
 
 def graph(config: BuildConfig) -> dict[str, StageNode]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import posixpath
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,6 +20,9 @@ from pydantic import BaseModel, Field
 
 from synthvg.schemas import TABLES, ShardManifest
 from synthvg.storage.dataset import COMPLETIONS, Dataset, UnknownVersion, writing
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
 
 
 class VersionInfo(BaseModel):
@@ -105,21 +110,27 @@ def commit_log_files(dataset: Dataset) -> int:
         return 0
 
 
-def compact(dataset: Dataset) -> dict[str, int]:
-    """Merge the commit log's small files and checkpoint every table's Delta log, so opening
-    the dataset reads a few files instead of one per commit. Returns files merged per table."""
+def _delta_tables(dataset: Dataset) -> Iterator[tuple[str, DeltaTable]]:
+    """(path under the root, table) of every Delta table the root holds: the commit log first."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
-    out = {}
     for rel in [COMPLETIONS] + [posixpath.join("tables", t) for t in TABLES]:
         try:
-            table = DeltaTable(dataset.delta_uri(rel))
+            yield rel, DeltaTable(dataset.delta_uri(rel))
         except TableNotFoundError:
             continue
+
+
+def compact(dataset: Dataset) -> dict[str, int]:
+    """Merge the commit log's small files and checkpoint every table's Delta log, so opening
+    the dataset reads a few files instead of one per commit. Returns files merged per table."""
+    out = {}
+    for rel, table in _delta_tables(dataset):
         with writing(dataset.abspath(rel)):
             metrics = table.optimize.compact() if rel == COMPLETIONS else {"numFilesRemoved": 0}
-            DeltaTable(dataset.delta_uri(rel)).create_checkpoint()
+            table.update_incremental()
+            table.create_checkpoint()
         out[rel] = int(metrics.get("numFilesRemoved", 0))
     return out
 
@@ -127,15 +138,8 @@ def compact(dataset: Dataset) -> dict[str, int]:
 def vacuum(dataset: Dataset, keep_days: float) -> list[str]:
     """Delete files no version newer than ``keep_days`` days needs (Delta vacuum, table by
     table). Versions older than that may become unreadable. Returns the files deleted."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
     deleted = []
-    for rel in [COMPLETIONS] + [posixpath.join("tables", t) for t in TABLES]:
-        try:
-            table = DeltaTable(dataset.delta_uri(rel))
-        except TableNotFoundError:
-            continue
+    for rel, table in _delta_tables(dataset):
         with writing(dataset.abspath(rel)):
             gone = table.vacuum(retention_hours=int(keep_days * 24), enforce_retention_duration=False, dry_run=False)
         deleted += [posixpath.join(rel, g) for g in gone]
