@@ -9,7 +9,8 @@ false) on a temporary Prefect server:
              which reads the GPU stage's output. Stage-by-stage, the API stage waits for every
              GPU shard; overlapped, it works on shard 1 while the GPU works on shard 2. The
              sum of the two stages' times is what stage-by-stage costs at best.
-  demo       the real demo build (all 38 images), to check overlap does not make it slower.
+  demo       the real demo build (all 38 images): CPU-bound stages on a thread pool, where a
+             task waiting for its upstream holds a worker thread.
 
 Rows of both builds of a workload are checked equal. Prints a table; ``--write`` appends it to
 benchmarks/RESULTS.md.

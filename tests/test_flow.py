@@ -14,8 +14,9 @@ from synthvg.pipeline import run_build, up_to_date
 pytestmark = pytest.mark.slow
 
 
-def test_flow_build_equals_plain_build_and_reruns_clean(prefect_server, tmp_path):
-    cfg = demo_config(tmp_path / "flow", limit=6, shard_size=2)
+@pytest.mark.parametrize("overlap", [None, True], ids=["default", "overlapped"])
+def test_flow_build_equals_plain_build_and_reruns_clean(prefect_server, tmp_path, overlap):
+    cfg = demo_config(tmp_path / "flow", limit=6, shard_size=2, executor={"overlap": overlap})
     run = build_dataset(cfg)
     assert run.status == "completed"
     assert {s.stage: s.status for s in run.stages} == {

@@ -170,8 +170,8 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
 
     Each shard task waits only for the tasks of the same shard that write what its stage reads,
     so stage B works on shard 1 while stage A works on shard 2, and stages that do not read each
-    other run side by side (``executor.overlap: false``: each stage waits for every shard of the
-    stages before it). Tasks are submitted shard by shard, so a thread pool's workers pick them
+    other run side by side (``executor.overlap``; without it each stage waits for every shard of
+    the stages it reads). Tasks are submitted shard by shard, so a thread pool's workers pick them
     up in an order that never waits on a task not yet started.
 
     A storage fault (read-only, full disk) or a lost lock ends the build once the shards
@@ -201,7 +201,7 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
         submitted[(stage, shard.index)] = future
         futures[future] = (stage, shard)
 
-    if ex.overlap:
+    if ex.overlapped:
         for shard in shards:
             for stage in active:
                 submit(stage, shard)

@@ -633,11 +633,17 @@ class ExecutorConfig(Section):
         default_factory=dict, description="GPUs each shard task of a stage requests on Ray or Dask"
     )
     limits: list[PrefectLimit] = Field(default_factory=list)
-    overlap: bool = Field(
-        True,
+    overlap: bool | None = Field(
+        None,
         description="chain shard tasks per shard (a stage works on shard 1 while the stage it reads works on "
-        "shard 2); false: each stage waits for every shard of the stages it reads",
+        "shard 2); false: each stage waits for every shard of the stages it reads; none: overlap on Dask and "
+        "Ray, whose schedulers hold a task back until its inputs are done, and not on threads, where a waiting "
+        "task holds a worker thread (measured: benchmarks/bench_overlap.py)",
     )
+
+    @property
+    def overlapped(self) -> bool:
+        return self.overlap if self.overlap is not None else self.kind != "threads"
 
     @model_validator(mode="after")
     def _address_needs_cluster(self) -> ExecutorConfig:
