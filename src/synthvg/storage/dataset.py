@@ -228,7 +228,10 @@ class Dataset:
         return _record_log(self).version()
 
     def read_manifest(self, stage: str, shard: int) -> ShardManifest | None:
-        return self.records().get((stage, shard))
+        if self.as_of is not None:
+            return self.records().get((stage, shard))
+        self.check_layout()
+        return _record_log(self).lookup((stage, shard))
 
     def is_committed(self, stage: str, shard: int, fingerprint: str) -> bool:
         """True when the shard is complete with this fingerprint and its files are as committed
@@ -285,7 +288,7 @@ class Dataset:
         """
         what = f"{stage} shard {shard:05d}"
         self._check_fence(fence, what)
-        previous = _record_log(self).snapshot(None).get((stage, shard))  # writers passed init's layout check
+        previous = _record_log(self).lookup((stage, shard))  # writers passed init's layout check
         files = []
         for table, data in sorted(tables.items()):
             expected = schema_of(TABLES[table])
@@ -371,7 +374,7 @@ class Dataset:
     def drop_stage_shard(self, stage: str, shard: int, run_id: str) -> None:
         """Withdraw a stage's output for one shard (a stage now skipped, or a shard out of plan):
         its record first, then its partitions. Older versions keep it until ``vacuum``."""
-        previous = _record_log(self).snapshot(None).get((stage, shard))
+        previous = _record_log(self).lookup((stage, shard))
         if previous is None:
             return
         self._append_record(stage, shard, run_id, None)
@@ -461,8 +464,9 @@ class _RecordLog:
         self.uri = dataset.delta_uri(COMPLETIONS)
         self._table = None
         self._read: set[str] = set()
+        self._version: int | None = None
         self._latest: dict[tuple[str, int], tuple[int, str | None]] = {}
-        self._parsed: dict[tuple[str, int], ShardManifest] = {}
+        self._live: dict[tuple[str, int], ShardManifest] = {}  # the records not withdrawn
         self._lock = threading.Lock()
 
     def _open(self, version: int | None = None):
@@ -508,24 +512,38 @@ class _RecordLog:
                 latest[key] = (r["sequence"], r["record"])
 
     def snapshot(self, version: int | None) -> dict[tuple[str, int], ShardManifest]:
+        """Every live record, at ``version`` or the latest."""
         if version is not None:
             return self._at(version)
         with self._lock:
-            table = self._refresh()
-            if table is None:
-                return {}
-            paths = [p for p in table.get_add_actions(flatten=True).column("path").to_pylist() if p not in self._read]
-            changed: dict = {}
-            self._fold(self._rows(table, paths), changed)
-            self._read.update(paths)
-            for key, (seq, record) in changed.items():
-                if key not in self._latest or self._latest[key][0] < seq:
-                    self._latest[key] = (seq, record)
-                    self._parsed.pop(key, None)
-            for key, (_, record) in self._latest.items():
-                if record is not None and key not in self._parsed:
-                    self._parsed[key] = ShardManifest.model_validate_json(record)
-            return {k: m for k, m in self._parsed.items() if self._latest[k][1] is not None}
+            self._update()
+            return dict(self._live)
+
+    def lookup(self, key: tuple[str, int]) -> ShardManifest | None:
+        """One (stage, shard)'s latest record: what a build asks for every shard it considers."""
+        with self._lock:
+            self._update()
+            return self._live.get(key)
+
+    def _update(self) -> None:
+        """Fold in the rows of the commit-log files added since the last look (none when the
+        log's version has not moved)."""
+        table = self._refresh()
+        if table is None or table.version() == self._version:
+            return
+        paths = [p for p in table.get_add_actions(flatten=True).column("path").to_pylist() if p not in self._read]
+        changed: dict = {}
+        self._fold(self._rows(table, paths), changed)
+        self._read.update(paths)
+        self._version = table.version()
+        for key, (seq, record) in changed.items():
+            if key in self._latest and self._latest[key][0] >= seq:
+                continue
+            self._latest[key] = (seq, record)
+            if record is None:
+                self._live.pop(key, None)
+            else:
+                self._live[key] = ShardManifest.model_validate_json(record)
 
     def _at(self, version: int) -> dict[tuple[str, int], ShardManifest]:
         from deltalake.exceptions import DeltaError
