@@ -175,6 +175,7 @@ def test_cli_dry_run_prints_the_estimate(tmp_path, key):
 @pytest.mark.slow
 def test_prefect_build_with_the_openai_teacher(prefect_server, tmp_path, key):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     from synthvg.flows import build_dataset
 
@@ -184,6 +185,7 @@ def test_prefect_build_with_the_openai_teacher(prefect_server, tmp_path, key):
     assert teacher.status == "done" and teacher.metrics["cost_usd"] > 0
     assert connect(str(tmp_path / "root")).sql("SELECT count(*) FROM relations WHERE generator = 'model'").fetchall()[0][0] > 0
     with get_client(sync_client=True) as client:
-        artifacts = [a for a in client.read_artifacts() if a.key == "openai-teacher-stage-teacher"]
+        # filtered by key: the session's test server holds every other test's artifacts too
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["openai-teacher-stage-teacher"])))
     assert artifacts and "cost_usd" in str(artifacts[0].data)
     assert key not in str(artifacts[0].data)
