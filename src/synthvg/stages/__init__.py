@@ -65,15 +65,6 @@ def build_order(config: BuildConfig) -> list[str]:
     return list(graph(config))
 
 
-def table_writers() -> dict[str, list[str]]:
-    """Which stages write each table, in declaration order."""
-    out: dict[str, list[str]] = {}
-    for name, cls in _stages().items():
-        for table in cls.writes:
-            out.setdefault(table, []).append(name)
-    return out
-
-
 __all__ = [
     "STAGES",
     "STAGE_ORDER",
@@ -89,5 +80,4 @@ __all__ = [
     "graph",
     "load_stage",
     "plan_build",
-    "table_writers",
 ]

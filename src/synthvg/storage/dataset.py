@@ -401,16 +401,12 @@ class Dataset:
         return None
 
     def committed_files(self) -> dict[str, list[str]]:
-        """Every committed file as an openable URI, by table, from one read of the manifests."""
+        """Every committed file as an openable URI, by table, from one read of the commit records."""
         out: dict[str, list[str]] = {}
         for m in self.manifests():
             for f in m.files:
                 out.setdefault(f.table, []).append(self.uri(f.path))
         return out
-
-    def table_files(self, table: str) -> list[str]:
-        """Every committed file of a table, across stages, as openable URIs."""
-        return self.committed_files().get(table, [])
 
     # ----------------------------------------------------------------- runs
     def write_run(self, run: RunManifest) -> None:
