@@ -42,25 +42,57 @@ def make_image(folder: Path, side: int, fmt: str) -> Path:
     its parent's RSS when it was spawned (Linux keeps the high-water mark across exec)."""
     path = folder / f"big.{'jpg' if fmt == 'jpeg' else 'png'}"
     save = "quality=90" if fmt == "jpeg" else "compress_level=1"
-    code = (f"from PIL import Image; Image.open({str(PHOTO)!r}).convert('RGB')"
-            f".resize(({side}, {side}), Image.BILINEAR).save({str(path)!r}, {save})")
+    code = (
+        f"from PIL import Image; Image.open({str(PHOTO)!r}).convert('RGB')"
+        f".resize(({side}, {side}), Image.BILINEAR).save({str(path)!r}, {save})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     return path
 
 
 def config(folder: Path, image: Path, side: int, stages: str) -> dict:
     ann = folder / "instances.json"
-    ann.write_text(json.dumps({
-        "images": [{"id": 1, "file_name": image.name, "width": side, "height": side}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [side / 4, side / 4, side / 2, side / 2],
-                         "segmentation": [[side / 4, side / 4, 3 * side / 4, side / 4, 3 * side / 4, 3 * side / 4, side / 4, 3 * side / 4]]}],
-        "categories": [{"id": 1, "name": "thing"}],
-    }))
-    cfg: dict = {"out": str(folder / "root"), "seeds": {"sources": [{"annotations": str(ann), "images": str(folder)}]}}
+    ann.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": image.name, "width": side, "height": side}],
+                "annotations": [
+                    {
+                        "id": 1,
+                        "image_id": 1,
+                        "category_id": 1,
+                        "iscrowd": 0,
+                        "bbox": [side / 4, side / 4, side / 2, side / 2],
+                        "segmentation": [
+                            [
+                                side / 4,
+                                side / 4,
+                                3 * side / 4,
+                                side / 4,
+                                3 * side / 4,
+                                3 * side / 4,
+                                side / 4,
+                                3 * side / 4,
+                            ]
+                        ],
+                    }
+                ],
+                "categories": [{"id": 1, "name": "thing"}],
+            }
+        )
+    )
+    cfg: dict = {
+        "out": str(folder / "root"),
+        "seeds": {"sources": [{"annotations": str(ann), "images": str(folder)}]},
+    }
     if stages == "seeds":
         cfg |= {"regions": {"proposer": "none"}, "teacher": {"backend": "none"}}
     else:
-        cfg |= {"regions": {"proposer": "felzenszwalb", "feed": "all"}, "teacher": {"backend": "rules"}, "filters": {"backend": "rules"}}
+        cfg |= {
+            "regions": {"proposer": "felzenszwalb", "feed": "all"},
+            "teacher": {"backend": "rules"},
+            "filters": {"backend": "rules"},
+        }
     return cfg
 
 
@@ -77,13 +109,37 @@ def main() -> None:
         image = make_image(folder, args.side, args.format)
         made = time.perf_counter() - t0
         env = {**os.environ, "PYTHONPATH": args.src}
-        out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config(folder, image, args.side, args.stages))],
-                             env=env, capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                CHILD,
+                json.dumps(config(folder, image, args.side, args.stages)),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if out.returncode:
             print(out.stderr[-3000:], file=sys.stderr)
-        result = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"exit": out.returncode}
-        print(json.dumps({"side": args.side, "format": args.format, "file_mb": round(image.stat().st_size / 2**20, 1),
-                          "stages": args.stages, "src": args.src, "made_s": round(made, 1), **result}))
+        result = (
+            json.loads(out.stdout.strip().splitlines()[-1])
+            if out.returncode == 0
+            else {"exit": out.returncode}
+        )
+        print(
+            json.dumps(
+                {
+                    "side": args.side,
+                    "format": args.format,
+                    "file_mb": round(image.stat().st_size / 2**20, 1),
+                    "stages": args.stages,
+                    "src": args.src,
+                    "made_s": round(made, 1),
+                    **result,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

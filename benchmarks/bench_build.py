@@ -33,7 +33,9 @@ from synthvg.storage import connect  # noqa: E402
 
 
 def _config(out: Path, limit: int | None, shard_size: int, workers: int) -> BuildConfig:
-    cfg = load_config(REPO / "configs" / "demo.yaml", out=str(out), limit=limit, shard_size=shard_size)
+    cfg = load_config(
+        REPO / "configs" / "demo.yaml", out=str(out), limit=limit, shard_size=shard_size
+    )
     return cfg.model_copy(update={"executor": cfg.executor.model_copy(update={"workers": workers})})
 
 
@@ -41,7 +43,11 @@ def _rows(root: str) -> dict:
     con = connect(root)
     out = {}
     for t in ("images", "regions", "proposals", "relations", "errors"):
-        cols = [c for c in con.sql(f"SELECT * FROM {t} LIMIT 0").columns if c not in ("run_id", "created_at")]
+        cols = [
+            c
+            for c in con.sql(f"SELECT * FROM {t} LIMIT 0").columns
+            if c not in ("run_id", "created_at")
+        ]
         out[t] = sorted(map(repr, con.sql(f"SELECT {', '.join(cols)} FROM {t}").fetchall()))
     return out
 
@@ -84,10 +90,18 @@ def main() -> int:
 
     images = plain.images
     stage_names = [s.stage for s in plain.stages if s.status != "skipped"]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}")
-    print(f"demo build: {images} images, shard size {args.shard_size}; Prefect server start-up {startup:.1f}s (not counted)")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}"
+    )
+    print(
+        f"demo build: {images} images, shard size {args.shard_size}; Prefect server start-up {startup:.1f}s (not counted)"
+    )
     print()
-    header = f"{'variant':<10}{'wall s':>9}" + "".join(f"{s + ' img/s':>16}" for s in stage_names) + f"{'vs plain':>10}"
+    header = (
+        f"{'variant':<10}{'wall s':>9}"
+        + "".join(f"{s + ' img/s':>16}" for s in stage_names)
+        + f"{'vs plain':>10}"
+    )
     print(header)
     print("-" * len(header))
     base = results[0][1]
@@ -99,10 +113,14 @@ def main() -> int:
     plain_wall, flow1 = results[0][1], results[1][1]
     tasks = len(stage_names) * plain.shards
     print()
-    print(f"sum of stage functions without Prefect: {plain_stage_sum:.2f}s (plain wall {plain_wall:.2f}s)")
-    print(f"Prefect overhead, flow x1 wall - plain wall: {flow1 - plain_wall:.2f}s over {tasks} shard tasks "
-          f"and {len(plain.stages) + 1} subflows ({(flow1 - plain_wall) / tasks:.2f}s per shard task); "
-          f"flow x1 / plain = {flow1 / plain_wall:.2f}x")
+    print(
+        f"sum of stage functions without Prefect: {plain_stage_sum:.2f}s (plain wall {plain_wall:.2f}s)"
+    )
+    print(
+        f"Prefect overhead, flow x1 wall - plain wall: {flow1 - plain_wall:.2f}s over {tasks} shard tasks "
+        f"and {len(plain.stages) + 1} subflows ({(flow1 - plain_wall) / tasks:.2f}s per shard task); "
+        f"flow x1 / plain = {flow1 / plain_wall:.2f}x"
+    )
     print("rows: every flow variant equals the plain build")
     return 0
 

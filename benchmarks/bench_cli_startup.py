@@ -57,11 +57,15 @@ def main() -> None:
     trees = {"this": str(REPO / "src")} | ({"compare": args.compare} if args.compare else {})
     times: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.runs):
-        times.setdefault("bare python + duckdb", []).append(_run([sys.executable, "-c", BARE], dict(os.environ)))
+        times.setdefault("bare python + duckdb", []).append(
+            _run([sys.executable, "-c", BARE], dict(os.environ))
+        )
         for name, cli_args in commands.items():
             for tree, src in trees.items():
                 env = {**os.environ, "PYTHONPATH": src}
-                times.setdefault(f"{tree:<7} {name}", []).append(_run([sys.executable, "-m", "synthvg.cli", *cli_args], env))
+                times.setdefault(f"{tree:<7} {name}", []).append(
+                    _run([sys.executable, "-m", "synthvg.cli", *cli_args], env)
+                )
     print(f"medians of {args.runs} runs; demo root of 8 images at {root}")
     print(f"{'command':<28}{'wall s':>8}{'cpu s':>8}")
     for name, runs in times.items():

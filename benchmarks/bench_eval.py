@@ -34,14 +34,26 @@ def pool(rng: np.random.Generator, n: int) -> tuple[list[dict], list[dict], np.n
     for _ in range(n):
         cy, cx, r = rng.uniform(0, H), rng.uniform(0, W), rng.uniform(12, 150)
         base.append(mask_utils.encode(np.asfortranarray(blob(rng, cy, cx, r).astype(np.uint8))))
-        twin.append(mask_utils.encode(np.asfortranarray(
-            blob(rng, cy + rng.normal(0, 4), cx + rng.normal(0, 4), r * rng.uniform(0.85, 1.15)).astype(np.uint8))))
+        twin.append(
+            mask_utils.encode(
+                np.asfortranarray(
+                    blob(
+                        rng,
+                        cy + rng.normal(0, 4),
+                        cx + rng.normal(0, 4),
+                        r * rng.uniform(0.85, 1.15),
+                    ).astype(np.uint8)
+                )
+            )
+        )
     boxes = mask_utils.toBbox(base)
     boxes[:, 2:] += boxes[:, :2]
     return base, twin, boxes
 
 
-def images(rng: np.random.Generator, n: int, base, twin, boxes) -> list[tuple[ImageTruth, ImagePrediction]]:
+def images(
+    rng: np.random.Generator, n: int, base, twin, boxes
+) -> list[tuple[ImageTruth, ImagePrediction]]:
     out = []
     for _ in range(n):
         gt_idx = rng.choice(len(base), 12, replace=False)
@@ -51,16 +63,25 @@ def images(rng: np.random.Generator, n: int, base, twin, boxes) -> list[tuple[Im
         other = rng.choice(len(base), 8, replace=False)
         p_masks = [twin[i] for i in gt_idx] + [base[i] for i in other]
         p_boxes = np.concatenate((boxes[gt_idx] + rng.normal(0, 3, (12, 4)), boxes[other]))
-        p_labels = np.concatenate((np.where(rng.random(12) < 0.8, labels, rng.integers(0, N_CLASSES, 12)), rng.integers(0, N_CLASSES, 8)))
+        p_labels = np.concatenate(
+            (
+                np.where(rng.random(12) < 0.8, labels, rng.integers(0, N_CLASSES, 12)),
+                rng.integers(0, N_CLASSES, 8),
+            )
+        )
         dists = rng.random((100, N_PRED + 1))
         dists[:, 0] = 0
         # a third of the rows repeat a ground-truth pair, so there is something to find
         p_pairs = rng.integers(0, 20, (100, 2))
         p_pairs[:33] = pairs[rng.integers(0, 15, 33)]
-        out.append((
-            ImageTruth(labels, boxes[gt_idx], rels, [base[i] for i in gt_idx]),
-            ImagePrediction(p_labels, p_boxes, p_pairs, 1 + dists[:, 1:].argmax(1), dists, masks=p_masks),
-        ))
+        out.append(
+            (
+                ImageTruth(labels, boxes[gt_idx], rels, [base[i] for i in gt_idx]),
+                ImagePrediction(
+                    p_labels, p_boxes, p_pairs, 1 + dists[:, 1:].argmax(1), dists, masks=p_masks
+                ),
+            )
+        )
     return out
 
 
@@ -73,16 +94,20 @@ def main() -> None:
     t0 = time.perf_counter()
     data = images(rng, args.images, *pool(rng, args.pool))
     build = time.perf_counter() - t0
-    print(f"# {platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, numpy {np.__version__}; "
-          f"input built in {build:.1f}s")
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}, numpy {np.__version__}; "
+        f"input built in {build:.1f}s"
+    )
     print("| match | images | triplets | s | images/s | R@20 | mR@20 | ng-R@20 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for match_by in ("mask", "box"):
         t0 = time.perf_counter()
         s = evaluate(data, N_PRED, match_by=match_by)
         dt = time.perf_counter() - t0
-        print(f"| {match_by} | {len(data)} | {100 * len(data)} | {dt:.1f} | {len(data) / dt:.0f} | "
-              f"{100 * s.recall[20]:.2f} | {100 * s.mean_recall[20]:.2f} | {100 * s.ng_recall[20]:.2f} |")
+        print(
+            f"| {match_by} | {len(data)} | {100 * len(data)} | {dt:.1f} | {len(data) / dt:.0f} | "
+            f"{100 * s.recall[20]:.2f} | {100 * s.mean_recall[20]:.2f} | {100 * s.ng_recall[20]:.2f} |"
+        )
 
 
 if __name__ == "__main__":

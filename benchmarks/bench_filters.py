@@ -38,7 +38,9 @@ class Inputs:
         return self.tables.get(name, [])
 
 
-def synthetic(n_relations: int, regions_per_image: int = 20, seed: int = 0) -> dict[str, list[dict]]:
+def synthetic(
+    n_relations: int, regions_per_image: int = 20, seed: int = 0
+) -> dict[str, list[dict]]:
     rng = random.Random(seed)
     n_images = max(1, n_relations // 40)
     images, regions, relations = [], [], []
@@ -50,14 +52,32 @@ def synthetic(n_relations: int, regions_per_image: int = 20, seed: int = 0) -> d
             x2, y2 = x1 + rng.uniform(10, 200), y1 + rng.uniform(10, 200)
             box = Box(x1=x1, y1=y1, x2=min(x2, W), y2=min(y2, H))
             rle = masks.box_to_rle(box, H, W)
-            regions.append({"image_id": image_id, "region_id": r, "bbox": box.model_dump(), "area": masks.area(rle),
-                            "mask": rle.model_dump(), "label": "thing"})
+            regions.append(
+                {
+                    "image_id": image_id,
+                    "region_id": r,
+                    "bbox": box.model_dump(),
+                    "area": masks.area(rle),
+                    "mask": rle.model_dump(),
+                    "label": "thing",
+                }
+            )
     for k in range(n_relations):
         image_id = f"bench:{k % n_images}"
         s, o = rng.sample(range(regions_per_image), 2)
         p = PREDICATES[k % len(PREDICATES)]
-        relations.append({"relation_id": relation_id(image_id, "teacher", s, o, p), "image_id": image_id, "subject_id": s,
-                          "object_id": o, "predicate": p, "predicate_raw": p, "category": "spatial", "stage": "teacher"})
+        relations.append(
+            {
+                "relation_id": relation_id(image_id, "teacher", s, o, p),
+                "image_id": image_id,
+                "subject_id": s,
+                "object_id": o,
+                "predicate": p,
+                "predicate_raw": p,
+                "category": "spatial",
+                "stage": "teacher",
+            }
+        )
     return {"images": images, "regions": regions, "relations": relations}
 
 
@@ -77,18 +97,31 @@ def main() -> None:
         decisions.append(check(rel["predicate"], gs, go, ctx).decision)
     rules_s = time.perf_counter() - t0
 
-    cfg = BuildConfig.model_validate({"out": "/tmp/unused", "seeds": {"sources": [{"annotations": "a", "images": "i"}]},
-                                      "filters": {"backend": "rules"}})
+    cfg = BuildConfig.model_validate(
+        {
+            "out": "/tmp/unused",
+            "seeds": {"sources": [{"annotations": "a", "images": "i"}]},
+            "filters": {"backend": "rules"},
+        }
+    )
     stage = FiltersStage(cfg)
     t0 = time.perf_counter()
-    out = stage.process(ShardSpec(index=0, image_ids=[i["image_id"] for i in tables["images"]]), Inputs(tables), RunContext("bench", "filters", 0))
+    out = stage.process(
+        ShardSpec(index=0, image_ids=[i["image_id"] for i in tables["images"]]),
+        Inputs(tables),
+        RunContext("bench", "filters", 0),
+    )
     stage_s = time.perf_counter() - t0
     verdicts = out.tables["relation_verdicts"]
     assert len(verdicts) == args.relations
 
     n = args.relations
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}; one thread")
-    print(f"{n} spatial relations over {len(tables['images'])} images, {len(PREDICATES)} predicates")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}; one thread"
+    )
+    print(
+        f"{n} spatial relations over {len(tables['images'])} images, {len(PREDICATES)} predicates"
+    )
     print(f"{'variant':<12}{'seconds':>10}{'relations/s':>14}")
     print(f"{'rules only':<12}{rules_s:>10.3f}{n / rules_s:>14.0f}")
     print(f"{'stage':<12}{stage_s:>10.3f}{n / stage_s:>14.0f}")

@@ -38,26 +38,45 @@ def blob(rng: np.random.Generator, cy: float, cx: float, r: float) -> np.ndarray
     """A star-shaped blob: radius r wobbling with four random low harmonics."""
     yy, xx = np.mgrid[:H, :W]
     theta = np.arctan2(yy - cy, xx - cx)
-    wobble = sum(rng.uniform(0, 0.15) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 6))
+    wobble = sum(
+        rng.uniform(0, 0.15) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in range(2, 6)
+    )
     return np.hypot(yy - cy, xx - cx) < r * (1 + wobble)
 
 
-def image_masks(rng: np.random.Generator, regions: int, proposals: int) -> tuple[list[RLE], list[RLE]]:
+def image_masks(
+    rng: np.random.Generator, regions: int, proposals: int
+) -> tuple[list[RLE], list[RLE]]:
     shapes = [(rng.uniform(0, H), rng.uniform(0, W), rng.uniform(12, 150)) for _ in range(regions)]
     ann = [masks.encode(blob(rng, *s)) for s in shapes]
     props = []
     for i in range(proposals):
         if i < proposals * 0.6:  # a jittered, rescaled copy of an annotation
             cy, cx, r = shapes[i % regions]
-            props.append(masks.encode(blob(rng, cy + rng.normal(0, 4), cx + rng.normal(0, 4), r * rng.uniform(0.85, 1.15))))
+            props.append(
+                masks.encode(
+                    blob(
+                        rng,
+                        cy + rng.normal(0, 4),
+                        cx + rng.normal(0, 4),
+                        r * rng.uniform(0.85, 1.15),
+                    )
+                )
+            )
         else:
-            props.append(masks.encode(blob(rng, rng.uniform(0, H), rng.uniform(0, W), rng.uniform(8, 120))))
+            props.append(
+                masks.encode(blob(rng, rng.uniform(0, H), rng.uniform(0, W), rng.uniform(8, 120)))
+            )
     return ann, props
 
 
-def noise_masks(rng: np.random.Generator, regions: int, proposals: int) -> tuple[list[RLE], list[RLE]]:
-    return ([masks.encode(rng.random((H, W)) < 0.5) for _ in range(regions)],
-            [masks.encode(rng.random((H, W)) < 0.5) for _ in range(proposals)])
+def noise_masks(
+    rng: np.random.Generator, regions: int, proposals: int
+) -> tuple[list[RLE], list[RLE]]:
+    return (
+        [masks.encode(rng.random((H, W)) < 0.5) for _ in range(regions)],
+        [masks.encode(rng.random((H, W)) < 0.5) for _ in range(proposals)],
+    )
 
 
 def numpy_dense(a: list[RLE], b: list[RLE]) -> np.ndarray:
@@ -115,10 +134,14 @@ def main() -> int:
     blobs = [image_masks(rng, args.regions, args.proposals) for _ in range(args.images)]
     noise = [noise_masks(rng, 5, 20) for _ in range(3)]
     runs = blobs[0][0] + blobs[0][1]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}, numpy {np.__version__}")
-    print(f"blob masks: {args.images} images of {W}x{H}, {args.regions} regions x {args.proposals} proposals, "
-          f"mean RLE counts {statistics.mean(len(r.counts) for r in runs):.0f} chars; "
-          f"noise masks: 3 images, 5 x 20")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}, numpy {np.__version__}"
+    )
+    print(
+        f"blob masks: {args.images} images of {W}x{H}, {args.regions} regions x {args.proposals} proposals, "
+        f"mean RLE counts {statistics.mean(len(r.counts) for r in runs):.0f} chars; "
+        f"noise masks: 3 images, 5 x 20"
+    )
     print()
     print("| method | blob masks, images/s | noise masks, images/s |")
     print("|---|---:|---:|")

@@ -72,7 +72,9 @@ def build(cfg, overlap: bool) -> tuple[float, dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--gpu-s", type=float, default=0.5)
     ap.add_argument("--api-s", type=float, default=0.5)
@@ -105,10 +107,22 @@ def main() -> None:
         walls = compare("demo", executor={"workers": 2})
         rows.append(("demo (38 images, real stages)", "-", walls[False], walls[True]))
     simulate(args.gpu_s, args.api_s)
-    walls = compare("sim", limit=args.shards, shard_size=1, executor={"workers": args.workers}, filters={"backend": "none"})
+    walls = compare(
+        "sim",
+        limit=args.shards,
+        shard_size=1,
+        executor={"workers": args.workers},
+        filters={"backend": "none"},
+    )
     floor = args.shards * (args.gpu_s + args.api_s)
-    rows.append((f"simulated GPU {args.gpu_s:g}s + API {args.api_s:g}s per shard, {args.shards} shards",
-                 f"{floor:.1f}", walls[False], walls[True]))
+    rows.append(
+        (
+            f"simulated GPU {args.gpu_s:g}s + API {args.api_s:g}s per shard, {args.shards} shards",
+            f"{floor:.1f}",
+            walls[False],
+            walls[True],
+        )
+    )
 
     lines = [
         f"Overlapped vs stage-by-stage shard execution ({dt.date.today()}, {platform.machine()}, "
@@ -119,12 +133,16 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for name, floor_s, barrier, overlapped in rows:
-        lines.append(f"| {name} | {floor_s} | {barrier:.1f} | {overlapped:.1f} | {overlapped / barrier:.2f} |")
+        lines.append(
+            f"| {name} | {floor_s} | {barrier:.1f} | {overlapped:.1f} | {overlapped / barrier:.2f} |"
+        )
     table = "\n".join(lines)
     print(table)
     if args.write:
         with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n## Overlapped shard execution (benchmarks/bench_overlap.py)\n\n" + table + "\n")
+            f.write(
+                "\n## Overlapped shard execution (benchmarks/bench_overlap.py)\n\n" + table + "\n"
+            )
 
 
 if __name__ == "__main__":

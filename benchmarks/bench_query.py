@@ -27,33 +27,55 @@ REPO = Path(__file__).resolve().parents[1]
 
 # (name, SQL over the views, SQL over raw files: {relations} {regions} {images} are file lists)
 QUERIES = [
-    ("count relations", "SELECT count(*) FROM relations", "SELECT count(*) FROM read_parquet({relations})"),
-    ("relations by category", "SELECT category, count(*) FROM relations GROUP BY 1 ORDER BY 2 DESC",
-     "SELECT category, count(*) FROM read_parquet({relations}) GROUP BY 1 ORDER BY 2 DESC"),
-    ("top-20 predicates of a stage",
-     "SELECT predicate, count(*) AS n FROM relations WHERE stage = 'edit' GROUP BY 1 ORDER BY n DESC LIMIT 20",
-     "SELECT predicate, count(*) AS n FROM read_parquet({relations}) WHERE stage = 'edit' GROUP BY 1 ORDER BY n DESC LIMIT 20"),
-    ("count svg_full", "SELECT count(*) FROM svg_full",
-     "SELECT count(*) FROM read_parquet({relations}) WHERE stage = 'edit' AND verdict <> 'dropped'"),
-    ("one image's relations", "SELECT * FROM relations WHERE image_id = 'svg:77777'",
-     "SELECT * FROM read_parquet({relations}) WHERE image_id = 'svg:77777'"),
-    ("regions per label", "SELECT label, count(*) FROM regions GROUP BY 1 ORDER BY 2 DESC LIMIT 20",
-     "SELECT label, count(*) FROM read_parquet({regions}) GROUP BY 1 ORDER BY 2 DESC LIMIT 20"),
-    ("triples joined to regions (LIMIT 20)",
-     "SELECT r.image_id, s.label, r.predicate, o.label FROM relations r "
-     "JOIN regions s ON s.image_id = r.image_id AND s.region_id = r.subject_id "
-     "JOIN regions o ON o.image_id = r.image_id AND o.region_id = r.object_id LIMIT 20",
-     "SELECT r.image_id, s.label, r.predicate, o.label FROM read_parquet({relations}) r "
-     "JOIN read_parquet({regions}) s ON s.image_id = r.image_id AND s.region_id = r.subject_id "
-     "JOIN read_parquet({regions}) o ON o.image_id = r.image_id AND o.region_id = r.object_id LIMIT 20"),
-    ("objects and triplets per image",
-     "SELECT i.image_id, count(DISTINCT g.region_id) AS objects, count(DISTINCT rel.relation_id) AS triplets FROM images i "
-     "LEFT JOIN regions g USING (image_id) LEFT JOIN relations rel ON rel.image_id = i.image_id AND rel.verdict <> 'dropped' "
-     "GROUP BY 1 ORDER BY triplets DESC LIMIT 10",
-     "SELECT i.image_id, count(DISTINCT g.region_id) AS objects, count(DISTINCT rel.relation_id) AS triplets "
-     "FROM read_parquet({images}) i LEFT JOIN read_parquet({regions}) g USING (image_id) "
-     "LEFT JOIN read_parquet({relations}) rel ON rel.image_id = i.image_id AND rel.verdict <> 'dropped' "
-     "GROUP BY 1 ORDER BY triplets DESC LIMIT 10"),
+    (
+        "count relations",
+        "SELECT count(*) FROM relations",
+        "SELECT count(*) FROM read_parquet({relations})",
+    ),
+    (
+        "relations by category",
+        "SELECT category, count(*) FROM relations GROUP BY 1 ORDER BY 2 DESC",
+        "SELECT category, count(*) FROM read_parquet({relations}) GROUP BY 1 ORDER BY 2 DESC",
+    ),
+    (
+        "top-20 predicates of a stage",
+        "SELECT predicate, count(*) AS n FROM relations WHERE stage = 'edit' GROUP BY 1 ORDER BY n DESC LIMIT 20",
+        "SELECT predicate, count(*) AS n FROM read_parquet({relations}) WHERE stage = 'edit' GROUP BY 1 ORDER BY n DESC LIMIT 20",
+    ),
+    (
+        "count svg_full",
+        "SELECT count(*) FROM svg_full",
+        "SELECT count(*) FROM read_parquet({relations}) WHERE stage = 'edit' AND verdict <> 'dropped'",
+    ),
+    (
+        "one image's relations",
+        "SELECT * FROM relations WHERE image_id = 'svg:77777'",
+        "SELECT * FROM read_parquet({relations}) WHERE image_id = 'svg:77777'",
+    ),
+    (
+        "regions per label",
+        "SELECT label, count(*) FROM regions GROUP BY 1 ORDER BY 2 DESC LIMIT 20",
+        "SELECT label, count(*) FROM read_parquet({regions}) GROUP BY 1 ORDER BY 2 DESC LIMIT 20",
+    ),
+    (
+        "triples joined to regions (LIMIT 20)",
+        "SELECT r.image_id, s.label, r.predicate, o.label FROM relations r "
+        "JOIN regions s ON s.image_id = r.image_id AND s.region_id = r.subject_id "
+        "JOIN regions o ON o.image_id = r.image_id AND o.region_id = r.object_id LIMIT 20",
+        "SELECT r.image_id, s.label, r.predicate, o.label FROM read_parquet({relations}) r "
+        "JOIN read_parquet({regions}) s ON s.image_id = r.image_id AND s.region_id = r.subject_id "
+        "JOIN read_parquet({regions}) o ON o.image_id = r.image_id AND o.region_id = r.object_id LIMIT 20",
+    ),
+    (
+        "objects and triplets per image",
+        "SELECT i.image_id, count(DISTINCT g.region_id) AS objects, count(DISTINCT rel.relation_id) AS triplets FROM images i "
+        "LEFT JOIN regions g USING (image_id) LEFT JOIN relations rel ON rel.image_id = i.image_id AND rel.verdict <> 'dropped' "
+        "GROUP BY 1 ORDER BY triplets DESC LIMIT 10",
+        "SELECT i.image_id, count(DISTINCT g.region_id) AS objects, count(DISTINCT rel.relation_id) AS triplets "
+        "FROM read_parquet({images}) i LEFT JOIN read_parquet({regions}) g USING (image_id) "
+        "LEFT JOIN read_parquet({relations}) rel ON rel.image_id = i.image_id AND rel.verdict <> 'dropped' "
+        "GROUP BY 1 ORDER BY triplets DESC LIMIT 10",
+    ),
 ]
 
 _SHARD_SQL = {
@@ -84,7 +106,10 @@ def _no_masks(mask_type, n: int):
     """A column of null masks (boxes only, as `synthvg import` writes regions without segmentation)."""
     import pyarrow as pa
 
-    children = [pa.array([[]] * n, mask_type.field(0).type), pa.array([""] * n, mask_type.field(1).type)]
+    children = [
+        pa.array([[]] * n, mask_type.field(0).type),
+        pa.array([""] * n, mask_type.field(1).type),
+    ]
     return pa.StructArray.from_arrays(children, fields=list(mask_type), mask=pa.array([True] * n))
 
 
@@ -103,22 +128,53 @@ def build_root(root: Path, images: int, regions: int, relations: int, shard_size
     mask_type = schema_of(TABLES["regions"]).field("mask").type
     t0 = time.perf_counter()
     for shard, lo in enumerate(range(0, images, shard_size)):
-        params = {"lo": lo, "hi": min(lo + shard_size, images), "per_image_regions": regions, "per_image_relations": relations}
-        tables = {t: con.sql(sql, params={k: v for k, v in params.items() if f"${k}" in sql}).to_arrow_table() for t, sql in _SHARD_SQL.items()}
+        params = {
+            "lo": lo,
+            "hi": min(lo + shard_size, images),
+            "per_image_regions": regions,
+            "per_image_relations": relations,
+        }
+        tables = {
+            t: con.sql(
+                sql, params={k: v for k, v in params.items() if f"${k}" in sql}
+            ).to_arrow_table()
+            for t, sql in _SHARD_SQL.items()
+        }
         boxes = tables["regions"]
-        seeds = {"images": tables["images"], "regions": boxes.add_column(3, "mask", _no_masks(mask_type, boxes.num_rows))}
+        seeds = {
+            "images": tables["images"],
+            "regions": boxes.add_column(3, "mask", _no_masks(mask_type, boxes.num_rows)),
+        }
         n = params["hi"] - lo
-        ds.commit_shard("seeds", shard, "bench", seeds, run_id="bench", image_count=n, started_at=utcnow())
-        ds.commit_shard("edit", shard, "bench", {"relations": tables["relations"]}, run_id="bench", image_count=n, started_at=utcnow())
+        ds.commit_shard(
+            "seeds", shard, "bench", seeds, run_id="bench", image_count=n, started_at=utcnow()
+        )
+        ds.commit_shard(
+            "edit",
+            shard,
+            "bench",
+            {"relations": tables["relations"]},
+            run_id="bench",
+            image_count=n,
+            started_at=utcnow(),
+        )
     print(f"built {root} in {time.perf_counter() - t0:.0f}s")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "synthvg-bench-paper-scale"))
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--root", default=os.path.join(tempfile.gettempdir(), "synthvg-bench-paper-scale")
+    )
     ap.add_argument("--images", type=int, default=146_000)
-    ap.add_argument("--regions", type=int, default=20, help="regions per image (2.92M at 146K images)")
-    ap.add_argument("--relations", type=int, default=38, help="relations per image (5.55M at 146K images)")
+    ap.add_argument(
+        "--regions", type=int, default=20, help="regions per image (2.92M at 146K images)"
+    )
+    ap.add_argument(
+        "--relations", type=int, default=38, help="relations per image (5.55M at 146K images)"
+    )
     ap.add_argument("--shard-size", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--write", action="store_true")
@@ -132,7 +188,10 @@ def main() -> None:
     build_root(root, args.images, args.regions, args.relations, args.shard_size)
     ds = Dataset(str(root))
     files = ds.committed_files()
-    listing = {t: "[" + ", ".join(f"'{f}'" for f in files.get(t, [])) + "]" for t in ("images", "regions", "relations")}
+    listing = {
+        t: "[" + ", ".join(f"'{f}'" for f in files.get(t, [])) + "]"
+        for t in ("images", "regions", "relations")
+    }
     raw = duckdb.connect()
     held = connect(ds)
     times: dict[str, list[float]] = {"connect": []}
@@ -143,7 +202,10 @@ def main() -> None:
         connect(ds).close()
         times["connect"].append(time.perf_counter() - t0)
         for name, view_sql, raw_sql in QUERIES:
-            for kind, con, sql in (("api", held, view_sql), ("raw", raw, raw_sql.format(**listing))):
+            for kind, con, sql in (
+                ("api", held, view_sql),
+                ("raw", raw, raw_sql.format(**listing)),
+            ):
                 t0 = time.perf_counter()
                 con.execute(sql).fetchall()
                 times[f"{name}|{kind}"].append(time.perf_counter() - t0)
@@ -168,7 +230,11 @@ def main() -> None:
     print(table)
     if args.write:
         with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n## Opening and querying a paper-scale root (benchmarks/bench_query.py)\n\n" + table + "\n")
+            f.write(
+                "\n## Opening and querying a paper-scale root (benchmarks/bench_query.py)\n\n"
+                + table
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -62,14 +62,21 @@ def sample_images(n: int, regions: int, seed: int = 0) -> list[RobinImage]:
             m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
             ys, xs = np.nonzero(m)
             masks.append(m)
-            boxes.append((float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
+            boxes.append(
+                (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+            )
         out.append(RobinImage(rgb, masks, boxes))
     return out
 
 
 def holistic_call(image: RobinImage, index: int, new_tokens: int) -> RobinCall:
     h, w = image.rgb.shape[:2]
-    return RobinCall(index, list(range(len(image.masks))), [(first_message(image.boxes, w, h, HOLISTIC_QUESTION), None)], new_tokens)
+    return RobinCall(
+        index,
+        list(range(len(image.masks))),
+        [(first_message(image.boxes, w, h, HOLISTIC_QUESTION), None)],
+        new_tokens,
+    )
 
 
 def timed(fn):
@@ -84,22 +91,32 @@ def timed(fn):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--images", type=int, help="images for the batched runs (64; smoke 6)")
-    ap.add_argument("--release-images", type=int, help="images for the (slow) release way (16; smoke 3)")
+    ap.add_argument(
+        "--release-images", type=int, help="images for the (slow) release way (16; smoke 3)"
+    )
     ap.add_argument("--regions", type=int, help="regions per image (10; smoke 3)")
     ap.add_argument("--new-tokens", type=int, help="tokens per answer (256; smoke 8)")
     ap.add_argument("--batch", type=int, nargs="+", help="batch sizes (8 32 64; smoke 2 6)")
-    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU: checks the script only")
+    ap.add_argument(
+        "--smoke", action="store_true", help="tiny model on the CPU: checks the script only"
+    )
     args = ap.parse_args()
     defaults = (6, 3, 3, 8, [2, 6]) if args.smoke else (64, 16, 10, 256, [8, 32, 64])
-    for key, value in zip(("images", "release_images", "regions", "new_tokens", "batch"), defaults, strict=True):
+    for key, value in zip(
+        ("images", "release_images", "regions", "new_tokens", "batch"), defaults, strict=True
+    ):
         if getattr(args, key) is None:
             setattr(args, key, value)
 
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.device("cuda" if cuda else "cpu")
-    lm_dtype, vision_dtype = (torch.bfloat16, torch.float16) if cuda else (torch.float32, torch.float32)
+    lm_dtype, vision_dtype = (
+        (torch.bfloat16, torch.float16) if cuda else (torch.float32, torch.float32)
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -108,7 +125,9 @@ def main() -> None:
             make_checkpoint(tmp, config, dtype=lm_dtype)
         built = time.perf_counter() - t0
         t0 = time.perf_counter()
-        engine = RobinEngine(tmp, device=device, lm_dtype=lm_dtype, vision_dtype=vision_dtype, batch_size=1)
+        engine = RobinEngine(
+            tmp, device=device, lm_dtype=lm_dtype, vision_dtype=vision_dtype, batch_size=1
+        )
         loaded = time.perf_counter() - t0
     params = sum(p.numel() for p in engine.model.parameters())
     images = sample_images(args.images, args.regions)
@@ -116,28 +135,60 @@ def main() -> None:
     engine.generate(images[:2], calls[:2], GREEDY)  # warm-up: kernels, allocator
 
     rows = []
-    release, secs, peak = timed(lambda: [
-        engine.generate([images[i]], [RobinCall(0, c.regions, c.turns, c.max_new_tokens)], GREEDY)[0]
-        for i, c in enumerate(calls[: args.release_images])
-    ])
-    rows.append(("release way (batch 1)", args.release_images, secs, sum(g.new_tokens for g in release), peak, None))
+    release, secs, peak = timed(
+        lambda: [
+            engine.generate(
+                [images[i]], [RobinCall(0, c.regions, c.turns, c.max_new_tokens)], GREEDY
+            )[0]
+            for i, c in enumerate(calls[: args.release_images])
+        ]
+    )
+    rows.append(
+        (
+            "release way (batch 1)",
+            args.release_images,
+            secs,
+            sum(g.new_tokens for g in release),
+            peak,
+            None,
+        )
+    )
     for b in args.batch:
         engine.batcher.batch_size = b
         out, secs, peak = timed(lambda: engine.generate(images, calls, GREEDY))
         same = sum(a.token_ids == r.token_ids for a, r in zip(out, release, strict=False))
-        rows.append((f"batched {b}", args.images, secs, sum(g.new_tokens for g in out), peak, f"{same}/{len(release)}"))
-        assert engine.batcher.batch_size == b, f"batch {b} ran out of memory (halved to {engine.batcher.batch_size})"
+        rows.append(
+            (
+                f"batched {b}",
+                args.images,
+                secs,
+                sum(g.new_tokens for g in out),
+                peak,
+                f"{same}/{len(release)}",
+            )
+        )
+        assert engine.batcher.batch_size == b, (
+            f"batch {b} ran out of memory (halved to {engine.batcher.batch_size})"
+        )
 
     name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
     print(f"# Robin holistic generation, {dt.date.today()}, {name}, torch {torch.__version__}")
-    print(f"# model: {'tiny (smoke)' if args.smoke else 'Robin-3B-sized'} random weights, {params / 1e9:.2f}B parameters; "
-          f"built + saved in {built:.0f} s, loaded through load_robin in {loaded:.0f} s; LM {lm_dtype}, vision {vision_dtype}")
-    print(f"# {args.regions} regions per image, prompt {release[0].prompt_tokens} tokens, {args.new_tokens} new tokens per answer\n")
-    print("| path | images | s | images/s | new tokens/s | peak GiB | x release | same tokens as batch 1 |")
+    print(
+        f"# model: {'tiny (smoke)' if args.smoke else 'Robin-3B-sized'} random weights, {params / 1e9:.2f}B parameters; "
+        f"built + saved in {built:.0f} s, loaded through load_robin in {loaded:.0f} s; LM {lm_dtype}, vision {vision_dtype}"
+    )
+    print(
+        f"# {args.regions} regions per image, prompt {release[0].prompt_tokens} tokens, {args.new_tokens} new tokens per answer\n"
+    )
+    print(
+        "| path | images | s | images/s | new tokens/s | peak GiB | x release | same tokens as batch 1 |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     base = rows[0][1] / rows[0][2]
     for label, n, secs, tokens, peak, same in rows:
-        print(f"| {label} | {n} | {secs:.1f} | {n / secs:.2f} | {tokens / secs:.0f} | {peak:.1f} | {n / secs / base:.1f} | {same or '-'} |")
+        print(
+            f"| {label} | {n} | {secs:.1f} | {n / secs:.2f} | {tokens / secs:.0f} | {peak:.1f} | {n / secs / base:.1f} | {same or '-'} |"
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Usage: python benchmarks/bench_runners.py [--runners threads,dask,ray] [--images
        [--shard-size N] [--stages N] [--workers N] [--skip-demo] [--write]
 """
 
-
 import argparse
 import datetime as dt
 import os
@@ -50,14 +49,20 @@ def noop_flows():
 
     @task(name="noop-shard", cache_policy=NO_CACHE, task_run_name="{stage}-shard-{shard.index:05d}")
     def noop_shard(config: BuildConfig, stage: str, shard: ShardSpec, run_id: str) -> ShardResult:
-        return ShardResult(stage=stage, shard=shard.index, status="written", rows={"none": len(shard.image_ids)})
+        return ShardResult(
+            stage=stage, shard=shard.index, status="written", rows={"none": len(shard.image_ids)}
+        )
 
     @flow(name="noop-stage", flow_run_name="{stage}")
     def noop_stage(config: BuildConfig, stage: str, images: int, run_id: str) -> float:
         t0 = time.perf_counter()
         size = config.shard_size
-        shards = [ShardSpec(index=i, image_ids=[f"synthetic:{j}" for j in range(s, min(s + size, images))])
-                  for i, s in enumerate(range(0, images, size))]
+        shards = [
+            ShardSpec(
+                index=i, image_ids=[f"synthetic:{j}" for j in range(s, min(s + size, images))]
+            )
+            for i, s in enumerate(range(0, images, size))
+        ]
         progress = create_progress_artifact(progress=0.0, key=f"noop-{stage}-progress")
         with placement(config.executor, stage):
             futures = [noop_shard.submit(config, stage, sh, run_id) for sh in shards]
@@ -65,7 +70,9 @@ def noop_flows():
         for f in as_completed(futures):
             done.append(f.result())
             update_progress_artifact(progress, progress=100.0 * len(done) / len(shards))
-        create_table_artifact(key=f"noop-{stage}", table=[r.model_dump(include={"shard", "status"}) for r in done])
+        create_table_artifact(
+            key=f"noop-{stage}", table=[r.model_dump(include={"shard", "status"}) for r in done]
+        )
         return time.perf_counter() - t0
 
     return noop_stage
@@ -78,25 +85,38 @@ def bench_noop(kind: str, images: int, shard_size: int, stages: int, workers: in
     from synthvg.schemas.config import BuildConfig
 
     noop_stage = noop_flows()
-    cfg = BuildConfig.model_validate({
-        "name": "noop", "out": "/nonexistent", "shard_size": shard_size,
-        "seeds": {"sources": [{"annotations": "-", "images": "-"}]},
-        "executor": {"kind": kind, "workers": workers},
-    })
+    cfg = BuildConfig.model_validate(
+        {
+            "name": "noop",
+            "out": "/nonexistent",
+            "shard_size": shard_size,
+            "seeds": {"sources": [{"annotations": "-", "images": "-"}]},
+            "executor": {"kind": kind, "workers": workers},
+        }
+    )
 
     @flow(name="noop-build")
     def noop_build() -> tuple[float, float]:
         t0 = time.perf_counter()
         with task_runners(cfg.executor) as runner:
             started = time.perf_counter() - t0
-            seconds = sum(noop_stage.with_options(task_runner=runner())(cfg, f"stage{i}", images, "bench") for i in range(stages))
+            seconds = sum(
+                noop_stage.with_options(task_runner=runner())(cfg, f"stage{i}", images, "bench")
+                for i in range(stages)
+            )
         return started, seconds
 
     t0 = time.perf_counter()
     started, stage_seconds = noop_build()
     shards = -(-images // shard_size) * stages
-    return {"runner": kind, "shard_tasks": shards, "cluster_start_s": started, "stages_s": stage_seconds,
-            "wall_s": time.perf_counter() - t0, "per_shard_ms": 1000 * stage_seconds / shards}
+    return {
+        "runner": kind,
+        "shard_tasks": shards,
+        "cluster_start_s": started,
+        "stages_s": stage_seconds,
+        "wall_s": time.perf_counter() - t0,
+        "per_shard_ms": 1000 * stage_seconds / shards,
+    }
 
 
 def bench_demo(kind: str, plain_s: float, plain_rows: dict, tmp: Path) -> dict:
@@ -110,8 +130,13 @@ def bench_demo(kind: str, plain_s: float, plain_rows: dict, tmp: Path) -> dict:
     wall = time.perf_counter() - t0
     assert dataset_rows(cfg.out) == plain_rows, f"{kind}: rows differ from the plain build"
     tasks = sum(s.shards_total for s in run.stages)
-    return {"runner": kind, "shard_tasks": tasks, "wall_s": wall, "plain_s": plain_s,
-            "per_shard_ms": 1000 * (wall - plain_s) / tasks}
+    return {
+        "runner": kind,
+        "shard_tasks": tasks,
+        "wall_s": wall,
+        "plain_s": plain_s,
+        "per_shard_ms": 1000 * (wall - plain_s) / tasks,
+    }
 
 
 def main() -> int:
@@ -120,9 +145,13 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--shard-size", type=int, default=50)
     ap.add_argument("--stages", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=2, help="no-op build: threads / local cluster workers")
+    ap.add_argument(
+        "--workers", type=int, default=2, help="no-op build: threads / local cluster workers"
+    )
     ap.add_argument("--skip-demo", action="store_true")
-    ap.add_argument("--write", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    ap.add_argument(
+        "--write", action="store_true", help="append the results to benchmarks/RESULTS.md"
+    )
     args = ap.parse_args()
     runners = args.runners.split(",")
 
@@ -131,8 +160,12 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="synthvg-bench-runners-"))
     with local_server(tmp / "home") as api:
-        os.environ.update(PREFECT_API_URL=api, PREFECT_HOME=str(tmp / "home"), PREFECT_LOGGING_LEVEL="WARNING",
-                          RAY_USAGE_STATS_ENABLED="0")
+        os.environ.update(
+            PREFECT_API_URL=api,
+            PREFECT_HOME=str(tmp / "home"),
+            PREFECT_LOGGING_LEVEL="WARNING",
+            RAY_USAGE_STATS_ENABLED="0",
+        )
         demo = []
         if not args.skip_demo:
             from helpers import dataset_rows, demo_config
@@ -145,7 +178,9 @@ def main() -> int:
             plain_s = time.perf_counter() - t0
             rows = dataset_rows(plain.out)
             demo = [bench_demo(k, plain_s, rows, tmp) for k in runners]
-        noop = [bench_noop(k, args.images, args.shard_size, args.stages, args.workers) for k in runners]
+        noop = [
+            bench_noop(k, args.images, args.shard_size, args.stages, args.workers) for k in runners
+        ]
 
     # Shared machines: the load says how much of a figure is other people's work.
     lines = _report(args, demo, noop, (load_before, os.getloadavg()[0]))
@@ -180,7 +215,10 @@ def _report(args, demo: list[dict], noop: list[dict], load: tuple[float, float])
             "",
             "| runner | shard tasks | wall s | overhead per shard task (ms) |",
             "|---|---:|---:|---:|",
-            *[f"| {r['runner']} | {r['shard_tasks']} | {r['wall_s']:.1f} | {r['per_shard_ms']:.0f} |" for r in demo],
+            *[
+                f"| {r['runner']} | {r['shard_tasks']} | {r['wall_s']:.1f} | {r['per_shard_ms']:.0f} |"
+                for r in demo
+            ],
         ]
     lines += [
         "",
@@ -189,7 +227,10 @@ def _report(args, demo: list[dict], noop: list[dict], load: tuple[float, float])
         "",
         "| runner | shard tasks | cluster start s | stage subflows s | per shard task (ms) |",
         "|---|---:|---:|---:|---:|",
-        *[f"| {r['runner']} | {r['shard_tasks']} | {r['cluster_start_s']:.1f} | {r['stages_s']:.1f} | {r['per_shard_ms']:.0f} |" for r in noop],
+        *[
+            f"| {r['runner']} | {r['shard_tasks']} | {r['cluster_start_s']:.1f} | {r['stages_s']:.1f} | {r['per_shard_ms']:.0f} |"
+            for r in noop
+        ],
     ]
     return lines
 

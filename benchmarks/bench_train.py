@@ -49,18 +49,33 @@ def main() -> None:
         s["root"] = cfg.out
     results = {}
     for label, steps in (("warm-up", 2), ("timed", args.steps)):
-        raw["train"] = {**raw["train"], "output_dir": str(tmp / label), "max_steps": steps, "save_steps": 10_000,
-                        "batch_size": args.batch_size, "logging_steps": max(steps // 4, 1)}
+        raw["train"] = {
+            **raw["train"],
+            "output_dir": str(tmp / label),
+            "max_steps": steps,
+            "save_steps": 10_000,
+            "batch_size": args.batch_size,
+            "logging_steps": max(steps // 4, 1),
+        }
         path = tmp / f"{label}.yaml"
         path.write_text(yaml.safe_dump(raw))
         start = time.monotonic()
-        results[label] = (train(load_train_config(path), emit=lambda _: None), time.monotonic() - start)
+        results[label] = (
+            train(load_train_config(path), emit=lambda _: None),
+            time.monotonic() - start,
+        )
     result, wall = results["timed"]
-    print(f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print(f"mixture: {result.mixture['examples']} examples, {result.mixture['tokens']} tokens; "
-          f"{args.steps} steps x batch {args.batch_size}")
-    print(f"examples/s {result.examples_per_s:.2f}  tokens/s {result.tokens_per_s:,.0f}  "
-          f"final loss {result.final_loss:.4f}  wall incl. data+export {wall:.1f} s")
+    print(
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
+    print(
+        f"mixture: {result.mixture['examples']} examples, {result.mixture['tokens']} tokens; "
+        f"{args.steps} steps x batch {args.batch_size}"
+    )
+    print(
+        f"examples/s {result.examples_per_s:.2f}  tokens/s {result.tokens_per_s:,.0f}  "
+        f"final loss {result.final_loss:.4f}  wall incl. data+export {wall:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ REPORT = "dataset-report/dataset-report"
 def run(cmd: list[str], env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     if check and p.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+        )
     return p
 
 
@@ -59,7 +61,19 @@ def check(tmp: Path) -> None:
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
         from prefect.deployments import run_deployment
 
-        print(run([sys.executable, "-m", "synthvg.cli", "setup-prefect", "--config", "configs/demo.yaml"], env).stdout.strip())
+        print(
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "synthvg.cli",
+                    "setup-prefect",
+                    "--config",
+                    "configs/demo.yaml",
+                ],
+                env,
+            ).stdout.strip()
+        )
         run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
         step(t0, "prefect deploy --all: both deployments registered")
 
@@ -67,9 +81,26 @@ def check(tmp: Path) -> None:
         spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
         spec["deployments"][0]["parameters"]["config"]["shard_sise"] = 8
         bad.write_text(yaml.safe_dump(spec))
-        refused = run([str(BIN / "prefect"), "--no-prompt", "deploy", "--prefect-file", str(bad), "--name", "demo-build"], env, check=False)
-        assert refused.returncode != 0 and "shard_sise" in refused.stdout + refused.stderr, "an unknown config key was accepted"
-        step(t0, "a deployment with an unknown config key is refused (parameters validated against BuildConfig)")
+        refused = run(
+            [
+                str(BIN / "prefect"),
+                "--no-prompt",
+                "deploy",
+                "--prefect-file",
+                str(bad),
+                "--name",
+                "demo-build",
+            ],
+            env,
+            check=False,
+        )
+        assert refused.returncode != 0 and "shard_sise" in refused.stdout + refused.stderr, (
+            "an unknown config key was accepted"
+        )
+        step(
+            t0,
+            "a deployment with an unknown config key is refused (parameters validated against BuildConfig)",
+        )
 
         with get_client(sync_client=True) as client:
             build = client.read_deployment_by_name(BUILD)
@@ -77,17 +108,29 @@ def check(tmp: Path) -> None:
             crons = [s.schedule.cron for s in build.schedules]
             assert crons == ["0 3 * * 1"] and not build.schedules[0].active, build.schedules
             assert build.parameter_openapi_schema["properties"]["config"], "no parameter schema"
-            automations = [a for a in client.read_automations() if any(
-                getattr(action, "deployment_id", None) == report.id for action in a.actions
-            )]
-            assert len(automations) == 1, f"expected one trigger automation for {REPORT}, found {len(automations)}"
+            automations = [
+                a
+                for a in client.read_automations()
+                if any(getattr(action, "deployment_id", None) == report.id for action in a.actions)
+            ]
+            assert len(automations) == 1, (
+                f"expected one trigger automation for {REPORT}, found {len(automations)}"
+            )
             assert automations[0].trigger.expect == {"prefect.flow-run.Completed"}
         step(t0, "schedule (inactive example cron) and Completed trigger are registered")
 
         out = tmp / "dataset"
         params = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"][0]["parameters"]
         params["config"].update(out=str(out), limit=4, shard_size=2, regions={"proposer": "none"})
-        worker = [str(BIN / "prefect"), "worker", "start", "--pool", "synthvg-process", "--limit", "2"]
+        worker = [
+            str(BIN / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            "synthvg-process",
+            "--limit",
+            "2",
+        ]
         with started(worker, env, tmp / "worker.log"):
             run_ = run_deployment(BUILD, parameters=params, timeout=600)
             assert run_.state and run_.state.is_completed(), f"build run ended {run_.state}"
@@ -96,12 +139,20 @@ def check(tmp: Path) -> None:
             def report_run():
                 with get_client(sync_client=True) as client:
                     runs = client.read_flow_runs(
-                        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["dataset-report"]))
+                        deployment_filter=DeploymentFilter(
+                            name=DeploymentFilterName(any_=["dataset-report"])
+                        )
                     )
-                mine = [r for r in runs if r.parameters.get("build_flow_run_id") == f"prefect.flow-run.{run_.id}"]
+                mine = [
+                    r
+                    for r in runs
+                    if r.parameters.get("build_flow_run_id") == f"prefect.flow-run.{run_.id}"
+                ]
                 return next((r for r in mine if r.state and r.state.is_final()), None)
 
-            done = wait_until(report_run, 300, "the triggered dataset-report run to finish", every=2)
+            done = wait_until(
+                report_run, 300, "the triggered dataset-report run to finish", every=2
+            )
             assert done.state.is_completed(), f"report run ended {done.state}"
             step(t0, f"the trigger started report run {done.name} for that build; it completed")
 
@@ -112,7 +163,10 @@ def check(tmp: Path) -> None:
         with get_client(sync_client=True) as client:
             keys = {a.key for a in client.read_artifacts()}
         assert "demo-dataset-card" in keys, keys
-        step(t0, f"ROOT/report/ holds the card and {len(figures)} PNGs; artifact demo-dataset-card exists")
+        step(
+            t0,
+            f"ROOT/report/ holds the card and {len(figures)} PNGs; artifact demo-dataset-card exists",
+        )
     print(json.dumps({"ok": True, "seconds": round(time.perf_counter() - t0, 1)}))
 
 

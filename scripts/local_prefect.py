@@ -37,7 +37,9 @@ def child_env(home: Path, api_url: str | None = None) -> dict[str, str]:
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         "RAY_USAGE_STATS_ENABLED": "0",
         # Flow runs chdir into the checkout (prefect.yaml's pull step): make them import it too.
-        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p
+        ),
     }
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -63,14 +65,18 @@ def _healthy(url: str) -> bool:
 
 
 @contextmanager
-def started(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO) -> Iterator[subprocess.Popen]:
+def started(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> Iterator[subprocess.Popen]:
     """Run ``cmd`` in its own process group for the block; SIGINT it (and its children) after.
 
     SIGINT, not SIGTERM: a Prefect worker shuts down on SIGINT at once but keeps running for
     tens of seconds after SIGTERM.
     """
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             yield proc
         finally:
@@ -90,11 +96,26 @@ def local_server(home: Path, port: int | None = None) -> Iterator[str]:
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
-    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"]
+    cmd = [
+        str(BIN / "prefect"),
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--analytics-off",
+    ]
     # The UI asks its server where the API is; by default it says port 4200, whatever the port.
     env = {**child_env(home), "PREFECT_UI_API_URL": url}
     with started(cmd, env, home / "server.log") as proc:
-        wait_until(lambda: proc.poll() is not None or _healthy(url), 180, f"the Prefect server on port {port}")
+        wait_until(
+            lambda: proc.poll() is not None or _healthy(url),
+            180,
+            f"the Prefect server on port {port}",
+        )
         if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}; see {home / 'server.log'}")
+            raise RuntimeError(
+                f"prefect server exited with {proc.returncode}; see {home / 'server.log'}"
+            )
         yield url

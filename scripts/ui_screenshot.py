@@ -26,8 +26,14 @@ from local_prefect import REPO, local_server  # noqa: E402
 sys.path.insert(0, str(REPO / "tests"))
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
     "--window-size=1600,1000",
     # The UI is a single-page app that fetches the run after load: give its scripts time.
     "--virtual-time-budget=20000",
@@ -50,20 +56,33 @@ def check_run(flow_run_id, shards: int, stages: list[str], name: str) -> dict[st
         build = client.read_flow_run(flow_run_id)
         assert build.state and build.state.is_completed(), build.state
         subflows = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+            )
         )
         names = sorted(r.name for r in subflows)
         assert set(stages) | {"publish"} <= set(names), names
         tasks = client.read_task_runs(
-            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in subflows]))
+            task_run_filter=TaskRunFilter(
+                flow_run_id=TaskRunFilterFlowRunId(any_=[r.id for r in subflows])
+            )
         )
-        shard_runs = [t for t in tasks if t.name.endswith(tuple(f"-shard-{i:05d}" for i in range(shards)))]
+        shard_runs = [
+            t for t in tasks if t.name.endswith(tuple(f"-shard-{i:05d}" for i in range(shards)))
+        ]
         assert len(shard_runs) == shards * len(stages), sorted(t.name for t in tasks)
         assert all(t.state and t.state.is_completed() for t in shard_runs)
-        keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=name)))}
-    want = {f"{name}-build-progress", f"{name}-stats"} | {f"{name}-stage-{s}" for s in stages} | {
-        f"{name}-stage-{s}-progress" for s in stages
-    }
+        keys = {
+            a.key
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=name))
+            )
+        }
+    want = (
+        {f"{name}-build-progress", f"{name}-stats"}
+        | {f"{name}-stage-{s}" for s in stages}
+        | {f"{name}-stage-{s}-progress" for s in stages}
+    )
     assert want <= keys, sorted(want - keys)
     return {"subflows": len(subflows), "shard_task_runs": len(shard_runs), "artifacts": len(keys)}
 
@@ -74,7 +93,9 @@ def artifact_id(key: str):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        (latest,) = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        (latest,) = client.read_latest_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
     return latest.latest_id
 
 
@@ -92,7 +113,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "prefect-ui-build-run.png")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="synthvg-ui-") as tmp, local_server(Path(tmp) / "home") as api:
+    with (
+        tempfile.TemporaryDirectory(prefix="synthvg-ui-") as tmp,
+        local_server(Path(tmp) / "home") as api,
+    ):
         print(f"[{time.perf_counter() - t0:5.1f}s] server at {api}", flush=True)
         os.environ.update(PREFECT_API_URL=api, PREFECT_HOME=str(Path(tmp) / "home"))
         from helpers import demo_config  # imports synthvg, so Prefect: after the settings above
@@ -104,7 +128,10 @@ def main() -> int:
         cfg = demo_config(Path(tmp) / "demo", limit=8, shard_size=2)
         state = build_dataset(cfg, return_state=True)
         run_id = state.state_details.flow_run_id
-        print(f"[{time.perf_counter() - t0:5.1f}s] build {state.type.value}: flow run {run_id}", flush=True)
+        print(
+            f"[{time.perf_counter() - t0:5.1f}s] build {state.type.value}: flow run {run_id}",
+            flush=True,
+        )
         found = check_run(run_id, shards=4, stages=active_stages(cfg), name=cfg.name)
         print(f"[{time.perf_counter() - t0:5.1f}s] API holds {found}", flush=True)
         dataset_report(root=cfg.out, samples=2)
@@ -112,8 +139,12 @@ def main() -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         shots = {
             args.out: f"{ui}/runs/flow-run/{run_id}",
-            args.out.with_name("prefect-ui-stage-table.png"): f"{ui}/artifacts/artifact/{artifact_id(f'{cfg.name}-stage-regions')}",
-            args.out.with_name("prefect-ui-dataset-card.png"): f"{ui}/artifacts/artifact/{artifact_id(f'{cfg.name}-dataset-card')}",
+            args.out.with_name(
+                "prefect-ui-stage-table.png"
+            ): f"{ui}/artifacts/artifact/{artifact_id(f'{cfg.name}-stage-regions')}",
+            args.out.with_name(
+                "prefect-ui-dataset-card.png"
+            ): f"{ui}/artifacts/artifact/{artifact_id(f'{cfg.name}-dataset-card')}",
         }
         for path, url in shots.items():
             screenshot(url, path)

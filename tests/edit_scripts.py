@@ -16,11 +16,19 @@ MODEL = "gpt-4o-2024-08-06"
 def edit_config(root, server, limit=4, shard_size=2, **edit):
     """Rule teacher (the demo's) + the openai editor on the teacher's graphs."""
     return demo_config(
-        root, limit=limit, shard_size=shard_size,
+        root,
+        limit=limit,
+        shard_size=shard_size,
         edit={
-            "backend": "openai", "source": "teacher", "model": MODEL, "base_url": server.base_url,
-            "api_key_env": KEY_ENV, "timeout_seconds": 5, "backoff_base_seconds": 0.01,
-            "prices": {MODEL: {"input": 2.5, "output": 10.0}}, **edit,
+            "backend": "openai",
+            "source": "teacher",
+            "model": MODEL,
+            "base_url": server.base_url,
+            "api_key_env": KEY_ENV,
+            "timeout_seconds": 5,
+            "backoff_base_seconds": 0.01,
+            "prices": {MODEL: {"input": 2.5, "output": 10.0}},
+            **edit,
         },
     )
 
@@ -57,11 +65,22 @@ def scripted_editor(request: dict) -> str:
         p, targets = sorted(rel.items())[0]
         remove.append({"rel": p, "obj_ids": [targets[0]]})
     edits = [
-        {"obj_id": a, "name": f"edited object {a}, red", "remove": remove,
-         "add": [{"rel": "Looking AT", "obj_ids": [b, 999]}, {"rel": "holding", "obj_ids": [a]}]},
+        {
+            "obj_id": a,
+            "name": f"edited object {a}, red",
+            "remove": remove,
+            "add": [{"rel": "Looking AT", "obj_ids": [b, 999]}, {"rel": "holding", "obj_ids": [a]}],
+        },
         {"obj_id": 999, "name": "ghost", "add": [], "remove": []},
         {"obj_id": b, "name": graph[b]["name"], "add": [], "remove": []},
     ]
     if len(ids) >= 3:
-        edits.append({"obj_id": ids[-2], "name": "", "add": [{"rel": "same as", "obj_ids": [ids[-1]]}], "remove": []})
+        edits.append(
+            {
+                "obj_id": ids[-2],
+                "name": "",
+                "add": [{"rel": "same as", "obj_ids": [ids[-1]]}],
+                "remove": [],
+            }
+        )
     return json.dumps({"edit": edits})

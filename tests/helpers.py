@@ -16,7 +16,9 @@ def demo_config(out: Path, **overrides) -> BuildConfig:
     cfg = load_config(DEMO_CONFIG, out=str(out))
     data = cfg.model_dump()
     for key, value in overrides.items():
-        if isinstance(value, dict) and value.get("backend", data[key].get("backend")) == data[key].get("backend"):
+        if isinstance(value, dict) and value.get("backend", data[key].get("backend")) == data[
+            key
+        ].get("backend"):
             data[key] = {**data[key], **value}
         else:
             data[key] = value
@@ -37,4 +39,6 @@ def table_rows(root: str, table: str) -> list[tuple]:
 
 
 def dataset_rows(root: str) -> dict[str, list[tuple]]:
-    return {t: table_rows(root, t) for t in ("images", "regions", "proposals", "relations", "errors")}
+    return {
+        t: table_rows(root, t) for t in ("images", "regions", "proposals", "relations", "errors")
+    }

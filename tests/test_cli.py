@@ -38,16 +38,26 @@ def test_sql_table_csv_json(built):
     assert js[0]["category"] == "spatial" and js[0]["n"] > 0
 
 
-@pytest.mark.parametrize("q", ["DELETE FROM relations", "CREATE TABLE t AS SELECT 1", "DROP VIEW images"])
+@pytest.mark.parametrize(
+    "q", ["DELETE FROM relations", "CREATE TABLE t AS SELECT 1", "DROP VIEW images"]
+)
 def test_sql_refuses_writes(built, q):
     result = runner.invoke(app, ["sql", "--root", built, q])
     assert result.exit_code == 2
     assert "read-only" in result.output
-    assert runner.invoke(app, ["sql", "--root", built, "SELECT count(*) AS n FROM relations", "-f", "json"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["sql", "--root", built, "SELECT count(*) AS n FROM relations", "-f", "json"]
+        ).exit_code
+        == 0
+    )
 
 
 def test_sql_bad_query_and_bad_root(built, tmp_path):
-    assert "query failed" in runner.invoke(app, ["sql", "--root", built, "SELECT nope FROM images"]).output
+    assert (
+        "query failed"
+        in runner.invoke(app, ["sql", "--root", built, "SELECT nope FROM images"]).output
+    )
     result = runner.invoke(app, ["sql", "--root", str(tmp_path), "SELECT 1"])
     assert result.exit_code == 2 and "not a synthvg dataset" in result.output
 
@@ -74,7 +84,9 @@ def test_show_writes_a_png(built, tmp_path):
 
 def test_build_config_errors_stop_before_work(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"out: {tmp_path / 'root'}\nseeds: {{sources: [{{annotations: a.json, images: i}}]}}\nteacher: {{bakend: rules}}\n")
+    bad.write_text(
+        f"out: {tmp_path / 'root'}\nseeds: {{sources: [{{annotations: a.json, images: i}}]}}\nteacher: {{bakend: rules}}\n"
+    )
     result = runner.invoke(app, ["build", "--config", str(bad)])
     assert result.exit_code == 2
     assert "teacher.rules.bakend: unknown key" in result.output
@@ -92,13 +104,50 @@ def test_top_predicates_count_what_table_1_counts(tmp_path):
     ds.init()
 
     def rel(i: int, predicate: str) -> RelationRecord:
-        return RelationRecord(relation_id=f"r{i}", image_id="coco:1", subject_id=1, object_id=2, predicate=predicate,
-                              predicate_raw=predicate, category="spatial", stage="teacher", generator="rules", model="rules", run_id="r")
+        return RelationRecord(
+            relation_id=f"r{i}",
+            image_id="coco:1",
+            subject_id=1,
+            object_id=2,
+            predicate=predicate,
+            predicate_raw=predicate,
+            category="spatial",
+            stage="teacher",
+            generator="rules",
+            model="rules",
+            run_id="r",
+        )
 
     relations = [rel(0, "on"), rel(1, "on"), rel(2, "near"), rel(3, "near"), rel(4, "near")]
-    dropped = [RelationVerdictRecord(relation_id=f"r{i}", image_id="coco:1", verdict="dropped", verdict_reason="rule",
-                                     verified_by="rule:near", run_id="r") for i in (2, 3, 4)]
-    ds.commit_shard("teacher", 0, "fp", {"relations": to_table(RelationRecord, relations)}, run_id="r", image_count=1, started_at=utcnow())
-    ds.commit_shard("filters", 0, "fp", {"relation_verdicts": to_table(RelationVerdictRecord, dropped)}, run_id="r",
-                    image_count=1, started_at=utcnow())
-    assert compute_stats(str(tmp_path / "root"))["top_predicates"] == [{"predicate": "on", "relations": 2}]
+    dropped = [
+        RelationVerdictRecord(
+            relation_id=f"r{i}",
+            image_id="coco:1",
+            verdict="dropped",
+            verdict_reason="rule",
+            verified_by="rule:near",
+            run_id="r",
+        )
+        for i in (2, 3, 4)
+    ]
+    ds.commit_shard(
+        "teacher",
+        0,
+        "fp",
+        {"relations": to_table(RelationRecord, relations)},
+        run_id="r",
+        image_count=1,
+        started_at=utcnow(),
+    )
+    ds.commit_shard(
+        "filters",
+        0,
+        "fp",
+        {"relation_verdicts": to_table(RelationVerdictRecord, dropped)},
+        run_id="r",
+        image_count=1,
+        started_at=utcnow(),
+    )
+    assert compute_stats(str(tmp_path / "root"))["top_predicates"] == [
+        {"predicate": "on", "relations": 2}
+    ]

@@ -44,13 +44,19 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": SRC, **(env or {})}
     return subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "synthvg.cli", *args],
-        capture_output=True, text=True, env=full_env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=120,
     )
 
 
 def imported(proc: subprocess.CompletedProcess) -> set[str]:
     """Top-level packages the process imported (from ``-X importtime``'s lines on stderr)."""
-    return {m.group(1).split(".")[0] for m in re.finditer(r"^import time:.*\|\s*([\w.]+)$", proc.stderr, re.M)}
+    return {
+        m.group(1).split(".")[0]
+        for m in re.finditer(r"^import time:.*\|\s*([\w.]+)$", proc.stderr, re.M)
+    }
 
 
 def messages(proc: subprocess.CompletedProcess) -> list[str]:
@@ -63,9 +69,25 @@ def test_version():
 
 
 def test_show_out_folder_and_unknown_stage(built, tmp_path):
-    line = one_line_error(runner.invoke(app, ["show", "--root", built, "coco:17627", "--out", str(tmp_path)]))
+    line = one_line_error(
+        runner.invoke(app, ["show", "--root", built, "coco:17627", "--out", str(tmp_path)])
+    )
     assert "is a folder" in line and "PNG" in line
-    line = one_line_error(runner.invoke(app, ["show", "--root", built, "coco:17627", "--out", str(tmp_path / "a.png"), "--stage", "techer"]))
+    line = one_line_error(
+        runner.invoke(
+            app,
+            [
+                "show",
+                "--root",
+                built,
+                "coco:17627",
+                "--out",
+                str(tmp_path / "a.png"),
+                "--stage",
+                "techer",
+            ],
+        )
+    )
     assert "unknown stage 'techer'" in line and "teacher" in line
     assert not (tmp_path / "a.png").exists()
 
@@ -84,7 +106,9 @@ def test_show_says_what_it_hides(built, tmp_path, monkeypatch):
     image_id, dropped = con.execute(
         "SELECT image_id, count(*) FILTER (WHERE verdict = 'dropped') FROM relations GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 1"
     ).fetchall()[0]
-    result = runner.invoke(app, ["show", "--root", built, image_id, "--out", str(tmp_path / "s.png")])
+    result = runner.invoke(
+        app, ["show", "--root", built, image_id, "--out", str(tmp_path / "s.png")]
+    )
     assert result.exit_code == 0, result.output
     assert seen["dropped"] == dropped
     assert all(r["verdict"] != "dropped" for r in seen["relations"])
@@ -109,7 +133,11 @@ def _config_with(tmp_path: Path, text: str) -> Path:
 
 def test_build_missing_input_path_is_a_config_error(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text(DEMO_CONFIG.read_text().replace("instances_val2017.json", "instances_vall2017.json").replace("../data/", str(REPO / "data") + "/"))
+    p.write_text(
+        DEMO_CONFIG.read_text()
+        .replace("instances_val2017.json", "instances_vall2017.json")
+        .replace("../data/", str(REPO / "data") + "/")
+    )
     result = runner.invoke(app, ["build", "--config", str(p), "--out", str(tmp_path / "root")])
     line = one_line_error(result)
     missing = REPO / "data" / "tinycoco" / "annotations" / "instances_vall2017.json"
@@ -119,9 +147,18 @@ def test_build_missing_input_path_is_a_config_error(tmp_path):
 
 def test_dry_run_with_a_missing_model_path(tmp_path):
     p = _config_with(tmp_path, "")
-    p.write_text(p.read_text().replace("robin: {backend: none}", "robin: {checkpoint: models/robin-3b}"))
-    line = one_line_error(runner.invoke(app, ["build", "--config", str(p), "--out", str(tmp_path / "root"), "--dry-run"]))
-    assert line == f"preflight: robin.checkpoint: no such file or folder: {tmp_path / 'models' / 'robin-3b'}"
+    p.write_text(
+        p.read_text().replace("robin: {backend: none}", "robin: {checkpoint: models/robin-3b}")
+    )
+    line = one_line_error(
+        runner.invoke(
+            app, ["build", "--config", str(p), "--out", str(tmp_path / "root"), "--dry-run"]
+        )
+    )
+    assert (
+        line
+        == f"preflight: robin.checkpoint: no such file or folder: {tmp_path / 'models' / 'robin-3b'}"
+    )
     assert not (tmp_path / "root").exists()
 
 
@@ -144,9 +181,15 @@ def test_ctrl_c_hints_to_rerun(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(synthvg.flows, "build_dataset", interrupted)
-    result = runner.invoke(app, ["build", "--config", str(DEMO_CONFIG), "--out", str(tmp_path / "root"), "--limit", "2"])
+    result = runner.invoke(
+        app,
+        ["build", "--config", str(DEMO_CONFIG), "--out", str(tmp_path / "root"), "--limit", "2"],
+    )
     assert result.exit_code == 130
-    assert result.output.strip().splitlines()[-1] == "interrupted: committed shards are kept; run the same command again to resume"
+    assert (
+        result.output.strip().splitlines()[-1]
+        == "interrupted: committed shards are kept; run the same command again to resume"
+    )
 
 
 def test_import_of_a_non_parquet_file(tmp_path):
@@ -165,17 +208,24 @@ def test_export_out_file_and_a_stage_without_relations(built, tmp_path):
     out = tmp_path / "svg"
     assert runner.invoke(app, ["export", "--root", built, "--out", str(out)]).exit_code == 0
     before = sorted(out.glob("part-*.parquet"))
-    line = one_line_error(runner.invoke(app, ["export", "--root", built, "--out", str(out), "--stage", "robin"]))
+    line = one_line_error(
+        runner.invoke(app, ["export", "--root", built, "--out", str(out), "--stage", "robin"])
+    )
     assert line == f"no robin relations in {built} (relations come from: teacher); nothing written"
     assert sorted(out.glob("part-*.parquet")) == before and before
 
 
 def test_setup_prefect_refuses_without_a_server(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=SRC, SYNTHVG_PREFECT_LOCAL_URL="")
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=SRC, SYNTHVG_PREFECT_LOCAL_URL=""
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "synthvg.cli", "setup-prefect", "--config", str(DEMO_CONFIG)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
@@ -198,13 +248,20 @@ def test_stats_rows_have_headers(built):
 
 
 def test_csv_uses_lf(built):
-    out = runner.invoke(app, ["sql", "--root", built, "SELECT 1 AS a, 'x' AS b UNION ALL SELECT 2, 'y'", "-f", "csv"]).output
+    out = runner.invoke(
+        app,
+        ["sql", "--root", built, "SELECT 1 AS a, 'x' AS b UNION ALL SELECT 2, 'y'", "-f", "csv"],
+    ).output
     assert out == "a,b\n1,x\n2,y\n"
 
 
 def test_sql_help_lists_every_view(built):
     con = connect(built)
-    views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall() if not r[0].startswith("_")}
+    views = {
+        r[0]
+        for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()
+        if not r[0].startswith("_")
+    }
     assert {"relations", "svg_full", "relation_verdicts"} <= views
     text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", runner.invoke(app, ["sql", "--help"]).output).split())
     assert not [v for v in views if not re.search(rf"\b{v}\b", text)]
@@ -245,12 +302,23 @@ def test_real_data_example_config_validates(tmp_path):
     cfg = load_config(path)
     missing = check_paths(cfg)
     keys = [line.split(":")[0] for line in missing]
-    assert keys == [k for k, _ in input_paths(cfg)] == [
-        "seeds.sources[0].annotations", "seeds.sources[0].images", "seeds.sources[1].annotations",
-        "seeds.sources[1].images", "seeds.sources[2].root", "seeds.sources[2].images",
-        "seeds.sources[3].annotations", "seeds.sources[4].annotations",
-        "regions.segment_anything.checkpoint", "depth.path", "robin.checkpoint",
-    ]
+    assert (
+        keys
+        == [k for k, _ in input_paths(cfg)]
+        == [
+            "seeds.sources[0].annotations",
+            "seeds.sources[0].images",
+            "seeds.sources[1].annotations",
+            "seeds.sources[1].images",
+            "seeds.sources[2].root",
+            "seeds.sources[2].images",
+            "seeds.sources[3].annotations",
+            "seeds.sources[4].annotations",
+            "regions.segment_anything.checkpoint",
+            "depth.path",
+            "robin.checkpoint",
+        ]
+    )
     result = runner.invoke(app, ["build", "--config", str(path), "--dry-run", "--limit", "1000"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.output.strip().splitlines() == [f"preflight: {line}" for line in missing]
@@ -264,7 +332,9 @@ def test_real_data_example_config_validates(tmp_path):
             p.mkdir(parents=True, exist_ok=True)
     assert check_paths(cfg) == []
     assert (cfg.teacher.backend, cfg.edit.backend, cfg.edit.source) == ("openai", "openai", "robin")
-    assert cfg.regions.segment_anything.model_type == "vit_h" and cfg.depth.backend == "depth-anything"
+    assert (
+        cfg.regions.segment_anything.model_type == "vit_h" and cfg.depth.backend == "depth-anything"
+    )
     assert {s.dataset for s in cfg.seeds.sources} == {"coco", "vg", "gqa"}
 
 
@@ -272,25 +342,41 @@ def test_dry_run_without_an_api_key_needs_none(tmp_path, monkeypatch):
     """A dry run sends nothing, so it needs no key: it prices the requests and says so."""
     monkeypatch.delenv("SYNTHVG_TEST_NO_KEY", raising=False)
     p = _config_with(tmp_path, "")
-    p.write_text(p.read_text().replace(
-        "teacher:\n", "teacher:\n  api_key_env: SYNTHVG_TEST_NO_KEY\n  model: gpt-4o-2024-08-06\n", 1
-    ).replace("  backend: rules\n  max_subjects", "  backend: openai\n  max_subjects").replace(
-        "  objects_per_subject: 4\n", ""
-    ))
-    result = runner.invoke(app, ["build", "--config", str(p), "--out", str(tmp_path / "root"), "--dry-run", "--limit", "1"])
+    p.write_text(
+        p.read_text()
+        .replace(
+            "teacher:\n",
+            "teacher:\n  api_key_env: SYNTHVG_TEST_NO_KEY\n  model: gpt-4o-2024-08-06\n",
+            1,
+        )
+        .replace("  backend: rules\n  max_subjects", "  backend: openai\n  max_subjects")
+        .replace("  objects_per_subject: 4\n", "")
+    )
+    result = runner.invoke(
+        app,
+        ["build", "--config", str(p), "--out", str(tmp_path / "root"), "--dry-run", "--limit", "1"],
+    )
     assert result.exit_code == 0, result.output
-    assert "paid stages sent nothing" in result.output and "teacher" in result.output and "Traceback" not in result.output
+    assert (
+        "paid stages sent nothing" in result.output
+        and "teacher" in result.output
+        and "Traceback" not in result.output
+    )
 
 
 def test_id_tags_of_small_objects_side_by_side_do_not_overlap():
     from synthvg.render import tag_positions
     from synthvg.schemas import Box
 
-    boxes = [Box(x1=100, y1=100, x2=112, y2=110), Box(x1=101, y1=101, x2=113, y2=111), Box(x1=103, y1=100, x2=115, y2=109)]
+    boxes = [
+        Box(x1=100, y1=100, x2=112, y2=110),
+        Box(x1=101, y1=101, x2=113, y2=111),
+        Box(x1=103, y1=100, x2=115, y2=109),
+    ]
     sizes = [(14, 12), (14, 12), (14, 12)]
     spots = tag_positions(boxes, sizes, (640, 480))
     rects = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(spots, sizes, strict=True)]
     for i, a in enumerate(rects):
-        for b in rects[i + 1:]:
+        for b in rects[i + 1 :]:
             assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
     assert spots[0] == (102, 102)  # the first tag keeps its box's top-left corner

@@ -27,7 +27,12 @@ def full(tmp_path):
     def make(**overrides):
         base = {
             "robin": {"backend": "robin", "checkpoint": str(ckpt)},
-            "edit": {"backend": "openai", "source": "robin", "model": "gpt-4o", "base_url": "http://127.0.0.1:9/v1"},
+            "edit": {
+                "backend": "openai",
+                "source": "robin",
+                "model": "gpt-4o",
+                "base_url": "http://127.0.0.1:9/v1",
+            },
         }
         return demo_config(tmp_path / "root", **{**base, **overrides})
 
@@ -46,7 +51,9 @@ def test_the_graph_follows_declared_reads(full):
     assert nodes["teacher"].depends_on == ["regions"]  # images and regions come through regions
     assert nodes["robin"].depends_on == ["regions"]
     assert nodes["filters"].reads["relations"] == ["teacher"]
-    assert nodes["edit"].reads["relations"] == ["robin"] and nodes["edit"].reads["relation_verdicts"] == ["filters"]
+    assert nodes["edit"].reads["relations"] == ["robin"] and nodes["edit"].reads[
+        "relation_verdicts"
+    ] == ["filters"]
     assert nodes["edit"].depends_on == ["filters", "robin"]
 
 
@@ -94,7 +101,15 @@ def test_demo_fingerprints_of_stages_before_the_first_skipped_one_are_unchanged(
     cfg = demo_config(tmp_path)
     previous, chained = SHARD.digest(), {}
     for name in ("seeds", "regions"):
-        previous = stable_hash([name, STAGES[name].version, __version__, STAGES[name].fingerprint_payload(cfg), previous])
+        previous = stable_hash(
+            [
+                name,
+                STAGES[name].version,
+                __version__,
+                STAGES[name].fingerprint_payload(cfg),
+                previous,
+            ]
+        )
         chained[name] = previous
     fps = fingerprints(cfg, SHARD)
     assert {k: fps[k] for k in chained} == chained
@@ -117,18 +132,35 @@ def test_plan_prints_the_graph_and_what_a_change_would_redo(tmp_path):
     result = CliRunner().invoke(app, ["plan", "--config", str(config)])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "  teacher  reads images <- seeds; regions <- seeds, regions; region_checks <- regions" in lines
+    assert (
+        "  teacher  reads images <- seeds; regions <- seeds, regions; region_checks <- regions"
+        in lines
+    )
     assert "  teacher  2 up to date" in lines
     assert "  filters  0 up to date; redo 2: its settings or code changed" in lines
-    assert not (tmp_path / "root" / "runs").exists() or len(list((tmp_path / "root" / "runs").iterdir())) == 1  # wrote nothing
+    assert (
+        not (tmp_path / "root" / "runs").exists()
+        or len(list((tmp_path / "root" / "runs").iterdir())) == 1
+    )  # wrote nothing
 
 
-def test_a_stage_and_its_model_are_kept_across_executor_changes_and_replaced_for_new_settings(tmp_path):
+def test_a_stage_and_its_model_are_kept_across_executor_changes_and_replaced_for_new_settings(
+    tmp_path,
+):
     from synthvg.stages import STAGES, load_stage
 
     cfg = demo_config(tmp_path / "root")
     teacher = load_stage(STAGES["teacher"], cfg)
-    assert load_stage(STAGES["teacher"], demo_config(tmp_path / "root", executor={"workers": 7}, limit=3)) is teacher
-    other = load_stage(STAGES["teacher"], demo_config(tmp_path / "root", teacher={"max_subjects": 2}))
+    assert (
+        load_stage(
+            STAGES["teacher"], demo_config(tmp_path / "root", executor={"workers": 7}, limit=3)
+        )
+        is teacher
+    )
+    other = load_stage(
+        STAGES["teacher"], demo_config(tmp_path / "root", teacher={"max_subjects": 2})
+    )
     assert other is not teacher
-    assert load_stage(STAGES["teacher"], cfg) is not teacher  # the first build's instance was released
+    assert (
+        load_stage(STAGES["teacher"], cfg) is not teacher
+    )  # the first build's instance was released

@@ -10,7 +10,16 @@ from helpers import REPO
 from synthvg.storage import Dataset, connect
 
 SCHEMA_MD = (REPO / "docs" / "SCHEMA.md").read_text()
-VIEWS = ("images", "regions", "proposals", "relations", "descriptions", "edits", "generations", "errors")
+VIEWS = (
+    "images",
+    "regions",
+    "proposals",
+    "relations",
+    "descriptions",
+    "edits",
+    "generations",
+    "errors",
+)
 
 
 def _section(view: str) -> str:

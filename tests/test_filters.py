@@ -48,9 +48,21 @@ def decide(pred, s, o, **cover) -> str:
         ("under", g(20, 40, 120, 90), g(40, 20, 60, 42), {}, "keep"),
         ("inside", g(40, 40, 50, 50), g(0, 0, 100, 100), {"s_in_o": 0.95, "o_in_s": 0.01}, "keep"),
         ("inside", g(40, 40, 50, 50), g(0, 0, 100, 100), {"s_in_o": 0.05, "o_in_s": 0.0}, "drop"),
-        ("inside", g(40, 40, 50, 50), g(0, 0, 100, 100), {"s_in_o": 0.5, "o_in_s": 0.01}, "abstain"),
+        (
+            "inside",
+            g(40, 40, 50, 50),
+            g(0, 0, 100, 100),
+            {"s_in_o": 0.5, "o_in_s": 0.01},
+            "abstain",
+        ),
         ("inside", g(40, 40, 50, 50), g(0, 0, 100, 100), {}, "keep"),  # no masks: box cover
-        ("contains", g(0, 0, 100, 100), g(40, 40, 50, 50), {"s_in_o": 0.01, "o_in_s": 0.95}, "keep"),
+        (
+            "contains",
+            g(0, 0, 100, 100),
+            g(40, 40, 50, 50),
+            {"s_in_o": 0.01, "o_in_s": 0.95},
+            "keep",
+        ),
         ("in front of", g(0, 0, 10, 10, depth=0.9), g(20, 0, 30, 10, depth=0.2), {}, "keep"),
         ("in front of", g(0, 0, 10, 10, depth=0.2), g(20, 0, 30, 10, depth=0.9), {}, "drop"),
         ("in front of", g(0, 0, 10, 10), g(20, 0, 30, 10), {}, "abstain"),  # no depth
@@ -70,7 +82,9 @@ def test_rules_on_hand_made_geometry(pred, s, o, cover, expected):
 
 def test_every_rule_reports_a_reason_and_unknown_predicates_have_none():
     for pred in RULES:
-        r = check(pred, g(10, 10, 40, 40, 0.5), g(60, 50, 90, 90, 0.1), Context(W, H, CFG, 0.0, 0.0))
+        r = check(
+            pred, g(10, 10, 40, 40, 0.5), g(60, 50, 90, 90, 0.1), Context(W, H, CFG, 0.0, 0.0)
+        )
         assert r.reason and r.rule
     assert check("orbiting", g(0, 0, 1, 1), g(2, 2, 3, 3), Context(W, H, CFG)) is None
 
@@ -103,11 +117,29 @@ def test_near_and_far_from_never_both_kept(a, b):
 
 
 def test_p_yes_from_logprobs_and_text():
-    lp = {"content": [{"token": "Yes", "logprob": -0.1, "top_logprobs": [{"token": "Yes", "logprob": -0.1}, {"token": "No", "logprob": -2.4}]}]}
+    lp = {
+        "content": [
+            {
+                "token": "Yes",
+                "logprob": -0.1,
+                "top_logprobs": [
+                    {"token": "Yes", "logprob": -0.1},
+                    {"token": "No", "logprob": -2.4},
+                ],
+            }
+        ]
+    }
     p = p_yes_from_logprobs(lp)
     assert 0.85 < p < 0.95
-    assert p_yes_from_logprobs({"content": [{"token": "Maybe", "logprob": -0.1, "top_logprobs": []}]}) is None
-    assert p_yes_from_text("Yes.") == 1.0 and p_yes_from_text("no") == 0.0 and p_yes_from_text("perhaps") is None
+    assert (
+        p_yes_from_logprobs({"content": [{"token": "Maybe", "logprob": -0.1, "top_logprobs": []}]})
+        is None
+    )
+    assert (
+        p_yes_from_text("Yes.") == 1.0
+        and p_yes_from_text("no") == 0.0
+        and p_yes_from_text("perhaps") is None
+    )
 
 
 def test_votes():
@@ -127,7 +159,9 @@ def test_demo_build_has_kept_dropped_and_unverified_spatial_relations_with_reaso
     con = connect(cfg.out)
     rows = dict(con.sql("SELECT verdict, count(*) FROM relations GROUP BY 1").fetchall())
     assert rows.get("kept", 0) > 0 and rows.get("dropped", 0) > 0
-    assert con.sql("SELECT count(*) FROM relations WHERE verdict_reason IS NULL OR verified_by IS NULL").fetchall() == [(0,)]
+    assert con.sql(
+        "SELECT count(*) FROM relations WHERE verdict_reason IS NULL OR verified_by IS NULL"
+    ).fetchall() == [(0,)]
     kept = con.sql("SELECT count(*) FROM svg_relations").fetchall()[0][0]
     assert kept == rows["kept"]
     from synthvg.stats import compute_stats, format_stats
@@ -146,7 +180,10 @@ def vqa_answer(request):
     """'yes' for interactional questions about 'holding', 'no' otherwise, with logprobs."""
     text = last_user_text(request)
     yes = "holding" in text
-    return Reply(content="Yes" if yes else "No", top_logprobs=[("Yes", -0.05 if yes else -3.0), ("No", -3.0 if yes else -0.05)])
+    return Reply(
+        content="Yes" if yes else "No",
+        top_logprobs=[("Yes", -0.05 if yes else -3.0), ("No", -3.0 if yes else -0.05)],
+    )
 
 
 def scripted_teacher(request) -> str:
@@ -154,45 +191,103 @@ def scripted_teacher(request) -> str:
 
     ids = [int(m) for m in re.findall(r"^(\d+): ", last_user_text(request), re.M)]
     s, o = ids[0], ids[1]
-    return json.dumps({"subjects": [{
-        "subject_id": s, "description": "a thing", "spatial": [{"object_id": o, "predicate": "orbiting"}],
-        "interactional": [{"object_id": o, "predicate": "holding"}], "functional": [{"object_id": o, "predicate": "feeding"}],
-        "social": [], "emotional": [],
-    }]})
+    return json.dumps(
+        {
+            "subjects": [
+                {
+                    "subject_id": s,
+                    "description": "a thing",
+                    "spatial": [{"object_id": o, "predicate": "orbiting"}],
+                    "interactional": [{"object_id": o, "predicate": "holding"}],
+                    "functional": [{"object_id": o, "predicate": "feeding"}],
+                    "social": [],
+                    "emotional": [],
+                }
+            ]
+        }
+    )
 
 
 def test_vqa_verifier_through_the_openai_client_with_logprobs(tmp_path, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, "sk-test-" + "".join(secrets.choice(string.ascii_letters) for _ in range(40)))
+    monkeypatch.setenv(
+        KEY_ENV, "sk-test-" + "".join(secrets.choice(string.ascii_letters) for _ in range(40))
+    )
     common = {"api_key_env": KEY_ENV, "timeout_seconds": 5, "backoff_base_seconds": 0.01}
-    with FakeOpenAIServer(responder=scripted_teacher) as teacher, FakeOpenAIServer(responder=vqa_answer) as vlm:
+    with (
+        FakeOpenAIServer(responder=scripted_teacher) as teacher,
+        FakeOpenAIServer(responder=vqa_answer) as vlm,
+    ):
         vlm.enqueue(Reply.server_error())  # one transient fault, retried
         cfg = demo_config(
-            tmp_path / "root", limit=3, shard_size=3,
-            teacher={"backend": "openai", "model": "gpt-4o", "base_url": teacher.base_url, **common},
-            filters={"backend": "rules", "verifiers": [{"kind": "openai", "model": "qwen2-vl", "base_url": vlm.base_url, **common}]},
+            tmp_path / "root",
+            limit=3,
+            shard_size=3,
+            teacher={
+                "backend": "openai",
+                "model": "gpt-4o",
+                "base_url": teacher.base_url,
+                **common,
+            },
+            filters={
+                "backend": "rules",
+                "verifiers": [
+                    {"kind": "openai", "model": "qwen2-vl", "base_url": vlm.base_url, **common}
+                ],
+            },
         )
         run = run_build(cfg)
         assert run.status == "completed"
         asked = vlm.chat_requests
         assert asked and all(r["logprobs"] is True and r["max_tokens"] == 1 for r in asked)
     con = connect(cfg.out)
-    got = dict(con.sql("SELECT predicate, verdict FROM relations WHERE stage = 'teacher'").fetchall())
+    got = dict(
+        con.sql("SELECT predicate, verdict FROM relations WHERE stage = 'teacher'").fetchall()
+    )
     assert got == {"holding": "kept", "feeding": "dropped", "orbiting": "unverified"}
     by = dict(con.sql("SELECT predicate, verified_by FROM relations").fetchall())
     assert by["holding"] == "vqa:qwen2-vl" and by["orbiting"] == "filters"
-    score = con.sql("SELECT verdict_score FROM relations WHERE predicate = 'holding'").fetchall()[0][0]
+    score = con.sql("SELECT verdict_score FROM relations WHERE predicate = 'holding'").fetchall()[
+        0
+    ][0]
     assert score > 0.9
 
 
 def test_verifier_that_answers_neither_leaves_relations_unverified(tmp_path, monkeypatch):
-    monkeypatch.setenv(KEY_ENV, "sk-test-" + "".join(secrets.choice(string.ascii_letters) for _ in range(40)))
+    monkeypatch.setenv(
+        KEY_ENV, "sk-test-" + "".join(secrets.choice(string.ascii_letters) for _ in range(40))
+    )
     common = {"api_key_env": KEY_ENV, "timeout_seconds": 5, "backoff_base_seconds": 0.01}
-    with FakeOpenAIServer(responder=scripted_teacher) as teacher, FakeOpenAIServer(responder=lambda r: "Perhaps") as vlm:
+    with (
+        FakeOpenAIServer(responder=scripted_teacher) as teacher,
+        FakeOpenAIServer(responder=lambda r: "Perhaps") as vlm,
+    ):
         cfg = demo_config(
-            tmp_path / "root", limit=3, shard_size=3,
-            teacher={"backend": "openai", "model": "gpt-4o", "base_url": teacher.base_url, **common},
-            filters={"backend": "rules", "verifiers": [{"kind": "openai", "model": "v", "base_url": vlm.base_url, "logprobs": False, **common}]},
+            tmp_path / "root",
+            limit=3,
+            shard_size=3,
+            teacher={
+                "backend": "openai",
+                "model": "gpt-4o",
+                "base_url": teacher.base_url,
+                **common,
+            },
+            filters={
+                "backend": "rules",
+                "verifiers": [
+                    {
+                        "kind": "openai",
+                        "model": "v",
+                        "base_url": vlm.base_url,
+                        "logprobs": False,
+                        **common,
+                    }
+                ],
+            },
         )
         run_build(cfg)
-    reasons = connect(cfg.out).sql("SELECT verdict, verdict_reason FROM relations WHERE category <> 'spatial'").fetchall()
+    reasons = (
+        connect(cfg.out)
+        .sql("SELECT verdict, verdict_reason FROM relations WHERE category <> 'spatial'")
+        .fetchall()
+    )
     assert reasons and all(v == "unverified" and "neither yes nor no" in r for v, r in reasons)

@@ -20,8 +20,13 @@ def test_flow_build_equals_plain_build_and_reruns_clean(prefect_server, tmp_path
     run = build_dataset(cfg)
     assert run.status == "completed"
     assert {s.stage: s.status for s in run.stages} == {
-        "seeds": "done", "regions": "done", "depth": "skipped", "teacher": "done",
-        "filters": "done", "robin": "skipped", "edit": "skipped",
+        "seeds": "done",
+        "regions": "done",
+        "depth": "skipped",
+        "teacher": "done",
+        "filters": "done",
+        "robin": "skipped",
+        "edit": "skipped",
     }
     plain = demo_config(tmp_path / "plain", limit=6, shard_size=2)
     run_build(plain)
@@ -33,14 +38,32 @@ def test_flow_build_equals_plain_build_and_reruns_clean(prefect_server, tmp_path
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        wanted = ["demo-stage-seeds", "demo-stage-regions", "demo-stage-teacher", "demo-stage-depth", "demo-stats", "demo-build-progress"]
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=wanted)))  # the server holds other tests' too
+        wanted = [
+            "demo-stage-seeds",
+            "demo-stage-regions",
+            "demo-stage-teacher",
+            "demo-stage-depth",
+            "demo-stats",
+            "demo-build-progress",
+        ]
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=wanted))
+        )  # the server holds other tests' too
         keys = {a.key for a in found}
-    assert {"demo-stage-seeds", "demo-stage-regions", "demo-stage-teacher", "demo-stage-depth", "demo-stats", "demo-build-progress"} <= keys
+    assert {
+        "demo-stage-seeds",
+        "demo-stage-regions",
+        "demo-stage-teacher",
+        "demo-stage-depth",
+        "demo-stats",
+        "demo-build-progress",
+    } <= keys
 
 
 def test_a_failing_shard_fails_the_build_but_keeps_the_rest(prefect_server, tmp_path, monkeypatch):
-    cfg = demo_config(tmp_path / "root", limit=4, shard_size=2, executor={"retries": 1, "retry_delay_seconds": 0})
+    cfg = demo_config(
+        tmp_path / "root", limit=4, shard_size=2, executor={"retries": 1, "retry_delay_seconds": 0}
+    )
     original = RuleTeacher.relate
     calls = {"n": 0}
 
@@ -58,10 +81,17 @@ def test_a_failing_shard_fails_the_build_but_keeps_the_rest(prefect_server, tmp_
     assert calls["n"] == 2  # the task was retried once
     monkeypatch.setattr(RuleTeacher, "relate", original)
     again = run_build(cfg)
-    assert {s.stage: s.shards_written for s in again.stages if s.status == "done"} == {"seeds": 0, "regions": 0, "teacher": 1, "filters": 1}
+    assert {s.stage: s.shards_written for s in again.stages if s.status == "done"} == {
+        "seeds": 0,
+        "regions": 0,
+        "teacher": 1,
+        "filters": 1,
+    }
 
 
-def test_prefect_caches_shards_by_their_storage_identity_and_never_against_storage(prefect_server, tmp_path):
+def test_prefect_caches_shards_by_their_storage_identity_and_never_against_storage(
+    prefect_server, tmp_path
+):
     """run-shard's cache key is the shard's storage identity; a shard the storage lost is run,
     not answered from Prefect's cache."""
     from prefect.client.orchestration import get_client
@@ -79,23 +109,34 @@ def test_prefect_caches_shards_by_their_storage_identity_and_never_against_stora
     cfg = demo_config(tmp_path / "root", limit=4, shard_size=2)
     build_dataset(cfg)
     before = dataset_rows(cfg.out)
-    assert up_to_date(build_dataset(cfg))  # storage says done: results now cached under the identity
+    assert up_to_date(
+        build_dataset(cfg)
+    )  # storage says done: results now cached under the identity
     third = build_dataset(cfg)
     assert up_to_date(third)
     teacher = Dataset(cfg.out).read_manifest("teacher", 0)
     Dataset(cfg.out).drop_stage_shard("teacher", 0, "test")
     fourth = build_dataset(cfg)
     assert {s.stage: s.shards_written for s in fourth.stages if s.status == "done"}["teacher"] == 1
-    assert dataset_rows(cfg.out) == before and Dataset(cfg.out).read_manifest("teacher", 0).fingerprint == teacher.fingerprint
+    assert (
+        dataset_rows(cfg.out) == before
+        and Dataset(cfg.out).read_manifest("teacher", 0).fingerprint == teacher.fingerprint
+    )
     with get_client(sync_client=True) as client:
-        cached = client.read_task_runs(task_run_filter=TaskRunFilter(
-            name=TaskRunFilterName(like_="teacher-shard-"), state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Cached"]))))
+        cached = client.read_task_runs(
+            task_run_filter=TaskRunFilter(
+                name=TaskRunFilterName(like_="teacher-shard-"),
+                state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Cached"])),
+            )
+        )
     assert len(cached) >= 2  # the third build's teacher shards came from Prefect's cache
     key = shard_identity(cfg, "teacher", ShardSpec(index=0, image_ids=["a"]))
     assert key.startswith("synthvg-") and "-teacher-00000-" in key
 
 
-def test_the_flow_refuses_to_withdraw_without_replace_and_the_cli_says_why(prefect_server, tmp_path):
+def test_the_flow_refuses_to_withdraw_without_replace_and_the_cli_says_why(
+    prefect_server, tmp_path
+):
     from typer.testing import CliRunner
 
     from synthvg.cli import app
@@ -109,7 +150,9 @@ def test_the_flow_refuses_to_withdraw_without_replace_and_the_cli_says_why(prefe
     assert dataset_rows(str(root)) == before
 
     config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-    result = CliRunner().invoke(app, ["build", "--config", str(config), "--out", str(root), "--limit", "2"])
+    result = CliRunner().invoke(
+        app, ["build", "--config", str(config), "--out", str(root), "--limit", "2"]
+    )
     assert result.exit_code == 2
     assert "refused: this build would withdraw committed work" in result.output
     assert "Traceback" not in result.output

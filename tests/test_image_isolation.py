@@ -48,21 +48,36 @@ def corpus(tmp_path) -> tuple[Path, Path, list[int]]:
 
 def _write(corpus, extra: list[tuple[int, str, int, int]]) -> list[dict]:
     path, folder, _, raw = corpus
-    data = {**raw, "images": raw["images"] + [
-        {"id": i, "file_name": name, "width": w, "height": h} for i, name, w, h in extra
-    ], "annotations": raw["annotations"] + [
-        {"id": 990_000 + k, "image_id": i, "category_id": 1, "iscrowd": 0, "area": 100.0, "bbox": [1, 1, 10, 10],
-         "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]]}
-        for k, (i, *_rest) in enumerate(extra)
-    ]}
+    data = {
+        **raw,
+        "images": raw["images"]
+        + [{"id": i, "file_name": name, "width": w, "height": h} for i, name, w, h in extra],
+        "annotations": raw["annotations"]
+        + [
+            {
+                "id": 990_000 + k,
+                "image_id": i,
+                "category_id": 1,
+                "iscrowd": 0,
+                "area": 100.0,
+                "bbox": [1, 1, 10, 10],
+                "segmentation": [[1, 1, 11, 1, 11, 11, 1, 11]],
+            }
+            for k, (i, *_rest) in enumerate(extra)
+        ],
+    }
     path.write_text(json.dumps(data))
     return [{"annotations": str(path), "images": str(folder)}]
 
 
 def _build(tmp_path: Path, sources: list[dict], regions: bool = False, **seeds):
     cfg = demo_config(
-        tmp_path / "root", shard_size=8, seeds={"sources": sources, **seeds}, teacher={"backend": "none"},
-        filters={"backend": "none"}, **({} if regions else {"regions": {"proposer": "none"}}),
+        tmp_path / "root",
+        shard_size=8,
+        seeds={"sources": sources, **seeds},
+        teacher={"backend": "none"},
+        filters={"backend": "none"},
+        **({} if regions else {"regions": {"proposer": "none"}}),
     )
     run = run_build(cfg)
     return run, connect(cfg.out)
@@ -73,7 +88,7 @@ def test_a_14000_pixel_square_png_is_one_error_row_and_its_shard_commits(tmp_pat
     run, con = _build(tmp_path, _write(corpus, [(BIG_ID, "huge.png", 14000, 14000)]), regions=True)
     assert run.status == "completed"
     assert all(s.shards_failed == 0 for s in run.stages)
-    (kind, image, reason), = con.sql("SELECT kind, image_id, reason FROM errors").fetchall()
+    ((kind, image, reason),) = con.sql("SELECT kind, image_id, reason FROM errors").fetchall()
     assert (kind, image) == ("image_too_large", f"coco:{BIG_ID}")
     assert "huge.png is 196,000,000 pixels, over the limit of 178,956,970" in reason
     # the rest of its shard: every other image, its regions and the regions stage's proposals
@@ -85,7 +100,9 @@ def test_the_pixel_limit_is_a_config_key(tmp_path, corpus):
     w, h = Image.open(next(corpus[1].iterdir())).size
     run, con = _build(tmp_path, _write(corpus, []), max_image_pixels=w * h - 1)
     assert run.status == "completed"
-    reasons = [r for (r,) in con.sql("SELECT reason FROM errors WHERE kind = 'image_too_large'").fetchall()]
+    reasons = [
+        r for (r,) in con.sql("SELECT reason FROM errors WHERE kind = 'image_too_large'").fetchall()
+    ]
     assert any(f"{w}x{h} = {w * h:,} pixels, over the limit of {w * h - 1:,}" in r for r in reasons)
     assert con.sql("SELECT count(*) FROM images").fetchall()[0][0] == KEEP - len(reasons)
 
@@ -96,12 +113,15 @@ def test_the_pixel_limit_cannot_exceed_what_pillow_decodes(tmp_path):
     assert PILLOW_LIMIT == MAX_IMAGE_PIXELS  # the config's ceiling is Pillow's own refusal
 
 
-@pytest.mark.parametrize(("content", "expected"), [(b"", "empty (0 bytes)"), (b"just some text, not a JPEG\n" * 3, "not an image file")])
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(b"", "empty (0 bytes)"), (b"just some text, not a JPEG\n" * 3, "not an image file")],
+)
 def test_unreadable_files_are_named_without_memory_addresses(tmp_path, corpus, content, expected):
     (corpus[1] / "bad.jpg").write_bytes(content)
     run, con = _build(tmp_path, _write(corpus, [(BIG_ID, "bad.jpg", 64, 48)]))
     assert run.status == "completed"
-    (kind, reason), = con.sql("SELECT kind, reason FROM errors").fetchall()
+    ((kind, reason),) = con.sql("SELECT kind, reason FROM errors").fetchall()
     assert kind == "bad_image" and expected in reason and "bad.jpg" in reason
     assert " at 0x" not in reason and "object at" not in reason and "BytesIO" not in reason
     with pytest.raises(ImageFileError) as e:
@@ -130,8 +150,12 @@ def test_out_of_memory_on_one_image_is_its_error_row(tmp_path, corpus, monkeypat
     monkeypatch.setattr(ImageFile.ImageFile, "load", load_or_run_out)
     run, con = _build(tmp_path, _write(corpus, [(BIG_ID, "oom.png", 64, 48)]))
     assert run.status == "completed"
-    (kind, image, reason), = con.sql("SELECT kind, image_id, reason FROM errors").fetchall()
-    assert (kind, image) == ("image_too_large", f"coco:{BIG_ID}") and "out of memory" in reason and "64x48" in reason
+    ((kind, image, reason),) = con.sql("SELECT kind, image_id, reason FROM errors").fetchall()
+    assert (
+        (kind, image) == ("image_too_large", f"coco:{BIG_ID}")
+        and "out of memory" in reason
+        and "64x48" in reason
+    )
     assert con.sql("SELECT count(*) FROM images").fetchall() == [(KEEP,)]
 
 
@@ -146,8 +170,11 @@ def test_any_other_fault_of_one_image_costs_only_that_image(tmp_path, corpus, mo
     monkeypatch.setattr(Joiner, "join", join_or_fail)
     run, con = _build(tmp_path, _write(corpus, []))
     assert run.status == "completed"
-    (kind, image, reason), = con.sql("SELECT kind, image_id, reason FROM errors").fetchall()
-    assert (kind, image) == ("seed_failed", f"coco:{corpus[2][0]}") and "RuntimeError: a bug" in reason
+    ((kind, image, reason),) = con.sql("SELECT kind, image_id, reason FROM errors").fetchall()
+    assert (kind, image) == (
+        "seed_failed",
+        f"coco:{corpus[2][0]}",
+    ) and "RuntimeError: a bug" in reason
     assert con.sql("SELECT count(*) FROM images").fetchall() == [(KEEP - 1,)]
 
 
@@ -157,7 +184,9 @@ def test_pillow_bomb_warnings_turned_into_errors_do_not_stop_a_large_image(tmp_p
         warnings.simplefilter("error")
         checked = check_image(str(path), MAX_IMAGE_PIXELS)
     assert (checked.width, checked.height) == (10000, 10000)
-    with pytest.raises(ImageFileError, match="10000x10000 = 100,000,000 pixels, over the limit of 99,999,999") as e:
+    with pytest.raises(
+        ImageFileError, match="10000x10000 = 100,000,000 pixels, over the limit of 99,999,999"
+    ) as e:
         check_image(str(path), 99_999_999)
     assert e.value.kind == "image_too_large"
 

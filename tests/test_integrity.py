@@ -32,22 +32,52 @@ runner = CliRunner()
 def _images(*ids: str):
     return to_table(
         ImageRecord,
-        [ImageRecord(image_id=i, sources=["coco"], file_uri=f"/x/{i}.jpg", width=4, height=3, content_hash="h") for i in ids],
+        [
+            ImageRecord(
+                image_id=i,
+                sources=["coco"],
+                file_uri=f"/x/{i}.jpg",
+                width=4,
+                height=3,
+                content_hash="h",
+            )
+            for i in ids
+        ],
     )
 
 
 def _commit(ds: Dataset, shard: int, fp: str, *ids: str, fence: str | None = None):
-    return ds.commit_shard("seeds", shard, fp, {"images": _images(*ids)}, run_id="r", image_count=len(ids), started_at=utcnow(), fence=fence)
+    return ds.commit_shard(
+        "seeds",
+        shard,
+        fp,
+        {"images": _images(*ids)},
+        run_id="r",
+        image_count=len(ids),
+        started_at=utcnow(),
+        fence=fence,
+    )
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".synthvg.lock"}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".synthvg.lock"
+    }
 
 
 def _seeds_only(out: Path, **overrides):
     """The demo's seeds stage alone: a real build in about a second."""
-    return demo_config(out, limit=4, shard_size=2, regions={"proposer": "none"}, teacher={"backend": "none"},
-                       filters={"backend": "none"}, **overrides)
+    return demo_config(
+        out,
+        limit=4,
+        shard_size=2,
+        regions={"proposer": "none"},
+        teacher={"backend": "none"},
+        filters={"backend": "none"},
+        **overrides,
+    )
 
 
 # ---------------------------------------------------------------------------------- integrity
@@ -68,7 +98,9 @@ def test_a_record_without_checksums_still_loads_and_verifies(tmp_path):
     ds = Dataset(tmp_path)
     ds.init()
     m = _commit(ds, 0, "fp", "a")
-    old = m.model_copy(update={"files": [ShardFile(table=f.table, path=f.path, rows=f.rows) for f in m.files]})
+    old = m.model_copy(
+        update={"files": [ShardFile(table=f.table, path=f.path, rows=f.rows) for f in m.files]}
+    )
     ds._append_record("seeds", 0, "r", old)
     assert ds.is_committed("seeds", 0, "fp")
     report = verify_dataset(ds)
@@ -83,6 +115,7 @@ def test_verify_reports_missing_files(tmp_path):
     os.remove(tmp_path / gone.path)
     problems = verify_dataset(ds).problems
     assert problems == [f"seeds shard 00000: {gone.path}: missing"]
+
 
 def test_a_build_redoes_a_truncated_or_deleted_shard_and_says_so(tmp_path, caplog):
     cfg = _seeds_only(tmp_path / "root")
@@ -103,7 +136,10 @@ def test_a_build_redoes_a_truncated_or_deleted_shard_and_says_so(tmp_path, caplo
         f"shard 00000: {regions_0.path} is missing",
         f"shard 00001: {images_1.path} has 100 bytes, its commit recorded {images_1.bytes}",
     ]
-    assert f"seeds shard 00001: redoing it, its committed files changed: {images_1.path} has 100 bytes" in caplog.text
+    assert (
+        f"seeds shard 00001: redoing it, its committed files changed: {images_1.path} has 100 bytes"
+        in caplog.text
+    )
     assert dataset_rows(cfg.out) == before
     assert verify_dataset(ds).ok
     rerun = run_build(cfg)
@@ -132,7 +168,11 @@ def test_the_next_build_removes_stale_temporaries_and_marks_killed_runs_interrup
     assert not [rel for rel in stale if (root / rel).exists()]
     assert (root / "notes.tmp").exists()
     status = {r.run_id: r.status for r in Dataset(cfg.out).runs()}
-    assert status == {"20200101T000000Z-killed": "interrupted", first.run_id: "completed", second.run_id: "completed"}
+    assert status == {
+        "20200101T000000Z-killed": "interrupted",
+        first.run_id: "completed",
+        second.run_id: "completed",
+    }
 
 
 # ---------------------------------------------------------------------------------- fencing
@@ -159,13 +199,17 @@ def test_a_worker_of_a_killed_build_cannot_commit(tmp_path):
     ds = Dataset(tmp_path)
     ds.init()
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import time
             from synthvg.storage import Dataset, build_lock
             with build_lock(Dataset({str(tmp_path)!r}), "run-killed") as fence:
                 print(fence, flush=True)
                 time.sleep(60)
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -178,7 +222,10 @@ def test_a_worker_of_a_killed_build_cannot_commit(tmp_path):
     before = _files(tmp_path)
     with pytest.raises(LockLost, match=r"\(pid \d+\) has ended; nothing was written"):
         _commit(ds, 1, "fp", "b", fence=fence)
-    with build_lock(ds, "run-next"), pytest.raises(LockLost, match="now held by build run run-next"):
+    with (
+        build_lock(ds, "run-next"),
+        pytest.raises(LockLost, match="now held by build run run-next"),
+    ):
         _commit(ds, 1, "fp", "b", fence=fence)
     assert _files(tmp_path) == before
 
@@ -197,7 +244,11 @@ def test_a_remote_root_fences_by_its_lease(tmp_path):
 def test_every_shard_commit_of_a_build_carries_its_lock_token(tmp_path, monkeypatch):
     checked: list[tuple[str, str]] = []
     real = lock_module.check_fence
-    monkeypatch.setattr(lock_module, "check_fence", lambda ds, token, what: (checked.append((token, what)), real(ds, token, what)))
+    monkeypatch.setattr(
+        lock_module,
+        "check_fence",
+        lambda ds, token, what: (checked.append((token, what)), real(ds, token, what)),
+    )
     cfg = _seeds_only(tmp_path / "root")
     run_build(cfg)
     tokens = {t for t, _ in checked}
@@ -240,7 +291,10 @@ def test_a_storage_fault_stops_the_build_and_the_rerun_completes(tmp_path, monke
     with pytest.raises(StorageRefused) as info:
         run_build(cfg)
     message = str(info.value)
-    assert message.startswith(f"cannot write {cfg.out}/") and f"[Errno {code}] {os.strerror(code)}" in message
+    assert (
+        message.startswith(f"cannot write {cfg.out}/")
+        and f"[Errno {code}] {os.strerror(code)}" in message
+    )
     assert "\n" not in message and ".tmp" not in message
     assert not list(Path(cfg.out).rglob("*.tmp"))  # the partial copy is not left behind
     monkeypatch.undo()
@@ -256,7 +310,10 @@ def test_a_flaky_write_fails_only_its_shard(tmp_path, monkeypatch):
     run = run_build(cfg)
     seeds = next(s for s in run.stages if s.stage == "seeds")
     assert (run.status, seeds.shards_written, seeds.shards_failed) == ("failed", 1, 1)
-    assert f"StorageWriteError: cannot write {cfg.out}/tables/" in seeds.reason and "[Errno 5] Input/output error" in seeds.reason
+    assert (
+        f"StorageWriteError: cannot write {cfg.out}/tables/" in seeds.reason
+        and "[Errno 5] Input/output error" in seeds.reason
+    )
     monkeypatch.undo()
     assert run_build(cfg).status == "completed"
 
@@ -266,7 +323,10 @@ def test_storage_write_errors_survive_pickling():
     import pickle
 
     e = pickle.loads(pickle.dumps(StorageRefused(errno.ENOSPC, os.strerror(errno.ENOSPC), "/x/y")))
-    assert isinstance(e, StorageRefused) and str(e) == "cannot write /x/y: [Errno 28] No space left on device"
+    assert (
+        isinstance(e, StorageRefused)
+        and str(e) == "cannot write /x/y: [Errno 28] No space left on device"
+    )
 
 
 def _without_write_permission() -> list[str]:
@@ -281,7 +341,11 @@ def _without_write_permission() -> list[str]:
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     return subprocess.run(
-        [*_without_write_permission(), sys.executable, "-m", "synthvg.cli", *args], capture_output=True, text=True, env=env, timeout=120
+        [*_without_write_permission(), sys.executable, "-m", "synthvg.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -289,10 +353,15 @@ def test_build_into_a_read_only_folder_is_one_line(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
-    result = _cli("build", "--config", str(REPO / "configs" / "demo.yaml"), "--out", str(folder / "demo"))
+    result = _cli(
+        "build", "--config", str(REPO / "configs" / "demo.yaml"), "--out", str(folder / "demo")
+    )
     folder.chmod(0o755)
     assert result.returncode == 1, result.stderr
-    assert f"cannot write {folder / 'demo'}: [Errno 13] Permission denied" in result.stderr.splitlines()
+    assert (
+        f"cannot write {folder / 'demo'}: [Errno 13] Permission denied"
+        in result.stderr.splitlines()
+    )
     assert f"nothing is committed in {folder / 'demo'}" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -305,10 +374,16 @@ def test_a_read_only_dataset_can_be_verified_and_queried(tmp_path):
     for p in [root, *root.rglob("*")]:
         p.chmod(0o555 if p.is_dir() else 0o444)
     try:
-        touch = subprocess.run([*_without_write_permission(), "touch", str(root / "x")], capture_output=True)
+        touch = subprocess.run(
+            [*_without_write_permission(), "touch", str(root / "x")], capture_output=True
+        )
         assert touch.returncode != 0  # the commands below really run without write access
         outputs = {}
-        for args in (["verify"], ["sql", "SELECT count(*) AS n FROM images", "--format", "csv"], ["stats"]):
+        for args in (
+            ["verify"],
+            ["sql", "SELECT count(*) AS n FROM images", "--format", "csv"],
+            ["stats"],
+        ):
             result = _cli(*args, "--root", cfg.out)
             assert result.returncode == 0, (args, result.stderr)
             outputs[args[0]] = result.stdout
@@ -326,7 +401,9 @@ def test_a_full_disk_mid_build_is_one_line_and_the_summary(prefect_server, tmp_p
     cfg = _seeds_only(tmp_path / "root", executor={"workers": 1, "retries": 2})
     config_path = tmp_path / "build.yaml"
     config_path.write_text(json.dumps(cfg.model_dump(mode="json")))
-    disk = _FailingDisk(8, errno.ENOSPC, "fsync")  # marker, plan, plan.json, run; shard 0: 3 tables, manifest
+    disk = _FailingDisk(
+        8, errno.ENOSPC, "fsync"
+    )  # marker, plan, plan.json, run; shard 0: 3 tables, manifest
     monkeypatch.setattr(dataset_module, "os", disk)
     result = runner.invoke(app, ["build", "--config", str(config_path)])
     assert result.exit_code == 1, result.output

@@ -32,7 +32,9 @@ def _cli(config_path, env):
 def test_sigkill_then_resume_gives_the_uninterrupted_rows(prefect_server, tmp_path):
     killed_root = tmp_path / "killed"
     config = yaml.safe_load(DEMO_CONFIG.read_text())
-    config.update(out=str(killed_root), limit=8, shard_size=2, executor={"workers": 1, "retries": 0})
+    config.update(
+        out=str(killed_root), limit=8, shard_size=2, executor={"workers": 1, "retries": 0}
+    )
     for src in config["seeds"]["sources"]:
         for key in ("annotations", "images"):
             src[key] = str((DEMO_CONFIG.parent / src[key]).resolve())
@@ -41,9 +43,14 @@ def test_sigkill_then_resume_gives_the_uninterrupted_rows(prefect_server, tmp_pa
     env = {**os.environ, "PREFECT_API_URL": prefect_server}
 
     proc = _cli(config_path, env)
+
     # Kill once the regions stage has committed some but not all of its 4 shards.
     def regions_committed() -> int:
-        return len(list(Dataset(str(killed_root)).manifests("regions"))) if (killed_root / "completions").exists() else 0
+        return (
+            len(list(Dataset(str(killed_root)).manifests("regions")))
+            if (killed_root / "completions").exists()
+            else 0
+        )
 
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:

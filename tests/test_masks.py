@@ -12,7 +12,9 @@ from synthvg.schemas import Box
 
 
 @settings(max_examples=60, deadline=None)
-@given(arrays(np.int32, st.tuples(st.integers(1, 23), st.integers(1, 19)), elements=st.integers(0, 6)))
+@given(
+    arrays(np.int32, st.tuples(st.integers(1, 23), st.integers(1, 19)), elements=st.integers(0, 6))
+)
 def test_label_map_encoding_matches_per_label_encoding(labels):
     rles = masks.label_map_to_rles(labels)
     assert sorted(rles) == sorted(np.unique(labels).tolist())

@@ -20,26 +20,55 @@ def test_rerun_writes_nothing(tmp_path):
     assert _written(first) == {"seeds": 2, "regions": 2, "teacher": 2, "filters": 2}
     second = run_build(cfg)
     assert up_to_date(second)
-    assert {s.stage: s.shards_up_to_date for s in second.stages if s.status != "skipped"} == {"seeds": 2, "regions": 2, "teacher": 2, "filters": 2}
+    assert {s.stage: s.shards_up_to_date for s in second.stages if s.status != "skipped"} == {
+        "seeds": 2,
+        "regions": 2,
+        "teacher": 2,
+        "filters": 2,
+    }
 
 
 def test_changing_a_stage_redoes_it_and_later_stages_only(tmp_path):
     cfg = demo_config(tmp_path / "root", limit=4, shard_size=2)
     run_build(cfg)
     before = connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall()[0][0]
-    teacher_changed = demo_config(tmp_path / "root", limit=4, shard_size=2, teacher={"max_subjects": 2, "min_subjects": 2, "objects_per_subject": 1})
-    assert _written(run_build(teacher_changed)) == {"seeds": 0, "regions": 0, "teacher": 2, "filters": 2}
+    teacher_changed = demo_config(
+        tmp_path / "root",
+        limit=4,
+        shard_size=2,
+        teacher={"max_subjects": 2, "min_subjects": 2, "objects_per_subject": 1},
+    )
+    assert _written(run_build(teacher_changed)) == {
+        "seeds": 0,
+        "regions": 0,
+        "teacher": 2,
+        "filters": 2,
+    }
     after = connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall()[0][0]
     assert 0 < after < before
-    regions_changed = demo_config(tmp_path / "root", limit=4, shard_size=2, regions={"iou_threshold": 0.3}, teacher=teacher_changed.teacher.model_dump())
-    assert _written(run_build(regions_changed)) == {"seeds": 0, "regions": 2, "teacher": 2, "filters": 2}
+    regions_changed = demo_config(
+        tmp_path / "root",
+        limit=4,
+        shard_size=2,
+        regions={"iou_threshold": 0.3},
+        teacher=teacher_changed.teacher.model_dump(),
+    )
+    assert _written(run_build(regions_changed)) == {
+        "seeds": 0,
+        "regions": 2,
+        "teacher": 2,
+        "filters": 2,
+    }
 
 
 def test_fingerprints_follow_what_each_stage_reads(tmp_path):
     shard = ShardSpec(index=0, image_ids=["coco:1", "coco:2"])
     a = fingerprints(demo_config(tmp_path), shard)
     b = fingerprints(demo_config(tmp_path, teacher={"max_subjects": 3}), shard)
-    assert [s for s in a if a[s] != b[s]] == ["teacher", "filters"]  # robin and edit are skipped and read no teacher
+    assert [s for s in a if a[s] != b[s]] == [
+        "teacher",
+        "filters",
+    ]  # robin and edit are skipped and read no teacher
     c = fingerprints(demo_config(tmp_path), ShardSpec(index=0, image_ids=["coco:1", "coco:3"]))
     assert all(a[s] != c[s] for s in a)
 
@@ -53,7 +82,10 @@ def test_shrinking_the_plan_is_refused_unless_replace_is_given(tmp_path):
         run_build(smaller)
     message = str(refused.value)
     assert "nothing was written" in message and "--limit 3" in message and "--replace" in message
-    assert "seeds: 2 shard(s) (1: the new plan puts other images in them; 2: not in the new plan) holding 4 images" in message
+    assert (
+        "seeds: 2 shard(s) (1: the new plan puts other images in them; 2: not in the new plan) holding 4 images"
+        in message
+    )
     assert {w.stage for w in refused.value.withdrawn} == {"seeds", "regions", "teacher", "filters"}
     assert dataset_rows(cfg.out) == before  # nothing was written, nothing withdrawn
     run_build(smaller, replace=True)
@@ -74,7 +106,9 @@ def test_skipping_a_stage_is_refused_unless_replace_is_given(tmp_path):
     run_build(cfg)
     assert connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall()[0][0] > 0
     skipping = demo_config(tmp_path / "root", limit=2, shard_size=2, teacher={"backend": "none"})
-    with pytest.raises(WithdrawalRefused, match=r"teacher: 1 shard\(s\) \(0: the stage no longer runs"):
+    with pytest.raises(
+        WithdrawalRefused, match=r"teacher: 1 shard\(s\) \(0: the stage no longer runs"
+    ):
         run_build(skipping)
     assert connect(cfg.out).sql("SELECT count(*) FROM relations").fetchall()[0][0] > 0
     run_build(skipping, replace=True)
@@ -91,7 +125,20 @@ def test_the_refusal_names_what_the_rows_cost(tmp_path):
     run_build(cfg)
     ds = Dataset(cfg.out)
     # a paid teacher shard records what it spent in its commit record
-    ds.commit_shard("teacher", 0, "fp", {}, run_id="r", image_count=2, started_at=utcnow(), metrics={"cost_usd": 0.25})
+    ds.commit_shard(
+        "teacher",
+        0,
+        "fp",
+        {},
+        run_id="r",
+        image_count=2,
+        started_at=utcnow(),
+        metrics={"cost_usd": 0.25},
+    )
     skipping = demo_config(tmp_path / "root", limit=2, shard_size=2, teacher={"backend": "none"})
-    (teacher,) = [w for w in planned_withdrawal(ds, skipping, plan_build(skipping, "r")) if w.stage == "teacher"]
+    (teacher,) = [
+        w
+        for w in planned_withdrawal(ds, skipping, plan_build(skipping, "r"))
+        if w.stage == "teacher"
+    ]
     assert teacher.cost_usd == 0.25 and "$0.2500 was spent on them" in teacher.describe()

@@ -29,12 +29,20 @@ with flow_api() as url:
 
 def _env(tmp_path: Path, local_url: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
-    return {**env, "PYTHONPATH": SRC, "PREFECT_HOME": str(tmp_path / "home"), LOCAL_URL_ENV: local_url}
+    return {
+        **env,
+        "PYTHONPATH": SRC,
+        "PREFECT_HOME": str(tmp_path / "home"),
+        LOCAL_URL_ENV: local_url,
+    }
 
 
 def _hold(tmp_path: Path, local_url: str, seconds: float) -> tuple[subprocess.Popen, str, float]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(seconds)], env=_env(tmp_path, local_url), stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD, str(seconds)],
+        env=_env(tmp_path, local_url),
+        stdout=subprocess.PIPE,
+        text=True,
     )
     url, took = proc.stdout.readline().split()
     return proc, url, float(took)

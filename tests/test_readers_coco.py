@@ -25,16 +25,30 @@ def test_coco_2017_polygons_and_crowd_rle_match_the_file():
     crowd = next(a for a in raw["annotations"] if a["iscrowd"])
     seeds = reader.read(crowd["image_id"])
     image = seeds.image
-    assert (image.width, image.height, image.coco_id) == (next((i["width"], i["height"], i["id"]) for i in raw["images"] if i["id"] == crowd["image_id"]))
-    anns = sorted((a for a in raw["annotations"] if a["image_id"] == crowd["image_id"]), key=lambda a: a["id"])
+    assert (image.width, image.height, image.coco_id) == (
+        next(
+            (i["width"], i["height"], i["id"])
+            for i in raw["images"]
+            if i["id"] == crowd["image_id"]
+        )
+    )
+    anns = sorted(
+        (a for a in raw["annotations"] if a["image_id"] == crowd["image_id"]), key=lambda a: a["id"]
+    )
     assert [r.source.annotation_id for r in seeds.regions] == [str(a["id"]) for a in anns]
     for region, ann in zip(seeds.regions, anns, strict=True):
         x, y, w, h = ann["bbox"]
         assert region.box == (x, y, x + w, y + h)
         assert region.is_crowd == bool(ann["iscrowd"]) and region.link == f"coco-ann:{ann['id']}"
-        rle = frame_mask(region.segmentation, (image.height, image.width), (1.0, 1.0), image.height, image.width)
+        rle = frame_mask(
+            region.segmentation, (image.height, image.width), (1.0, 1.0), image.height, image.width
+        )
         seg = ann["segmentation"]
-        expected = mask_utils.merge(mask_utils.frPyObjects(seg, image.height, image.width)) if isinstance(seg, list) else mask_utils.frPyObjects(seg, image.height, image.width)
+        expected = (
+            mask_utils.merge(mask_utils.frPyObjects(seg, image.height, image.width))
+            if isinstance(seg, list)
+            else mask_utils.frPyObjects(seg, image.height, image.width)
+        )
         assert rle.counts.encode() == expected["counts"]
 
 
@@ -46,7 +60,9 @@ def test_coco_2014_names_give_the_split(tmp_path):
     path = tmp_path / "instances_val2014.json"
     path.write_text(json.dumps(raw))
     seeds = CocoReader(str(path)).read(397133)
-    assert seeds.image.split == "val2014" and seeds.image.file_name == "COCO_val2014_000000397133.jpg"
+    assert (
+        seeds.image.split == "val2014" and seeds.image.file_name == "COCO_val2014_000000397133.jpg"
+    )
     assert len(seeds.regions) == 19
 
 
@@ -54,7 +70,10 @@ def test_lvis_v05_real_sample():
     path = SEEDS / "lvis_v0.5" / "lvis_val_6.json"
     raw = json.loads(path.read_text())
     reader = LvisReader(str(path))
-    assert sorted(reader.native_ids()) == sorted(i["id"] for i in raw["images"]) and not reader.problems
+    assert (
+        sorted(reader.native_ids()) == sorted(i["id"] for i in raw["images"])
+        and not reader.problems
+    )
     total = 0
     cats = {c["id"]: c for c in raw["categories"]}
     for img in raw["images"]:
@@ -86,7 +105,11 @@ def test_refcoco_refs_join_instances_by_ann_id():
     seeds = reader.read(397133)
     man, table = seeds.regions
     assert man.descriptions == ["Man in white on the right.", "the chef"]
-    assert man.source.split == "testA" and man.source.annotation_id == "0" and man.link == "coco-ann:200887"
+    assert (
+        man.source.split == "testA"
+        and man.source.annotation_id == "0"
+        and man.link == "coco-ann:200887"
+    )
     assert man.label == "person" and man.box[0] == 388.66  # the box comes from instances.json
     assert table.source.split == "train" and table.descriptions == ["table on the left"]
     assert seeds.image.split == "train2014" and seeds.image.file_name.startswith("COCO_train2014_")

@@ -22,7 +22,13 @@ def test_psg_masks_from_rgb2id_boxes_xyxy_and_zero_based_indices():
     assert sorted(reader.native_ids()) == [142238, 439180] and not reader.problems
     seeds = reader.read(142238)
     image = seeds.image
-    assert (image.width, image.height, image.coco_id, image.psg_id, image.split) == (640, 427, 142238, 142238, "val2017")
+    assert (image.width, image.height, image.coco_id, image.psg_id, image.split) == (
+        640,
+        427,
+        142238,
+        142238,
+        "val2017",
+    )
     segments = next(a for a in pan["annotations"] if a["image_id"] == 142238)["segments_info"]
     assert len(seeds.regions) == len(segments) and seeds.problems == []
     classes = raw["thing_classes"] + raw["stuff_classes"]
@@ -32,8 +38,15 @@ def test_psg_masks_from_rgb2id_boxes_xyxy_and_zero_based_indices():
         x, y, w, h = seg["bbox"]
         assert region.box == (x, y, x + w, y + h)
         assert region.source.annotation_id == str(seg["id"]) and region.source.split == "train"
-    assert seeds.regions[14].label == "sports ball" == classes[raw["data"][0]["segments_info"][14]["category_id"]]
-    assert {(r.subject, r.predicate, r.object) for r in seeds.relations} == {("0", "looking at", "14"), ("1", "standing on", "17")}
+    assert (
+        seeds.regions[14].label
+        == "sports ball"
+        == classes[raw["data"][0]["segments_info"][14]["category_id"]]
+    )
+    assert {(r.subject, r.predicate, r.object) for r in seeds.relations} == {
+        ("0", "looking at", "14"),
+        ("1", "standing on", "17"),
+    }
     assert reader.read(439180).regions[0].source.split == "test"  # its PSG id is in test_image_ids
 
 
@@ -48,5 +61,9 @@ def test_ade20k_instances_from_the_seg_png_named_by_the_json():
     assert (sky.label, car.label, car2.label) == ("sky", "car", "car")
     assert [masks.area(r.segmentation) for r in seeds.regions] == [400, 140, 160]
     assert car.box == (2, 15, 16, 25)
-    assert car.source.annotation_id == "2" and car.attributes == ["parked"] and "automobile" in car.names
+    assert (
+        car.source.annotation_id == "2"
+        and car.attributes == ["parked"]
+        and "automobile" in car.names
+    )
     assert car2.source.annotation_id == "3"  # the second car is told apart by its polygon

@@ -10,12 +10,26 @@ from hypothesis import strategies as st
 
 from synthvg.readers.jsonscan import JsonFault, SpanFile, scan
 
-_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=12))
-_json = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+)
+_json = st.recursive(
+    _leaf,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(records=st.lists(_json, max_size=8), chunk=st.integers(1, 64), indent=st.sampled_from([None, 1]))
+@given(
+    records=st.lists(_json, max_size=8), chunk=st.integers(1, 64), indent=st.sampled_from([None, 1])
+)
 def test_top_level_list_round_trips_in_any_chunking(tmp_path_factory, records, chunk, indent):
     path = tmp_path_factory.mktemp("scan") / "x.json"
     path.write_text(json.dumps(records, indent=indent, ensure_ascii=False), encoding="utf-8")
@@ -26,13 +40,25 @@ def test_top_level_list_round_trips_in_any_chunking(tmp_path_factory, records, c
 
 
 def test_object_members_and_descended_lists(tmp_path):
-    data = {"info": {"name": "é"}, "images": [{"id": 1}, {"id": 2}], "annotations": [], "categories": [{"id": 1, "name": "ñandú"}]}
+    data = {
+        "info": {"name": "é"},
+        "images": [{"id": 1}, {"id": 2}],
+        "annotations": [],
+        "categories": [{"id": 1, "name": "ñandú"}],
+    }
     path = tmp_path / "c.json"
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     items = list(scan(path, descend={"images", "annotations"}, chunk=3))
-    assert [(i.key, i.index) for i in items] == [("info", -1), ("images", 0), ("images", 1), ("categories", -1)]
+    assert [(i.key, i.index) for i in items] == [
+        ("info", -1),
+        ("images", 0),
+        ("images", 1),
+        ("categories", -1),
+    ]
     cats = next(i for i in items if i.key == "categories")
-    assert SpanFile(str(path)).load(cats.start, cats.end) == data["categories"]  # UTF-8 text comes back exact
+    assert (
+        SpanFile(str(path)).load(cats.start, cats.end) == data["categories"]
+    )  # UTF-8 text comes back exact
 
 
 @pytest.mark.parametrize(
@@ -42,7 +68,7 @@ def test_object_members_and_descended_lists(tmp_path):
         ('[{"a": 1}, {"a": "unterminated', [{"a": 1}], "truncated"),
         ('[{"a": 1}, junk, {"a": 3}]', [{"a": 1}], "Expecting value"),
         ('[{"a": 1} {"a": 2}]', [{"a": 1}], "expected ',' or ']'"),
-        ('[1, 2] 3', [1, 2], "extra data"),
+        ("[1, 2] 3", [1, 2], "extra data"),
     ],
 )
 def test_faults_keep_the_records_before_them(tmp_path, text, kept, message):
@@ -63,7 +89,9 @@ def test_numbers_split_across_blocks_and_big_records(tmp_path):
     assert [i.value for i in scan(path, chunk=2)] == [123456.789e3, -0.5, big, 7]
 
 
-@pytest.mark.parametrize(("text", "message"), [("", "empty"), ('"a string"', "list or object"), ("42", "list or object")])
+@pytest.mark.parametrize(
+    ("text", "message"), [("", "empty"), ('"a string"', "list or object"), ("42", "list or object")]
+)
 def test_top_level_must_be_a_container(tmp_path, text, message):
     path = tmp_path / "t.json"
     path.write_text(text)

@@ -34,10 +34,19 @@ region1: region2 sitting on, region5 in front of
 region3: region1 next to
 region2: region4 on
 """
-RELEASE_OBJECTS = {1: "a man in a blue jacket", 2: "a wooden bench", 3: "a brown dog",
-                   4: "green grass", 5: "a tree"}
-RELEASE_RELATIONS = [R(1, 2, "sitting on"), R(1, 5, "in front of"), R(3, 1, "next to"),
-                     R(2, 4, "on")]
+RELEASE_OBJECTS = {
+    1: "a man in a blue jacket",
+    2: "a wooden bench",
+    3: "a brown dog",
+    4: "green grass",
+    5: "a tree",
+}
+RELEASE_RELATIONS = [
+    R(1, 2, "sitting on"),
+    R(1, 5, "in front of"),
+    R(3, 1, "next to"),
+    R(2, 4, "on"),
+]
 
 
 def _has(problems: list[str], *words: str) -> bool:
@@ -81,27 +90,42 @@ def test_render_orders_objects_by_key_groups_relations_and_collapses_whitespace(
 
 
 def test_commas_inside_predicates_survive():
-    text = ("Relations:\n"
-            "region1: region2 sitting on, and leaning against, region4 next to, region3 near\n"
-            "region2: region1 under, partly, region3 left of;region4 behind")
+    text = (
+        "Relations:\n"
+        "region1: region2 sitting on, and leaning against, region4 next to, region3 near\n"
+        "region2: region1 under, partly, region3 left of;region4 behind"
+    )
     g = parse_scene_graph(text, 4)
-    assert g.relations == [R(1, 2, "sitting on, and leaning against"), R(1, 4, "next to"),
-                           R(1, 3, "near"), R(2, 1, "under, partly"), R(2, 3, "left of"),
-                           R(2, 4, "behind")]
+    assert g.relations == [
+        R(1, 2, "sitting on, and leaning against"),
+        R(1, 4, "next to"),
+        R(1, 3, "near"),
+        R(2, 1, "under, partly"),
+        R(2, 3, "left of"),
+        R(2, 4, "behind"),
+    ]
     assert g.problems == []
 
 
 def test_duplicates_keep_first_case_and_whitespace_insensitive():
-    text = ("Relations:\n"
-            "region1: region2 on top of, region2 ON  top of., region3 near\n"
-            "region1: region2 On top of, region2 beside\n"
-            "region2: region1 on top of")
+    text = (
+        "Relations:\n"
+        "region1: region2 on top of, region2 ON  top of., region3 near\n"
+        "region1: region2 On top of, region2 beside\n"
+        "region2: region1 on top of"
+    )
     g = parse_scene_graph(text, 3)
-    assert g.relations == [R(1, 2, "on top of"), R(1, 3, "near"), R(1, 2, "beside"),
-                           R(2, 1, "on top of")]
+    assert g.relations == [
+        R(1, 2, "on top of"),
+        R(1, 3, "near"),
+        R(1, 2, "beside"),
+        R(2, 1, "on top of"),
+    ]
     dups = [p for p in g.problems if "duplicate" in p]
     assert len(dups) == 2 and len(g.problems) == 2
-    assert _has(g.problems, "relation line 2", "duplicate relation region1 -> region2", "'ON top of'")
+    assert _has(
+        g.problems, "relation line 2", "duplicate relation region1 -> region2", "'ON top of'"
+    )
     assert _has(g.problems, "relation line 3", "'On top of'")
 
 
@@ -114,14 +138,16 @@ def test_self_loops_dropped():
 
 
 def test_invalid_ids_dropped():
-    text = ("Objects:\n"
-            "region1: a cup\n"
-            "region0: nothing\n"
-            "region7: too far\n"
-            "Relations:\n"
-            "region1: region2 on, region0 under, region6 near, region9999999999999999999999999 by\n"
-            "region9: region1 on\n"
-            "region2: region1 under")
+    text = (
+        "Objects:\n"
+        "region1: a cup\n"
+        "region0: nothing\n"
+        "region7: too far\n"
+        "Relations:\n"
+        "region1: region2 on, region0 under, region6 near, region9999999999999999999999999 by\n"
+        "region9: region1 on\n"
+        "region2: region1 under"
+    )
     g = parse_scene_graph(text, 5)
     assert g.objects == {1: "a cup"}
     assert g.relations == [R(1, 2, "on"), R(2, 1, "under")]
@@ -135,8 +161,10 @@ def test_invalid_ids_dropped():
 
 
 def test_out_of_order_ids():
-    text = ("Objects:\nregion3: a dog\nregion1: a man\nregion2: a ball\n\n"
-            "Relations:\nregion3: region2 chasing\nregion1: region3 walking\nregion3: region1 near")
+    text = (
+        "Objects:\nregion3: a dog\nregion1: a man\nregion2: a ball\n\n"
+        "Relations:\nregion3: region2 chasing\nregion1: region3 walking\nregion3: region1 near"
+    )
     g = parse_scene_graph(text, 3)
     assert list(g.objects) == [3, 1, 2]
     assert g.objects == {1: "a man", 2: "a ball", 3: "a dog"}
@@ -159,16 +187,18 @@ def test_no_regions_drops_everything(n):
 
 
 def test_markdown_bullets_spellings_crlf():
-    text = ("Sure! Here is the scene graph.\r\n"
-            "**Objects:**\r\n"
-            "- region1: a man\r\n"
-            "* Region 2: a dog\r\n"
-            "1. <region3>: \"a red ball\"\r\n"
-            "**region4:** a tree\r\n"
-            "\r\n"
-            "### Relations\r\n"
-            "- REGION1: region 2 walking, <region3> holding.\r\n"
-            "2) **region2**: < region1 > following\r")
+    text = (
+        "Sure! Here is the scene graph.\r\n"
+        "**Objects:**\r\n"
+        "- region1: a man\r\n"
+        "* Region 2: a dog\r\n"
+        '1. <region3>: "a red ball"\r\n'
+        "**region4:** a tree\r\n"
+        "\r\n"
+        "### Relations\r\n"
+        "- REGION1: region 2 walking, <region3> holding.\r\n"
+        "2) **region2**: < region1 > following\r"
+    )
     g = parse_scene_graph(text, 4)
     assert g.objects == {1: "a man", 2: "a dog", 3: "a red ball", 4: "a tree"}
     assert g.relations == [R(1, 2, "walking"), R(1, 3, "holding"), R(2, 1, "following")]
@@ -200,7 +230,7 @@ def test_before_relations_header_lines_are_objects():
 
 
 def test_object_problems_duplicate_and_empty():
-    g = parse_scene_graph("Objects:\nregion1: a cat\nregion1: a kitten\nregion2:\nregion2: \"\"", 2)
+    g = parse_scene_graph('Objects:\nregion1: a cat\nregion1: a kitten\nregion2:\nregion2: ""', 2)
     assert g.objects == {1: "a cat"}
     assert _has(g.problems, "object line 3", "region1 described again", "'a kitten'")
     assert _has(g.problems, "object line 4", "region2 has an empty description")
@@ -229,12 +259,21 @@ def test_quoted_fragments_are_clipped():
     assert all(70 <= p.count("x") <= 80 and "xxx...'" in p for p in g.problems)
 
 
-@pytest.mark.parametrize("text", [
-    "", "\n\n", "\x00\x01\xff\ufffe", "region", "region:", "Relations:", ":::,,,",
-    "region" + "9" * 5000 + ": x",  # int() refuses > 4300 digits: must not be reached
-    "Relations:\nregion1: region" + "9" * 5000 + " on",
-    "Objects:\nregion1: 漢字 🐕\u2028ok\nRelations:\nregion1: region2 上",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\n\n",
+        "\x00\x01\xff\ufffe",
+        "region",
+        "region:",
+        "Relations:",
+        ":::,,,",
+        "region" + "9" * 5000 + ": x",  # int() refuses > 4300 digits: must not be reached
+        "Relations:\nregion1: region" + "9" * 5000 + " on",
+        "Objects:\nregion1: 漢字 🐕\u2028ok\nRelations:\nregion1: region2 上",
+    ],
+)
 def test_odd_input_does_not_raise(text):
     for n in (0, 2):
         g = parse_scene_graph(text, n)
@@ -256,9 +295,13 @@ def test_parse_relationships_plain_and_prefixed():
     g = parse_relationships("region1 holding, region4 next to, and touching, region2 on.", 3, 5)
     assert g.relations == [R(3, 1, "holding"), R(3, 4, "next to, and touching"), R(3, 2, "on")]
     assert g.problems == [] and g.objects == {}
-    p = parse_relationships("region3: region1 holding, region4 next to, and touching, region2 on.", 3, 5)
+    p = parse_relationships(
+        "region3: region1 holding, region4 next to, and touching, region2 on.", 3, 5
+    )
     assert p.relations == g.relations and p.problems == []
-    assert parse_relationships("**Region 3:** region1 holding", 3, 5).relations == [R(3, 1, "holding")]
+    assert parse_relationships("**Region 3:** region1 holding", 3, 5).relations == [
+        R(3, 1, "holding")
+    ]
 
 
 def test_parse_relationships_problems():
@@ -266,7 +309,10 @@ def test_parse_relationships_problems():
         "region3: region3 is, region1 on, region1 ON, region8 near\n"
         "region2: region1 under\n"
         "- region2 beside\n"
-        "nothing else", 3, 5)
+        "nothing else",
+        3,
+        5,
+    )
     assert g.relations == [R(3, 1, "on"), R(3, 2, "beside")]
     assert _has(g.problems, "relation line 1", "self-loop region3 -> region3")
     assert _has(g.problems, "relation line 1", "duplicate relation region3 -> region1", "'ON'")
@@ -275,24 +321,28 @@ def test_parse_relationships_problems():
     assert _has(g.problems, "relation line 4", "'nothing else'")
     assert len(g.problems) == 5
     assert parse_relationships("region1 on", 6, 5).problems == [
-        "subject: region6 is not one of region1..region5, all relations dropped"]
+        "subject: region6 is not one of region1..region5, all relations dropped"
+    ]
 
 
-@pytest.mark.parametrize(("text", "region", "want"), [
-    ("  A man  in a\n blue jacket. ", None, "A man in a blue jacket."),
-    ("region3: a brown dog", 3, "a brown dog"),
-    ("Region 3 : a brown dog", 3, "a brown dog"),
-    ("**region3:** a brown dog", 3, "a brown dog"),
-    ("region3: a brown dog", None, "a brown dog"),
-    ("region4: a brown dog", 3, "region4: a brown dog"),  # names another region: kept
-    ('"a brown dog"', 3, "a brown dog"),
-    ("region3: ' “a brown dog” '", 3, "a brown dog"),
-    ('"a brown dog', 3, '"a brown dog'),  # unmatched quote kept
-    ("the region3: part", 3, "the region3: part"),  # not leading
-    ("region3:", 3, ""),
-    ('  ""  ', None, ""),
-    ("", None, ""),
-])
+@pytest.mark.parametrize(
+    ("text", "region", "want"),
+    [
+        ("  A man  in a\n blue jacket. ", None, "A man in a blue jacket."),
+        ("region3: a brown dog", 3, "a brown dog"),
+        ("Region 3 : a brown dog", 3, "a brown dog"),
+        ("**region3:** a brown dog", 3, "a brown dog"),
+        ("region3: a brown dog", None, "a brown dog"),
+        ("region4: a brown dog", 3, "region4: a brown dog"),  # names another region: kept
+        ('"a brown dog"', 3, "a brown dog"),
+        ("region3: ' “a brown dog” '", 3, "a brown dog"),
+        ('"a brown dog', 3, '"a brown dog'),  # unmatched quote kept
+        ("the region3: part", 3, "the region3: part"),  # not leading
+        ("region3:", 3, ""),
+        ('  ""  ', None, ""),
+        ("", None, ""),
+    ],
+)
 def test_parse_description(text, region, want):
     assert parse_description(text, region) == want
 
@@ -332,8 +382,9 @@ def test_adversarial_input_is_fast(name):
 # --- properties --------------------------------------------------------------------------------
 
 SAFE_WORD = st.text(alphabet=string.ascii_letters + "éüßÅ漢字", min_size=1, max_size=8)
-DESC_WORD = st.text(alphabet=string.ascii_letters + string.digits + "éü漢字🐕.-()!?/:;&", min_size=1,
-                    max_size=10)
+DESC_WORD = st.text(
+    alphabet=string.ascii_letters + string.digits + "éü漢字🐕.-()!?/:;&", min_size=1, max_size=10
+)
 DESCRIPTION = st.lists(DESC_WORD, min_size=1, max_size=6).map(" ".join)
 
 
@@ -366,11 +417,43 @@ def graphs(draw) -> tuple[int, dict[int, str], list[ParsedRelation]]:
     return n, objects, rels
 
 
-FRAGMENTS = ["region", "Region ", "<region", ">", "0", "1", "2", "3", "7", "12", "99999999999999",
-             ":", ",", ", ", ";", ".", " ", "\n", "\r\n", "\r", "Objects:", "Relations:", "**",
-             "### ", "- ", "1. ", "on", "next to", '"', "'", "漢", "\x00"]
-FRAGMENT_TEXT = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=3)),
-                         max_size=60).map("".join)
+FRAGMENTS = [
+    "region",
+    "Region ",
+    "<region",
+    ">",
+    "0",
+    "1",
+    "2",
+    "3",
+    "7",
+    "12",
+    "99999999999999",
+    ":",
+    ",",
+    ", ",
+    ";",
+    ".",
+    " ",
+    "\n",
+    "\r\n",
+    "\r",
+    "Objects:",
+    "Relations:",
+    "**",
+    "### ",
+    "- ",
+    "1. ",
+    "on",
+    "next to",
+    '"',
+    "'",
+    "漢",
+    "\x00",
+]
+FRAGMENT_TEXT = st.lists(
+    st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=3)), max_size=60
+).map("".join)
 
 
 def _check_graph(g: ParsedGraph, text: str, n: int) -> None:
@@ -404,7 +487,7 @@ def test_render_parse_round_trip(graph):
     assert g.problems == []
     # Each subject's line is also a valid per-region answer, with or without its prefix.
     lines = text.split("\n")
-    for line in lines[lines.index("Relations:") + 1:]:
+    for line in lines[lines.index("Relations:") + 1 :]:
         subject = int(line.split(":", 1)[0].removeprefix("region"))
         want = [r for r in rels if r.subject == subject]
         assert parse_relationships(line, subject, n).relations == want
@@ -428,8 +511,16 @@ def test_parse_never_raises_and_output_is_valid(text, n):
     assert d == " ".join(d.split()) and (d == "" or d in " ".join(text.split()))
 
 
-BAD_KINDS = ["duplicate_line", "duplicate_item", "self_loop_line", "self_loop_item",
-             "out_of_range_line", "out_of_range_item", "zero_item", "bad_subject"]
+BAD_KINDS = [
+    "duplicate_line",
+    "duplicate_item",
+    "self_loop_line",
+    "self_loop_item",
+    "out_of_range_line",
+    "out_of_range_item",
+    "zero_item",
+    "bad_subject",
+]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -450,7 +541,9 @@ def test_invalid_additions_only_add_problems(graph, kind, data):
         word = "duplicate"
     elif kind == "duplicate_item":
         r = data.draw(st.sampled_from(rels))
-        i = next(i for i in range(first_rel, len(lines)) if lines[i].startswith(f"region{r.subject}:"))
+        i = next(
+            i for i in range(first_rel, len(lines)) if lines[i].startswith(f"region{r.subject}:")
+        )
         lines[i] += f", region{r.object} {r.predicate.swapcase()}"
         word = "duplicate"
     elif kind == "self_loop_line":
@@ -466,10 +559,14 @@ def test_invalid_additions_only_add_problems(graph, kind, data):
         lines[i] = f"{head}: {item}, {body}" if pos == "start" else f"{head}: {body}, {item}"
         word = "self-loop" if kind == "self_loop_item" else "is not one of"
     elif kind == "bad_subject":
-        lines.insert(data.draw(st.integers(first_rel, len(lines))), f"region{big}: region{s} {pred}")
+        lines.insert(
+            data.draw(st.integers(first_rel, len(lines))), f"region{big}: region{s} {pred}"
+        )
         word = "line dropped"
     else:  # out-of-range line (also the item kinds when there is no relation line yet)
-        lines.insert(data.draw(st.integers(first_rel, len(lines))), f"region{s}: region{big} {pred}")
+        lines.insert(
+            data.draw(st.integers(first_rel, len(lines))), f"region{s}: region{big} {pred}"
+        )
         word = "is not one of"
     g = parse_scene_graph("\n".join(lines), n)
     assert g.objects == objects

@@ -29,7 +29,9 @@ def test_every_field_is_a_column(name):
 
 def test_nested_and_nullable_types():
     schema = schema_of(RegionRecord)
-    assert schema.field("bbox").type == pa.struct([pa.field(n, pa.float64(), nullable=False) for n in ("x1", "y1", "x2", "y2")])
+    assert schema.field("bbox").type == pa.struct(
+        [pa.field(n, pa.float64(), nullable=False) for n in ("x1", "y1", "x2", "y2")]
+    )
     assert schema.field("mask").nullable
     assert not schema.field("image_id").nullable
     assert schema.field("sources").type.value_type.get_field_index("dataset") == 0
@@ -62,8 +64,17 @@ def test_relation_ids_are_stable_and_distinct():
 def test_relation_rejects_unknown_category():
     with pytest.raises(ValueError):
         RelationRecord(
-            relation_id="x", image_id="i", subject_id=0, object_id=1, predicate="p", predicate_raw="p",
-            category="magic", stage="teacher", generator="rules", model="m", run_id="r",
+            relation_id="x",
+            image_id="i",
+            subject_id=0,
+            object_id=1,
+            predicate="p",
+            predicate_raw="p",
+            category="magic",
+            stage="teacher",
+            generator="rules",
+            model="m",
+            run_id="r",
         )
 
 
@@ -74,13 +85,19 @@ def _write(tmp_path, text):
 
 
 def test_config_unknown_key_is_named(tmp_path):
-    p = _write(tmp_path, "out: x\nseeds: {sources: [{annotations: a.json, images: i}]}\nregions: {iou_treshold: 0.5}\n")
+    p = _write(
+        tmp_path,
+        "out: x\nseeds: {sources: [{annotations: a.json, images: i}]}\nregions: {iou_treshold: 0.5}\n",
+    )
     with pytest.raises(ConfigError, match=r"regions\.iou_treshold: unknown key"):
         load_config(p)
 
 
 def test_config_bad_value_is_named(tmp_path):
-    p = _write(tmp_path, "out: x\nseeds: {sources: [{annotations: a.json, images: i}]}\nregions: {iou_threshold: 2}\n")
+    p = _write(
+        tmp_path,
+        "out: x\nseeds: {sources: [{annotations: a.json, images: i}]}\nregions: {iou_threshold: 2}\n",
+    )
     with pytest.raises(ConfigError, match=r"regions\.iou_threshold"):
         load_config(p)
 

@@ -22,8 +22,17 @@ from synthvg.storage.dataset import utcnow
 
 def _relation(i: int) -> RelationRecord:
     return RelationRecord(
-        relation_id=f"r{i}", image_id="coco:1", subject_id=1, object_id=2, predicate="on", predicate_raw="on",
-        category="spatial", stage="teacher", generator="rules", model="rules", run_id="run",
+        relation_id=f"r{i}",
+        image_id="coco:1",
+        subject_id=1,
+        object_id=2,
+        predicate="on",
+        predicate_raw="on",
+        category="spatial",
+        stage="teacher",
+        generator="rules",
+        model="rules",
+        run_id="run",
     )
 
 
@@ -31,17 +40,39 @@ def _relation(i: int) -> RelationRecord:
 def root(tmp_path) -> Path:
     ds = Dataset(tmp_path / "root")
     ds.init()
-    images = to_table(ImageRecord, [ImageRecord(image_id="coco:1", sources=["coco"], file_uri="/x/1.jpg", width=4, height=3, content_hash="h")])
-    ds.commit_shard("seeds", 0, "fp", {"images": images}, run_id="r", image_count=1, started_at=utcnow())
-    ds.commit_shard("teacher", 0, "fp", {"relations": to_table(RelationRecord, [_relation(i) for i in range(5)])},
-                    run_id="r", image_count=1, started_at=utcnow())
+    images = to_table(
+        ImageRecord,
+        [
+            ImageRecord(
+                image_id="coco:1",
+                sources=["coco"],
+                file_uri="/x/1.jpg",
+                width=4,
+                height=3,
+                content_hash="h",
+            )
+        ],
+    )
+    ds.commit_shard(
+        "seeds", 0, "fp", {"images": images}, run_id="r", image_count=1, started_at=utcnow()
+    )
+    ds.commit_shard(
+        "teacher",
+        0,
+        "fp",
+        {"relations": to_table(RelationRecord, [_relation(i) for i in range(5)])},
+        run_id="r",
+        image_count=1,
+        started_at=utcnow(),
+    )
     return tmp_path / "root"
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -170,9 +201,23 @@ def test_limits_apply_and_a_slow_query_is_cancelled(root):
 
 
 def test_the_cli_refuses_in_one_line(root):
-    cmd = [sys.executable, "-m", "synthvg.cli", "sql", "--root", str(root),
-           f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{root}/x.parquet'"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PREFECT_HOME": str(root.parent / "ph")})
+    cmd = [
+        sys.executable,
+        "-m",
+        "synthvg.cli",
+        "sql",
+        "--root",
+        str(root),
+        f"EXPLAIN ANALYZE COPY (SELECT 1) TO '{root}/x.parquet'",
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PREFECT_HOME": str(root.parent / "ph")},
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["refused: EXPLAIN of COPY statements are not allowed; the dataset is opened read-only"]
+    assert done.stderr.strip().splitlines() == [
+        "refused: EXPLAIN of COPY statements are not allowed; the dataset is opened read-only"
+    ]
     assert not (root / "x.parquet").exists()

@@ -54,7 +54,12 @@ def _config(tmp_path, sources, **extra) -> BuildConfig:
 def _ann(id_, image_id, bbox, seg=None):
     x, y, w, h = bbox
     return {
-        "id": id_, "image_id": image_id, "category_id": 1, "iscrowd": 0, "area": w * h, "bbox": bbox,
+        "id": id_,
+        "image_id": image_id,
+        "category_id": 1,
+        "iscrowd": 0,
+        "area": w * h,
+        "bbox": bbox,
         "segmentation": seg if seg is not None else [[x, y, x + w, y, x + w, y + h, x, y + h]],
     }
 
@@ -107,7 +112,9 @@ def test_seeds_read_the_demo_annotations_exactly(tmp_path):
     # the true split comes from coco_url, not from the folder the file sits in
     split = con.sql("SELECT split FROM images WHERE coco_id = 397133").fetchall()
     assert split == [("val2017",)]
-    row = con.sql("SELECT bbox, area, label FROM regions r JOIN images i USING (image_id) WHERE i.coco_id = 37777 ORDER BY region_id LIMIT 1").fetchall()[0]
+    row = con.sql(
+        "SELECT bbox, area, label FROM regions r JOIN images i USING (image_id) WHERE i.coco_id = 37777 ORDER BY region_id LIMIT 1"
+    ).fetchall()[0]
     raw = json.loads((TINYCOCO / "annotations" / "instances_train2017.json").read_text())
     ann = min((a for a in raw["annotations"] if a["image_id"] == 37777), key=lambda a: a["id"])
     x, y, w, h = ann["bbox"]
@@ -122,10 +129,22 @@ def test_bad_input_lands_in_errors_and_the_build_goes_on(tmp_path, messy_source)
     con = connect(cfg.out)
     kinds = {k for (k,) in con.sql("SELECT DISTINCT kind FROM errors").fetchall()}
     assert {
-        "bad_annotation_file", "bad_image_entry", "bad_annotation", "unknown_image", "bad_image",
-        "image_size_mismatch", "box_outside_image", "zero_area", "box_clipped", "bad_segmentation",
+        "bad_annotation_file",
+        "bad_image_entry",
+        "bad_annotation",
+        "unknown_image",
+        "bad_image",
+        "image_size_mismatch",
+        "box_outside_image",
+        "zero_area",
+        "box_clipped",
+        "bad_segmentation",
     } <= kinds
-    bad = dict(con.sql("SELECT source, reason FROM errors WHERE kind = 'bad_image' ORDER BY source").fetchall())
+    bad = dict(
+        con.sql(
+            "SELECT source, reason FROM errors WHERE kind = 'bad_image' ORDER BY source"
+        ).fetchall()
+    )
     assert any("missing.png" in s and "not found" in r for s, r in bad.items())
     assert any("corrupt.jpg" in s for s in bad)
     assert any("truncated.jpg" in s for s in bad)
@@ -133,7 +152,9 @@ def test_bad_input_lands_in_errors_and_the_build_goes_on(tmp_path, messy_source)
     # good square + clipped box + box-only region survive; outside / zero-area are gone
     assert con.sql("SELECT count(*) FROM regions").fetchall() == [(3,)]
     assert con.sql("SELECT count(*) FROM regions WHERE mask IS NULL").fetchall() == [(1,)]
-    truncated = con.sql("SELECT reason FROM errors WHERE kind = 'bad_annotation_file'").fetchall()[0][0]
+    truncated = con.sql("SELECT reason FROM errors WHERE kind = 'bad_annotation_file'").fetchall()[
+        0
+    ][0]
     assert "not valid JSON" in truncated
 
 
@@ -141,11 +162,18 @@ def test_regions_stage_keeps_a_region_a_proposal_confirms(tmp_path):
     imgs = tmp_path / "images"
     imgs.mkdir()
     _square_image(imgs / "sq.png")
-    src = _coco(tmp_path, [{"id": 1, "file_name": "sq.png", "width": 64, "height": 48}],
-                [_ann(1, 1, [16, 12, 24, 24]), _ann(2, 1, [0, 0, 64, 6])])
+    src = _coco(
+        tmp_path,
+        [{"id": 1, "file_name": "sq.png", "width": 64, "height": 48}],
+        [_ann(1, 1, [16, 12, 24, 24]), _ann(2, 1, [0, 0, 64, 6])],
+    )
     cfg = _config(tmp_path, [{"annotations": str(src), "images": str(imgs)}])
     run_build(cfg)
-    rows = connect(cfg.out).sql("SELECT region_id, best_iou, kept FROM regions ORDER BY region_id").fetchall()
+    rows = (
+        connect(cfg.out)
+        .sql("SELECT region_id, best_iou, kept FROM regions ORDER BY region_id")
+        .fetchall()
+    )
     assert rows[0][1] > 0.5 and rows[0][2] is True
     assert rows[1][1] < 0.5 and rows[1][2] is False
     (proposer,) = connect(cfg.out).sql("SELECT DISTINCT proposer FROM proposals").fetchall()[0]
@@ -157,7 +185,7 @@ def test_check_regions_threshold_is_strict():
     a[:, :5] = True
     b = np.zeros((10, 10), bool)
     b[:, :10] = True
-    (iou, pid, kept), = check_regions([masks.encode(a)], [masks.encode(b)], 0.5)
+    ((iou, pid, kept),) = check_regions([masks.encode(a)], [masks.encode(b)], 0.5)
     assert iou == 0.5 and pid == 0 and kept is False  # IoU must exceed the threshold
     assert check_regions([masks.encode(a)], [], 0.5) == [(None, None, False)]
 
@@ -190,7 +218,9 @@ def test_rule_teacher_predicates(s, o, expected):
 
 def test_rule_teacher_picks_subjects_and_never_self_relates():
     regions = [_geom(i, 10 * i, 10, 10 * i + 8, 20) for i in range(8)]
-    triples = RuleTeacher(RuleTeacherConfig(max_subjects=3, min_subjects=2, objects_per_subject=2)).relate(regions)
+    triples = RuleTeacher(
+        RuleTeacherConfig(max_subjects=3, min_subjects=2, objects_per_subject=2)
+    ).relate(regions)
     assert {t.subject_id for t in triples} <= {0, 1, 2, 3, 4, 5, 6, 7}
     assert len({t.subject_id for t in triples}) <= 3
     assert all(t.subject_id != t.object_id for t in triples)

@@ -26,12 +26,30 @@ from synthvg.storage.dataset import utcnow
 def _images(*ids: str):
     return to_table(
         ImageRecord,
-        [ImageRecord(image_id=i, sources=["coco"], file_uri=f"/x/{i}.jpg", width=4, height=3, content_hash="h") for i in ids],
+        [
+            ImageRecord(
+                image_id=i,
+                sources=["coco"],
+                file_uri=f"/x/{i}.jpg",
+                width=4,
+                height=3,
+                content_hash="h",
+            )
+            for i in ids
+        ],
     )
 
 
 def _commit(ds: Dataset, shard: int, fp: str, *ids: str, stage: str = "seeds"):
-    return ds.commit_shard(stage, shard, fp, {"images": _images(*ids)}, run_id="r", image_count=len(ids), started_at=utcnow())
+    return ds.commit_shard(
+        stage,
+        shard,
+        fp,
+        {"images": _images(*ids)},
+        run_id="r",
+        image_count=len(ids),
+        started_at=utcnow(),
+    )
 
 
 def _count(ds, table="images"):
@@ -61,13 +79,17 @@ def test_recommit_replaces_without_duplicates(tmp_path):
     assert DeltaTable(str(tmp_path / "tables" / "images")).to_pyarrow_table().num_rows == 3
 
 
-def test_a_shard_without_its_record_is_invisible_and_its_previous_state_stays(tmp_path, monkeypatch):
+def test_a_shard_without_its_record_is_invisible_and_its_previous_state_stays(
+    tmp_path, monkeypatch
+):
     """A kill after the data transactions but before the record: readers keep the old state."""
     ds = Dataset(tmp_path)
     ds.init()
     _commit(ds, 0, "fp-a", "a")
     _commit(ds, 1, "fp-b", "b")
-    monkeypatch.setattr(Dataset, "_append_record", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(
+        Dataset, "_append_record", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
+    )
     with pytest.raises(KeyboardInterrupt):
         _commit(ds, 1, "fp-c", "b", "c")  # killed just before its record
     with pytest.raises(KeyboardInterrupt):
@@ -91,7 +113,10 @@ def test_every_commit_is_a_version_and_old_versions_stay_readable(tmp_path):
     assert ds.version() == first + 2
     assert _count(Dataset(tmp_path, as_of=first)) == 2
     assert _count(ds) == 2
-    assert query(Dataset(tmp_path, as_of=first), "SELECT string_agg(image_id, ',' ORDER BY image_id) AS ids FROM images").to_pylist() == [{"ids": "a,b"}]
+    assert query(
+        Dataset(tmp_path, as_of=first),
+        "SELECT string_agg(image_id, ',' ORDER BY image_id) AS ids FROM images",
+    ).to_pylist() == [{"ids": "a,b"}]
     ds.drop_stage_shard("seeds", 1, "test")
     assert _count(ds) == 1 and _count(Dataset(tmp_path, as_of=first + 2)) == 2
 
@@ -117,8 +142,15 @@ def test_empty_dataset_views_have_full_schemas(tmp_path):
 
 @pytest.mark.parametrize(
     "sql",
-    ["DELETE FROM images", "CREATE TABLE t AS SELECT 1", "COPY images TO '/tmp/x.csv'", "ATTACH 'x.db'", "SET threads = 1",
-     "SELECT 1; DROP VIEW images", "INSERT INTO images SELECT * FROM images"],
+    [
+        "DELETE FROM images",
+        "CREATE TABLE t AS SELECT 1",
+        "COPY images TO '/tmp/x.csv'",
+        "ATTACH 'x.db'",
+        "SET threads = 1",
+        "SELECT 1; DROP VIEW images",
+        "INSERT INTO images SELECT * FROM images",
+    ],
 )
 def test_writes_are_refused(tmp_path, sql):
     ds = Dataset(tmp_path)
@@ -131,7 +163,12 @@ def test_reads_are_allowed(tmp_path):
     ds = Dataset(tmp_path)
     ds.init()
     con = connect(ds)
-    for sql in ("SELECT 1", "WITH a AS (SELECT 1) SELECT * FROM a", "DESCRIBE images", "EXPLAIN SELECT * FROM images"):
+    for sql in (
+        "SELECT 1",
+        "WITH a AS (SELECT 1) SELECT * FROM a",
+        "DESCRIBE images",
+        "EXPLAIN SELECT * FROM images",
+    ):
         check_read_only(con, sql)
 
 
@@ -155,13 +192,17 @@ def test_second_writer_is_refused_and_a_killed_holder_leaves_no_stale_lock(tmp_p
     ds = Dataset(tmp_path)
     ds.init()
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import time
             from synthvg.storage import Dataset, build_lock
             with build_lock(Dataset({str(tmp_path)!r}), "run-holder"):
                 print("locked", flush=True)
                 time.sleep(60)
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

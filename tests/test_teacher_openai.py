@@ -24,33 +24,47 @@ def scripted_teacher(request: dict) -> str:
     subjects = []
     for s in ids[:5]:
         o = ids[(ids.index(s) + 1) % len(ids)]
-        subjects.append({
-            "subject_id": s,
-            "description": f"region {s}, clearly visible",
-            "spatial": [{"object_id": o, "predicate": "To the LEFT of"}, {"object_id": 999, "predicate": "near"}],
-            "interactional": [{"object_id": o, "predicate": "looking at"}],
-            "functional": [{"object_id": s, "predicate": "supports"}],
-            "social": [],
-            "emotional": [{"object_id": o, "predicate": "  "}],
-            "possessive": [{"object_id": o, "predicate": "owns"}],
-        })
+        subjects.append(
+            {
+                "subject_id": s,
+                "description": f"region {s}, clearly visible",
+                "spatial": [
+                    {"object_id": o, "predicate": "To the LEFT of"},
+                    {"object_id": 999, "predicate": "near"},
+                ],
+                "interactional": [{"object_id": o, "predicate": "looking at"}],
+                "functional": [{"object_id": s, "predicate": "supports"}],
+                "social": [],
+                "emotional": [{"object_id": o, "predicate": "  "}],
+                "possessive": [{"object_id": o, "predicate": "owns"}],
+            }
+        )
     return json.dumps({"subjects": subjects})
 
 
 @pytest.fixture
 def key(monkeypatch):
-    value = "sk-test-" + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(40))
+    value = "sk-test-" + "".join(
+        secrets.choice(string.ascii_letters + string.digits) for _ in range(40)
+    )
     monkeypatch.setenv(KEY_ENV, value)
     return value
 
 
 def _config(tmp_path, server, **teacher):
     return demo_config(
-        tmp_path / "root", limit=4, shard_size=2,
+        tmp_path / "root",
+        limit=4,
+        shard_size=2,
         teacher={
-            "backend": "openai", "model": "gpt-4o-2024-08-06", "base_url": server.base_url,
-            "api_key_env": KEY_ENV, "timeout_seconds": 5, "backoff_base_seconds": 0.01,
-            "prices": {"gpt-4o-2024-08-06": {"input": 2.5, "output": 10.0}}, **teacher,
+            "backend": "openai",
+            "model": "gpt-4o-2024-08-06",
+            "base_url": server.base_url,
+            "api_key_env": KEY_ENV,
+            "timeout_seconds": 5,
+            "backoff_base_seconds": 0.01,
+            "prices": {"gpt-4o-2024-08-06": {"input": 2.5, "output": 10.0}},
+            **teacher,
         },
     )
 
@@ -69,16 +83,26 @@ def test_openai_teacher_writes_checked_relations_descriptions_and_cost(tmp_path,
         assert all(a == f"Bearer {key}" for a in server.authorizations)
 
         con = connect(cfg.out)
-        rows = con.sql("SELECT category, predicate, predicate_raw, generator, model, prompt_version FROM relations").fetchall()
+        rows = con.sql(
+            "SELECT category, predicate, predicate_raw, generator, model, prompt_version FROM relations"
+        ).fetchall()
         assert rows and {r[0] for r in rows} == {"spatial", "interactional"}
         assert {r[1] for r in rows} == {"left of", "looking at"}  # normalised; raw kept
         assert "To the LEFT of" in {r[2] for r in rows}
         assert {r[3] for r in rows} == {"model"} and {r[4] for r in rows} == {"gpt-4o-2024-08-06"}
         assert all(r[5].startswith("teacher/v1@") for r in rows)
         kinds = dict(con.sql("SELECT kind, count(*) FROM errors GROUP BY 1").fetchall())
-        for kind in ("teacher_unknown_object_id", "teacher_self_relation", "teacher_empty_predicate", "teacher_unknown_category"):
+        for kind in (
+            "teacher_unknown_object_id",
+            "teacher_self_relation",
+            "teacher_empty_predicate",
+            "teacher_unknown_category",
+        ):
             assert kinds.get(kind, 0) > 0, kind
-        assert con.sql("SELECT count(*) FROM descriptions WHERE stage = 'teacher'").fetchall()[0][0] > 0
+        assert (
+            con.sql("SELECT count(*) FROM descriptions WHERE stage = 'teacher'").fetchall()[0][0]
+            > 0
+        )
         teacher = next(s for s in run.stages if s.stage == "teacher")
         assert teacher.metrics["cost_usd"] > 0 and teacher.metrics["prompt_tokens"] > 0
 
@@ -108,20 +132,53 @@ def test_budget_stops_the_stage_cleanly_and_a_rerun_pays_nothing_twice(tmp_path,
         assert server.chat_requests == []  # nothing was sent past the budget
         done = run_build(_config(tmp_path, server))
         assert done.status == "completed"
-        assert len(server.chat_requests) == 3  # 4 images, one has a single region: nothing to relate
+        assert (
+            len(server.chat_requests) == 3
+        )  # 4 images, one has a single region: nothing to relate
         # seeds and regions were already committed; only the teacher ran
-        assert {s.stage: s.shards_written for s in done.stages if s.status == "done"} == {"seeds": 0, "regions": 0, "teacher": 2, "filters": 2}
+        assert {s.stage: s.shards_written for s in done.stages if s.status == "done"} == {
+            "seeds": 0,
+            "regions": 0,
+            "teacher": 2,
+            "filters": 2,
+        }
 
 
 def test_check_answer_rules():
-    answer = TeacherAnswer.model_validate({"subjects": [
-        {"subject_id": 1, "description": "a", "spatial": [{"object_id": 2, "predicate": "on top of"}, {"object_id": 2, "predicate": "atop"}],
-         "interactional": [], "functional": [], "social": [], "emotional": []},
-        {"subject_id": 7, "description": "b", "spatial": [], "interactional": [], "functional": [], "social": [], "emotional": []},
-    ]})
+    answer = TeacherAnswer.model_validate(
+        {
+            "subjects": [
+                {
+                    "subject_id": 1,
+                    "description": "a",
+                    "spatial": [
+                        {"object_id": 2, "predicate": "on top of"},
+                        {"object_id": 2, "predicate": "atop"},
+                    ],
+                    "interactional": [],
+                    "functional": [],
+                    "social": [],
+                    "emotional": [],
+                },
+                {
+                    "subject_id": 7,
+                    "description": "b",
+                    "spatial": [],
+                    "interactional": [],
+                    "functional": [],
+                    "social": [],
+                    "emotional": [],
+                },
+            ]
+        }
+    )
     checked = check_answer(answer, {1, 2, 3}, min_subjects=2)
     assert [(r.subject_id, r.object_id, r.predicate) for r in checked.relations] == [(1, 2, "on")]
-    assert [k for k, _ in checked.dropped] == ["duplicate_relation", "unknown_subject_id", "too_few_subjects"]
+    assert [k for k, _ in checked.dropped] == [
+        "duplicate_relation",
+        "unknown_subject_id",
+        "too_few_subjects",
+    ]
 
 
 def test_batch_mode_answers_through_the_batch_api_then_the_cache(tmp_path, key):
@@ -133,7 +190,12 @@ def test_batch_mode_answers_through_the_batch_api_then_the_cache(tmp_path, key):
         assert len(server.batches) == 2  # one per shard
         teacher = next(s for s in run.stages if s.stage == "teacher")
         assert teacher.metrics["batched"] == 3 and teacher.metrics["cost_usd"] > 0
-        assert connect(cfg.out).sql("SELECT count(*) FROM relations WHERE stage = 'teacher'").fetchall()[0][0] > 0
+        assert (
+            connect(cfg.out)
+            .sql("SELECT count(*) FROM relations WHERE stage = 'teacher'")
+            .fetchall()[0][0]
+            > 0
+        )
 
 
 def test_dry_run_prices_requests_and_sends_nothing(tmp_path, key):
@@ -165,7 +227,9 @@ def test_cli_dry_run_prints_the_estimate(tmp_path, key):
     from synthvg.cli import app
 
     with FakeOpenAIServer(responder=scripted_teacher) as server:
-        result = CliRunner().invoke(app, ["build", "--config", _yaml_config(tmp_path, server), "--dry-run"])
+        result = CliRunner().invoke(
+            app, ["build", "--config", _yaml_config(tmp_path, server), "--dry-run"]
+        )
         assert result.exit_code == 0, result.output
         assert "would send 3 requests (0 cached)" in result.output
         assert server.requests == []
@@ -183,9 +247,18 @@ def test_prefect_build_with_the_openai_teacher(prefect_server, tmp_path, key):
         run = build_dataset(_config(tmp_path, server).model_copy(update={"name": "openai-teacher"}))
     teacher = next(s for s in run.stages if s.stage == "teacher")
     assert teacher.status == "done" and teacher.metrics["cost_usd"] > 0
-    assert connect(str(tmp_path / "root")).sql("SELECT count(*) FROM relations WHERE generator = 'model'").fetchall()[0][0] > 0
+    assert (
+        connect(str(tmp_path / "root"))
+        .sql("SELECT count(*) FROM relations WHERE generator = 'model'")
+        .fetchall()[0][0]
+        > 0
+    )
     with get_client(sync_client=True) as client:
         # filtered by key: the session's test server holds every other test's artifacts too
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["openai-teacher-stage-teacher"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["openai-teacher-stage-teacher"])
+            )
+        )
     assert artifacts and "cost_usd" in str(artifacts[0].data)
     assert key not in str(artifacts[0].data)

@@ -61,8 +61,12 @@ def _batch(model, tokenizer, n_regions=(2, 3), seed=0):
         m = np.zeros((n, h, w), bool)
         for k in range(n):
             m[k, k : k + h // 2, k : k + w // 2] = True
-        msg = first_message([(k, k, k + w / 2, k + h / 2) for k in range(n)], w, h, HOLISTIC_QUESTION)
-        prompt = tokenizer(f"<|im_start|>user\n{msg}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+        msg = first_message(
+            [(k, k, k + w / 2, k + h / 2) for k in range(n)], w, h, HOLISTIC_QUESTION
+        )
+        prompt = tokenizer(
+            f"<|im_start|>user\n{msg}<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False
+        )["input_ids"]
         answer = tokenizer("Objects:\nregion1: a man", add_special_tokens=False)["input_ids"]
         rows.append((prompt + answer, [-100] * len(prompt) + answer))
         pixels.append(preprocess_image(rgb, model.config.vision_image_size).pixels)
@@ -72,8 +76,18 @@ def _batch(model, tokenizer, n_regions=(2, 3), seed=0):
     labels = torch.full((len(rows), width), -100)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     for j, (ids, lab) in enumerate(rows):
-        input_ids[j, : len(ids)], labels[j, : len(ids)], attention[j, : len(ids)] = torch.tensor(ids), torch.tensor(lab), 1
-    return dict(input_ids=input_ids, attention_mask=attention, labels=labels, pixel_values=torch.stack(pixels), region_masks=masks)
+        input_ids[j, : len(ids)], labels[j, : len(ids)], attention[j, : len(ids)] = (
+            torch.tensor(ids),
+            torch.tensor(lab),
+            1,
+        )
+    return dict(
+        input_ids=input_ids,
+        attention_mask=attention,
+        labels=labels,
+        pixel_values=torch.stack(pixels),
+        region_masks=masks,
+    )
 
 
 def test_the_forward_with_images_masks_and_labels_is_differentiable_everywhere(ckpt):
@@ -82,15 +96,29 @@ def test_the_forward_with_images_masks_and_labels_is_differentiable_everywhere(c
     out = model(**_batch(model, tokenizer))
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    for prefix in ("model.vision_tower.", "model.mm_projector.", "mask_extractor.res2", "mask_extractor.mask_linear", "model.layers.0."):
-        grads = [p.grad for n, p in model.named_parameters() if n.startswith(prefix) and ".trunk.head." not in n]  # head: never run
-        assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads), prefix
+    for prefix in (
+        "model.vision_tower.",
+        "model.mm_projector.",
+        "mask_extractor.res2",
+        "mask_extractor.mask_linear",
+        "model.layers.0.",
+    ):
+        grads = [
+            p.grad
+            for n, p in model.named_parameters()
+            if n.startswith(prefix) and ".trunk.head." not in n
+        ]  # head: never run
+        assert (
+            grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+        ), prefix
 
 
 def test_training_and_generation_share_the_splice(ckpt):
     """The forward's logits on a prompt equal the inference engine's, which embeds through
     the same ``splice``: generation sees what training trained."""
-    engine = RobinEngine(ckpt, device=torch.device("cpu"), lm_dtype=torch.float32, vision_dtype=torch.float32)
+    engine = RobinEngine(
+        ckpt, device=torch.device("cpu"), lm_dtype=torch.float32, vision_dtype=torch.float32
+    )
     model, tokenizer = engine.model, engine.tokenizer
     batch = _batch(model, tokenizer, n_regions=(2,))
     n = int(batch["attention_mask"].sum())
@@ -138,7 +166,12 @@ def test_a_scene_graph_target_parses_back_into_its_graph_or_is_dropped(data):
     texts = data.draw(st.lists(_PLAIN if plain else _ANY, min_size=1, max_size=6))
     regions = _regions_of(texts)
     ids = [r.region_id for r in regions] + [99]  # 99: a region the prompt does not list
-    rels = data.draw(st.lists(st.tuples(st.sampled_from(ids), st.sampled_from(ids), _PLAIN if plain else _ANY), max_size=12))
+    rels = data.draw(
+        st.lists(
+            st.tuples(st.sampled_from(ids), st.sampled_from(ids), _PLAIN if plain else _ANY),
+            max_size=12,
+        )
+    )
     objects, relations = _graph(regions, rels)
     try:
         text = scene_graph_target(objects, relations)
@@ -147,20 +180,26 @@ def test_a_scene_graph_target_parses_back_into_its_graph_or_is_dropped(data):
         return
     parsed = parse_scene_graph(text, len(regions))
     assert parsed.objects == objects and parsed.relations == relations and not parsed.problems
-    assert all(r.subject != r.object for r in relations) and len({(r.subject, r.object, r.predicate.lower()) for r in relations}) == len(relations)
+    assert all(r.subject != r.object for r in relations) and len(
+        {(r.subject, r.object, r.predicate.lower()) for r in relations}
+    ) == len(relations)
 
 
 @pytest.fixture(scope="module")
 def engine(ckpt):
-    return RobinEngine(ckpt, device=torch.device("cpu"), lm_dtype=torch.float32, vision_dtype=torch.float32)
+    return RobinEngine(
+        ckpt, device=torch.device("cpu"), lm_dtype=torch.float32, vision_dtype=torch.float32
+    )
 
 
 def test_labels_are_on_assistant_turns_only_and_prompts_are_what_generation_feeds(engine):
     tok = Tokeniser(engine.tokenizer, engine.config.image_tokens, 512)
     image = ImageRef("x", "unused", 100, 80)
     regions = _regions_of(["a man", "a wooden table"])
-    turns = [(first_message([r.box for r in regions], 100, 80, description_question(1)), "a man"),
-             (relationships_question(1), "region2 sitting at")]
+    turns = [
+        (first_message([r.box for r in regions], 100, 80, description_question(1)), "a man"),
+        (relationships_question(1), "region2 sitting at"),
+    ]
     ids, labels, length = tok.encode(turns, 2, True)
     assert length == len(ids) - 1 + engine.config.image_tokens
     learnt = engine.tokenizer.decode([t for t in labels if t != -100])
@@ -170,7 +209,10 @@ def test_labels_are_on_assistant_turns_only_and_prompts_are_what_generation_feed
     with pytest.raises(Dropped, match="feature_tokens_mismatch"):  # '<mask>' written in an answer
         tok.encode([(turns[0][0], "a <mask> man")], 2, True)
     graph_turns = scene_graph_turns(image, regions, [(10, 11, "sitting at")])
-    assert graph_turns[0][1] == "Objects:\nregion1: a man\nregion2: a wooden table\n\nRelations:\nregion1: region2 sitting at"
+    assert (
+        graph_turns[0][1]
+        == "Objects:\nregion1: a man\nregion2: a wooden table\n\nRelations:\nregion1: region2 sitting at"
+    )
 
 
 def test_a_long_example_is_split_by_regions_never_cut_and_one_region_too_long_is_dropped(engine):
@@ -178,11 +220,22 @@ def test_a_long_example_is_split_by_regions_never_cut_and_one_region_too_long_is
     regions = _regions_of([f"object number {i}" for i in range(8)])
     rels = [(10 + i, 10 + (i + 1) % 8, "next to") for i in range(8)]
     whole = Tokeniser(engine.tokenizer, engine.config.image_tokens, 4096)
-    (full,) = _split(whole, scene_graph_turns, image, regions, rels, "scene_graph", SourceCounts("scene_graph"), "s")
+    (full,) = _split(
+        whole,
+        scene_graph_turns,
+        image,
+        regions,
+        rels,
+        "scene_graph",
+        SourceCounts("scene_graph"),
+        "s",
+    )
     small = Tokeniser(engine.tokenizer, engine.config.image_tokens, full.length * 2 // 3)
     counts = SourceCounts("scene_graph")
     parts = _split(small, scene_graph_turns, image, regions, rels, "scene_graph", counts, "s")
-    assert len(parts) >= 2 and counts.splits >= 1 and all(p.length <= small.max_length for p in parts)
+    assert (
+        len(parts) >= 2 and counts.splits >= 1 and all(p.length <= small.max_length for p in parts)
+    )
     assert sum(len(p.masks) for p in parts) == 8
     for p in parts:  # every part's target is whole: it ends with <|im_end|> and parses
         answer = engine.tokenizer.decode([t for t in p.labels if t != -100])
@@ -202,18 +255,36 @@ def test_regions_with_empty_masks_are_left_out_and_counted():
     full, empty = np.zeros((20, 30), bool), np.zeros((20, 30), bool)
     full[2:10, 3:12] = True
     rows = [
-        {"region_id": 0, "mask": masks.encode(empty).model_dump(), "bbox": {"x1": 0, "y1": 0, "x2": 1, "y2": 1}, "area": 0.0, "label": "ghost", "descriptions": []},
-        {"region_id": 1, "mask": masks.encode(full).model_dump(), "bbox": {"x1": 3, "y1": 2, "x2": 12, "y2": 10}, "area": 72.0, "label": "cat", "descriptions": []},
+        {
+            "region_id": 0,
+            "mask": masks.encode(empty).model_dump(),
+            "bbox": {"x1": 0, "y1": 0, "x2": 1, "y2": 1},
+            "area": 0.0,
+            "label": "ghost",
+            "descriptions": [],
+        },
+        {
+            "region_id": 1,
+            "mask": masks.encode(full).model_dump(),
+            "bbox": {"x1": 3, "y1": 2, "x2": 12, "y2": 10},
+            "area": 72.0,
+            "label": "cat",
+            "descriptions": [],
+        },
     ]
     dropped = Counter()
     got = _regions(ImageRef("i", "u", 30, 20), rows, {("i", 1): "a grey cat"}, 10, dropped)
-    assert [(r.region_id, r.text) for r in got] == [(1, "a grey cat")] and dropped == {"empty_mask_region": 1}
+    assert [(r.region_id, r.text) for r in got] == [(1, "a grey cat")] and dropped == {
+        "empty_mask_region": 1
+    }
 
 
 # ---- the command, end to end, and bad input -----------------------------------------------------
 
 #: transformers' Trainer needs accelerate (in the models extra).
-needs_accelerate = pytest.mark.skipif(importlib.util.find_spec("accelerate") is None, reason="accelerate is not installed")
+needs_accelerate = pytest.mark.skipif(
+    importlib.util.find_spec("accelerate") is None, reason="accelerate is not installed"
+)
 
 
 @pytest.fixture(scope="module")
@@ -256,20 +327,45 @@ def test_synthvg_train_exports_a_checkpoint_that_a_build_runs(tmp_path, ckpt, de
     assert "step 4/4" in res.output and "tokens/s" in res.output and "eta" in res.output
     export = tmp_path / "run" / "export"
     manifest = json.loads((export / "training.json").read_text())
-    assert manifest["steps"] == 4 and manifest["final_loss"] > 0 and len(manifest["loss_curve"]) == 4
+    assert (
+        manifest["steps"] == 4 and manifest["final_loss"] > 0 and len(manifest["loss_curve"]) == 4
+    )
     assert manifest["parent_checkpoint"]["path"] == ckpt and len(manifest["config_sha256"]) == 64
     sources = {d["name"]: d for d in manifest["data"]}
-    assert sources["svg-relations"]["root"] == demo_root and sources["svg-relations"]["counts"]["taken"] >= 3
-    assert json.loads((tmp_path / "run" / "mixture.json").read_text())["sources"]["grounding"]["task"] == "grounding"
+    assert (
+        sources["svg-relations"]["root"] == demo_root
+        and sources["svg-relations"]["counts"]["taken"] >= 3
+    )
+    assert (
+        json.loads((tmp_path / "run" / "mixture.json").read_text())["sources"]["grounding"]["task"]
+        == "grounding"
+    )
     assert (tmp_path / "run" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     trained, _, _ = load_robin(str(export))
     start, _, _ = load_robin(ckpt)
-    changed = {n for (n, a), (_, b) in zip(trained.named_parameters(), start.named_parameters(), strict=True) if not torch.equal(a, b)}
-    assert any(n.startswith("model.vision_tower.") for n in changed) and any(n.startswith("mask_extractor.") for n in changed)
-    cfg = demo_config(Path(demo_root), limit=4, robin={"backend": "robin", "checkpoint": str(export), "max_new_tokens": 6, "max_regions": 4})
+    changed = {
+        n
+        for (n, a), (_, b) in zip(trained.named_parameters(), start.named_parameters(), strict=True)
+        if not torch.equal(a, b)
+    }
+    assert any(n.startswith("model.vision_tower.") for n in changed) and any(
+        n.startswith("mask_extractor.") for n in changed
+    )
+    cfg = demo_config(
+        Path(demo_root),
+        limit=4,
+        robin={
+            "backend": "robin",
+            "checkpoint": str(export),
+            "max_new_tokens": 6,
+            "max_regions": 4,
+        },
+    )
     run_build(cfg)
     con = connect(demo_root)
-    (n, model) = con.execute("SELECT count(*), any_value(model) FROM generations WHERE stage = 'robin'").fetchone()
+    (n, model) = con.execute(
+        "SELECT count(*), any_value(model) FROM generations WHERE stage = 'robin'"
+    ).fetchone()
     assert n >= 3 and model == "export"
 
 
@@ -306,10 +402,18 @@ def test_bad_inputs_are_counted_or_one_line_errors_before_training(tmp_path, ckp
         return _cli("train", "--config", str(path))
 
     def source(**s):
-        return {**raw["data"], "sources": [{"name": "s", "root": demo_root, "task": "scene_graph", **s}]}
+        return {
+            **raw["data"],
+            "sources": [{"name": "s", "root": demo_root, "task": "scene_graph", **s}],
+        }
 
     res = run_with(data=source(view="no_such_view"))
-    assert res.exit_code == 2 and "source s:" in res.output and "no_such_view" in res.output and len(res.output.strip().splitlines()) == 1
+    assert (
+        res.exit_code == 2
+        and "source s:" in res.output
+        and "no_such_view" in res.output
+        and len(res.output.strip().splitlines()) == 1
+    )
     res = run_with(data=source(sql="DELETE FROM images"))
     assert res.exit_code == 2 and "refused" in res.output
     res = run_with(data=source(sql="SELECT image_id FROM regions"))
@@ -318,7 +422,11 @@ def test_bad_inputs_are_counted_or_one_line_errors_before_training(tmp_path, ckp
     not_robin.mkdir()
     (not_robin / "config.json").write_text(json.dumps({"model_type": "bert"}))
     res = run_with(model={"checkpoint": str(not_robin)})
-    assert res.exit_code == 2 and "is not a Robin config" in res.output and "Traceback" not in res.output
+    assert (
+        res.exit_code == 2
+        and "is not a Robin config" in res.output
+        and "Traceback" not in res.output
+    )
 
     # conversations: good ones train; a missing or corrupt image, no assistant turn, Osprey's
     # region turns (masks not read) are counted, not fatal
@@ -327,36 +435,73 @@ def test_bad_inputs_are_counted_or_one_line_errors_before_training(tmp_path, ckp
     images.mkdir()
     shutil.copy(uri, images / "good.jpg")
     (images / "corrupt.jpg").write_bytes(b"not a jpeg")
-    turn = [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A picture."}]
+    turn = [
+        {"from": "human", "value": "<image>\nWhat is this?"},
+        {"from": "gpt", "value": "A picture."},
+    ]
     records = [
         {"id": 1, "image": "good.jpg", "conversations": turn},
-        {"id": 2, "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}]},
+        {
+            "id": 2,
+            "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."}],
+        },
         {"id": 3, "image": "missing.jpg", "conversations": turn},
         {"id": 4, "image": "corrupt.jpg", "conversations": turn},
         {"id": 5, "image": "good.jpg", "conversations": turn[:1]},
-        {"id": 6, "image": "good.jpg", "conversations": [turn[0], {"from": "gpt", "value": "region1 <mask><pos> is a cat"}]},
+        {
+            "id": 6,
+            "image": "good.jpg",
+            "conversations": [turn[0], {"from": "gpt", "value": "region1 <mask><pos> is a cat"}],
+        },
     ]
     (tmp_path / "conv.json").write_text(json.dumps(records))
-    data = {**raw["data"], "sources": [{"name": "llava", "task": "conversations", "path": str(tmp_path / "conv.json"), "image_root": str(images)}]}
+    data = {
+        **raw["data"],
+        "sources": [
+            {
+                "name": "llava",
+                "task": "conversations",
+                "path": str(tmp_path / "conv.json"),
+                "image_root": str(images),
+            }
+        ],
+    }
     res = run_with(data=data, train={**raw["train"], "max_steps": 2, "save_steps": 100})
     assert res.exit_code == 0, res.output
     counts = json.loads((tmp_path / "run" / "mixture.json").read_text())["sources"]["llava"]
-    assert counts["taken"] == 2 and counts["dropped"] == {"bad_image": 2, "no_assistant_turn": 1, "region_masks_not_read": 1}
+    assert counts["taken"] == 2 and counts["dropped"] == {
+        "bad_image": 2,
+        "no_assistant_turn": 1,
+        "region_masks_not_read": 1,
+    }
 
 
-@pytest.mark.parametrize("name", ["train-tiny", "train-robin-stage0", "train-robin-stage1", "train-robin-stage2"])
+@pytest.mark.parametrize(
+    "name", ["train-tiny", "train-robin-stage0", "train-robin-stage1", "train-robin-stage2"]
+)
 def test_training_configs_validate_and_the_recipes_freeze_as_the_paper_says(name):
     from synthvg.train.config import load_train_config
 
     cfg = load_train_config(REPO / "configs" / f"{name}.yaml")
-    assert Path(cfg.model.checkpoint).is_absolute() and all(Path(s.root or s.path).is_absolute() for s in cfg.data.sources)
+    assert Path(cfg.model.checkpoint).is_absolute() and all(
+        Path(s.root or s.path).is_absolute() for s in cfg.data.sources
+    )
     if cfg.stage == 0:
-        assert cfg.groups.vision is None and cfg.groups.mask_extractor and cfg.groups.projector and cfg.groups.lm
+        assert (
+            cfg.groups.vision is None
+            and cfg.groups.mask_extractor
+            and cfg.groups.projector
+            and cfg.groups.lm
+        )
     elif name != "train-tiny":
         assert all(lr for lr in cfg.groups.model_dump().values())
     if cfg.stage == 2:
         views = {s.view for s in cfg.data.sources}
-        assert "svg_full" in views and "svg_relations" not in views and cfg.model.checkpoint.endswith("robin-stage1/export")
+        assert (
+            "svg_full" in views
+            and "svg_relations" not in views
+            and cfg.model.checkpoint.endswith("robin-stage1/export")
+        )
 
 
 def _steps(run: Path) -> dict[int, list[int]]:
@@ -370,7 +515,9 @@ def _steps(run: Path) -> dict[int, list[int]]:
 
 @pytest.mark.slow
 @needs_accelerate
-def test_a_killed_training_resumes_from_its_last_checkpoint_on_the_same_course(tmp_path, ckpt, demo_root):
+def test_a_killed_training_resumes_from_its_last_checkpoint_on_the_same_course(
+    tmp_path, ckpt, demo_root
+):
     """SIGKILL mid-run, then the same command: it resumes from the newest checkpoint; the loss
     curve after resume equals an uninterrupted run's (|diff| <= 1e-4) and no example of the
     epoch is trained twice."""
@@ -391,11 +538,15 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_on_the_same_course(t
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     run = tmp_path / "killed" / "run"
     deadline = time.monotonic() + 240
-    while not (run / "checkpoint-4").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while (
+        not (run / "checkpoint-4").exists() and proc.poll() is None and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (run / "checkpoint-4").exists() and not (run / "export").exists()  # killed while or after saving it
+    assert (run / "checkpoint-4").exists() and not (
+        run / "export"
+    ).exists()  # killed while or after saving it
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "resuming from" in res.stdout and "checkpoint-" in res.stdout
@@ -405,7 +556,10 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_on_the_same_course(t
     curve_a = {p["step"]: p["loss"] for p in a["loss_curve"]}
     curve_b = {p["step"]: p["loss"] for p in b["loss_curve"]}
     resumed_at = int(b["resumed_from"].rsplit("-", 1)[1])
-    assert all(abs(curve_a[s] - curve_b[s]) <= 1e-4 for s in range(resumed_at + 1, 9)), (curve_a, curve_b)
+    assert all(abs(curve_a[s] - curve_b[s]) <= 1e-4 for s in range(resumed_at + 1, 9)), (
+        curve_a,
+        curve_b,
+    )
     seen_a, seen_b = _steps(tmp_path / "whole" / "run"), _steps(run)
     assert seen_b == seen_a
     order = [i for s in sorted(seen_b) for i in seen_b[s]]
@@ -415,7 +569,9 @@ def test_a_killed_training_resumes_from_its_last_checkpoint_on_the_same_course(t
 
 @pytest.mark.slow
 @needs_accelerate
-def test_the_train_robin_flow_trains_and_publishes_its_artifacts(prefect_server, tmp_path, ckpt, demo_root):
+def test_the_train_robin_flow_trains_and_publishes_its_artifacts(
+    prefect_server, tmp_path, ckpt, demo_root
+):
     from prefect.client.orchestration import get_client
 
     from synthvg.flows.train import train_robin
@@ -425,9 +581,21 @@ def test_the_train_robin_flow_trains_and_publishes_its_artifacts(prefect_server,
     assert export == str(tmp_path / "run" / "export") and (Path(export) / "training.json").exists()
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    wanted = {"train-train-tiny-checkpoint", "train-train-tiny-mixture", "train-train-tiny-loss", "train-train-tiny-summary"}
-    with get_client(sync_client=True) as client:  # filtered: the session's server holds other tests' artifacts too
-        keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(wanted))))}
+    wanted = {
+        "train-train-tiny-checkpoint",
+        "train-train-tiny-mixture",
+        "train-train-tiny-loss",
+        "train-train-tiny-summary",
+    }
+    with get_client(
+        sync_client=True
+    ) as client:  # filtered: the session's server holds other tests' artifacts too
+        keys = {
+            a.key
+            for a in client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=sorted(wanted)))
+            )
+        }
     assert wanted <= keys
 
 
@@ -455,7 +623,9 @@ def test_an_interrupted_checkpoint_is_passed_over_when_resuming(tmp_path):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
         if state is not None:
-            (d / "trainer_state.json").write_text(state if isinstance(state, str) else json.dumps(state))
+            (d / "trainer_state.json").write_text(
+                state if isinstance(state, str) else json.dumps(state)
+            )
     said = []
     assert last_checkpoint(str(tmp_path), said.append) == str(tmp_path / "checkpoint-2")
     assert [s.split()[0] for s in said] == ["checkpoint-6", "checkpoint-4"]

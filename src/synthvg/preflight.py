@@ -44,7 +44,9 @@ def check_paths(config: BuildConfig) -> list[str]:
     return problems
 
 
-def check_endpoint(where: str, cfg: LLMConfig, listed: dict[tuple[str, str], list[str] | None]) -> list[str]:
+def check_endpoint(
+    where: str, cfg: LLMConfig, listed: dict[tuple[str, str], list[str] | None]
+) -> list[str]:
     """Problems of one endpoint config; ``listed`` caches each (endpoint, key source)'s models."""
     import openai
 
@@ -56,18 +58,31 @@ def check_endpoint(where: str, cfg: LLMConfig, listed: dict[tuple[str, str], lis
     register_secret(key)
     cache_key = (endpoint, cfg.key_source())
     if cache_key not in listed:
-        client = openai.OpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=min(cfg.timeout_seconds, MODELS_TIMEOUT))
+        client = openai.OpenAI(
+            base_url=cfg.base_url,
+            api_key=key,
+            max_retries=0,
+            timeout=min(cfg.timeout_seconds, MODELS_TIMEOUT),
+        )
         try:
             listed[cache_key] = [m.id for m in client.models.list().data]
         except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            return [redact(f"{where}: {endpoint} rejected the key from {cfg.key_source()} (HTTP {exc.status_code})")]
+            return [
+                redact(
+                    f"{where}: {endpoint} rejected the key from {cfg.key_source()} (HTTP {exc.status_code})"
+                )
+            ]
         except openai.NotFoundError:
             listed[cache_key] = None  # the endpoint lists no models: nothing more to check for free
         except openai.APITimeoutError:
-            return [f"{where}: {endpoint} did not answer GET /models within {MODELS_TIMEOUT:g}s: check base_url"]
+            return [
+                f"{where}: {endpoint} did not answer GET /models within {MODELS_TIMEOUT:g}s: check base_url"
+            ]
         except openai.APIConnectionError as exc:
             cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
-            return [f"{where}: cannot reach {endpoint} ({cause}): check base_url and that the server is running"]
+            return [
+                f"{where}: cannot reach {endpoint} ({cause}): check base_url and that the server is running"
+            ]
         except openai.APIStatusError as exc:
             return [redact(f"{where}: {endpoint} answered GET /models with HTTP {exc.status_code}")]
         finally:
@@ -75,7 +90,9 @@ def check_endpoint(where: str, cfg: LLMConfig, listed: dict[tuple[str, str], lis
     models = listed[cache_key]
     if models and cfg.model not in models:
         shown = ", ".join(sorted(models)[:5]) + (", ..." if len(models) > 5 else "")
-        return [f"{where}: model {cfg.model!r} is not among the {len(models)} models {endpoint} serves ({shown})"]
+        return [
+            f"{where}: model {cfg.model!r} is not among the {len(models)} models {endpoint} serves ({shown})"
+        ]
     return []
 
 

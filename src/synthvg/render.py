@@ -41,7 +41,9 @@ def draw_regions(image: Image.Image, regions: list[dict], alpha: float = 0.35) -
         if r.get("mask") is not None:
             m = masks.decode(RLE(**r["mask"]))
             if m.shape == overlay.shape[:2]:
-                overlay[m] = (1 - alpha) * overlay[m] + alpha * np.array(palette(r["region_id"]), dtype=np.float32)
+                overlay[m] = (1 - alpha) * overlay[m] + alpha * np.array(
+                    palette(r["region_id"]), dtype=np.float32
+                )
     out = Image.fromarray(overlay.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
     text_font = load_font(max(12, min(out.size) // 40))
@@ -51,16 +53,22 @@ def draw_regions(image: Image.Image, regions: list[dict], alpha: float = 0.35) -
     for label in labels:
         x0, y0, x1, y1 = draw.textbbox((0, 0), label, font=text_font)
         sizes.append((x1 - x0 + 4, y1 - y0 + 2))
-    for r, b in zip(regions, boxes, strict=True):  # every outline first, so no box line crosses a tag
+    for r, b in zip(
+        regions, boxes, strict=True
+    ):  # every outline first, so no box line crosses a tag
         draw.rectangle([b.x1, b.y1, b.x2, b.y2], outline=palette(r["region_id"]), width=2)
-    for r, label, (tx, ty) in zip(regions, labels, tag_positions(boxes, sizes, out.size), strict=True):
+    for r, label, (tx, ty) in zip(
+        regions, labels, tag_positions(boxes, sizes, out.size), strict=True
+    ):
         box = draw.textbbox((tx, ty), label, font=text_font)
         draw.rectangle([box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1], fill=(0, 0, 0))
         draw.text((tx, ty), label, fill=palette(r["region_id"]), font=text_font)
     return out
 
 
-def tag_positions(boxes: list[Box], sizes: list[tuple[int, int]], image_size: tuple[int, int]) -> list[tuple[float, float]]:
+def tag_positions(
+    boxes: list[Box], sizes: list[tuple[int, int]], image_size: tuple[int, int]
+) -> list[tuple[float, float]]:
     """Where each region's id tag goes: its box's top-left corner, else the first of its other
     corners or of the places below the top-left that no earlier tag covers (small objects side
     by side would otherwise print their ids over each other)."""
@@ -68,20 +76,38 @@ def tag_positions(boxes: list[Box], sizes: list[tuple[int, int]], image_size: tu
     placed: list[tuple[float, float, float, float]] = []
     out = []
     for b, (w, h) in zip(boxes, sizes, strict=True):
-        candidates = [(b.x1 + 2, b.y1 + 2), (b.x2 - w - 2, b.y1 + 2), (b.x1 + 2, b.y2 - h - 2), (b.x2 - w - 2, b.y2 - h - 2)]
-        candidates += [(b.x1 + 2, b.y1 + 2 + k * (h + 2)) for k in range(1, 8)] + [(b.x1 + 2 + k * (w + 2), b.y1 + 2) for k in range(1, 8)]
+        candidates = [
+            (b.x1 + 2, b.y1 + 2),
+            (b.x2 - w - 2, b.y1 + 2),
+            (b.x1 + 2, b.y2 - h - 2),
+            (b.x2 - w - 2, b.y2 - h - 2),
+        ]
+        candidates += [(b.x1 + 2, b.y1 + 2 + k * (h + 2)) for k in range(1, 8)] + [
+            (b.x1 + 2 + k * (w + 2), b.y1 + 2) for k in range(1, 8)
+        ]
         spots = [(min(max(x, 0), width - w), min(max(y, 0), height - h)) for x, y in candidates]
-        free = next((
-            (x, y) for x, y in spots
-            if not any(x < px2 and px1 < x + w and y < py2 and py1 < y + h for px1, py1, px2, py2 in placed)
-        ), spots[0])
+        free = next(
+            (
+                (x, y)
+                for x, y in spots
+                if not any(
+                    x < px2 and px1 < x + w and y < py2 and py1 < y + h
+                    for px1, py1, px2, py2 in placed
+                )
+            ),
+            spots[0],
+        )
         placed.append((free[0], free[1], free[0] + w, free[1] + h))
         out.append(free)
     return out
 
 
 def render_scene_graph(
-    image: Image.Image, regions: list[dict], relations: list[dict], max_relations: int = 40, dropped: int = 0
+    image: Image.Image,
+    regions: list[dict],
+    relations: list[dict],
+    max_relations: int = 40,
+    dropped: int = 0,
 ) -> Image.Image:
     """The marked image with a panel listing regions' labels and relations beside it.
 
@@ -98,7 +124,9 @@ def render_scene_graph(
     for rel in relations[:max_relations]:
         s, o = rel["subject_id"], rel["object_id"]
         mark = "? " if rel.get("verdict") == "unverified" else ""
-        lines.append(f"{mark}{s} {names.get(s, '?')} -[{rel['predicate']}]-> {o} {names.get(o, '?')}")
+        lines.append(
+            f"{mark}{s} {names.get(s, '?')} -[{rel['predicate']}]-> {o} {names.get(o, '?')}"
+        )
     if len(relations) > max_relations:
         lines.append(f"... {len(relations) - max_relations} more")
     lines += ["", *relation_legend(relations, dropped)]
@@ -132,16 +160,25 @@ def render_image_from_dataset(root: str, image_id: str, stage: str | None = None
     try:
         images = fetch_dicts(con, "SELECT * FROM images WHERE image_id = ?", [image_id])
         if not images:
-            sample = [r["image_id"] for r in fetch_dicts(con, "SELECT image_id FROM images ORDER BY image_id LIMIT 5")]
+            sample = [
+                r["image_id"]
+                for r in fetch_dicts(con, "SELECT image_id FROM images ORDER BY image_id LIMIT 5")
+            ]
             raise KeyError(f"no image {image_id!r} in {root}; ids look like {sample}")
         image = images[0]
-        regions = fetch_dicts(con, "SELECT * FROM regions WHERE image_id = ? ORDER BY region_id", [image_id])
+        regions = fetch_dicts(
+            con, "SELECT * FROM regions WHERE image_id = ? ORDER BY region_id", [image_id]
+        )
         where = "image_id = ?" + (" AND stage = ?" if stage else "")
         params = [image_id, stage] if stage else [image_id]
         relations = fetch_dicts(
-            con, f"SELECT * FROM relations WHERE {where} AND verdict <> 'dropped' ORDER BY subject_id, object_id, predicate", params
+            con,
+            f"SELECT * FROM relations WHERE {where} AND verdict <> 'dropped' ORDER BY subject_id, object_id, predicate",
+            params,
         )
-        dropped = con.execute(f"SELECT count(*) FROM relations WHERE {where} AND verdict = 'dropped'", params).fetchall()[0][0]
+        dropped = con.execute(
+            f"SELECT count(*) FROM relations WHERE {where} AND verdict = 'dropped'", params
+        ).fetchall()[0][0]
     finally:
         con.close()
     _, img = read_image(image["file_uri"])

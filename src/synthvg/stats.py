@@ -46,26 +46,45 @@ def compute_stats(root: str | Dataset) -> dict:
                 "triplets_per_image": round(live / images, 2) if images else 0.0,
                 "predicates_per_region": round(live / regions, 2) if regions else 0.0,
             },
-            "by_category": fetch_dicts(con, "SELECT category, count(*) AS relations FROM relations GROUP BY 1 ORDER BY 2 DESC, 1"),
-            "by_stage": fetch_dicts(con, "SELECT stage, generator, count(*) AS relations FROM relations GROUP BY 1, 2 ORDER BY 1, 2"),
-            "by_verdict": fetch_dicts(con, "SELECT verdict, count(*) AS relations FROM relations GROUP BY 1 ORDER BY 2 DESC, 1"),
-            "verdicts_by_rule": fetch_dicts(con, """
+            "by_category": fetch_dicts(
+                con,
+                "SELECT category, count(*) AS relations FROM relations GROUP BY 1 ORDER BY 2 DESC, 1",
+            ),
+            "by_stage": fetch_dicts(
+                con,
+                "SELECT stage, generator, count(*) AS relations FROM relations GROUP BY 1, 2 ORDER BY 1, 2",
+            ),
+            "by_verdict": fetch_dicts(
+                con,
+                "SELECT verdict, count(*) AS relations FROM relations GROUP BY 1 ORDER BY 2 DESC, 1",
+            ),
+            "verdicts_by_rule": fetch_dicts(
+                con,
+                """
                 SELECT coalesce(verified_by, '(no filter)') AS rule,
                        count(*) FILTER (WHERE verdict = 'kept') AS kept,
                        count(*) FILTER (WHERE verdict = 'dropped') AS dropped,
                        count(*) FILTER (WHERE verdict = 'unverified') AS unverified
-                FROM relations GROUP BY 1 ORDER BY 1"""),
-            "verdicts_by_category": fetch_dicts(con, """
+                FROM relations GROUP BY 1 ORDER BY 1""",
+            ),
+            "verdicts_by_category": fetch_dicts(
+                con,
+                """
                 SELECT category,
                        count(*) FILTER (WHERE verdict = 'kept') AS kept,
                        count(*) FILTER (WHERE verdict = 'dropped') AS dropped,
                        count(*) FILTER (WHERE verdict = 'unverified') AS unverified
-                FROM relations GROUP BY 1 ORDER BY 1"""),
+                FROM relations GROUP BY 1 ORDER BY 1""",
+            ),
             # As Table 1 counts triplets: relations the filters dropped are not in the dataset's graphs.
             "top_predicates": fetch_dicts(
-                con, "SELECT predicate, count(*) AS relations FROM relations WHERE verdict <> 'dropped' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 15"
+                con,
+                "SELECT predicate, count(*) AS relations FROM relations WHERE verdict <> 'dropped' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 15",
             ),
-            "errors_by_kind": fetch_dicts(con, "SELECT stage, kind, count(*) AS errors FROM errors GROUP BY 1, 2 ORDER BY 1, 3 DESC"),
+            "errors_by_kind": fetch_dicts(
+                con,
+                "SELECT stage, kind, count(*) AS errors FROM errors GROUP BY 1, 2 ORDER BY 1, 3 DESC",
+            ),
         }
     finally:
         con.close()
@@ -92,8 +111,16 @@ def format_stats(stats: dict) -> str:
         ("relations by category", "by_category", ("category", "relations")),
         ("relations by stage", "by_stage", ("stage", "generator", "relations")),
         ("relations by verdict", "by_verdict", ("verdict", "relations")),
-        ("verdicts by rule or verifier", "verdicts_by_rule", ("rule", "kept", "dropped", "unverified")),
-        ("verdicts by category", "verdicts_by_category", ("category", "kept", "dropped", "unverified")),
+        (
+            "verdicts by rule or verifier",
+            "verdicts_by_rule",
+            ("rule", "kept", "dropped", "unverified"),
+        ),
+        (
+            "verdicts by category",
+            "verdicts_by_category",
+            ("category", "kept", "dropped", "unverified"),
+        ),
         ("errors by stage and kind", "errors_by_kind", ("stage", "kind", "errors")),
     ):
         lines += ["", title + ":"]

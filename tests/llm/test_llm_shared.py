@@ -21,7 +21,10 @@ def _send(config: dict[str, Any], cache_dir: str, tag: str, n: int) -> dict[str,
     client.begin_run("run-1", stage="teacher")
     with client:
         results = client.map_complete(
-            [{"messages": [{"role": "user", "content": f"{tag} item {i}"}], "max_tokens": 50} for i in range(n)]
+            [
+                {"messages": [{"role": "user", "content": f"{tag} item {i}"}], "max_tokens": 50}
+                for i in range(n)
+            ]
         )
     return {
         "answered": sum(isinstance(r, LLMResult) for r in results),
@@ -29,15 +32,24 @@ def _send(config: dict[str, Any], cache_dir: str, tag: str, n: int) -> dict[str,
     }
 
 
-def _in_processes(config: dict[str, Any], cache_dir: Path, n: int, workers: int = 2) -> list[dict[str, int]]:
+def _in_processes(
+    config: dict[str, Any], cache_dir: Path, n: int, workers: int = 2
+) -> list[dict[str, int]]:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers) as pool:
         return pool.starmap(_send, [(config, str(cache_dir), f"p{w}", n) for w in range(workers)])
 
 
 def _config(server: FakeOpenAIServer, **more: Any) -> dict[str, Any]:
-    return {"model": "fake-model", "base_url": server.base_url, "api_key_env": "SYNTHVG_TEST_LLM_KEY",
-            "timeout_seconds": 5.0, "backoff_base_seconds": 0.01, "prices": PRICE, **more}
+    return {
+        "model": "fake-model",
+        "base_url": server.base_url,
+        "api_key_env": "SYNTHVG_TEST_LLM_KEY",
+        "timeout_seconds": 5.0,
+        "backoff_base_seconds": 0.01,
+        "prices": PRICE,
+        **more,
+    }
 
 
 def _billed_usd(server: FakeOpenAIServer) -> float:
@@ -47,22 +59,30 @@ def _billed_usd(server: FakeOpenAIServer) -> float:
 def test_the_budget_holds_for_two_processes_together(api_key, cache_dir):
     with FakeOpenAIServer(latency=0.05) as server:
         probe = LLMClient(LLMConfig(**_config(server)))
-        one = probe.run_sync(probe.complete([{"role": "user", "content": "p0 item 00"}], max_tokens=50)).cost_usd
+        one = probe.run_sync(
+            probe.complete([{"role": "user", "content": "p0 item 00"}], max_tokens=50)
+        ).cost_usd
         probe.close()
         budget = 12 * one  # each process alone would spend 12 requests' worth: 24 in all
-        outcome = _in_processes(_config(server, budget_usd=budget, max_concurrency=4), cache_dir, n=15)
+        outcome = _in_processes(
+            _config(server, budget_usd=budget, max_concurrency=4), cache_dir, n=15
+        )
         spent = _billed_usd(server) - one
     assert sum(o["refused"] for o in outcome) > 0
     assert spent <= budget + 1e-12
     ledger = spend_totals(SpendLedger(cache_dir / "ledger").entries())[()]
-    assert ledger["cost_usd"] == pytest.approx(spent) and ledger["paid_requests"] == sum(o["answered"] for o in outcome)
+    assert ledger["cost_usd"] == pytest.approx(spent) and ledger["paid_requests"] == sum(
+        o["answered"] for o in outcome
+    )
 
 
 def test_requests_per_minute_hold_for_two_processes_together(api_key, cache_dir):
     rpm = 600.0
     with FakeOpenAIServer() as server:
         _in_processes(_config(server, requests_per_minute=rpm), cache_dir, n=15)
-        arrivals = sorted(r.received_at for r in server.requests if r.path == "/v1/chat/completions")
+        arrivals = sorted(
+            r.received_at for r in server.requests if r.path == "/v1/chat/completions"
+        )
     assert len(arrivals) == 30
     span = arrivals[-1] - arrivals[0]
     achieved = (len(arrivals) - 1) / span * 60

@@ -6,7 +6,20 @@ from synthvg.eval.sgg import ImagePrediction, ImageTruth, SggScores, box_iou_mmd
 from synthvg.eval.vocab import LabelMapper, Vocabulary
 
 __all__ = [
-    "EvalInputError", "ImagePrediction", "ImageTruth", "LabelMapper", "SggReport", "SggScores", "Vocabulary",
-    "box_iou_mmdet", "evaluate", "evaluate_sgg", "format_table", "load_ground_truth", "parse_pred",
-    "read_prediction_file", "read_stage", "write_results",
+    "EvalInputError",
+    "ImagePrediction",
+    "ImageTruth",
+    "LabelMapper",
+    "SggReport",
+    "SggScores",
+    "Vocabulary",
+    "box_iou_mmdet",
+    "evaluate",
+    "evaluate_sgg",
+    "format_table",
+    "load_ground_truth",
+    "parse_pred",
+    "read_prediction_file",
+    "read_stage",
+    "write_results",
 ]

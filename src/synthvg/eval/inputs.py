@@ -52,7 +52,10 @@ def _rle(mask: dict | None) -> dict | None:
     if mask is None:
         return None
     counts = mask["counts"]
-    return {"size": [int(v) for v in mask["size"]], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return {
+        "size": [int(v) for v in mask["size"]],
+        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
+    }
 
 
 def _box(b: dict | None) -> list[float]:
@@ -60,13 +63,28 @@ def _box(b: dict | None) -> list[float]:
 
 
 def _pick_vocab(name: BenchmarkName, con) -> Vocabulary:
-    labels = [r[0] for r in con.execute("SELECT DISTINCT label FROM regions WHERE label IS NOT NULL").fetchall()]
-    preds = [r[0] for r in con.execute(
-        "SELECT DISTINCT coalesce(predicate_raw, predicate) FROM relations WHERE stage = 'seed'").fetchall()]
+    labels = [
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT label FROM regions WHERE label IS NOT NULL"
+        ).fetchall()
+    ]
+    preds = [
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT coalesce(predicate_raw, predicate) FROM relations WHERE stage = 'seed'"
+        ).fetchall()
+    ]
     if name == "auto":
-        datasets = {r[0] for r in con.execute(
-            "SELECT DISTINCT s.dataset FROM (SELECT unnest(sources) AS s FROM regions)").fetchall()}
-        name = "psg" if "psg" in datasets else "vg150" if {"vg", "gqa"} & datasets else "ground-truth"
+        datasets = {
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT s.dataset FROM (SELECT unnest(sources) AS s FROM regions)"
+            ).fetchall()
+        }
+        name = (
+            "psg" if "psg" in datasets else "vg150" if {"vg", "gqa"} & datasets else "ground-truth"
+        )
     if name == "psg":
         return psg()
     if name == "vg150":
@@ -74,8 +92,13 @@ def _pick_vocab(name: BenchmarkName, con) -> Vocabulary:
     return from_ground_truth(labels, preds)
 
 
-def load_ground_truth(root: str, *, benchmark: BenchmarkName = "auto", split: str | None = None,
-                      match_by: MatchBy = "mask") -> GroundTruth:
+def load_ground_truth(
+    root: str,
+    *,
+    benchmark: BenchmarkName = "auto",
+    split: str | None = None,
+    match_by: MatchBy = "mask",
+) -> GroundTruth:
     """The seed relations and regions of an ingested PSG / VG root, mapped to the benchmark's labels.
 
     ``split`` keeps the images that have a region annotated in that source split (PSG ``test``).
@@ -84,22 +107,34 @@ def load_ground_truth(root: str, *, benchmark: BenchmarkName = "auto", split: st
     try:
         n_rel = con.execute("SELECT count(*) FROM relations WHERE stage = 'seed'").fetchone()[0]
         if n_rel == 0:
-            raise EvalInputError(f"{root} has no ground-truth relations (no seed relations: ingest PSG or VG with `synthvg ingest`)")
+            raise EvalInputError(
+                f"{root} has no ground-truth relations (no seed relations: ingest PSG or VG with `synthvg ingest`)"
+            )
         vocab = _pick_vocab(benchmark, con)
         images = fetch_dicts(con, "SELECT image_id, width, height, coco_id FROM images")
         if split is not None:
-            keep = {r[0] for r in con.execute(
-                "SELECT DISTINCT image_id FROM (SELECT image_id, unnest(sources) AS s FROM regions) WHERE s.split = ?",
-                [split]).fetchall()}
+            keep = {
+                r[0]
+                for r in con.execute(
+                    "SELECT DISTINCT image_id FROM (SELECT image_id, unnest(sources) AS s FROM regions) WHERE s.split = ?",
+                    [split],
+                ).fetchall()
+            }
             images = [i for i in images if i["image_id"] in keep]
             if not images:
                 raise EvalInputError(f"{root} has no image with a region of split {split!r}")
         regions = defaultdict(list)
-        for r in fetch_dicts(con, "SELECT image_id, region_id, bbox, mask, label FROM regions ORDER BY image_id, region_id"):
+        for r in fetch_dicts(
+            con,
+            "SELECT image_id, region_id, bbox, mask, label FROM regions ORDER BY image_id, region_id",
+        ):
             regions[r["image_id"]].append(r)
         rels = defaultdict(list)
-        for r in fetch_dicts(con, "SELECT image_id, subject_id, object_id, coalesce(predicate_raw, predicate) AS p "
-                                  "FROM relations WHERE stage = 'seed'"):
+        for r in fetch_dicts(
+            con,
+            "SELECT image_id, subject_id, object_id, coalesce(predicate_raw, predicate) AS p "
+            "FROM relations WHERE stage = 'seed'",
+        ):
             rels[r["image_id"]].append(r)
     finally:
         con.close()
@@ -114,7 +149,11 @@ def load_ground_truth(root: str, *, benchmark: BenchmarkName = "auto", split: st
         index = {r["region_id"]: i for i, r in enumerate(regs)}
         triplets: list[tuple[int, int, int]] = []
         for rel in rels.get(iid, []):
-            s, o, p = index.get(rel["subject_id"]), index.get(rel["object_id"]), predicates(rel["p"])
+            s, o, p = (
+                index.get(rel["subject_id"]),
+                index.get(rel["object_id"]),
+                predicates(rel["p"]),
+            )
             if s is None or o is None:
                 counts["gt_relations_dangling"] += 1
             elif p < 0 or objects(regs[s]["label"]) < 0 or objects(regs[o]["label"]) < 0:
@@ -129,7 +168,9 @@ def load_ground_truth(root: str, *, benchmark: BenchmarkName = "auto", split: st
             with_mask += sum(m is not None for m in masks)
             if any(m is None for m in masks):
                 counts["gt_regions_without_mask"] += sum(m is None for m in masks)
-                masks = [m if m is not None else _empty_rle(img["height"], img["width"]) for m in masks]
+                masks = [
+                    m if m is not None else _empty_rle(img["height"], img["width"]) for m in masks
+                ]
         out[iid] = ImageTruth(
             labels=np.array([objects(r["label"]) for r in regs], dtype=np.int64),
             boxes=np.array([_box(r["bbox"]) for r in regs], dtype=np.float64).reshape(-1, 4),
@@ -137,7 +178,9 @@ def load_ground_truth(root: str, *, benchmark: BenchmarkName = "auto", split: st
             masks=masks,
         )
     if match_by == "mask" and with_mask == 0:
-        raise EvalInputError(f"{root}: the ground truth's regions have no masks (VG, GQA): use --match box")
+        raise EvalInputError(
+            f"{root}: the ground truth's regions have no masks (VG, GQA): use --match box"
+        )
     counts["gt_images"] = len(out)
     counts["gt_relations"] = sum(len(t.rels) for t in out.values())
     coco_ids = {int(i["coco_id"]): i["image_id"] for i in images if i["coco_id"] is not None}
@@ -208,8 +251,9 @@ class RawImage:
     rows: list[tuple[int, int, str, float | None]]  # subject, object, predicate, score
 
 
-def read_stage(root: str, stage: str, *, include_dropped: bool = False,
-               labels: LabelSource = "stage") -> tuple[dict[str, RawImage], dict[str, int]]:
+def read_stage(
+    root: str, stage: str, *, include_dropped: bool = False, labels: LabelSource = "stage"
+) -> tuple[dict[str, RawImage], dict[str, int]]:
     """A root stage's relations (generation order = row order in its shards) and their regions.
 
     An object's label is the stage's own description of the region when it wrote one, else the
@@ -221,14 +265,38 @@ def read_stage(root: str, stage: str, *, include_dropped: bool = False,
     con = connect(root)
     try:
         sql = "SELECT image_id, subject_id, object_id, coalesce(predicate_raw, predicate) AS p, score FROM relations WHERE stage = ?"
-        rows = fetch_dicts(con, sql + ("" if include_dropped else " AND verdict <> 'dropped'"), [stage])
-        names = {} if labels == "region" else {(r["image_id"], r["region_id"]): r["description"] for r in fetch_dicts(
-            con, "SELECT image_id, region_id, description FROM descriptions WHERE stage = ?", [stage])}
+        rows = fetch_dicts(
+            con, sql + ("" if include_dropped else " AND verdict <> 'dropped'"), [stage]
+        )
+        names = (
+            {}
+            if labels == "region"
+            else {
+                (r["image_id"], r["region_id"]): r["description"]
+                for r in fetch_dicts(
+                    con,
+                    "SELECT image_id, region_id, description FROM descriptions WHERE stage = ?",
+                    [stage],
+                )
+            }
+        )
         wanted = sorted({r["image_id"] for r in rows})
-        regions = {(r["image_id"], r["region_id"]): r for r in fetch_dicts(
-            con, "SELECT image_id, region_id, bbox, mask, label FROM regions WHERE list_contains(?, image_id)", [wanted])}
-        coco = {r["image_id"]: r["coco_id"] for r in fetch_dicts(
-            con, "SELECT image_id, coco_id FROM images WHERE list_contains(?, image_id)", [wanted])}
+        regions = {
+            (r["image_id"], r["region_id"]): r
+            for r in fetch_dicts(
+                con,
+                "SELECT image_id, region_id, bbox, mask, label FROM regions WHERE list_contains(?, image_id)",
+                [wanted],
+            )
+        }
+        coco = {
+            r["image_id"]: r["coco_id"]
+            for r in fetch_dicts(
+                con,
+                "SELECT image_id, coco_id FROM images WHERE list_contains(?, image_id)",
+                [wanted],
+            )
+        }
     finally:
         con.close()
     by_image: dict[str, list[dict]] = defaultdict(list)
@@ -266,22 +334,41 @@ def read_prediction_file(path: str) -> dict[str, RawImage]:
         else:
             records = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
     except (OSError, ValueError) as e:
-        raise EvalInputError(f"cannot read prediction file {path}: {str(e).splitlines()[0]}") from None
+        raise EvalInputError(
+            f"cannot read prediction file {path}: {str(e).splitlines()[0]}"
+        ) from None
     out: dict[str, RawImage] = {}
     for n, rec in enumerate(records, 1):
         if not isinstance(rec, dict) or "image_id" not in rec:
-            raise EvalInputError(f"{path}: row {n} has no image_id (see docs/EVALUATION.md for the format)")
-        subjects, objects, preds = rec.get("subjects") or [], rec.get("objects") or [], rec.get("predicates") or []
+            raise EvalInputError(
+                f"{path}: row {n} has no image_id (see docs/EVALUATION.md for the format)"
+            )
+        subjects, objects, preds = (
+            rec.get("subjects") or [],
+            rec.get("objects") or [],
+            rec.get("predicates") or [],
+        )
         scores = rec.get("scores")
-        if not (len(subjects) == len(objects) == len(preds)) or (scores is not None and len(scores) != len(preds)):
-            raise EvalInputError(f"{path}: row {n} (image {rec['image_id']}): subjects, objects, predicates and scores differ in length")
+        if not (len(subjects) == len(objects) == len(preds)) or (
+            scores is not None and len(scores) != len(preds)
+        ):
+            raise EvalInputError(
+                f"{path}: row {n} (image {rec['image_id']}): subjects, objects, predicates and scores differ in length"
+            )
         out[str(rec["image_id"])] = RawImage(
             boxes=[list(map(float, b)) for b in rec.get("boxes") or []],
             labels=list(rec.get("labels") or []),
             masks=rec.get("masks"),
             object_scores=rec.get("object_scores"),
-            rows=[(int(s), int(o), str(q), None if scores is None or scores[i] is None else float(scores[i]))
-                  for i, (s, o, q) in enumerate(zip(subjects, objects, preds, strict=True))],
+            rows=[
+                (
+                    int(s),
+                    int(o),
+                    str(q),
+                    None if scores is None or scores[i] is None else float(scores[i]),
+                )
+                for i, (s, o, q) in enumerate(zip(subjects, objects, preds, strict=True))
+            ],
         )
     return out
 
@@ -299,8 +386,16 @@ def resolve_image(given: str, gt: GroundTruth, coco_id: int | None = None) -> st
     return gt.coco_ids.get(coco_id) if coco_id is not None else None
 
 
-def to_predictions(raw: dict[str, RawImage], gt: GroundTruth, *, match_by: MatchBy, rank: RankRule = "auto",
-                   objects: LabelMapper, predicates: LabelMapper, coco_ids: dict[str, int] | None = None) -> Predictions:
+def to_predictions(
+    raw: dict[str, RawImage],
+    gt: GroundTruth,
+    *,
+    match_by: MatchBy,
+    rank: RankRule = "auto",
+    objects: LabelMapper,
+    predicates: LabelMapper,
+    coco_ids: dict[str, int] | None = None,
+) -> Predictions:
     """Map, rank and check every image's predictions against the ground truth."""
     counts: Counter = Counter()
     out: dict[str, ImagePrediction] = {}
@@ -322,14 +417,20 @@ def to_predictions(raw: dict[str, RawImage], gt: GroundTruth, *, match_by: Match
             counts["pred_images_duplicate"] += 1
             continue
         n_obj = len(img.boxes)
-        if (len(img.labels) != n_obj or (img.masks is not None and len(img.masks) != n_obj)
-                or (img.object_scores is not None and len(img.object_scores) != n_obj) or any(len(b) != 4 for b in img.boxes)):
+        if (
+            len(img.labels) != n_obj
+            or (img.masks is not None and len(img.masks) != n_obj)
+            or (img.object_scores is not None and len(img.object_scores) != n_obj)
+            or any(len(b) != 4 for b in img.boxes)
+        ):
             counts["pred_images_bad_objects"] += 1
             continue
         masks = None
         if match_by == "mask":
             if img.masks is None:
-                raise EvalInputError(f"predictions for {given} have no masks: use --match box, or give masks")
+                raise EvalInputError(
+                    f"predictions for {given} have no masks: use --match box, or give masks"
+                )
             h, w = gt.sizes[iid]
             if any(m is not None and [int(v) for v in m["size"]] != [h, w] for m in img.masks):
                 counts["pred_images_mask_size_mismatch"] += 1
@@ -350,7 +451,11 @@ def to_predictions(raw: dict[str, RawImage], gt: GroundTruth, *, match_by: Match
         counts["pred_rows_unmapped_predicate"] += int((preds < 0).sum())
         counts["pred_rows"] += len(rows)
         n = len(rows)
-        score = np.array([r[3] for r in rows], dtype=np.float64) if rule == "score" else 1.0 - np.arange(n) / max(n, 1)
+        score = (
+            np.array([r[3] for r in rows], dtype=np.float64)
+            if rule == "score"
+            else 1.0 - np.arange(n) / max(n, 1)
+        )
         dists = np.zeros((n, n_pred + 1))
         ok = preds > 0
         dists[np.flatnonzero(ok), preds[ok]] = score[ok]
@@ -360,7 +465,9 @@ def to_predictions(raw: dict[str, RawImage], gt: GroundTruth, *, match_by: Match
             pairs=np.array([(r[0], r[1]) for r in rows], dtype=np.int64).reshape(-1, 2),
             predicates=preds,
             dists=dists,
-            object_scores=np.array(img.object_scores, dtype=np.float64) if img.object_scores is not None else None,
+            object_scores=np.array(img.object_scores, dtype=np.float64)
+            if img.object_scores is not None
+            else None,
             masks=masks,
         )
     counts["pred_images"] = len(out)

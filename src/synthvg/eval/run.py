@@ -112,34 +112,63 @@ def evaluate_sgg(
         except EmbeddingUnavailable as e:
             notes.append(str(e))
     objects = LabelMapper(gt.vocab.classes, "object", embed=embed, threshold=embedding_threshold)
-    predicates = LabelMapper(gt.vocab.predicates, "predicate", embed=embed, threshold=embedding_threshold, index_base=1)
+    predicates = LabelMapper(
+        gt.vocab.predicates, "predicate", embed=embed, threshold=embedding_threshold, index_base=1
+    )
     coco_ids = None
     if source.stage is None:
         raw = read_prediction_file(source.path)
     else:
         if source.stage == "auto":
             source = PredSource(source.path, _auto_stage(source.path))
-        raw, coco_ids = read_stage(source.path, source.stage, include_dropped=include_dropped, labels=labels)
+        raw, coco_ids = read_stage(
+            source.path, source.stage, include_dropped=include_dropped, labels=labels
+        )
     if not raw or not any(img.rows for img in raw.values()):
         raise EvalInputError(f"{source.describe()} holds no predicted relations")
-    preds = to_predictions(raw, gt, match_by=match_by, rank=rank, objects=objects, predicates=predicates, coco_ids=coco_ids)
+    preds = to_predictions(
+        raw,
+        gt,
+        match_by=match_by,
+        rank=rank,
+        objects=objects,
+        predicates=predicates,
+        coco_ids=coco_ids,
+    )
     if len(preds.unknown_images) == len(raw):
-        raise EvalInputError(f"none of the {len(raw)} predicted images is in the ground truth {gt_root} (ids such as {next(iter(raw))!r})")
+        raise EvalInputError(
+            f"none of the {len(raw)} predicted images is in the ground truth {gt_root} (ids such as {next(iter(raw))!r})"
+        )
     scores = evaluate(
         ((t, preds.images.get(iid)) for iid, t in gt.images.items()),
-        gt.vocab.num_predicates, match_by=match_by, ks=ks, iou_threshold=iou_threshold, missing=missing,
+        gt.vocab.num_predicates,
+        match_by=match_by,
+        ks=ks,
+        iou_threshold=iou_threshold,
+        missing=missing,
     )
     counts = Counter(gt.counts) + Counter(preds.counts)
     counts["images_evaluated"] = scores.images_evaluated
     counts["images_without_gt"] = scores.images_without_gt
     counts["images_without_prediction"] = scores.images_without_prediction
     return SggReport(
-        gt=gt_root, pred=source.describe(), benchmark=gt.vocab.name, match=match_by, ks=list(ks),
-        rank=next((k.removeprefix("rank_rule_") for k in counts if k.startswith("rank_rule_")), rank),
-        missing=missing, iou_threshold=iou_threshold, scores=scores,
+        gt=gt_root,
+        pred=source.describe(),
+        benchmark=gt.vocab.name,
+        match=match_by,
+        ks=list(ks),
+        rank=next(
+            (k.removeprefix("rank_rule_") for k in counts if k.startswith("rank_rule_")), rank
+        ),
+        missing=missing,
+        iou_threshold=iou_threshold,
+        scores=scores,
         counts={k: int(v) for k, v in sorted(counts.items()) if not k.startswith("rank_rule_")},
-        mapping=objects.records() + predicates.records(), notes=notes, unknown_images=preds.unknown_images[:100],
-        seconds=time.perf_counter() - t0, predicate_names=list(gt.vocab.predicates),
+        mapping=objects.records() + predicates.records(),
+        notes=notes,
+        unknown_images=preds.unknown_images[:100],
+        seconds=time.perf_counter() - t0,
+        predicate_names=list(gt.vocab.predicates),
     )
 
 
@@ -157,20 +186,54 @@ def write_results(report: SggReport, out: str | Path) -> list[Path]:
     s = report.scores
     data = asdict(report)
     data["scores"] = {
-        "recall": s.recall, "mean_recall": s.mean_recall, "ng_recall": s.ng_recall, "ng_mean_recall": s.ng_mean_recall,
-        "images_evaluated": s.images_evaluated, "num_predicates": s.num_predicates,
+        "recall": s.recall,
+        "mean_recall": s.mean_recall,
+        "ng_recall": s.ng_recall,
+        "ng_mean_recall": s.ng_mean_recall,
+        "images_evaluated": s.images_evaluated,
+        "num_predicates": s.num_predicates,
     }
     files = [out / "results.json", out / "per_predicate.parquet", out / "mapping.parquet"]
     files[0].write_text(json.dumps(data, indent=2, default=str))
     rows = [
-        {"predicate": name, "k": k, "recall": s.per_predicate[k][i], "ng_recall": s.ng_per_predicate[k][i]}
-        for k in s.ks for i, name in enumerate(report.predicate_names)
+        {
+            "predicate": name,
+            "k": k,
+            "recall": s.per_predicate[k][i],
+            "ng_recall": s.ng_per_predicate[k][i],
+        }
+        for k in s.ks
+        for i, name in enumerate(report.predicate_names)
     ]
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(
-        [("predicate", pa.string()), ("k", pa.int64()), ("recall", pa.float64()), ("ng_recall", pa.float64())])), files[1])
-    pq.write_table(pa.Table.from_pylist(report.mapping, schema=pa.schema(
-        [("kind", pa.string()), ("text", pa.string()), ("label", pa.string()), ("method", pa.string()),
-         ("similarity", pa.float64())])), files[2])
+    pq.write_table(
+        pa.Table.from_pylist(
+            rows,
+            schema=pa.schema(
+                [
+                    ("predicate", pa.string()),
+                    ("k", pa.int64()),
+                    ("recall", pa.float64()),
+                    ("ng_recall", pa.float64()),
+                ]
+            ),
+        ),
+        files[1],
+    )
+    pq.write_table(
+        pa.Table.from_pylist(
+            report.mapping,
+            schema=pa.schema(
+                [
+                    ("kind", pa.string()),
+                    ("text", pa.string()),
+                    ("label", pa.string()),
+                    ("method", pa.string()),
+                    ("similarity", pa.float64()),
+                ]
+            ),
+        ),
+        files[2],
+    )
     return files
 
 
@@ -182,16 +245,29 @@ def format_table(report: SggReport) -> str:
         f"scene-graph generation: {report.pred} against {report.gt}",
         f"benchmark {report.benchmark} ({s.num_predicates} predicates), match {report.match} IoU >= {report.iou_threshold:g}, "
         f"rank {report.rank}, images without predictions: {report.missing}",
-        "", head,
+        "",
+        head,
     ]
-    for name, values in (("R", s.recall), ("mR", s.mean_recall), ("ng-R", s.ng_recall), ("ng-mR", s.ng_mean_recall)):
+    for name, values in (
+        ("R", s.recall),
+        ("mR", s.mean_recall),
+        ("ng-R", s.ng_recall),
+        ("ng-mR", s.ng_mean_recall),
+    ):
         lines.append(f"{name:<8}" + "".join(f"{100 * values[k]:>9.2f}" for k in s.ks))
     lines.append("")
-    lines.append("counted: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.counts.items() if v))
+    lines.append(
+        "counted: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.counts.items() if v)
+    )
     methods = Counter((m["kind"], m["method"]) for m in report.mapping)
     if methods:
-        lines.append("labels read: " + ", ".join(f"{kind} {method} {n}" for (kind, method), n in sorted(methods.items())))
+        lines.append(
+            "labels read: "
+            + ", ".join(f"{kind} {method} {n}" for (kind, method), n in sorted(methods.items()))
+        )
     if not s.images_evaluated:
-        lines.append("no image was evaluated: every image lacked ground-truth relations or usable predictions (see the counts)")
+        lines.append(
+            "no image was evaluated: every image lacked ground-truth relations or usable predictions (see the counts)"
+        )
     lines.extend(report.notes)
     return "\n".join(lines)

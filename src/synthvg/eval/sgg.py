@@ -80,7 +80,9 @@ class SggScores:
     images_evaluated: int
     images_without_gt: int
     images_without_prediction: int
-    per_image: dict[int, list[float]] = field(default_factory=dict)  # K -> recall per evaluated image
+    per_image: dict[int, list[float]] = field(
+        default_factory=dict
+    )  # K -> recall per evaluated image
 
 
 def box_iou_mmdet(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -105,8 +107,14 @@ def mask_iou(a: list[dict], b: list[dict]) -> np.ndarray:
     return np.asarray(mask_utils.iou(a, b, [0] * len(b)), dtype=np.float64).reshape(len(a), len(b))
 
 
-def match_matrix(gt: ImageTruth, pred: ImagePrediction, pairs: np.ndarray, predicates: np.ndarray,
-                 iou: np.ndarray, threshold: float) -> np.ndarray:
+def match_matrix(
+    gt: ImageTruth,
+    pred: ImagePrediction,
+    pairs: np.ndarray,
+    predicates: np.ndarray,
+    iou: np.ndarray,
+    threshold: float,
+) -> np.ndarray:
     """(n_rows, n_gt_rels) booleans: row i matches ground-truth triplet j (OpenPSG's pred_to_gt)."""
     s, o = pairs[:, 0], pairs[:, 1]
     gs, go, gp = gt.rels[:, 0], gt.rels[:, 1], gt.rels[:, 2]
@@ -132,8 +140,14 @@ def _ngc_rows(pred: ImagePrediction) -> tuple[np.ndarray, np.ndarray]:
     return rows, sorted_inds[rows, cols] + 1
 
 
-def _recall_lists(match: np.ndarray, gt_preds: np.ndarray, ks: Sequence[int], num_predicates: int,
-                  recalls: dict[int, list[float]], collect: dict[int, list[list[float]]]) -> None:
+def _recall_lists(
+    match: np.ndarray,
+    gt_preds: np.ndarray,
+    ks: Sequence[int],
+    num_predicates: int,
+    recalls: dict[int, list[float]],
+    collect: dict[int, list[list[float]]],
+) -> None:
     n_gt = len(gt_preds)
     counts = np.bincount(gt_preds, minlength=num_predicates + 1)
     present = np.flatnonzero(counts[1:]) + 1
@@ -157,7 +171,9 @@ def object_iou(gt: ImageTruth, pred: ImagePrediction, match_by: MatchBy) -> np.n
     """IoU of every predicted object with every ground-truth object."""
     if match_by == "mask":
         if gt.masks is None or pred.masks is None:
-            raise ValueError("mask matching needs masks on both the ground truth and the predictions")
+            raise ValueError(
+                "mask matching needs masks on both the ground truth and the predictions"
+            )
         return mask_iou(pred.masks, gt.masks)
     return box_iou_mmdet(pred.boxes, gt.boxes).astype(np.float64)
 

@@ -63,8 +63,11 @@ def vg150(classes: Sequence[str]) -> Vocabulary:
 def from_ground_truth(classes: Sequence[str], predicates: Sequence[str]) -> Vocabulary:
     """The labels and predicates the ground truth itself uses, sorted (for any other source)."""
     # cleaned, so spellings of one word ('ON', 'on') are one label, not one unreachable label more
-    return Vocabulary("ground-truth", tuple(sorted({clean(c) for c in classes} - {""})),
-                      tuple(sorted({clean(p) for p in predicates} - {""})))
+    return Vocabulary(
+        "ground-truth",
+        tuple(sorted({clean(c) for c in classes} - {""})),
+        tuple(sorted({clean(p) for p in predicates} - {""})),
+    )
 
 
 def _object_key(text: str) -> str:
@@ -147,7 +150,13 @@ class LabelMapper:
 
     def records(self) -> list[dict]:
         return [
-            {"kind": self.kind, "text": m.text, "label": m.label, "method": m.method, "similarity": m.similarity}
+            {
+                "kind": self.kind,
+                "text": m.text,
+                "label": m.label,
+                "method": m.method,
+                "similarity": m.similarity,
+            }
             for m in self.used.values()
         ]
 
@@ -186,7 +195,9 @@ def minilm_embedder() -> Embed:
     base = Path(package.__file__).parent
     configs = sorted(base.rglob("config.json"))
     if not configs:
-        raise EmbeddingUnavailable(f"embedding step skipped: no model folder (config.json) inside {base}")
+        raise EmbeddingUnavailable(
+            f"embedding step skipped: no model folder (config.json) inside {base}"
+        )
     folder = configs[0].parent
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModel.from_pretrained(folder, local_files_only=True).eval()

@@ -46,15 +46,26 @@ RELEASE_MODEL = "svg-release"
 BOX_DECIMALS = 3
 
 SEGMENTATION = pa.struct([("size", pa.list_(pa.int64())), ("counts", pa.string())])
-SVG_SCHEMA = pa.schema([
-    ("image_id", pa.string()),
-    ("file_name", pa.string()),
-    ("metadata", pa.struct([("width", pa.int64()), ("height", pa.int64())])),
-    ("regions", pa.list_(pa.struct([
-        ("bbox", pa.list_(pa.float64())), ("segmentation", SEGMENTATION), ("area", pa.float64()),
-    ]))),
-    ("scene_graph", pa.string()),
-])
+SVG_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("file_name", pa.string()),
+        ("metadata", pa.struct([("width", pa.int64()), ("height", pa.int64())])),
+        (
+            "regions",
+            pa.list_(
+                pa.struct(
+                    [
+                        ("bbox", pa.list_(pa.float64())),
+                        ("segmentation", SEGMENTATION),
+                        ("area", pa.float64()),
+                    ]
+                )
+            ),
+        ),
+        ("scene_graph", pa.string()),
+    ]
+)
 
 
 @dataclass
@@ -84,7 +95,9 @@ def _require_relations(con, root: str, asked: str, stage: str) -> None:
     if asked == "auto" or stage == "seed":
         return
     if not con.execute("SELECT count(*) FROM relations WHERE stage = ?", [stage]).fetchall()[0][0]:
-        written = [r[0] for r in con.execute("SELECT DISTINCT stage FROM relations ORDER BY 1").fetchall()]
+        written = [
+            r[0] for r in con.execute("SELECT DISTINCT stage FROM relations ORDER BY 1").fetchall()
+        ]
         raise ValueError(
             f"no {stage} relations in {root} (relations come from: {', '.join(written) or 'no stage'}); nothing written"
         )
@@ -99,38 +112,65 @@ def _rows(con, image_ids: list[str], stage: str) -> Iterator[dict]:
     """Export rows of ``image_ids`` (images with no object in the graph are left out)."""
     con.register("_chunk", pa.table({"image_id": image_ids}))
     where = "image_id IN (SELECT image_id FROM _chunk)"
-    names = {(r["image_id"], r["region_id"]): r["description"] for r in fetch_dicts(
-        con, f"SELECT image_id, region_id, first(description ORDER BY description) AS description FROM descriptions "
-             f"WHERE stage = ? AND {where} GROUP BY ALL", [stage])}
+    names = {
+        (r["image_id"], r["region_id"]): r["description"]
+        for r in fetch_dicts(
+            con,
+            f"SELECT image_id, region_id, first(description ORDER BY description) AS description FROM descriptions "
+            f"WHERE stage = ? AND {where} GROUP BY ALL",
+            [stage],
+        )
+    }
     regions: dict[str, list[dict]] = {}
-    for r in fetch_dicts(con, f"SELECT image_id, region_id, bbox, mask, area, label FROM regions WHERE {where} ORDER BY image_id, region_id"):
+    for r in fetch_dicts(
+        con,
+        f"SELECT image_id, region_id, bbox, mask, area, label FROM regions WHERE {where} ORDER BY image_id, region_id",
+    ):
         # the editor's graph has exactly the objects it named (a merged duplicate has no name)
         if stage != "edit" or (r["image_id"], r["region_id"]) in names:
             regions.setdefault(r["image_id"], []).append(r)
     relations: dict[str, list[dict]] = {}
-    for r in fetch_dicts(con, f"SELECT image_id, subject_id, object_id, predicate FROM relations WHERE stage = ? AND verdict <> 'dropped' AND {where} "
-                              "ORDER BY image_id, subject_id, object_id, predicate", [stage]):
+    for r in fetch_dicts(
+        con,
+        f"SELECT image_id, subject_id, object_id, predicate FROM relations WHERE stage = ? AND verdict <> 'dropped' AND {where} "
+        "ORDER BY image_id, subject_id, object_id, predicate",
+        [stage],
+    ):
         relations.setdefault(r["image_id"], []).append(r)
-    for image in fetch_dicts(con, f"SELECT image_id, file_uri, width, height FROM images WHERE {where} ORDER BY image_id"):
+    for image in fetch_dicts(
+        con, f"SELECT image_id, file_uri, width, height FROM images WHERE {where} ORDER BY image_id"
+    ):
         image_id = image["image_id"]
         objects = regions.get(image_id, [])
         if not objects:
             continue
         index = {r["region_id"]: i for i, r in enumerate(objects)}
-        triples = [[index[r["subject_id"]], index[r["object_id"]], r["predicate"]]
-                   for r in relations.get(image_id, []) if r["subject_id"] in index and r["object_id"] in index]
-        graph = {"objects": [names.get((image_id, r["region_id"])) or r["label"] or "object" for r in objects],
-                 "relations": triples}
+        triples = [
+            [index[r["subject_id"]], index[r["object_id"]], r["predicate"]]
+            for r in relations.get(image_id, [])
+            if r["subject_id"] in index and r["object_id"] in index
+        ]
+        graph = {
+            "objects": [
+                names.get((image_id, r["region_id"])) or r["label"] or "object" for r in objects
+            ],
+            "relations": triples,
+        }
         yield {
             "image_id": image_id,
             "file_name": posixpath.basename(image["file_uri"]),
             "metadata": {"width": image["width"], "height": image["height"]},
-            "regions": [{"bbox": _xywh(r["bbox"]), "segmentation": r["mask"], "area": r["area"]} for r in objects],
+            "regions": [
+                {"bbox": _xywh(r["bbox"]), "segmentation": r["mask"], "area": r["area"]}
+                for r in objects
+            ],
             "scene_graph": json.dumps(graph, ensure_ascii=False),
         }
 
 
-def export_svg(root: str | Dataset, out: str | os.PathLike, *, stage: str = "auto", images_per_file: int = 1000) -> ExportReport:
+def export_svg(
+    root: str | Dataset, out: str | os.PathLike, *, stage: str = "auto", images_per_file: int = 1000
+) -> ExportReport:
     """Write ``root``'s graphs as ``out/part-NNNNN.parquet`` (older part files there are replaced).
 
     ``stage``: whose graph (``edit`` = SVG-FULL, ``robin``, ``teacher``, ``seed``), or ``auto``:
@@ -139,14 +179,16 @@ def export_svg(root: str | Dataset, out: str | os.PathLike, *, stage: str = "aut
     con = connect(root)
     try:
         report = ExportReport(stage=pick_stage(con, stage))
-        _require_relations(con, root.url if isinstance(root, Dataset) else root, stage, report.stage)
+        _require_relations(
+            con, root.url if isinstance(root, Dataset) else root, stage, report.stage
+        )
         ids = [r[0] for r in con.sql("SELECT image_id FROM images ORDER BY image_id").fetchall()]
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         for old in out.glob("part-*.parquet"):
             old.unlink()
         for k in range(0, len(ids), images_per_file):
-            rows = list(_rows(con, ids[k:k + images_per_file], report.stage))
+            rows = list(_rows(con, ids[k : k + images_per_file], report.stage))
             if not rows:
                 continue
             path = out / f"part-{len(report.files):05d}.parquet"
@@ -209,9 +251,20 @@ class _Importer:
         self.run_id = run_id
         self.images_dir = images_dir
 
-    def error(self, shard: _Shard, kind: str, reason: str, image_id: str | None, source: str) -> None:
-        shard.errors.append(ErrorRecord(run_id=self.run_id, stage="import", image_id=image_id, source=source,
-                                        kind=kind, reason=reason, created_at=utcnow()))
+    def error(
+        self, shard: _Shard, kind: str, reason: str, image_id: str | None, source: str
+    ) -> None:
+        shard.errors.append(
+            ErrorRecord(
+                run_id=self.run_id,
+                stage="import",
+                image_id=image_id,
+                source=source,
+                kind=kind,
+                reason=reason,
+                created_at=utcnow(),
+            )
+        )
 
     def _file(self, name: str) -> tuple[str, str]:
         """(file_uri, sha256 of the file or '' when it is not at hand)."""
@@ -231,41 +284,102 @@ class _Importer:
             graph = _scene_graph(row["scene_graph"])
             objects, relations = list(graph["objects"]), list(graph.get("relations") or [])
         except (ValueError, SyntaxError, TypeError, KeyError) as e:
-            self.error(shard, "svg_bad_scene_graph", f"{type(e).__name__}: {e}; image skipped", image_id, source)
+            self.error(
+                shard,
+                "svg_bad_scene_graph",
+                f"{type(e).__name__}: {e}; image skipped",
+                image_id,
+                source,
+            )
             return False
         if not isinstance(width, int) or not isinstance(height, int):
-            self.error(shard, "svg_bad_metadata", "no integer metadata width/height; image skipped", image_id, source)
+            self.error(
+                shard,
+                "svg_bad_metadata",
+                "no integer metadata width/height; image skipped",
+                image_id,
+                source,
+            )
             return False
         uri, digest = self._file(row.get("file_name") or raw_id)
-        shard.images.append(ImageRecord(image_id=image_id, sources=["svg"], file_uri=uri, width=width, height=height, content_hash=digest))
+        shard.images.append(
+            ImageRecord(
+                image_id=image_id,
+                sources=["svg"],
+                file_uri=uri,
+                width=width,
+                height=height,
+                content_hash=digest,
+            )
+        )
         regions = row.get("regions") or []
         if len(objects) != len(regions):
-            self.error(shard, "svg_objects_regions_mismatch", f"{len(objects)} objects but {len(regions)} regions; the extra ones are skipped", image_id, source)
+            self.error(
+                shard,
+                "svg_objects_regions_mismatch",
+                f"{len(objects)} objects but {len(regions)} regions; the extra ones are skipped",
+                image_id,
+                source,
+            )
         for i, (obj, region) in enumerate(zip(objects, regions, strict=False)):
             name = str(obj.get("name", obj)) if isinstance(obj, dict) else str(obj)
-            shard.regions.append(self._region(image_id, i, name, region, width, height, shard, source))
-            shard.descriptions.append(DescriptionRecord(image_id=image_id, region_id=i, description=name, stage="edit",
-                                                        generator="model", model=RELEASE_MODEL, run_id=self.run_id))
+            shard.regions.append(
+                self._region(image_id, i, name, region, width, height, shard, source)
+            )
+            shard.descriptions.append(
+                DescriptionRecord(
+                    image_id=image_id,
+                    region_id=i,
+                    description=name,
+                    stage="edit",
+                    generator="model",
+                    model=RELEASE_MODEL,
+                    run_id=self.run_id,
+                )
+            )
         seen: set[tuple[int, int, str]] = set()
         n = min(len(objects), len(regions))
         for item in relations:
             try:
                 s, o, raw = item
-                ok = isinstance(s, int) and isinstance(o, int) and 0 <= s < n and 0 <= o < n and s != o and normalise(str(raw))
+                ok = (
+                    isinstance(s, int)
+                    and isinstance(o, int)
+                    and 0 <= s < n
+                    and 0 <= o < n
+                    and s != o
+                    and normalise(str(raw))
+                )
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                self.error(shard, "svg_bad_relation", f"relation {item!r}: needs two different object ids below {n} and a predicate; skipped", image_id, source)
+                self.error(
+                    shard,
+                    "svg_bad_relation",
+                    f"relation {item!r}: needs two different object ids below {n} and a predicate; skipped",
+                    image_id,
+                    source,
+                )
                 continue
             p = normalise(str(raw))
             if (s, o, p) in seen:
                 continue
             seen.add((s, o, p))
-            shard.relations.append(RelationRecord(
-                relation_id=relation_id(image_id, "edit", s, o, p), image_id=image_id, subject_id=s, object_id=o,
-                predicate=p, predicate_raw=str(raw), category="other", stage="edit", generator="model",
-                model=RELEASE_MODEL, run_id=self.run_id,
-            ))
+            shard.relations.append(
+                RelationRecord(
+                    relation_id=relation_id(image_id, "edit", s, o, p),
+                    image_id=image_id,
+                    subject_id=s,
+                    object_id=o,
+                    predicate=p,
+                    predicate_raw=str(raw),
+                    category="other",
+                    stage="edit",
+                    generator="model",
+                    model=RELEASE_MODEL,
+                    run_id=self.run_id,
+                )
+            )
         return True
 
     def _region(self, image_id, i, name, region, width, height, shard, source) -> RegionRecord:
@@ -275,16 +389,28 @@ class _Importer:
             try:
                 mask = masks.segmentation_to_rle(region["segmentation"], height, width)
             except (ValueError, TypeError, KeyError) as e:
-                self.error(shard, "bad_segmentation", f"region {i}: {e}; kept with its box only", image_id, source)
+                self.error(
+                    shard,
+                    "bad_segmentation",
+                    f"region {i}: {e}; kept with its box only",
+                    image_id,
+                    source,
+                )
         box = Box(x1=x, y1=y, x2=x + w, y2=y + h)
         return RegionRecord(
-            image_id=image_id, region_id=i, bbox=box, mask=mask,
+            image_id=image_id,
+            region_id=i,
+            bbox=box,
+            mask=mask,
             area=masks.area(mask) if mask is not None else float(region.get("area") or box.area),
-            label=name, sources=[RegionSource(dataset="svg", annotation_id=str(i))],
+            label=name,
+            sources=[RegionSource(dataset="svg", annotation_id=str(i))],
         )
 
 
-def import_svg(paths: list[str], root: str, *, images_dir: str | None = None, shard_size: int = 1000) -> ImportReport:
+def import_svg(
+    paths: list[str], root: str, *, images_dir: str | None = None, shard_size: int = 1000
+) -> ImportReport:
     """Store SVG-format rows as a new dataset root: ``images`` and ``regions`` (the ``seeds``
     stage's shards) and the graph as ``stage='edit'`` relations and names (the ``edit``
     stage's), with ``model='svg-release'``, so SQL, ``svg_full`` and export work on it."""
@@ -309,7 +435,13 @@ def import_svg(paths: list[str], root: str, *, images_dir: str | None = None, sh
         shard = _Shard()
         for row in itertools.chain(read_svg_rows(paths), [None]):
             if row is not None and str(row["image_id"]) in seen:
-                importer.error(shard, "svg_duplicate_image", "image listed twice; the later row is skipped", str(row["image_id"]), row["_source"])
+                importer.error(
+                    shard,
+                    "svg_duplicate_image",
+                    "image listed twice; the later row is skipped",
+                    str(row["image_id"]),
+                    row["_source"],
+                )
             elif row is not None:
                 seen.add(str(row["image_id"]))
                 importer.add(row, shard)
@@ -326,12 +458,33 @@ def import_svg(paths: list[str], root: str, *, images_dir: str | None = None, sh
 
 def _commit(dataset: Dataset, index: int, shard: _Shard, run_id: str, fp: str) -> None:
     started = utcnow()
-    seeds = {"images": to_table(ImageRecord, shard.images), "regions": to_table(RegionRecord, shard.regions)}
+    seeds = {
+        "images": to_table(ImageRecord, shard.images),
+        "regions": to_table(RegionRecord, shard.regions),
+    }
     if shard.errors:
         seeds["errors"] = to_table(ErrorRecord, shard.errors)
-    graph = {"relations": to_table(RelationRecord, shard.relations), "descriptions": to_table(DescriptionRecord, shard.descriptions)}
+    graph = {
+        "relations": to_table(RelationRecord, shard.relations),
+        "descriptions": to_table(DescriptionRecord, shard.descriptions),
+    }
     for stage, tables in (("seeds", seeds), ("edit", graph)):
-        dataset.commit_shard(stage, index, fp, tables, run_id=run_id, image_count=len(shard.images), started_at=started)
+        dataset.commit_shard(
+            stage,
+            index,
+            fp,
+            tables,
+            run_id=run_id,
+            image_count=len(shard.images),
+            started_at=started,
+        )
 
 
-__all__ = ["SVG_SCHEMA", "ExportReport", "ImportReport", "export_svg", "import_svg", "read_svg_rows"]
+__all__ = [
+    "SVG_SCHEMA",
+    "ExportReport",
+    "ImportReport",
+    "export_svg",
+    "import_svg",
+    "read_svg_rows",
+]

@@ -55,7 +55,11 @@ class BuildIncomplete(RuntimeError):
     """Some shards failed; the rest is committed and a rerun picks up only what is missing."""
 
     def __init__(self, run: RunManifest):
-        failed = [f"{s.stage}: {s.shards_failed} shard(s) ({s.reason})" for s in run.stages if s.shards_failed]
+        failed = [
+            f"{s.stage}: {s.shards_failed} shard(s) ({s.reason})"
+            for s in run.stages
+            if s.shards_failed
+        ]
         super().__init__("build incomplete; " + "; ".join(failed))
         self.run = run
 
@@ -65,7 +69,9 @@ class _ReportedFaults(logging.Filter):
     refused a write, the lock was lost, shards failed): it would only bury that line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], (StorageWriteError, LockLost, BuildIncomplete)):
+        if record.exc_info and isinstance(
+            record.exc_info[1], (StorageWriteError, LockLost, BuildIncomplete)
+        ):
             record.exc_info = record.exc_text = None
         return True
 
@@ -95,7 +101,9 @@ class _Progress:
         self.total = max(total, 1)
         self.done = 0
         self.artifact_id = create_progress_artifact(
-            progress=0.0, key=artifact_key(config.name, "build-progress"), description=f"build {config.name}: shards done over all stages"
+            progress=0.0,
+            key=artifact_key(config.name, "build-progress"),
+            description=f"build {config.name}: shards done over all stages",
         )
         self.bar = tqdm(total=total, unit="shard", disable=None, leave=False)
 
@@ -114,10 +122,21 @@ def _counts(counts: dict[str, int | float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(counts.items()))
 
 
-def _stage_table(summary: StageSummary, results: list[ShardResult], images: dict[int, int]) -> list[dict]:
+def _stage_table(
+    summary: StageSummary, results: list[ShardResult], images: dict[int, int]
+) -> list[dict]:
     """One row per shard and a total: in, out, dropped by reason, time, throughput, cost."""
 
-    def row(shard: str, status: str, n_in: int, out: dict, dropped: dict, seconds: float, metrics: dict, msg: str) -> dict:
+    def row(
+        shard: str,
+        status: str,
+        n_in: int,
+        out: dict,
+        dropped: dict,
+        seconds: float,
+        metrics: dict,
+        msg: str,
+    ) -> dict:
         return {
             "shard": shard,
             "status": status,
@@ -133,8 +152,16 @@ def _stage_table(summary: StageSummary, results: list[ShardResult], images: dict
 
     ordered = sorted(results, key=lambda r: r.shard)
     rows = [
-        row(f"{r.shard:05d}", r.status, images.get(r.shard, 0), r.rows, r.errors_by_kind, r.seconds, r.metrics,
-            r.message or (f"redone: {r.redone}" if r.redone else ""))
+        row(
+            f"{r.shard:05d}",
+            r.status,
+            images.get(r.shard, 0),
+            r.rows,
+            r.errors_by_kind,
+            r.seconds,
+            r.metrics,
+            r.message or (f"redone: {r.redone}" if r.redone else ""),
+        )
         for r in ordered
     ]
     if not rows:
@@ -146,7 +173,18 @@ def _stage_table(summary: StageSummary, results: list[ShardResult], images: dict
             dropped[k] = dropped.get(k, 0) + n
     # Throughput over the stage's wall time: what the cluster achieved, not a sum of shard times.
     n_in = sum(images.get(r.shard, 0) for r in worked)
-    rows.append(row("total", summary.status, n_in, summary.rows_out, dropped, summary.seconds, summary.metrics, summary.reason or ""))
+    rows.append(
+        row(
+            "total",
+            summary.status,
+            n_in,
+            summary.rows_out,
+            dropped,
+            summary.seconds,
+            summary.metrics,
+            summary.reason or "",
+        )
+    )
     return rows
 
 
@@ -154,8 +192,12 @@ def _shard_outcome(future: PrefectFuture, stage: str, shard: ShardSpec) -> Shard
     try:
         result = future.result()  # first: the future's state is final only after it
     except UnfinishedRun:  # an upstream task of the same shard failed, so this one never ran
-        return ShardResult(stage=stage, shard=shard.index, status="failed",
-                           message=f"an upstream stage did not complete shard {shard.index}")
+        return ShardResult(
+            stage=stage,
+            shard=shard.index,
+            status="failed",
+            message=f"an upstream stage did not complete shard {shard.index}",
+        )
     except (StorageRefused, LockLost):
         raise
     except Exception as e:  # the task already retried; record it and go on with other shards
@@ -185,7 +227,9 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
     active = [name for name, node in nodes.items() if node.skipped is None]
     task = shard_task.with_options(
         retries=ex.retries,
-        retry_delay_seconds=exponential_backoff(ex.retry_delay_seconds)(ex.retries) if ex.retries else 0,
+        retry_delay_seconds=exponential_backoff(ex.retry_delay_seconds)(ex.retries)
+        if ex.retries
+        else 0,
         retry_jitter_factor=0.2,
     )
     t0 = time.perf_counter()
@@ -195,8 +239,15 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
     def submit(stage: str, shard: ShardSpec) -> None:
         upstream = sorted({w for ws in nodes[stage].reads.values() for w in ws})
         with placement(ex, stage):
-            future = task.with_options(refresh_cache=not shard_done(dataset, config, stage, shard)).submit(
-                config, stage, shard, run_id, fence, wait_for=[submitted[(u, shard.index)] for u in upstream]
+            future = task.with_options(
+                refresh_cache=not shard_done(dataset, config, stage, shard)
+            ).submit(
+                config,
+                stage,
+                shard,
+                run_id,
+                fence,
+                wait_for=[submitted[(u, shard.index)] for u in upstream],
             )
         submitted[(stage, shard.index)] = future
         futures[future] = (stage, shard)
@@ -207,14 +258,24 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
                 submit(stage, shard)
     else:
         for stage in active:
-            wait([submitted[(u, sh.index)] for u in {w for ws in nodes[stage].reads.values() for w in ws} for sh in shards])
+            wait(
+                [
+                    submitted[(u, sh.index)]
+                    for u in {w for ws in nodes[stage].reads.values() for w in ws}
+                    for sh in shards
+                ]
+            )
             for shard in shards:
                 submit(stage, shard)
 
     results: dict[str, list[ShardResult]] = {stage: [] for stage in active}
     finished: dict[str, float] = {}
     stage_progress = {
-        stage: create_progress_artifact(progress=0.0, key=artifact_key(config.name, "stage", stage, "progress"), description=f"{stage}: shards done")
+        stage: create_progress_artifact(
+            progress=0.0,
+            key=artifact_key(config.name, "stage", stage, "progress"),
+            description=f"{stage}: shards done",
+        )
         for stage in active
     }
     progress = _PROGRESS.get(run_id)
@@ -226,7 +287,9 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
         except (StorageRefused, LockLost) as e:
             fatal, result = fatal or e, failed_shard(stage, shard, e)
         results[stage].append(result)
-        update_progress_artifact(stage_progress[stage], progress=100.0 * len(results[stage]) / len(shards))
+        update_progress_artifact(
+            stage_progress[stage], progress=100.0 * len(results[stage]) / len(shards)
+        )
         if progress:
             progress.advance(f"{stage} {shard.index:05d}")
         if len(results[stage]) == len(shards):
@@ -237,19 +300,37 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
     for stage, node in nodes.items():
         if node.skipped:
             withdrawn = withdraw_stage(dataset, stage, run_id)
-            logger.info("%s skipped: %s%s", stage, node.skipped, f" (withdrew {withdrawn} stale shards)" if withdrawn else "")
+            logger.info(
+                "%s skipped: %s%s",
+                stage,
+                node.skipped,
+                f" (withdrew {withdrawn} stale shards)" if withdrawn else "",
+            )
             summary = summarize_stage(stage, [], 0.0, skipped=node.skipped)
         else:
-            summary = with_spend(summarize_stage(stage, results[stage], finished.get(stage, time.perf_counter() - t0)), config, run_id)
+            summary = with_spend(
+                summarize_stage(
+                    stage, results[stage], finished.get(stage, time.perf_counter() - t0)
+                ),
+                config,
+                run_id,
+            )
             logger.info(
                 "%s: %d images in; shards written %d, up to date %d, failed %d; rows out %s; %d input errors; done after %.1fs",
-                stage, sum(images.values()), summary.shards_written, summary.shards_up_to_date, summary.shards_failed,
-                summary.rows_out or "{}", summary.errors, summary.seconds,
+                stage,
+                sum(images.values()),
+                summary.shards_written,
+                summary.shards_up_to_date,
+                summary.shards_failed,
+                summary.rows_out or "{}",
+                summary.errors,
+                summary.seconds,
             )
         create_table_artifact(
             key=artifact_key(config.name, "stage", stage),
             table=_stage_table(summary, results.get(stage, []), images if not node.skipped else {}),
-            description=f"{stage}: {summary.status}" + (f" ({summary.reason})" if summary.reason else ""),
+            description=f"{stage}: {summary.status}"
+            + (f" ({summary.reason})" if summary.reason else ""),
         )
         summaries.append(summary)
     if fatal is not None:
@@ -270,7 +351,9 @@ def publish_flow(config: BuildConfig) -> dict:
     stats = compute_stats(dataset)
     dataset.write_file("stats.json", json.dumps(stats, indent=2, default=str).encode())
     create_link_artifact(
-        key=artifact_key(config.name, "dataset"), link=output_link(dataset), link_text=dataset.url,
+        key=artifact_key(config.name, "dataset"),
+        link=output_link(dataset),
+        link_text=dataset.url,
         description=f"{config.name}: the dataset root (query it with `synthvg sql --root`)",
     )
     t = stats["table1"]
@@ -278,7 +361,15 @@ def publish_flow(config: BuildConfig) -> dict:
         key=artifact_key(config.name, "stats"),
         table=[
             {"metric": k, "value": stats[k]}
-            for k in ("images", "regions", "regions_kept", "proposals", "relations", "relations_not_dropped", "errors")
+            for k in (
+                "images",
+                "regions",
+                "regions_kept",
+                "proposals",
+                "relations",
+                "relations_not_dropped",
+                "errors",
+            )
         ]
         + [{"metric": k, "value": v} for k, v in t.items()],
         description=f"dataset statistics of {config.name}",
@@ -290,14 +381,21 @@ def publish_flow(config: BuildConfig) -> dict:
     )
     get_run_logger().info(
         "published %s: %d images, %d regions, %d relations; objects/image %.1f, triplets/image %.1f, predicates/region %.1f",
-        dataset.url, stats["images"], stats["regions"], stats["relations"],
-        t["objects_per_image"], t["triplets_per_image"], t["predicates_per_region"],
+        dataset.url,
+        stats["images"],
+        stats["regions"],
+        stats["relations"],
+        t["objects_per_image"],
+        t["triplets_per_image"],
+        t["predicates_per_region"],
     )
     return stats
 
 
 @flow(name="build-dataset", flow_run_name="build-{config.name}")
-def build_dataset(config: BuildConfig, run_id: str | None = None, replace: bool = False) -> RunManifest:
+def build_dataset(
+    config: BuildConfig, run_id: str | None = None, replace: bool = False
+) -> RunManifest:
     """Build (or resume) the dataset described by ``config``; returns the run manifest.
 
     ``replace`` allows the build to withdraw committed work (shards that leave the plan, stages
@@ -311,16 +409,29 @@ def build_dataset(config: BuildConfig, run_id: str | None = None, replace: bool 
         plan = plan_task(config, run_id, replace)
         if isinstance(plan, WithdrawalRefused):
             return Failed(message=str(plan), data=plan)  # the caller gets the refusal raised
-        logger.info("run %s: %d images in %d shards of <= %d -> %s", run_id, plan.image_count, len(plan.shards), config.shard_size, dataset.url)
+        logger.info(
+            "run %s: %d images in %d shards of <= %d -> %s",
+            run_id,
+            plan.image_count,
+            len(plan.shards),
+            config.shard_size,
+            dataset.url,
+        )
         if plan.errors:
-            logger.warning("planning found %d input problems (see the errors table)", len(plan.errors))
+            logger.warning(
+                "planning found %d input problems (see the errors table)", len(plan.errors)
+            )
         run = start_run(dataset, config, run_id, plan)
         active = active_stages(config)
         progress = _Progress(config, len(active) * len(plan.shards))
         _PROGRESS[run_id] = progress
         try:
             # A build whose stages are all skipped submits nothing: it needs no cluster.
-            with task_runners(config.executor) if active else nullcontext(lambda: ThreadPoolTaskRunner(max_workers=1)) as runner:
+            with (
+                task_runners(config.executor)
+                if active
+                else nullcontext(lambda: ThreadPoolTaskRunner(max_workers=1)) as runner
+            ):
                 summaries = shards_flow.with_options(task_runner=runner())(config, run_id, fence)
         finally:
             progress.close()

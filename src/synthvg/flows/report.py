@@ -26,7 +26,14 @@ from synthvg.storage import Dataset, connect, fetch_dicts
 
 REPORT_DIR = "report"
 #: Cost-like metrics summed per stage over every run (a resumed build's cost spreads over runs).
-COST_METRICS = ("requests", "cached", "paid_requests", "prompt_tokens", "completion_tokens", "cost_usd")
+COST_METRICS = (
+    "requests",
+    "cached",
+    "paid_requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+)
 
 
 def dataset_root_of(flow_run_id: str) -> str:
@@ -41,7 +48,9 @@ def dataset_root_of(flow_run_id: str) -> str:
         run = client.read_flow_run(run_id)
     config = run.parameters.get("config") or {}
     if "out" not in config:
-        raise ValueError(f"flow run {run_id} ({run.name}) has no config.out parameter: not a build-dataset run")
+        raise ValueError(
+            f"flow run {run_id} ({run.name}) has no config.out parameter: not a build-dataset run"
+        )
     return config["out"]
 
 
@@ -51,15 +60,24 @@ def drop_reasons(root: str | Dataset) -> dict[str, list[dict]]:
     con = connect(root)
     try:
         return {
-            "relations": fetch_dicts(con, """
+            "relations": fetch_dicts(
+                con,
+                """
                 SELECT coalesce(verified_by, '(no filter)') AS rule, count(*) AS dropped
-                FROM relations WHERE verdict = 'dropped' GROUP BY 1 ORDER BY 2 DESC, 1"""),
-            "regions": fetch_dicts(con, """
+                FROM relations WHERE verdict = 'dropped' GROUP BY 1 ORDER BY 2 DESC, 1""",
+            ),
+            "regions": fetch_dicts(
+                con,
+                """
                 SELECT 'regions' AS stage, 'not confirmed by a proposal (IoU <= threshold)' AS reason,
                        count(*) AS dropped
-                FROM regions WHERE kept = false HAVING count(*) > 0"""),
-            "inputs": fetch_dicts(con, """
-                SELECT stage, kind, count(*) AS dropped FROM errors GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2"""),
+                FROM regions WHERE kept = false HAVING count(*) > 0""",
+            ),
+            "inputs": fetch_dicts(
+                con,
+                """
+                SELECT stage, kind, count(*) AS dropped FROM errors GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2""",
+            ),
         }
     finally:
         con.close()
@@ -72,13 +90,23 @@ def stage_costs(runs: Sequence[RunManifest]) -> list[dict]:
         for s in run.stages:
             if s.status == "skipped":
                 continue
-            row = rows.setdefault(s.stage, {"stage": s.stage, "runs": 0, "shards_written": 0, "seconds": 0.0} | dict.fromkeys(COST_METRICS, 0.0))
+            row = rows.setdefault(
+                s.stage,
+                {"stage": s.stage, "runs": 0, "shards_written": 0, "seconds": 0.0}
+                | dict.fromkeys(COST_METRICS, 0.0),
+            )
             row["runs"] += 1
             row["shards_written"] += s.shards_written
             row["seconds"] += s.seconds
             for k in COST_METRICS:
                 row[k] += s.metrics.get(k, 0.0)
-    return [{k: round(v, 2 if k == "seconds" else 6) if isinstance(v, float) else v for k, v in r.items()} for r in rows.values()]
+    return [
+        {
+            k: round(v, 2 if k == "seconds" else 6) if isinstance(v, float) else v
+            for k, v in r.items()
+        }
+        for r in rows.values()
+    ]
 
 
 def api_spend(dataset: Dataset, runs: Sequence[RunManifest]) -> list[dict]:
@@ -97,14 +125,24 @@ def api_spend(dataset: Dataset, runs: Sequence[RunManifest]) -> list[dict]:
             for v in node:
                 yield from cache_urls(v)
 
-    urls = {dataset.uri("cache/llm/ledger")} | {f"{u.rstrip('/')}/ledger" for r in runs for u in cache_urls(r.config)}
+    urls = {dataset.uri("cache/llm/ledger")} | {
+        f"{u.rstrip('/')}/ledger" for r in runs for u in cache_urls(r.config)
+    }
     entries = [e for url in sorted(urls) for e in SpendLedger(url).entries()]
     rows = [
         {"stage": stage, "model": model, **{k: round(v, 6) for k, v in totals.items()}}
-        for (stage, model), totals in sorted(spend_totals(entries, ("stage", "model")).items(), key=lambda kv: str(kv[0]))
+        for (stage, model), totals in sorted(
+            spend_totals(entries, ("stage", "model")).items(), key=lambda kv: str(kv[0])
+        )
     ]
     if len(rows) > 1:
-        rows.append({"stage": "total", "model": "", **{k: round(v, 6) for k, v in spend_totals(entries)[()].items()}})
+        rows.append(
+            {
+                "stage": "total",
+                "model": "",
+                **{k: round(v, 6) for k, v in spend_totals(entries)[()].items()},
+            }
+        )
     return rows
 
 
@@ -137,11 +175,25 @@ def _md_table(rows: Sequence[dict]) -> str:
 
 def _table1(stats: dict) -> list[dict]:
     t = stats["table1"]
-    rows = [{"dataset": n, "images": i, "objects/image": o, "triplets/image": tr, "predicates/region": p} for n, i, o, tr, p in PAPER_TABLE_1]
-    rows.append({
-        "dataset": "this dataset", "images": stats["images"], "objects/image": t["objects_per_image"],
-        "triplets/image": t["triplets_per_image"], "predicates/region": t["predicates_per_region"],
-    })
+    rows = [
+        {
+            "dataset": n,
+            "images": i,
+            "objects/image": o,
+            "triplets/image": tr,
+            "predicates/region": p,
+        }
+        for n, i, o, tr, p in PAPER_TABLE_1
+    ]
+    rows.append(
+        {
+            "dataset": "this dataset",
+            "images": stats["images"],
+            "objects/image": t["objects_per_image"],
+            "triplets/image": t["triplets_per_image"],
+            "predicates/region": t["predicates_per_region"],
+        }
+    )
     return rows
 
 
@@ -149,7 +201,8 @@ def _sample_ids(root: str | Dataset, n: int) -> list[str]:
     con = connect(root)
     try:
         rows = con.execute(
-            "SELECT image_id, count(*) FROM relations WHERE verdict <> 'dropped' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [n]
+            "SELECT image_id, count(*) FROM relations WHERE verdict <> 'dropped' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+            [n],
         ).fetchall()
     finally:
         con.close()
@@ -159,24 +212,54 @@ def _sample_ids(root: str | Dataset, n: int) -> list[str]:
 def _object_labels(dataset: Dataset, top: int = 20) -> list[dict]:
     con = connect(dataset)
     try:
-        return fetch_dicts(con, "SELECT coalesce(label, '(none)') AS label, count(*) AS regions FROM regions GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?", [top])
+        return fetch_dicts(
+            con,
+            "SELECT coalesce(label, '(none)') AS label, count(*) AS regions FROM regions GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+            [top],
+        )
     finally:
         con.close()
 
 
-def _card(name: str, dataset: Dataset, runs: Sequence[RunManifest], stats: dict, drops: dict, costs: list[dict], images: dict[str, str], spend: list[dict] | None = None) -> str:
+def _card(
+    name: str,
+    dataset: Dataset,
+    runs: Sequence[RunManifest],
+    stats: dict,
+    drops: dict,
+    costs: list[dict],
+    images: dict[str, str],
+    spend: list[dict] | None = None,
+) -> str:
     """The card's markdown; ``images`` maps a figure's file name to how the card links it."""
     last = runs[-1] if runs else None
     run_line = (
         f"Last run `{last.run_id}`: **{last.status}**, {last.images} images in {last.shards} shards, "
-        f"finished {last.finished_at or '-'}." if last else "No run manifest found."
+        f"finished {last.finished_at or '-'}."
+        if last
+        else "No run manifest found."
     )
     samples = [f for f in images if f.startswith("samples/")]
     parts = [
         f"# Dataset card: {name}\n",
         f"Dataset at `{dataset.url}`, built by synthvg {last.synthvg_version if last else __version__}. {run_line}\n",
         "## Contents\n",
-        _md_table([{k: stats[k] for k in ("images", "regions", "regions_kept", "proposals", "relations", "relations_not_dropped", "errors")}]),
+        _md_table(
+            [
+                {
+                    k: stats[k]
+                    for k in (
+                        "images",
+                        "regions",
+                        "regions_kept",
+                        "proposals",
+                        "relations",
+                        "relations_not_dropped",
+                        "errors",
+                    )
+                }
+            ]
+        ),
         "## Table 1 (the SVG paper's columns)\n",
         "objects/image: regions per image; triplets/image: relations not dropped, per image; "
         "predicates/region: those relations per region.\n",
@@ -195,8 +278,15 @@ def _card(name: str, dataset: Dataset, runs: Sequence[RunManifest], stats: dict,
         "## Cost\n",
         f"Summed over {len(runs)} run(s) of this dataset (a resumed build's work spreads over its runs).\n",
         _md_table(costs),
-        *(["Model API spend per stage and model, from the spend ledger: every paid request, those of "
-           "shards that failed and were redone included.\n", _md_table(spend)] if spend else []),
+        *(
+            [
+                "Model API spend per stage and model, from the spend ledger: every paid request, those of "
+                "shards that failed and were redone included.\n",
+                _md_table(spend),
+            ]
+            if spend
+            else []
+        ),
         "## Sample scene graphs\n",
         "The images with the most relations not dropped: regions (masks, boxes, ids) and relations.\n",
         *[f"![{f}]({images[f]})\n" for f in samples],
@@ -205,7 +295,9 @@ def _card(name: str, dataset: Dataset, runs: Sequence[RunManifest], stats: dict,
 
 
 @flow(name="dataset-report", flow_run_name="dataset-report")
-def dataset_report(root: str | None = None, build_flow_run_id: str | None = None, samples: int = 4) -> dict:
+def dataset_report(
+    root: str | None = None, build_flow_run_id: str | None = None, samples: int = 4
+) -> dict:
     """Write ``ROOT/report/`` (README.md card, PNG figures, report.json) and the same as artifacts.
 
     Give ``root``, or ``build_flow_run_id`` (what the deployment trigger passes) to report on
@@ -225,9 +317,18 @@ def dataset_report(root: str | None = None, build_flow_run_id: str | None = None
     spend = api_spend(dataset, runs)
 
     figures = {
-        "categories.png": histogram_png(stats["by_category"], "category", "relations", "Relations per category"),
-        "predicates.png": histogram_png(stats["top_predicates"], "predicate", "relations", "Top predicates (relations not dropped)"),
-        "objects.png": histogram_png(_object_labels(dataset), "label", "regions", "Top object labels"),
+        "categories.png": histogram_png(
+            stats["by_category"], "category", "relations", "Relations per category"
+        ),
+        "predicates.png": histogram_png(
+            stats["top_predicates"],
+            "predicate",
+            "relations",
+            "Top predicates (relations not dropped)",
+        ),
+        "objects.png": histogram_png(
+            _object_labels(dataset), "label", "regions", "Top object labels"
+        ),
     }
     for image_id in _sample_ids(dataset, samples):
         buf = io.BytesIO()
@@ -235,29 +336,64 @@ def dataset_report(root: str | None = None, build_flow_run_id: str | None = None
         figures[f"samples/{re.sub(r'[^A-Za-z0-9_.-]+', '-', image_id)}.png"] = buf.getvalue()
 
     written = [dataset.write_file(f"{REPORT_DIR}/{f}", data) for f, data in figures.items()]
-    summary = {"name": name, "stats": stats, "drop_reasons": drops, "cost": costs, "api_spend": spend, "figures": sorted(figures)}
-    written.append(dataset.write_file(f"{REPORT_DIR}/report.json", json.dumps(summary, indent=2, default=str).encode()))
+    summary = {
+        "name": name,
+        "stats": stats,
+        "drop_reasons": drops,
+        "cost": costs,
+        "api_spend": spend,
+        "figures": sorted(figures),
+    }
+    written.append(
+        dataset.write_file(
+            f"{REPORT_DIR}/report.json", json.dumps(summary, indent=2, default=str).encode()
+        )
+    )
     card = _card(name, dataset, runs, stats, drops, costs, {f: f for f in figures}, spend)
     written.append(dataset.write_file(f"{REPORT_DIR}/README.md", card.encode()))
 
     # The artifact shows the figures inline: histograms as data URLs; sample renderings (large)
     # are linked by path, since the Prefect UI cannot read the dataset's files.
-    inline = {f: f"data:image/png;base64,{base64.b64encode(d).decode()}" for f, d in figures.items() if not f.startswith("samples/")}
+    inline = {
+        f: f"data:image/png;base64,{base64.b64encode(d).decode()}"
+        for f, d in figures.items()
+        if not f.startswith("samples/")
+    }
     inline |= {f: dataset.abspath(f"{REPORT_DIR}/{f}") for f in figures if f.startswith("samples/")}
-    create_markdown_artifact(key=artifact_key(name, "dataset-card"), markdown=_card(name, dataset, runs, stats, drops, costs, inline, spend), description=f"dataset card of {name}")
-    create_link_artifact(
-        key=artifact_key(name, "dataset-card-file"), link=output_link(dataset, f"{REPORT_DIR}/README.md"),
-        link_text=dataset.abspath(f"{REPORT_DIR}/README.md"), description=f"the dataset card of {name}, beside the data",
+    create_markdown_artifact(
+        key=artifact_key(name, "dataset-card"),
+        markdown=_card(name, dataset, runs, stats, drops, costs, inline, spend),
+        description=f"dataset card of {name}",
     )
-    create_table_artifact(key=artifact_key(name, "report-table1"), table=_table1(stats), description=f"{name} against the SVG paper's Table 1")
+    create_link_artifact(
+        key=artifact_key(name, "dataset-card-file"),
+        link=output_link(dataset, f"{REPORT_DIR}/README.md"),
+        link_text=dataset.abspath(f"{REPORT_DIR}/README.md"),
+        description=f"the dataset card of {name}, beside the data",
+    )
+    create_table_artifact(
+        key=artifact_key(name, "report-table1"),
+        table=_table1(stats),
+        description=f"{name} against the SVG paper's Table 1",
+    )
     create_table_artifact(
         key=artifact_key(name, "report-drops"),
-        table=[{"what": "relation", "by": r["rule"], "dropped": r["dropped"]} for r in drops["relations"]]
+        table=[
+            {"what": "relation", "by": r["rule"], "dropped": r["dropped"]}
+            for r in drops["relations"]
+        ]
         + [{"what": "region", "by": r["reason"], "dropped": r["dropped"]} for r in drops["regions"]]
-        + [{"what": f"input ({r['stage']})", "by": r["kind"], "dropped": r["dropped"]} for r in drops["inputs"]]
+        + [
+            {"what": f"input ({r['stage']})", "by": r["kind"], "dropped": r["dropped"]}
+            for r in drops["inputs"]
+        ]
         or [{"what": "(nothing dropped)"}],
         description=f"what {name} dropped, and why",
     )
-    create_table_artifact(key=artifact_key(name, "report-cost"), table=costs or [{"stage": "(no runs)"}], description=f"time and API spend per stage of {name}")
+    create_table_artifact(
+        key=artifact_key(name, "report-cost"),
+        table=costs or [{"stage": "(no runs)"}],
+        description=f"time and API spend per stage of {name}",
+    )
     logger.info("dataset card of %s: %s", name, dataset.abspath(f"{REPORT_DIR}/README.md"))
     return {"root": dataset.url, "files": written}

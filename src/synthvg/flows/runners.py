@@ -33,7 +33,9 @@ def require(kind: str) -> None:
     try:
         __import__(module)
     except ImportError as e:
-        raise RunnerUnavailable(f"--runner {kind} needs {module.replace('_', '-')}: {EXTRA_HINT} ({e})") from None
+        raise RunnerUnavailable(
+            f"--runner {kind} needs {module.replace('_', '-')}: {EXTRA_HINT} ({e})"
+        ) from None
 
 
 @contextmanager
@@ -86,13 +88,17 @@ def _ray(executor: ExecutorConfig) -> Iterator[Callable[[], TaskRunner]]:
     # (and lets callers bring their own ray.init, with its resources, before the build).
     owned = not ray.is_initialized()
     if owned:
-        local = {} if executor.address else {"num_cpus": executor.workers, "include_dashboard": False}
+        local = (
+            {} if executor.address else {"num_cpus": executor.workers, "include_dashboard": False}
+        )
         ray.init(address=executor.address, namespace="synthvg", **local)
     try:
         if executor.gpus and not executor.address:
             have = ray.cluster_resources().get("GPU", 0.0)
             if (want := max(executor.gpus.values())) > have:
-                raise RuntimeError(f"a stage requests {want:g} GPUs per shard; the local Ray cluster has {have:g}")
+                raise RuntimeError(
+                    f"a stage requests {want:g} GPUs per shard; the local Ray cluster has {have:g}"
+                )
         yield lambda: RayTaskRunner(address=executor.address)
     finally:
         if owned:

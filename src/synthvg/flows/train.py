@@ -27,16 +27,30 @@ def train_robin(config: str) -> str:
     cfg = load_train_config(config)
     result = train(cfg, emit=logger.info)
     key = artifact_key("train", cfg.name)
-    create_link_artifact(Path(result.export_dir).resolve().as_uri(), link_text=f"Robin checkpoint ({cfg.name})",
-                         key=f"{key}-checkpoint", description="the export: robin: {checkpoint: DIR}")
-    mixture = [{"source": n, **{k: v for k, v in c.items() if k != "dropped"}, "dropped": str(c["dropped"])}
-               for n, c in result.mixture["sources"].items()]
+    create_link_artifact(
+        Path(result.export_dir).resolve().as_uri(),
+        link_text=f"Robin checkpoint ({cfg.name})",
+        key=f"{key}-checkpoint",
+        description="the export: robin: {checkpoint: DIR}",
+    )
+    mixture = [
+        {
+            "source": n,
+            **{k: v for k, v in c.items() if k != "dropped"},
+            "dropped": str(c["dropped"]),
+        }
+        for n, c in result.mixture["sources"].items()
+    ]
     create_table_artifact(mixture, key=f"{key}-mixture", description="examples per source and task")
     import json
 
     with open(os.path.join(result.export_dir, MANIFEST)) as f:
         curve = json.load(f)["loss_curve"]
-    create_table_artifact(curve or [{"step": 0, "loss": None}], key=f"{key}-loss", description="training loss per logged step")
+    create_table_artifact(
+        curve or [{"step": 0, "loss": None}],
+        key=f"{key}-loss",
+        description="training loss per logged step",
+    )
     with open(os.path.join(cfg.train.output_dir, LOSS_PNG), "rb") as f:
         png = base64.b64encode(f.read()).decode()
     create_markdown_artifact(

@@ -93,7 +93,9 @@ class BatchJob:
         if state is None:
             return {"job": self.name, "batches": []}
         if not isinstance(state, dict) or not isinstance(state.get("batches"), list):
-            raise LLMConfigError(f"unreadable batch state file {self.state_rel} in {self.cache.url}")
+            raise LLMConfigError(
+                f"unreadable batch state file {self.state_rel} in {self.cache.url}"
+            )
         return state
 
     def _save(self, state: dict[str, Any]) -> None:

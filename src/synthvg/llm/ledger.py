@@ -59,7 +59,9 @@ class SpendLedger:
         with self._lock:
             if self.is_local:
                 os.makedirs(self.path, exist_ok=True)
-                with open(posixpath.join(self.path, f"{self._name}.jsonl"), "a", encoding="utf-8") as fh:
+                with open(
+                    posixpath.join(self.path, f"{self._name}.jsonl"), "a", encoding="utf-8"
+                ) as fh:
                     fh.write(line)
             else:
                 self._buffer.append(line)

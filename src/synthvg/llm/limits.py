@@ -276,7 +276,9 @@ class SharedRateLimit:
 
     async def acquire(self, tokens: int) -> None:
         """Wait until one request of ``tokens`` estimated tokens may leave, then charge it."""
-        while (wait := await asyncio.to_thread(self._update, {"requests": 1.0, "tokens": tokens})) > 0:
+        while (
+            wait := await asyncio.to_thread(self._update, {"requests": 1.0, "tokens": tokens})
+        ) > 0:
             await asyncio.sleep(wait)
 
     def settle(self, estimated: int, actual: int) -> None:

@@ -315,12 +315,28 @@ class FakeOpenAIServer:
         with self._lock:
             self._requests.append(record)
         route = (h.command, path)
-        if self.api_key is not None and record.headers.get("authorization") != f"Bearer {self.api_key}":
-            _send(h, 401, _json({"error": {
-                "message": "Incorrect API key provided. You can find your API key at https://example.invalid.",
-                "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}))
+        if (
+            self.api_key is not None
+            and record.headers.get("authorization") != f"Bearer {self.api_key}"
+        ):
+            _send(
+                h,
+                401,
+                _json(
+                    {
+                        "error": {
+                            "message": "Incorrect API key provided. You can find your API key at https://example.invalid.",
+                            "type": "invalid_request_error",
+                            "param": None,
+                            "code": "invalid_api_key",
+                        }
+                    }
+                ),
+            )
         elif route == ("GET", "/v1/models") and self.models is not None:
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models]
+            data = [
+                {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models
+            ]
             _send(h, 200, _json({"object": "list", "data": data}))
         elif route == ("POST", "/v1/chat/completions"):
             self._chat(h, record.json())
@@ -382,9 +398,12 @@ class FakeOpenAIServer:
             ]
             if tokens and reply.top_logprobs:
                 tokens[0]["top_logprobs"] = [
-                    {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in reply.top_logprobs
+                    {"token": t, "logprob": lp, "bytes": list(t.encode())}
+                    for t, lp in reply.top_logprobs
                 ]
-                tokens[0]["logprob"] = next((lp for t, lp in reply.top_logprobs if t == tokens[0]["token"]), -0.1)
+                tokens[0]["logprob"] = next(
+                    (lp for t, lp in reply.top_logprobs if t == tokens[0]["token"]), -0.1
+                )
             logprobs = {"content": tokens}
         return {
             "id": f"chatcmpl-{next(self._ids)}",
@@ -419,7 +438,9 @@ class FakeOpenAIServer:
     def _bill(self, completion: dict[str, Any]) -> None:
         usage = completion["usage"]
         with self._lock:
-            self.billed.append((completion["model"], usage["prompt_tokens"], usage["completion_tokens"]))
+            self.billed.append(
+                (completion["model"], usage["prompt_tokens"], usage["completion_tokens"])
+            )
 
     @property
     def paid_requests(self) -> int:

@@ -53,7 +53,9 @@ def remove_small_regions(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, b
     return mask, changed
 
 
-def clean_small_regions(proposals: list[Proposal], min_area: int, nms_threshold: float) -> list[Proposal]:
+def clean_small_regions(
+    proposals: list[Proposal], min_area: int, nms_threshold: float
+) -> list[Proposal]:
     """Clean every mask, then box-NMS again preferring masks the clean-up did not change (as
     the package's automatic mask generator does)."""
     if not proposals or min_area <= 0:
@@ -65,7 +67,10 @@ def clean_small_regions(proposals: list[Proposal], min_area: int, nms_threshold:
         untouched.append(0.0 if changed else 1.0)
     boxes = np.array([_xyxy(r) for r in cleaned])
     keep = masks.nms(boxes, np.array(untouched), nms_threshold)
-    return [Proposal(cleaned[i], masks.bbox(cleaned[i]), masks.area(cleaned[i]), proposals[i].score) for i in keep]
+    return [
+        Proposal(cleaned[i], masks.bbox(cleaned[i]), masks.area(cleaned[i]), proposals[i].score)
+        for i in keep
+    ]
 
 
 def _xyxy(rle: RLE) -> list[float]:
@@ -92,7 +97,9 @@ def remove_unions(props: list[Proposal], params: MergeParams) -> list[Proposal]:
     return out
 
 
-def merge_whole_part(whole: list[Proposal], part: list[Proposal], params: MergeParams) -> list[Proposal]:
+def merge_whole_part(
+    whole: list[Proposal], part: list[Proposal], params: MergeParams
+) -> list[Proposal]:
     """The official demo's merge of its two SAM modes (docs/REGIONS.md).
 
     Union masks are dropped from the whole set; then each part mask, best score first, is added
@@ -120,8 +127,14 @@ def merge_whole_part(whole: list[Proposal], part: list[Proposal], params: MergeP
     return remove_unions(kept, params)
 
 
-def finish(sets: dict[str, list[Proposal]], config: SamCommonConfig, height: int, width: int) -> list[Proposal]:
+def finish(
+    sets: dict[str, list[Proposal]], config: SamCommonConfig, height: int, width: int
+) -> list[Proposal]:
     """The mode's result (the merge for ``whole+part``) mapped back to the image's size."""
-    props = merge_whole_part(sets["whole"], sets["part"], config.merge) if config.mode == "whole+part" else sets[config.mode]
+    props = (
+        merge_whole_part(sets["whole"], sets["part"], config.merge)
+        if config.mode == "whole+part"
+        else sets[config.mode]
+    )
     rles = [masks.resize(p.mask, height, width) for p in props]
     return to_proposals(rles, [p.score for p in props], config.max_proposals)

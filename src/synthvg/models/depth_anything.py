@@ -29,8 +29,13 @@ def _default_processor():
     from transformers import DPTImageProcessor
 
     return DPTImageProcessor(
-        size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
-        resample=3, do_pad=False, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        size={"height": 518, "width": 518},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=14,
+        resample=3,
+        do_pad=False,
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
     )
 
 
@@ -51,8 +56,12 @@ class DepthAnything:
         self.dtype = resolve_dtype(config.dtype, self.device)
         model_type = model_type_of(config.path, KEY)
         if model_type != "depth_anything":
-            raise ModelLoadError(f"{KEY}: {config.path} holds a {model_type!r} model, not Depth-Anything ('depth_anything')")
-        self.model = load_pretrained(DepthAnythingForDepthEstimation, config.path, KEY, self.dtype, self.device)
+            raise ModelLoadError(
+                f"{KEY}: {config.path} holds a {model_type!r} model, not Depth-Anything ('depth_anything')"
+            )
+        self.model = load_pretrained(
+            DepthAnythingForDepthEstimation, config.path, KEY, self.dtype, self.device
+        )
         self.metric = getattr(self.model.config, "depth_estimation_type", "relative") == "metric"
         if os.path.isfile(os.path.join(config.path, "preprocessor_config.json")):
             self.processor = AutoImageProcessor.from_pretrained(config.path)
@@ -64,14 +73,21 @@ class DepthAnything:
 
     def predict(self, rgbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
         """One float32 map per image at the given (height, width), normalised as above."""
-        pixels = [self.processor(images=rgb, return_tensors="pt")["pixel_values"][0] for rgb in rgbs]
+        pixels = [
+            self.processor(images=rgb, return_tensors="pt")["pixel_values"][0] for rgb in rgbs
+        ]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(pixels):
             groups[tuple(p.shape)].append(i)
         out: list[np.ndarray | None] = [None] * len(rgbs)
         with self._lock, torch.inference_mode():
             for idx in groups.values():
-                maps = self.batcher.run(lambda chunk: self._forward([pixels[i] for i in chunk], [sizes[i] for i in chunk]), idx)
+                maps = self.batcher.run(
+                    lambda chunk: self._forward(
+                        [pixels[i] for i in chunk], [sizes[i] for i in chunk]
+                    ),
+                    idx,
+                )
                 for i, m in zip(idx, maps, strict=True):
                     out[i] = m
         return out
@@ -80,10 +96,14 @@ class DepthAnything:
         """The model's own prediction (B x h x w, float32) for preprocessed pixels."""
         return self.model(pixel_values=pixels.to(self.device, self.dtype)).predicted_depth.float()
 
-    def _forward(self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    def _forward(
+        self, pixels: list[torch.Tensor], sizes: list[tuple[int, int]]
+    ) -> list[np.ndarray]:
         predicted = self.raw(torch.stack(pixels))
         maps = []
         for depth, size in zip(predicted, sizes, strict=True):
-            full = F.interpolate(depth[None, None], size, mode="bilinear", align_corners=False)[0, 0]
+            full = F.interpolate(depth[None, None], size, mode="bilinear", align_corners=False)[
+                0, 0
+            ]
             maps.append(normalise(full, self.metric).cpu().numpy().astype(np.float32))
         return maps

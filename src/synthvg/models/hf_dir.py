@@ -20,7 +20,9 @@ def read_config_json(path: str, key: str) -> dict:
         raise ModelLoadError(f"{key}: model directory not found: {path}")
     config = os.path.join(path, "config.json")
     if not os.path.isfile(config):
-        raise ModelLoadError(f"{key}: {path} has no config.json (not a transformers model directory)")
+        raise ModelLoadError(
+            f"{key}: {path} has no config.json (not a transformers model directory)"
+        )
     try:
         with open(config) as f:
             raw = json.load(f)
@@ -43,7 +45,11 @@ def load_pretrained(cls, path: str, key: str, dtype: torch.dtype, device: torch.
         model, info = cls.from_pretrained(path, dtype=dtype, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise ModelLoadError(f"{key}: cannot load {cls.__name__} from {path}: {e}") from None
-    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    bad = {
+        k: v
+        for k, v in info.items()
+        if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v
+    }
     if bad:
         detail = "; ".join(f"{k}: {sorted(map(str, v))[:3]}" for k, v in bad.items())
         raise ModelLoadError(f"{key}: the weights in {path} do not fit {cls.__name__} ({detail})")

@@ -127,7 +127,11 @@ def validate_edits(graph: Graph, requested: list[tuple[Edit, str | None]]) -> Ed
     log = []
     for edit, raw in sorted(requested, key=lambda e: PHASES.index(e[0].action)):
         reason = _rejection(graph, state, edit)
-        old = state[edit.subject_id]["name"] if edit.action == "rename" and edit.subject_id in state else None
+        old = (
+            state[edit.subject_id]["name"]
+            if edit.action == "rename" and edit.subject_id in state
+            else None
+        )
         if reason is None:
             state = apply_edits(state, [edit])
         log.append(LoggedEdit(edit, raw, old, reason is None, reason))
@@ -146,10 +150,14 @@ def graph_json(graph: Graph) -> str:
 class LLMEditor:
     """Builds the caption and edit requests of an image; loads once per worker."""
 
-    def __init__(self, config: OpenAIEditConfig, cache_dir: str | None, *, client: LLMClient | None = None):
+    def __init__(
+        self, config: OpenAIEditConfig, cache_dir: str | None, *, client: LLMClient | None = None
+    ):
         self.config = config
         self.prompt: Prompt = load_prompt(config.prompt)
-        self.caption_prompt: Prompt | None = load_prompt(config.caption_prompt) if config.caption else None
+        self.caption_prompt: Prompt | None = (
+            load_prompt(config.caption_prompt) if config.caption else None
+        )
         self.client = client or LLMClient(config, cache_dir=cache_dir)
 
     @property
@@ -160,31 +168,45 @@ class LLMEditor:
         return f"{self.prompt.version}+{self.caption_prompt.version}"
 
     def _image(self, image: Image.Image) -> dict:
-        return image_part(jpeg_bytes(image, self.config.image_max_side), "image/jpeg", detail=self.config.detail)
+        return image_part(
+            jpeg_bytes(image, self.config.image_max_side), "image/jpeg", detail=self.config.detail
+        )
 
     def caption_request(self, image: Image.Image) -> dict:
         """Keyword arguments for ``LLMClient.complete``: a dense caption, plain text."""
         assert self.caption_prompt is not None
         user = self.caption_prompt.render_user(width=image.width, height=image.height)
-        return {"messages": [
-            {"role": "system", "content": self.caption_prompt.system},
-            {"role": "user", "content": [text_part(user), self._image(image)]},
-        ]}
+        return {
+            "messages": [
+                {"role": "system", "content": self.caption_prompt.system},
+                {"role": "user", "content": [text_part(user), self._image(image)]},
+            ]
+        }
 
-    def edit_request(self, image: Image.Image, regions: list[dict], graph: Graph, caption: str | None) -> dict:
+    def edit_request(
+        self, image: Image.Image, regions: list[dict], graph: Graph, caption: str | None
+    ) -> dict:
         """Keyword arguments for ``LLMClient.complete`` (also what a dry run prices)."""
         user = self.prompt.render_user(
-            caption_block=f"Dense caption of the image: {caption.strip()}\n\n" if caption and caption.strip() else "",
-            width=image.width, height=image.height, graph=graph_json(graph),
+            caption_block=f"Dense caption of the image: {caption.strip()}\n\n"
+            if caption and caption.strip()
+            else "",
+            width=image.width,
+            height=image.height,
+            graph=graph_json(graph),
         )
         marked = marked_image_bytes(image, regions, self.config.image_max_side)
         return {
             "messages": [
                 {"role": "system", "content": self.prompt.system},
-                {"role": "user", "content": [
-                    text_part(user), self._image(image),
-                    image_part(marked, "image/jpeg", detail=self.config.detail),
-                ]},
+                {
+                    "role": "user",
+                    "content": [
+                        text_part(user),
+                        self._image(image),
+                        image_part(marked, "image/jpeg", detail=self.config.detail),
+                    ],
+                },
             ],
             "response_format": EditAnswer,
         }

@@ -37,7 +37,9 @@ def region_list(regions: list[dict]) -> str:
     for r in regions:
         b = r["bbox"]
         name = r.get("label") or (r.get("descriptions") or ["region"])[0]
-        lines.append(f"{r['region_id']}: {name}, box [{b['x1']:.0f}, {b['y1']:.0f}, {b['x2']:.0f}, {b['y2']:.0f}]")
+        lines.append(
+            f"{r['region_id']}: {name}, box [{b['x1']:.0f}, {b['y1']:.0f}, {b['x2']:.0f}, {b['y2']:.0f}]"
+        )
     return "\n".join(lines)
 
 
@@ -51,21 +53,30 @@ def parse_answer(obj: dict) -> tuple[TeacherAnswer, list[tuple[str, str]]]:
             continue
         known = {k: v for k, v in raw.items() if k in SubjectAnswer.model_fields}
         for k in set(raw) - set(known):
-            dropped.append(("unknown_category", f"subject {raw.get('subject_id')}: key {k!r} is not one of {CATEGORIES}"))
+            dropped.append(
+                (
+                    "unknown_category",
+                    f"subject {raw.get('subject_id')}: key {k!r} is not one of {CATEGORIES}",
+                )
+            )
         for c in CATEGORIES:
             known.setdefault(c, [])
         known.setdefault("description", "")
         try:
             subjects.append(SubjectAnswer.model_validate(known))
         except ValidationError as e:
-            dropped.append(("malformed_subject", f"subject {raw.get('subject_id')}: {e.errors()[0]['msg']}"))
+            dropped.append(
+                ("malformed_subject", f"subject {raw.get('subject_id')}: {e.errors()[0]['msg']}")
+            )
     return TeacherAnswer(subjects=subjects), dropped
 
 
 class LLMTeacher:
     """Builds one request per image and checks each answer; loads once per worker."""
 
-    def __init__(self, config: OpenAITeacherConfig, cache_dir: str | None, *, client: LLMClient | None = None):
+    def __init__(
+        self, config: OpenAITeacherConfig, cache_dir: str | None, *, client: LLMClient | None = None
+    ):
         self.config = config
         self.prompt: Prompt = load_prompt(config.prompt)
         self.client = client or LLMClient(config, cache_dir=cache_dir)
@@ -85,12 +96,21 @@ class LLMTeacher:
         jpeg = marked_image_bytes(image, regions, self.config.image_max_side)
         return [
             {"role": "system", "content": self.prompt.system},
-            {"role": "user", "content": [text_part(user), image_part(jpeg, "image/jpeg", detail=self.config.detail)]},
+            {
+                "role": "user",
+                "content": [
+                    text_part(user),
+                    image_part(jpeg, "image/jpeg", detail=self.config.detail),
+                ],
+            },
         ]
 
     def request(self, image: Image.Image, regions: list[dict]) -> dict:
         """Keyword arguments for ``LLMClient.complete`` (also what a dry run prices)."""
-        return {"messages": self.messages(image, regions), "response_format": json_schema_format(TeacherAnswer)}
+        return {
+            "messages": self.messages(image, regions),
+            "response_format": json_schema_format(TeacherAnswer),
+        }
 
     def check(self, result: LLMResult, regions: list[dict]) -> TeacherReply:
         answer, dropped = parse_answer(result.parsed or {})

@@ -24,7 +24,9 @@ def jpeg_bytes(image: Image.Image, max_side: int) -> bytes:
     image = image.convert("RGB")
     scale = max_side / max(image.size)
     if scale < 1:
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+        image = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.LANCZOS
+        )
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=90)
     return buf.getvalue()

@@ -46,7 +46,9 @@ class PrecomputedProposer:
         try:
             config.pattern.format(stem="", file_name="", image_id="", native_id="")
         except (KeyError, IndexError, ValueError) as e:
-            raise ModelLoadError(f"{KEY}.pattern: {config.pattern!r} is not a valid pattern: {e}") from None
+            raise ModelLoadError(
+                f"{KEY}.pattern: {config.pattern!r} is not a valid pattern: {e}"
+            ) from None
         self.config = config
         self.name = f"precomputed/{config.name}"
 
@@ -64,13 +66,18 @@ class PrecomputedProposer:
             raise ImageError("bad_proposals", f"cannot read {path} as JSON: {e}") from None
         records = data.get("annotations") if isinstance(data, dict) else data
         if not isinstance(records, list):
-            raise ImageError("bad_proposals", f"{path}: expected a list of masks or an object with 'annotations'")
+            raise ImageError(
+                "bad_proposals", f"{path}: expected a list of masks or an object with 'annotations'"
+            )
         rles, scores = [], []
         for i, rec in enumerate(records):
             try:
                 rles.append(masks.segmentation_to_rle(rec["segmentation"], item.height, item.width))
             except (KeyError, TypeError, ValueError) as e:
-                raise ImageError("bad_proposals", f"{path}: mask {i} is unusable at {item.width}x{item.height}: {e}") from None
+                raise ImageError(
+                    "bad_proposals",
+                    f"{path}: mask {i} is unusable at {item.width}x{item.height}: {e}",
+                ) from None
             score = rec.get("predicted_iou", rec.get("score"))
             scores.append(float(score) if isinstance(score, int | float) else None)
         return to_proposals(rles, scores, self.config.max_proposals)

@@ -57,7 +57,10 @@ class MaskProposer(Protocol):
 
 def to_proposals(rles: list[RLE], scores: list[float | None], limit: int) -> list[Proposal]:
     """Proposals from masks, largest first, at most ``limit``; empty masks are dropped."""
-    out = [Proposal(mask=r, bbox=masks.bbox(r), area=masks.area(r), score=s) for r, s in zip(rles, scores, strict=True)]
+    out = [
+        Proposal(mask=r, bbox=masks.bbox(r), area=masks.area(r), score=s)
+        for r, s in zip(rles, scores, strict=True)
+    ]
     out = [p for p in out if p.area > 0]
     out.sort(key=lambda p: -p.area)
     return out[:limit]
@@ -91,13 +94,19 @@ class FelzenszwalbProposer:
             from PIL import Image
 
             small = np.asarray(Image.fromarray(rgb).resize(work, Image.BILINEAR))
-        labels = felzenszwalb(small, scale=self.config.scale, sigma=self.config.sigma, min_size=self.config.min_size)
+        labels = felzenszwalb(
+            small, scale=self.config.scale, sigma=self.config.sigma, min_size=self.config.min_size
+        )
         labels = labels.astype(np.int32 if labels.max() >= 1 << 15 else np.int16)
         if labels.shape != (h, w):
             # nearest-neighbour upsampling back to full resolution, built transposed so that
             # the column-major walk below reads it without another full-size copy
-            rows = np.minimum((np.arange(h) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1)
-            cols = np.minimum((np.arange(w) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1)
+            rows = np.minimum(
+                (np.arange(h) * labels.shape[0] / h).astype(np.int64), labels.shape[0] - 1
+            )
+            cols = np.minimum(
+                (np.arange(w) * labels.shape[1] / w).astype(np.int64), labels.shape[1] - 1
+            )
             labels = labels.T[cols[:, None], rows[None, :]].T
         rles = list(masks.label_map_to_rles(labels).values())
         return to_proposals(rles, [None] * len(rles), self.config.max_proposals)

@@ -41,7 +41,9 @@ def _overlap(a1: float, a2: float, b1: float, b2: float) -> float:
     return max(0.0, min(a2, b2) - max(a1, b1))
 
 
-def spatial_predicate(s: RegionGeom, o: RegionGeom, s_in_o: float, o_in_s: float) -> tuple[str, float] | None:
+def spatial_predicate(
+    s: RegionGeom, o: RegionGeom, s_in_o: float, o_in_s: float
+) -> tuple[str, float] | None:
     """The single most specific spatial predicate of ``s`` relative to ``o`` (or None).
 
     ``s_in_o`` / ``o_in_s`` are mask coverages (|s & o| / |s| and |s & o| / |o|). The score is
@@ -95,27 +97,41 @@ class RuleTeacher:
     def relate(self, regions: list[RegionGeom]) -> list[Triple]:
         if len(regions) < 2:
             return []
-        n_subjects = max(min(self.config.max_subjects, len(regions)), min(self.config.min_subjects, len(regions)))
+        n_subjects = max(
+            min(self.config.max_subjects, len(regions)), min(self.config.min_subjects, len(regions))
+        )
         by_area = sorted(regions, key=lambda r: (-r.area, r.region_id))
         subjects = by_area[:n_subjects]
         all_masks = [r.mask for r in regions]
         subj_masks = [s.mask for s in subjects]
         cover_s = masks.coverage_matrix(subj_masks, all_masks)  # |s & o| / |s|
         cover_o = masks.coverage_matrix(all_masks, subj_masks).T  # |s & o| / |o|
-        centers = np.array([[(r.box.x1 + r.box.x2) / 2, (r.box.y1 + r.box.y2) / 2] for r in regions])
+        centers = np.array(
+            [[(r.box.x1 + r.box.x2) / 2, (r.box.y1 + r.box.y2) / 2] for r in regions]
+        )
         out: list[Triple] = []
         for i, s in enumerate(subjects):
             si = regions.index(s)
             dist = np.linalg.norm(centers - centers[si], axis=1)
             dist[si] = np.inf
-            nearest = [int(j) for j in np.argsort(dist, kind="stable")[: self.config.objects_per_subject] if np.isfinite(dist[j])]
+            nearest = [
+                int(j)
+                for j in np.argsort(dist, kind="stable")[: self.config.objects_per_subject]
+                if np.isfinite(dist[j])
+            ]
             for rank, j in enumerate(nearest):
                 o = regions[j]
                 found = spatial_predicate(s, o, float(cover_s[i, j]), float(cover_o[i, j]))
                 if found:
-                    out.append(Triple(s.region_id, o.region_id, found[0], round(float(found[1]), 4)))
+                    out.append(
+                        Triple(s.region_id, o.region_id, found[0], round(float(found[1]), 4))
+                    )
                 if not found or found[0] in ("left of", "right of", "above", "below"):
                     # Nearness here is relative (among this subject's nearest regions): a loose
                     # proposal, as a teacher's would be; the filters judge absolute distance.
-                    out.append(Triple(s.region_id, o.region_id, "near", round(1.0 - rank / len(nearest), 4)))
+                    out.append(
+                        Triple(
+                            s.region_id, o.region_id, "near", round(1.0 - rank / len(nearest), 4)
+                        )
+                    )
         return out

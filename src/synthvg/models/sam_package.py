@@ -60,7 +60,9 @@ class SharedPredictor(SamPredictor):
         super().set_image(image, image_format)
         self._memo[key] = (self.original_size, self.input_size, self.features)
 
-    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+    def set_torch_image(
+        self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]
+    ) -> None:
         with autocast(self.device, self.dtype):
             super().set_torch_image(transformed_image, original_image_size)
         self.features = self.features.float()  # the mask decoder and filters stay in float32
@@ -77,20 +79,30 @@ def load_sam(config: SegmentAnythingConfig, device: torch.device) -> Sam:
     """Build the architecture ``model_type`` names and load the checkpoint into it strictly."""
     path = config.checkpoint
     if os.path.isdir(path):
-        raise ModelLoadError(f"{KEY}.checkpoint: {path} is a folder; a transformers model directory goes under regions.transformers_sam.path")
+        raise ModelLoadError(
+            f"{KEY}.checkpoint: {path} is a folder; a transformers model directory goes under regions.transformers_sam.path"
+        )
     if not os.path.isfile(path):
         raise ModelLoadError(f"{KEY}.checkpoint: file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors alike: the file is not a checkpoint
-        raise ModelLoadError(f"{KEY}.checkpoint: cannot read {path} as a torch checkpoint: {e}") from None
+        raise ModelLoadError(
+            f"{KEY}.checkpoint: cannot read {path} as a torch checkpoint: {e}"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"{KEY}.checkpoint: {path} does not hold a SAM state dict")
     width = config.encoder.embed_dim if config.encoder else _WIDTHS[config.model_type]
     pos = state.get("image_encoder.pos_embed")
     if pos is None or int(pos.shape[-1]) != width:  # found before building a ViT-H for nothing
-        raise ModelLoadError(f"{KEY}.checkpoint: {path} does not match model_type {config.model_type!r}{_guess(state)}")
-    sam = build_custom(config.encoder) if config.encoder else sam_model_registry[config.model_type](checkpoint=None)
+        raise ModelLoadError(
+            f"{KEY}.checkpoint: {path} does not match model_type {config.model_type!r}{_guess(state)}"
+        )
+    sam = (
+        build_custom(config.encoder)
+        if config.encoder
+        else sam_model_registry[config.model_type](checkpoint=None)
+    )
     try:
         sam.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -108,18 +120,33 @@ def build_custom(spec: SamEncoderSpec) -> Sam:
     grid = spec.img_size // patch
     return Sam(
         image_encoder=ImageEncoderViT(
-            img_size=spec.img_size, patch_size=patch, embed_dim=spec.embed_dim, depth=spec.depth,
-            num_heads=spec.num_heads, mlp_ratio=4, out_chans=prompt_dim, qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True, window_size=14,
+            img_size=spec.img_size,
+            patch_size=patch,
+            embed_dim=spec.embed_dim,
+            depth=spec.depth,
+            num_heads=spec.num_heads,
+            mlp_ratio=4,
+            out_chans=prompt_dim,
+            qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            use_rel_pos=True,
+            window_size=14,
             global_attn_indexes=tuple(spec.global_attn_indexes),
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=prompt_dim, image_embedding_size=(grid, grid),
-            input_image_size=(spec.img_size, spec.img_size), mask_in_chans=16,
+            embed_dim=prompt_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(spec.img_size, spec.img_size),
+            mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
-            num_multimask_outputs=3, transformer_dim=prompt_dim, iou_head_depth=3, iou_head_hidden_dim=256,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=prompt_dim, mlp_dim=2048, num_heads=8),
+            num_multimask_outputs=3,
+            transformer_dim=prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=prompt_dim, mlp_dim=2048, num_heads=8
+            ),
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
@@ -131,10 +158,16 @@ def _guess(state: dict) -> str:
     if pos is None:
         return " (it has no SAM image encoder)"
     guess = {w: t for t, w in _WIDTHS.items()}.get(int(pos.shape[-1]))
-    return f" (its encoder looks like {guess})" if guess else f" (its encoder width is {int(pos.shape[-1])})"
+    return (
+        f" (its encoder looks like {guess})"
+        if guess
+        else f" (its encoder width is {int(pos.shape[-1])})"
+    )
 
 
-def _generator(sam: Sam, params: AMGParams, predictor: SharedPredictor) -> SamAutomaticMaskGenerator:
+def _generator(
+    sam: Sam, params: AMGParams, predictor: SharedPredictor
+) -> SamAutomaticMaskGenerator:
     kwargs = params.model_dump(exclude={"multimask_output"})
     try:
         gen = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", **kwargs)
@@ -159,7 +192,9 @@ class SegmentAnythingProposer:
         self.device = resolve_device(config.device)
         sam = load_sam(config, self.device)
         self.predictor = SharedPredictor(sam, resolve_dtype(config.dtype, self.device))
-        self.generators = {n: (p, _generator(sam, p, self.predictor)) for n, p in config.generators().items()}
+        self.generators = {
+            n: (p, _generator(sam, p, self.predictor)) for n, p in config.generators().items()
+        }
         self.name = f"segment-anything/{config.model_type}/{config.mode}"
         self._lock = threading.Lock()  # the predictor holds one image's state; one GPU anyway
 
@@ -169,7 +204,11 @@ class SegmentAnythingProposer:
     def _propose(self, item: ImageItem) -> list[Proposal]:
         h, w = item.rgb.shape[:2]
         wh, ww = amg.work_size(h, w, self.config.max_side)
-        rgb = item.rgb if (wh, ww) == (h, w) else np.asarray(Image.fromarray(item.rgb).resize((ww, wh), Image.BILINEAR))
+        rgb = (
+            item.rgb
+            if (wh, ww) == (h, w)
+            else np.asarray(Image.fromarray(item.rgb).resize((ww, wh), Image.BILINEAR))
+        )
         sets = {}
         with self._lock, torch.inference_mode():
             for name, (params, gen) in self.generators.items():

@@ -32,10 +32,14 @@ def _classes(model_type: str, path: str):
 
     names = {"sam": ("SamModel", "SamImageProcessor"), "sam2": ("Sam2Model", "Sam2ImageProcessor")}
     if model_type not in names:
-        raise ModelLoadError(f"{KEY}.path: {path} holds a {model_type!r} model, not SAM ('sam') or SAM 2 ('sam2')")
+        raise ModelLoadError(
+            f"{KEY}.path: {path} holds a {model_type!r} model, not SAM ('sam') or SAM 2 ('sam2')"
+        )
     model_name, processor_name = names[model_type]
     if not hasattr(transformers, model_name):
-        raise ModelLoadError(f"{KEY}.path: {path} is SAM 2, which transformers {transformers.__version__} lacks")
+        raise ModelLoadError(
+            f"{KEY}.path: {path} is SAM 2, which transformers {transformers.__version__} lacks"
+        )
     return getattr(transformers, model_name), getattr(transformers, processor_name)
 
 
@@ -64,7 +68,10 @@ class TransformersSamProposer:
         if os.path.isfile(os.path.join(config.path, "preprocessor_config.json")):
             self.processor = processor_cls.from_pretrained(config.path)
         elif self.model_type == "sam":
-            self.processor = processor_cls(size={"longest_edge": self.frame}, pad_size={"height": self.frame, "width": self.frame})
+            self.processor = processor_cls(
+                size={"longest_edge": self.frame},
+                pad_size={"height": self.frame, "width": self.frame},
+            )
         else:
             self.processor = processor_cls(size={"height": self.frame, "width": self.frame})
         self.name = f"transformers-{self.model_type}/{os.path.basename(os.path.normpath(config.path))}/{config.mode}"
@@ -79,24 +86,41 @@ class TransformersSamProposer:
         embeddings, frames = self.encode([item.rgb for item in items])
         sizes = [item.rgb.shape[:2] for item in items]
         works = [amg.work_size(h, w, self.config.max_side) for h, w in sizes]
-        sets = {name: self.decode_grid(embeddings, frames, works, params) for name, params in self.config.generators().items()}
-        return [amg.finish({n: s[b] for n, s in sets.items()}, self.config, h, w) for b, (h, w) in enumerate(sizes)]
+        sets = {
+            name: self.decode_grid(embeddings, frames, works, params)
+            for name, params in self.config.generators().items()
+        }
+        return [
+            amg.finish({n: s[b] for n, s in sets.items()}, self.config, h, w)
+            for b, (h, w) in enumerate(sizes)
+        ]
 
-    def encode(self, rgbs: list[np.ndarray]) -> tuple[torch.Tensor | list[torch.Tensor], list[tuple[int, int]]]:
+    def encode(
+        self, rgbs: list[np.ndarray]
+    ) -> tuple[torch.Tensor | list[torch.Tensor], list[tuple[int, int]]]:
         """Image embeddings of a batch (SAM 2: one tensor per feature level) and the size each
         image occupies in the model's input frame."""
         inputs = self.processor(images=rgbs, return_tensors="pt")
         pixels = inputs["pixel_values"].to(self.device, self.dtype)
         embeddings = self.model.get_image_embeddings(pixels)
         reshaped = inputs.get("reshaped_input_sizes")
-        frames = [(int(h), int(w)) for h, w in reshaped] if reshaped is not None else [(self.frame, self.frame)] * len(rgbs)
+        frames = (
+            [(int(h), int(w)) for h, w in reshaped]
+            if reshaped is not None
+            else [(self.frame, self.frame)] * len(rgbs)
+        )
         return embeddings, frames
 
     def decode(self, embeddings, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-resolution mask logits (B x P x 3 x h x w) and predicted IoUs (B x P x 3) for one
         foreground point per prompt; ``points`` is B x P x 2 in input-frame pixels."""
         labels = torch.ones(points.shape[:2] + (1,), dtype=torch.long, device=self.device)
-        out = self.model(image_embeddings=embeddings, input_points=points[:, :, None, :].to(self.device), input_labels=labels, multimask_output=True)
+        out = self.model(
+            image_embeddings=embeddings,
+            input_points=points[:, :, None, :].to(self.device),
+            input_labels=labels,
+            multimask_output=True,
+        )
         return out.pred_masks.float(), out.iou_scores.float()
 
     def decode_grid(self, embeddings, frames, works, params: AMGParams) -> list[list[Proposal]]:
@@ -106,15 +130,21 @@ class TransformersSamProposer:
         points = grid[None] * scale[:, None, :]
         found: list[list[Proposal]] = [[] for _ in frames]
         for start in range(0, points.shape[1], params.points_per_batch):
-            logits, iou = self.decode(embeddings, points[:, start : start + params.points_per_batch])
+            logits, iou = self.decode(
+                embeddings, points[:, start : start + params.points_per_batch]
+            )
             if params.multimask_output is not None:
                 k = slice(params.multimask_output, params.multimask_output + 1)
                 logits, iou = logits[:, :, k], iou[:, :, k]
             for b, (frame, work) in enumerate(zip(frames, works, strict=True)):
-                found[b].extend(self._filter(logits[b].flatten(0, 1), iou[b].flatten(), frame, work, params))
+                found[b].extend(
+                    self._filter(logits[b].flatten(0, 1), iou[b].flatten(), frame, work, params)
+                )
         out = []
         for props in found:
-            boxes = np.array([[p.bbox.x1, p.bbox.y1, p.bbox.x2, p.bbox.y2] for p in props]).reshape(-1, 4)
+            boxes = np.array([[p.bbox.x1, p.bbox.y1, p.bbox.x2, p.bbox.y2] for p in props]).reshape(
+                -1, 4
+            )
             keep = masks.nms(boxes, np.array([p.score for p in props]), params.box_nms_thresh)
             props = [props[i] for i in keep]
             nms = max(params.box_nms_thresh, params.crop_nms_thresh)
@@ -127,14 +157,22 @@ class TransformersSamProposer:
             logits, scores = logits[keep], scores[keep]
         if not len(scores):
             return []
-        up = F.interpolate(logits[:, None], (self.frame, self.frame), mode="bilinear", align_corners=False)
+        up = F.interpolate(
+            logits[:, None], (self.frame, self.frame), mode="bilinear", align_corners=False
+        )
         up = up[:, :, : frame[0], : frame[1]]
         up = F.interpolate(up, work, mode="bilinear", align_corners=False)[:, 0]
         if params.stability_score_thresh > 0:
-            keep = stability_score(up, params.stability_score_offset) >= params.stability_score_thresh
+            keep = (
+                stability_score(up, params.stability_score_offset) >= params.stability_score_thresh
+            )
             up, scores = up[keep], scores[keep]
         binary = (up > 0).permute(1, 2, 0).to(torch.uint8).cpu().numpy()
-        rles = [masks.from_coco(r) for r in mask_utils.encode(np.asfortranarray(binary))] if len(scores) else []
+        rles = (
+            [masks.from_coco(r) for r in mask_utils.encode(np.asfortranarray(binary))]
+            if len(scores)
+            else []
+        )
         return [
             Proposal(r, masks.bbox(r), masks.area(r), float(s))
             for r, s in zip(rles, scores.tolist(), strict=True)

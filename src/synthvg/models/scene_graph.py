@@ -40,15 +40,20 @@ class Edit:
     name: str | None = None
 
 
-def build_graph(regions: Iterable[dict], names: dict[int, str], triples: Iterable[tuple[int, int, str]]) -> Graph:
+def build_graph(
+    regions: Iterable[dict], names: dict[int, str], triples: Iterable[tuple[int, int, str]]
+) -> Graph:
     """A normal graph over ``regions`` (rows of the regions table); triples whose ends are not
     both nodes are left out."""
     graph: Graph = {}
     for r in sorted(regions, key=lambda r: r["region_id"]):
         b = r["bbox"]
         rid = r["region_id"]
-        graph[rid] = {"name": names.get(rid) or r.get("label") or "object",
-                      "bbox": [b["x1"], b["y1"], b["x2"], b["y2"]], "rel": {}}
+        graph[rid] = {
+            "name": names.get(rid) or r.get("label") or "object",
+            "bbox": [b["x1"], b["y1"], b["x2"], b["y2"]],
+            "rel": {},
+        }
     for s, o, p in triples:
         if s in graph and o in graph:
             graph[s]["rel"].setdefault(p, []).append(o)
@@ -100,7 +105,12 @@ def apply_edits(graph: Graph, edits: Iterable[Edit]) -> Graph:
 
 def triples(graph: Graph) -> list[tuple[int, int, str]]:
     """(subject, object, predicate) of every relation, sorted."""
-    return sorted((s, o, p) for s, node in graph.items() for p, targets in node["rel"].items() for o in targets)
+    return sorted(
+        (s, o, p)
+        for s, node in graph.items()
+        for p, targets in node["rel"].items()
+        for o in targets
+    )
 
 
 def has_relation(graph: Graph, s: int, p: str, o: int) -> bool:

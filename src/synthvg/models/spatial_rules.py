@@ -62,18 +62,35 @@ class RuleResult:
 Rule = Callable[[Geom, Geom, Context], RuleResult]
 
 
-def _three_way(rule: str, value: float, keep_above: float, drop_below: float, what: str) -> RuleResult:
+def _three_way(
+    rule: str, value: float, keep_above: float, drop_below: float, what: str
+) -> RuleResult:
     """keep when value > keep_above, drop when value < drop_below, abstain between."""
     if value > keep_above:
-        return RuleResult("keep", rule, f"{what} = {value:.3f} > {keep_above:g}", value - keep_above)
+        return RuleResult(
+            "keep", rule, f"{what} = {value:.3f} > {keep_above:g}", value - keep_above
+        )
     if value < drop_below:
-        return RuleResult("drop", rule, f"{what} = {value:.3f} < {drop_below:g}", value - drop_below)
-    return RuleResult("abstain", rule, f"{what} = {value:.3f} is within [{drop_below:g}, {keep_above:g}]: ambiguous", None)
+        return RuleResult(
+            "drop", rule, f"{what} = {value:.3f} < {drop_below:g}", value - drop_below
+        )
+    return RuleResult(
+        "abstain",
+        rule,
+        f"{what} = {value:.3f} is within [{drop_below:g}, {keep_above:g}]: ambiguous",
+        None,
+    )
 
 
 def left_of(s: Geom, o: Geom, c: Context) -> RuleResult:
     tol = c.config.position_tolerance
-    return _three_way("left_of", (o.cx - s.cx) / c.width, tol, -tol, "(object centre x - subject centre x) / width")
+    return _three_way(
+        "left_of",
+        (o.cx - s.cx) / c.width,
+        tol,
+        -tol,
+        "(object centre x - subject centre x) / width",
+    )
 
 
 def right_of(s: Geom, o: Geom, c: Context) -> RuleResult:
@@ -82,7 +99,13 @@ def right_of(s: Geom, o: Geom, c: Context) -> RuleResult:
 
 def above(s: Geom, o: Geom, c: Context) -> RuleResult:
     tol = c.config.position_tolerance
-    return _three_way("above", (o.cy - s.cy) / c.height, tol, -tol, "(object centre y - subject centre y) / height")
+    return _three_way(
+        "above",
+        (o.cy - s.cy) / c.height,
+        tol,
+        -tol,
+        "(object centre y - subject centre y) / height",
+    )
 
 
 def below(s: Geom, o: Geom, c: Context) -> RuleResult:
@@ -94,14 +117,31 @@ def on(s: Geom, o: Geom, c: Context) -> RuleResult:
     a, b = s.box, o.box
     overlap = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1)) / max(a.width, 1e-9)
     if a.y1 > b.y2 or overlap == 0.0:
-        return RuleResult("drop", "on", f"subject is below the object or beside it (horizontal overlap {overlap:.2f})", -1.0)
+        return RuleResult(
+            "drop",
+            "on",
+            f"subject is below the object or beside it (horizontal overlap {overlap:.2f})",
+            -1.0,
+        )
     if s.cy >= o.cy:
-        return RuleResult("drop", "on", "subject's centre is not above the object's", (o.cy - s.cy) / c.height)
+        return RuleResult(
+            "drop", "on", "subject's centre is not above the object's", (o.cy - s.cy) / c.height
+        )
     band_top = b.y1 - c.config.on_max_gap * b.height
     band_bottom = b.y1 + c.config.on_max_depth * b.height
     if overlap >= c.config.on_min_overlap and band_top <= a.y2 <= band_bottom:
-        return RuleResult("keep", "on", f"bottom edge rests on the object's upper part, horizontal overlap {overlap:.2f}", overlap - c.config.on_min_overlap)
-    return RuleResult("abstain", "on", f"contact not clear (overlap {overlap:.2f}, bottom at {a.y2:.0f}, object top {b.y1:.0f})", None)
+        return RuleResult(
+            "keep",
+            "on",
+            f"bottom edge rests on the object's upper part, horizontal overlap {overlap:.2f}",
+            overlap - c.config.on_min_overlap,
+        )
+    return RuleResult(
+        "abstain",
+        "on",
+        f"contact not clear (overlap {overlap:.2f}, bottom at {a.y2:.0f}, object top {b.y1:.0f})",
+        None,
+    )
 
 
 def under(s: Geom, o: Geom, c: Context) -> RuleResult:
@@ -110,7 +150,13 @@ def under(s: Geom, o: Geom, c: Context) -> RuleResult:
 
 def inside(s: Geom, o: Geom, c: Context) -> RuleResult:
     cover = c.s_in_o if c.s_in_o is not None else _box_cover(s.box, o.box)
-    return _three_way("inside", cover, c.config.inside_keep, c.config.inside_drop, "fraction of the subject within the object")
+    return _three_way(
+        "inside",
+        cover,
+        c.config.inside_keep,
+        c.config.inside_drop,
+        "fraction of the subject within the object",
+    )
 
 
 def contains(s: Geom, o: Geom, c: Context) -> RuleResult:
@@ -120,9 +166,13 @@ def contains(s: Geom, o: Geom, c: Context) -> RuleResult:
 
 def in_front_of(s: Geom, o: Geom, c: Context) -> RuleResult:
     if s.depth is None or o.depth is None:
-        return RuleResult("abstain", "in_front_of", "no depth for one of the regions (run the depth stage)", None)
+        return RuleResult(
+            "abstain", "in_front_of", "no depth for one of the regions (run the depth stage)", None
+        )
     m = c.config.depth_margin
-    return _three_way("in_front_of", s.depth - o.depth, m, -m, "subject depth - object depth (larger = nearer)")
+    return _three_way(
+        "in_front_of", s.depth - o.depth, m, -m, "subject depth - object depth (larger = nearer)"
+    )
 
 
 def behind(s: Geom, o: Geom, c: Context) -> RuleResult:
@@ -135,33 +185,56 @@ def _gap(a: Box, b: Box) -> float:
     return math.hypot(dx, dy)
 
 
-def _distance(rule: str, gap: float, keep_max: float, drop_min: float, closer_is_true: bool = True) -> RuleResult:
+def _distance(
+    rule: str, gap: float, keep_max: float, drop_min: float, closer_is_true: bool = True
+) -> RuleResult:
     """Decide on the box gap as a fraction of the image diagonal."""
     what = f"box gap = {gap:.3f} of the image diagonal"
     close, far = gap <= keep_max, gap >= drop_min
     if (close and closer_is_true) or (far and not closer_is_true):
         bound = keep_max if closer_is_true else drop_min
-        return RuleResult("keep", rule, f"{what} ({'<=' if closer_is_true else '>='} {bound:g})", abs(gap - bound))
+        return RuleResult(
+            "keep", rule, f"{what} ({'<=' if closer_is_true else '>='} {bound:g})", abs(gap - bound)
+        )
     if (far and closer_is_true) or (close and not closer_is_true):
         bound = drop_min if closer_is_true else keep_max
-        return RuleResult("drop", rule, f"{what} ({'>=' if closer_is_true else '<='} {bound:g})", -abs(gap - bound))
-    return RuleResult("abstain", rule, f"{what} is between {keep_max:g} and {drop_min:g}: ambiguous", None)
+        return RuleResult(
+            "drop",
+            rule,
+            f"{what} ({'>=' if closer_is_true else '<='} {bound:g})",
+            -abs(gap - bound),
+        )
+    return RuleResult(
+        "abstain", rule, f"{what} is between {keep_max:g} and {drop_min:g}: ambiguous", None
+    )
 
 
 def next_to(s: Geom, o: Geom, c: Context) -> RuleResult:
-    return _distance("next_to", _gap(s.box, o.box) / c.diagonal, c.config.next_to_keep, c.config.next_to_drop)
+    return _distance(
+        "next_to", _gap(s.box, o.box) / c.diagonal, c.config.next_to_keep, c.config.next_to_drop
+    )
 
 
 def near(s: Geom, o: Geom, c: Context) -> RuleResult:
-    return _distance("near", _gap(s.box, o.box) / c.diagonal, c.config.near_keep, c.config.near_drop)
+    return _distance(
+        "near", _gap(s.box, o.box) / c.diagonal, c.config.near_keep, c.config.near_drop
+    )
 
 
 def far_from(s: Geom, o: Geom, c: Context) -> RuleResult:
-    return _distance("far_from", _gap(s.box, o.box) / c.diagonal, c.config.near_keep, c.config.near_drop, closer_is_true=False)
+    return _distance(
+        "far_from",
+        _gap(s.box, o.box) / c.diagonal,
+        c.config.near_keep,
+        c.config.near_drop,
+        closer_is_true=False,
+    )
 
 
 def _box_cover(a: Box, b: Box) -> float:
-    inter = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1)) * max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    inter = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1)) * max(
+        0.0, min(a.y2, b.y2) - max(a.y1, b.y1)
+    )
     return inter / max(a.area, 1e-9)
 
 

@@ -76,7 +76,9 @@ def check_answer(answer: TeacherAnswer, region_ids: set[int], min_subjects: int)
                 predicate = normalise(item.predicate)
                 where = f"{s} -[{item.predicate}]-> {item.object_id} ({category})"
                 if item.object_id not in region_ids:
-                    out.dropped.append(("unknown_object_id", f"{where}: object is not a listed region"))
+                    out.dropped.append(
+                        ("unknown_object_id", f"{where}: object is not a listed region")
+                    )
                 elif item.object_id == s:
                     out.dropped.append(("self_relation", f"{where}: a region related to itself"))
                 elif not predicate:
@@ -85,8 +87,12 @@ def check_answer(answer: TeacherAnswer, region_ids: set[int], min_subjects: int)
                     out.dropped.append(("duplicate_relation", f"{where}: repeated"))
                 else:
                     seen.add((s, item.object_id, predicate))
-                    out.relations.append(CheckedRelation(s, item.object_id, predicate, item.predicate, category))
+                    out.relations.append(
+                        CheckedRelation(s, item.object_id, predicate, item.predicate, category)
+                    )
     subjects = {r.subject_id for r in out.relations} | set(out.descriptions)
     if len(subjects) < min(min_subjects, len(region_ids)):
-        out.dropped.append(("too_few_subjects", f"{len(subjects)} valid subjects, asked for >= {min_subjects}"))
+        out.dropped.append(
+            ("too_few_subjects", f"{len(subjects)} valid subjects, asked for >= {min_subjects}")
+        )
     return out

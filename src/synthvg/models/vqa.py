@@ -45,13 +45,23 @@ class VQAVerifier(Protocol):
         ...
 
 
-def mark_pair(image: Image.Image, subject: Box, object_: Box, subject_id: int, object_id: int, max_side: int = 768) -> Image.Image:
+def mark_pair(
+    image: Image.Image,
+    subject: Box,
+    object_: Box,
+    subject_id: int,
+    object_id: int,
+    max_side: int = 768,
+) -> Image.Image:
     """The image with just the two regions outlined and numbered, downscaled to ``max_side``."""
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     width = max(2, min(out.size) // 150)
     text_font = load_font(max(12, min(out.size) // 30))
-    for box, rid, color in ((subject, subject_id, SUBJECT_COLOR), (object_, object_id, OBJECT_COLOR)):
+    for box, rid, color in (
+        (subject, subject_id, SUBJECT_COLOR),
+        (object_, object_id, OBJECT_COLOR),
+    ):
         draw.rectangle([box.x1, box.y1, box.x2, box.y2], outline=color, width=width)
         draw.text((box.x1 + width + 1, box.y1 + width), str(rid), fill=color, font=text_font)
     scale = max_side / max(out.size)
@@ -62,7 +72,13 @@ def mark_pair(image: Image.Image, subject: Box, object_: Box, subject_id: int, o
 
 def question_messages(prompt_name: str, q: Question) -> list[dict]:
     prompt = load_prompt(prompt_name)
-    text = prompt.render_user(subject_id=q.subject_id, object_id=q.object_id, subject=q.subject, predicate=q.predicate, object=q.object)
+    text = prompt.render_user(
+        subject_id=q.subject_id,
+        object_id=q.object_id,
+        subject=q.subject,
+        predicate=q.predicate,
+        object=q.object,
+    )
     buf = io.BytesIO()
     q.image.save(buf, format="JPEG", quality=90)
     return [
@@ -81,7 +97,9 @@ def p_yes_from_logprobs(logprobs: dict | None) -> float | None:
     if not content:
         return None
     first = content[0]
-    alternatives = first.get("top_logprobs") or [{"token": first.get("token", ""), "logprob": first.get("logprob", 0.0)}]
+    alternatives = first.get("top_logprobs") or [
+        {"token": first.get("token", ""), "logprob": first.get("logprob", 0.0)}
+    ]
     yes = sum(math.exp(a["logprob"]) for a in alternatives if _is(a["token"], "yes"))
     no = sum(math.exp(a["logprob"]) for a in alternatives if _is(a["token"], "no"))
     if yes + no == 0:
@@ -102,7 +120,13 @@ def p_yes_from_text(text: str) -> float | None:
 class OpenAIVerifier:
     """Yes/no questions through the shared OpenAI-compatible client (cached, rate limited)."""
 
-    def __init__(self, config: OpenAIVerifierConfig, cache_dir: str | None, *, client: LLMClient | None = None):
+    def __init__(
+        self,
+        config: OpenAIVerifierConfig,
+        cache_dir: str | None,
+        *,
+        client: LLMClient | None = None,
+    ):
         self.config = config
         self.threshold = config.threshold
         self.name = f"vqa:{config.model}"
@@ -113,7 +137,11 @@ class OpenAIVerifier:
         return self._request(q)
 
     def _request(self, q: Question) -> dict:
-        params: dict = {"messages": question_messages(self.config.prompt, q), "max_tokens": 1, "temperature": 0.0}
+        params: dict = {
+            "messages": question_messages(self.config.prompt, q),
+            "max_tokens": 1,
+            "temperature": 0.0,
+        }
         if self.config.logprobs:
             params.update(logprobs=True, top_logprobs=5)
         return params
@@ -125,19 +153,29 @@ class OpenAIVerifier:
         return p if p is not None else p_yes_from_text(result.content)
 
     def p_yes(self, questions: list[Question]) -> list[float | None | BaseException]:
-        results = self.client.run_all([lambda r=self._request(q): self.client.complete(**r) for q in questions])
+        results = self.client.run_all(
+            [lambda r=self._request(q): self.client.complete(**r) for q in questions]
+        )
         return [self._p(r) for r in results]
 
 
-def combine(votes: list[tuple[str, float | None | BaseException, float]], rule: str) -> tuple[str, float | None, str]:
+def combine(
+    votes: list[tuple[str, float | None | BaseException, float]], rule: str
+) -> tuple[str, float | None, str]:
     """(verdict, score, reason) from each verifier's (name, P(yes) or failure, threshold)."""
     usable = [(n, p, t) for n, p, t in votes if isinstance(p, float)]
-    failed = [f"{n}: {p if isinstance(p, BaseException) else 'answered neither yes nor no'}" for n, p, _ in votes if not isinstance(p, float)]
+    failed = [
+        f"{n}: {p if isinstance(p, BaseException) else 'answered neither yes nor no'}"
+        for n, p, _ in votes
+        if not isinstance(p, float)
+    ]
     if not usable:
         return "unverified", None, "; ".join(failed) or "no verifier answered"
     yes = [n for n, p, t in usable if p >= t]
     mean = sum(p for _, p, _ in usable) / len(usable)
-    detail = ", ".join(f"{n} P(yes)={p:.2f}" for n, p, _ in usable) + (f"; {'; '.join(failed)}" if failed else "")
+    detail = ", ".join(f"{n} P(yes)={p:.2f}" for n, p, _ in usable) + (
+        f"; {'; '.join(failed)}" if failed else ""
+    )
     if rule == "mean":
         keep = mean >= sum(t for *_, t in usable) / len(usable)
     elif rule == "any":

@@ -54,18 +54,30 @@ def build_prompt(processor: Any, prompt: Prompt, text: str) -> str:
         user = [{"type": "image"}, {"type": "text", "text": text}]
         system = {"role": "system", "content": [{"type": "text", "text": prompt.system}]}
         try:
-            return processor.apply_chat_template([system, {"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
+            return processor.apply_chat_template(
+                [system, {"role": "user", "content": user}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
         except TemplateError:
             user[1] = {"type": "text", "text": f"{prompt.system}\n\n{text}"}
-            return processor.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False)
+            return processor.apply_chat_template(
+                [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
+            )
     image_token = getattr(processor, "image_token", None)
     if not image_token:
-        raise ValueError(f"{type(processor).__name__} has neither a chat template nor an image_token to place the image")
+        raise ValueError(
+            f"{type(processor).__name__} has neither a chat template nor an image_token to place the image"
+        )
     return f"{image_token}\n{prompt.system}\n{text}\nAnswer:"
 
 
 def resolve_device(device: str) -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+    return (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "auto"
+        else torch.device(device)
+    )
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -90,14 +102,30 @@ class TransformersVerifier:
         tokenizer.padding_side = "left"  # the last position is then every row's next token
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self.yes_ids, self.no_ids = answer_token_ids(tokenizer, YES), answer_token_ids(tokenizer, NO)
+        self.yes_ids, self.no_ids = (
+            answer_token_ids(tokenizer, YES),
+            answer_token_ids(tokenizer, NO),
+        )
         if not self.yes_ids or not self.no_ids:
-            missing = [s for group, ids in ((YES, self.yes_ids), (NO, self.no_ids)) if not ids for s in group]
-            raise ValueError(f"the tokenizer in {config.path} has none of {missing} as a single token: P(yes) cannot be read")
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            config.path, dtype=resolve_dtype(config.dtype, self.device), local_files_only=True
-        ).to(self.device).eval()
-        self._lock = threading.Lock()  # shard threads share the stage: one batch on the device at a time
+            missing = [
+                s
+                for group, ids in ((YES, self.yes_ids), (NO, self.no_ids))
+                if not ids
+                for s in group
+            ]
+            raise ValueError(
+                f"the tokenizer in {config.path} has none of {missing} as a single token: P(yes) cannot be read"
+            )
+        self.model = (
+            AutoModelForImageTextToText.from_pretrained(
+                config.path, dtype=resolve_dtype(config.dtype, self.device), local_files_only=True
+            )
+            .to(self.device)
+            .eval()
+        )
+        self._lock = (
+            threading.Lock()
+        )  # shard threads share the stage: one batch on the device at a time
 
     def p_yes(self, questions: list[Question]) -> list[float | None | BaseException]:
         out: list[float | None | BaseException] = []
@@ -118,9 +146,18 @@ class TransformersVerifier:
             if not retry_oom or len(batch) == 1:
                 return [e] * len(batch)
             half = (len(batch) + 1) // 2
-            self.batch_size = min(self.batch_size, half)  # later batches would run out of memory too
-            log.warning("%s: out of memory on a batch of %d; retrying in batches of %d", self.name, len(batch), half)
-            return self._answer(batch[:half], retry_oom=False) + self._answer(batch[half:], retry_oom=False)
+            self.batch_size = min(
+                self.batch_size, half
+            )  # later batches would run out of memory too
+            log.warning(
+                "%s: out of memory on a batch of %d; retrying in batches of %d",
+                self.name,
+                len(batch),
+                half,
+            )
+            return self._answer(batch[:half], retry_oom=False) + self._answer(
+                batch[half:], retry_oom=False
+            )
         except Exception as e:
             return [e] * len(batch)
 
@@ -132,16 +169,30 @@ class TransformersVerifier:
         from the padding mask the way each architecture needs (multimodal RoPE included).
         """
         texts = [
-            build_prompt(self.processor, self.prompt, self.prompt.render_user(
-                subject_id=q.subject_id, object_id=q.object_id, subject=q.subject, predicate=q.predicate, object=q.object,
-            ))
+            build_prompt(
+                self.processor,
+                self.prompt,
+                self.prompt.render_user(
+                    subject_id=q.subject_id,
+                    object_id=q.object_id,
+                    subject=q.subject,
+                    predicate=q.predicate,
+                    object=q.object,
+                ),
+            )
             for q in batch
         ]
         images = [q.image.convert("RGB") for q in batch]
         inputs = self.processor(images=images, text=texts, padding=True, return_tensors="pt")
-        inputs = inputs.to(self.device, dtype=self.model.dtype)  # only the float tensors (pixels) cast
+        inputs = inputs.to(
+            self.device, dtype=self.model.dtype
+        )  # only the float tensors (pixels) cast
         out = self.model.generate(
-            **inputs, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True,
+            **inputs,
+            max_new_tokens=1,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
             pad_token_id=self.processor.tokenizer.pad_token_id,
         )
         logprobs = out.logits[0][:, self.yes_ids + self.no_ids].float().log_softmax(-1)

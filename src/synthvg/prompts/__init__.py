@@ -34,10 +34,17 @@ def load_prompt(name: str) -> Prompt:
     """Load ``prompts/<name>.md`` (e.g. ``teacher/v1``) shipped with the package."""
     path = resources.files("synthvg.prompts").joinpath(f"{name}.md")
     if not path.is_file():
-        raise FileNotFoundError(f"no prompt template {name!r} (looked for synthvg/prompts/{name}.md)")
+        raise FileNotFoundError(
+            f"no prompt template {name!r} (looked for synthvg/prompts/{name}.md)"
+        )
     raw = path.read_text()
     parts = _SECTION.split(_COMMENT.sub("", raw))
     sections = dict(zip(parts[1::2], (p.strip() for p in parts[2::2]), strict=True))
     if set(sections) != {"system", "user"}:
         raise ValueError(f"prompt {name!r} needs exactly a '## system' and a '## user' section")
-    return Prompt(name=name, system=sections["system"], user=sections["user"], sha256=hashlib.sha256(raw.encode()).hexdigest())
+    return Prompt(
+        name=name,
+        system=sections["system"],
+        user=sections["user"],
+        sha256=hashlib.sha256(raw.encode()).hexdigest(),
+    )

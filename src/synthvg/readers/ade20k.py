@@ -40,7 +40,13 @@ def decode_seg(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _polygon_rle(obj: dict, height: int, width: int) -> RLE | None:
     poly = obj.get("polygon")
     xs, ys = (poly.get("x"), poly.get("y")) if isinstance(poly, dict) else (None, None)
-    if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys) or len(xs) < 3 or not are_numbers(*xs, *ys):
+    if (
+        not isinstance(xs, list)
+        or not isinstance(ys, list)
+        or len(xs) != len(ys)
+        or len(xs) < 3
+        or not are_numbers(*xs, *ys)
+    ):
         return None
     flat = [float(v) for xy in zip(xs, ys, strict=True) for v in xy]
     return masks.from_coco(mask_utils.merge(mask_utils.frPyObjects([flat], height, width)))
@@ -70,7 +76,11 @@ class Ade20kReader:
                 if f.endswith(".json"):
                     name = f[: -len(".json")]
                     if name in self.paths:
-                        self.problems.add("duplicate_image", f"{name}.json exists twice; the first is kept", os.path.join(folder, f))
+                        self.problems.add(
+                            "duplicate_image",
+                            f"{name}.json exists twice; the first is kept",
+                            os.path.join(folder, f),
+                        )
                     else:
                         self.paths[name] = os.path.join(folder, f)
         if not self.paths:
@@ -87,34 +97,64 @@ class Ade20kReader:
         path = self.paths[native_id]
         problems = ProblemLog(path)
         folder = os.path.dirname(path)
-        seeds = ImageSeeds(SourceImage(self.dataset, native_id, None, None, None), problems=problems)
+        seeds = ImageSeeds(
+            SourceImage(self.dataset, native_id, None, None, None), problems=problems
+        )
         try:
             with open(path, "rb") as f:
                 ann = json.load(f)["annotation"]
             objects, imsize, filename = ann["object"], ann["imsize"], ann["filename"]
             height, width = int(imsize[0]), int(imsize[1])
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-            problems.add("bad_record", f"unusable ADE20K JSON ({type(e).__name__}: {e}); image has no regions")
+            problems.add(
+                "bad_record",
+                f"unusable ADE20K JSON ({type(e).__name__}: {e}); image has no regions",
+            )
             return seeds
         rel = os.path.relpath(os.path.join(folder, filename), self.root)
         split = next((s for s in ("training", "validation") if s in rel.split(os.sep)), None)
-        seeds.image = SourceImage(self.dataset, native_id, width, height, rel, url=os.path.join(folder, filename), split=split)
+        seeds.image = SourceImage(
+            self.dataset,
+            native_id,
+            width,
+            height,
+            rel,
+            url=os.path.join(folder, filename),
+            split=split,
+        )
         seg_path = path[: -len(".json")] + "_seg.png"
         try:
             with Image.open(seg_path) as im:
                 im.load()
                 classes, instances = decode_seg(np.asarray(im.convert("RGB")))
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, MemoryError) as e:
+        except (
+            UnidentifiedImageError,
+            OSError,
+            ValueError,
+            Image.DecompressionBombError,
+            MemoryError,
+        ) as e:
             problems.add("bad_segmentation", f"cannot read {seg_path}: {e}; image has no regions")
             return seeds
         if classes.shape != (height, width):
-            problems.add("png_size_mismatch", f"{seg_path} is {classes.shape[1]}x{classes.shape[0]}, the JSON says {width}x{height}; image has no regions")
+            problems.add(
+                "png_size_mismatch",
+                f"{seg_path} is {classes.shape[1]}x{classes.shape[0]}, the JSON says {width}x{height}; image has no regions",
+            )
             return seeds
-        whole = [o for o in objects if isinstance(o, dict) and isinstance(o.get("parts"), dict) and o["parts"].get("part_level") == 0]
+        whole = [
+            o
+            for o in objects
+            if isinstance(o, dict)
+            and isinstance(o.get("parts"), dict)
+            and o["parts"].get("part_level") == 0
+        ]
         seeds.regions = self._regions(classes, instances, whole, problems, height, width)
         return seeds
 
-    def _regions(self, classes, instances, objects: list[dict], problems: ProblemLog, height: int, width: int) -> list[SourceRegion]:
+    def _regions(
+        self, classes, instances, objects: list[dict], problems: ProblemLog, height: int, width: int
+    ) -> list[SourceRegion]:
         labelled = classes > 0
         codes = np.where(labelled, classes * 256 + instances, 0)
         rles = masks.label_map_to_rles(codes)
@@ -126,31 +166,50 @@ class Ade20kReader:
             candidates = [k for k, o in unused.items() if o.get("name_ndx") == cls - 1]
             best = self._best(rle, [unused[k] for k in candidates], height, width)
             if best is None:
-                problems.add("unknown_category", f"instance (class {cls}, B={code % 256}) matches no object of the JSON; region kept without a label")
+                problems.add(
+                    "unknown_category",
+                    f"instance (class {cls}, B={code % 256}) matches no object of the JSON; region kept without a label",
+                )
                 out.append(((1, code), self._region(code, rle, None)))
             else:
                 k = candidates[best]
                 out.append(((0, k), self._region(code, rle, unused.pop(k))))
         for o in unused.values():
-            problems.add("unmatched_object", f"object {o.get('id')} ({o.get('raw_name')}) has no instance in the _seg.png; skipped")
-        return [region for _, region in sorted(out, key=lambda x: x[0])]  # in the JSON's object order
+            problems.add(
+                "unmatched_object",
+                f"object {o.get('id')} ({o.get('raw_name')}) has no instance in the _seg.png; skipped",
+            )
+        return [
+            region for _, region in sorted(out, key=lambda x: x[0])
+        ]  # in the JSON's object order
 
     @staticmethod
     def _best(rle: RLE, candidates: list[dict], height: int, width: int) -> int | None:
         if len(candidates) <= 1:
             return 0 if candidates else None
-        polys = [_polygon_rle(o, height, width) or masks.encode(np.zeros((height, width), bool)) for o in candidates]
+        polys = [
+            _polygon_rle(o, height, width) or masks.encode(np.zeros((height, width), bool))
+            for o in candidates
+        ]
         return int(np.argmax(masks.iou_matrix([rle], polys)[0]))
 
     def _region(self, code: int, rle: RLE, obj: dict | None) -> SourceRegion:
-        terms = [t.strip() for t in obj["name"].split(",")] if obj and isinstance(obj.get("name"), str) else []
+        terms = (
+            [t.strip() for t in obj["name"].split(",")]
+            if obj and isinstance(obj.get("name"), str)
+            else []
+        )
         label = terms[0] if terms else None
         ann_id = str(obj.get("id")) if obj else f"seg:{code // 256}/{code % 256}"
         b = masks.bbox(rle)
         return SourceRegion(
             key=ann_id,
             box=(b.x1, b.y1, b.x2, b.y2),
-            source=RegionSource(dataset=self.dataset, annotation_id=ann_id, category=obj.get("name") if obj else None),
+            source=RegionSource(
+                dataset=self.dataset,
+                annotation_id=ann_id,
+                category=obj.get("name") if obj else None,
+            ),
             label=label,
             segmentation=rle,
             attributes=_strings(obj.get("attributes")) if obj else [],

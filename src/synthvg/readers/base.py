@@ -39,7 +39,9 @@ class ProblemLog(list[Problem]):
         self.path = path
         self.left_out = 0
 
-    def add(self, kind: str, reason: str, record: str | None = None, native_id: int | str | None = None) -> None:
+    def add(
+        self, kind: str, reason: str, record: str | None = None, native_id: int | str | None = None
+    ) -> None:
         if len(self) >= MAX_PROBLEMS:
             self.left_out += 1
             return
@@ -48,7 +50,13 @@ class ProblemLog(list[Problem]):
 
     def finish(self) -> ProblemLog:
         if self.left_out:
-            self.append(Problem("too_many_problems", f"{self.left_out} more bad records were not listed", self.path))
+            self.append(
+                Problem(
+                    "too_many_problems",
+                    f"{self.left_out} more bad records were not listed",
+                    self.path,
+                )
+            )
             self.left_out = 0
         return self
 
@@ -158,4 +166,3 @@ def as_flag(value: object) -> bool | None:
 
 def is_box(values: object, n: int = 4) -> bool:
     return isinstance(values, list | tuple) and len(values) == n and are_numbers(*values)
-

@@ -33,7 +33,10 @@ REQUIRED = ("images", "annotations", "categories")
 
 def coco_split(image: dict) -> str | None:
     """The true split of a COCO image: from ``coco_url`` first (folders can lie), then the name."""
-    for text, pattern in ((image.get("coco_url") or "", _SPLIT_IN_URL), (image.get("file_name") or "", _SPLIT_IN_NAME)):
+    for text, pattern in (
+        (image.get("coco_url") or "", _SPLIT_IN_URL),
+        (image.get("file_name") or "", _SPLIT_IN_NAME),
+    ):
         m = pattern.search(text) if isinstance(text, str) else None
         if m:
             return m.group(1)
@@ -41,7 +44,10 @@ def coco_split(image: dict) -> str | None:
 
 
 def _size_ok(entry: dict) -> bool:
-    return all(isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool) and entry[k] > 0 for k in ("width", "height"))
+    return all(
+        isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool) and entry[k] > 0
+        for k in ("width", "height")
+    )
 
 
 def coco_image_problem(entry: dict) -> str | None:
@@ -73,13 +79,19 @@ class CocoFile:
             for item in scan(path, descend=("images", "annotations")):
                 seen.add(item.key)
                 if item.key in ("images", "annotations") and item.index < 0:
-                    raise SourceError(f"{path}: '{item.key}' must be a list (is this a COCO-format file?)")
+                    raise SourceError(
+                        f"{path}: '{item.key}' must be a list (is this a COCO-format file?)"
+                    )
                 if item.key == "images":
                     self._add_image(item, image_problem)
                 elif item.key == "annotations":
                     v = item.value
                     if not isinstance(v, dict) or not isinstance(v.get("image_id"), int):
-                        self.problems.add("bad_annotation", f"annotation without int image_id: {str(v)[:120]}", f"annotations[{item.index}]")
+                        self.problems.add(
+                            "bad_annotation",
+                            f"annotation without int image_id: {str(v)[:120]}",
+                            f"annotations[{item.index}]",
+                        )
                         continue
                     ann_image.append(v["image_id"])
                     ann_id.append(v["id"] if isinstance(v.get("id"), int) else -1)
@@ -91,28 +103,48 @@ class CocoFile:
         except JsonFault as fault:
             missing = [k for k in REQUIRED if k not in seen]
             if missing:
-                raise SourceError(f"{path}: not valid JSON (truncated or corrupt?): {fault}; never reached {missing}") from None
-            self.problems.add("truncated_file", f"not valid JSON from here on (truncated or corrupt?): {fault}; the records before it are kept")
+                raise SourceError(
+                    f"{path}: not valid JSON (truncated or corrupt?): {fault}; never reached {missing}"
+                ) from None
+            self.problems.add(
+                "truncated_file",
+                f"not valid JSON from here on (truncated or corrupt?): {fault}; the records before it are kept",
+            )
         except (ValueError, OSError) as e:
             raise SourceError(f"{path}: not a COCO-format file: {e}") from None
         for key in REQUIRED:
             if key not in seen:
-                raise SourceError(f"{path}: missing or non-list '{key}' (is this a COCO-format file?)")
+                raise SourceError(
+                    f"{path}: missing or non-list '{key}' (is this a COCO-format file?)"
+                )
         self.categories = self._load_categories(categories_span)
-        self._index_annotations(np.array(ann_image, np.int64), np.array(ann_id, np.int64), np.array(spans, np.int64).reshape(-1, 2))
+        self._index_annotations(
+            np.array(ann_image, np.int64),
+            np.array(ann_id, np.int64),
+            np.array(spans, np.int64).reshape(-1, 2),
+        )
         self.problems.finish()
 
     def _add_image(self, item, image_problem) -> None:
         v = item.value
         record = f"images[{item.index}]"
         if not isinstance(v, dict) or not isinstance(v.get("id"), int):
-            self.problems.add("bad_image_entry", f"image entry without int id: {str(v)[:160]}", record)
+            self.problems.add(
+                "bad_image_entry", f"image entry without int id: {str(v)[:160]}", record
+            )
             return
         reason = image_problem(v)
         if reason:
-            self.problems.add("bad_image_entry", f"{reason}: {str(v)[:160]}", f"image={v['id']}", v["id"])
+            self.problems.add(
+                "bad_image_entry", f"{reason}: {str(v)[:160]}", f"image={v['id']}", v["id"]
+            )
         elif v["id"] in self.images:
-            self.problems.add("duplicate_image", f"image id {v['id']} listed twice; first kept", f"image={v['id']}", v["id"])
+            self.problems.add(
+                "duplicate_image",
+                f"image id {v['id']} listed twice; first kept",
+                f"image={v['id']}",
+                v["id"],
+            )
         else:
             self.images[v["id"]] = (item.start, item.end)
 
@@ -122,10 +154,18 @@ class CocoFile:
             raise SourceError(f"{self.path}: 'categories' must be a list")
         out = {}
         for c in raw:
-            if isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str):
+            if (
+                isinstance(c, dict)
+                and isinstance(c.get("id"), int)
+                and isinstance(c.get("name"), str)
+            ):
                 out[c["id"]] = c
             else:
-                self.problems.add("bad_category", f"category entry without int id / str name: {str(c)[:120]}", "categories")
+                self.problems.add(
+                    "bad_category",
+                    f"category entry without int id / str name: {str(c)[:120]}",
+                    "categories",
+                )
         return out
 
     def _index_annotations(self, image: np.ndarray, ann_id: np.ndarray, spans: np.ndarray) -> None:
@@ -157,7 +197,12 @@ class CocoFile:
             try:
                 ann = self._file.load(int(start), int(end))
             except ValueError as e:
-                problems.add("bad_annotation", f"annotation record does not parse: {e}; annotation skipped", f"annotation={self._ids[k]}", image_id)
+                problems.add(
+                    "bad_annotation",
+                    f"annotation record does not parse: {e}; annotation skipped",
+                    f"annotation={self._ids[k]}",
+                    image_id,
+                )
                 continue
             yield ann
 
@@ -174,20 +219,41 @@ class CocoFile:
 
 
 def coco_region(
-    ann: dict, index: CocoFile, dataset: str, problems: ProblemLog, native_id: int, *, link: bool = True
+    ann: dict,
+    index: CocoFile,
+    dataset: str,
+    problems: ProblemLog,
+    native_id: int,
+    *,
+    link: bool = True,
 ) -> SourceRegion | None:
     """One COCO-format annotation as a region (None, with a problem, when it is unusable)."""
     record = f"annotation={ann.get('id')}"
     if not is_box(ann.get("bbox")):
-        problems.add("bad_annotation", f"bbox must be 4 finite numbers, got {str(ann.get('bbox'))[:80]}; annotation skipped", record, native_id)
+        problems.add(
+            "bad_annotation",
+            f"bbox must be 4 finite numbers, got {str(ann.get('bbox'))[:80]}; annotation skipped",
+            record,
+            native_id,
+        )
         return None
     crowd = as_flag(ann.get("iscrowd", 0))
     if crowd is None:
-        problems.add("bad_annotation", f"iscrowd must be 0 or 1, got {str(ann.get('iscrowd'))[:40]!r}; annotation skipped", record, native_id)
+        problems.add(
+            "bad_annotation",
+            f"iscrowd must be 0 or 1, got {str(ann.get('iscrowd'))[:40]!r}; annotation skipped",
+            record,
+            native_id,
+        )
         return None
     category = index.category_name(ann.get("category_id"))
     if category is None:
-        problems.add("unknown_category", f"category_id {ann.get('category_id')!r} is not in the file's categories; region kept without a label", record, native_id)
+        problems.add(
+            "unknown_category",
+            f"category_id {ann.get('category_id')!r} is not in the file's categories; region kept without a label",
+            record,
+            native_id,
+        )
     return SourceRegion(
         key=str(ann.get("id")),
         box=xywh_box(*ann["bbox"]),
@@ -199,8 +265,14 @@ def coco_region(
     )
 
 
-def coco_source_image(dataset: str, native_id: int, entry: dict, *, file_name: str | None = None,
-                      split: str | None = None) -> SourceImage:
+def coco_source_image(
+    dataset: str,
+    native_id: int,
+    entry: dict,
+    *,
+    file_name: str | None = None,
+    split: str | None = None,
+) -> SourceImage:
     """The image record every COCO-format reader (COCO, LVIS, RefCOCO) gives for ``entry``."""
     return SourceImage(
         dataset=dataset,

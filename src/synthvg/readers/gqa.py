@@ -41,7 +41,13 @@ class GqaReader:
     family = "vg"
     native_type = str
 
-    def __init__(self, annotations: str, images: str | None = None, release: str = "gqa-1.1", image_data: str | None = None):
+    def __init__(
+        self,
+        annotations: str,
+        images: str | None = None,
+        release: str = "gqa-1.1",
+        image_data: str | None = None,
+    ):
         self.file = PerImageFile(annotations, _image_id, shape="object")
         self.images = images
         self.model = release
@@ -62,7 +68,12 @@ class GqaReader:
         record = f"image={native_id}"
         sizes = [graph.get(k) for k in ("width", "height")]
         if not all(isinstance(v, int) and v > 0 for v in sizes):
-            problems.add("bad_image_entry", f"scene graph needs int width and height > 0, got {sizes}", record, native_id)
+            problems.add(
+                "bad_image_entry",
+                f"scene graph needs int width and height > 0, got {sizes}",
+                record,
+                native_id,
+            )
             sizes = [None, None]
         seeds = ImageSeeds(
             SourceImage(
@@ -79,7 +90,12 @@ class GqaReader:
         )
         objects = graph.get("objects")
         if not isinstance(objects, dict):
-            problems.add("bad_record", f"'objects' must be a JSON object keyed by object id, got {type(objects).__name__}", record, native_id)
+            problems.add(
+                "bad_record",
+                f"'objects' must be a JSON object keyed by object id, got {type(objects).__name__}",
+                record,
+                native_id,
+            )
             return seeds
         for oid, o in objects.items():
             region = self._region(native_id, oid, o, problems)
@@ -87,38 +103,87 @@ class GqaReader:
                 seeds.regions.append(region)
         known = {r.source.annotation_id for r in seeds.regions}
         for region in seeds.regions:
-            seeds.relations.extend(self._relations(native_id, region.source.annotation_id, objects[region.source.annotation_id], known, problems))
+            seeds.relations.extend(
+                self._relations(
+                    native_id,
+                    region.source.annotation_id,
+                    objects[region.source.annotation_id],
+                    known,
+                    problems,
+                )
+            )
         return seeds
 
     def _region(self, image: str, oid: str, o: object, problems: ProblemLog) -> SourceRegion | None:
         record = f"image={image}/object={oid}"
-        if not isinstance(o, dict) or not isinstance(o.get("name"), str) or not are_numbers(o.get("x"), o.get("y"), o.get("w"), o.get("h")):
-            problems.add("bad_annotation", f"object needs a text 'name' and finite numeric x, y, w, h: {str(o)[:160]}", record, image)
+        if (
+            not isinstance(o, dict)
+            or not isinstance(o.get("name"), str)
+            or not are_numbers(o.get("x"), o.get("y"), o.get("w"), o.get("h"))
+        ):
+            problems.add(
+                "bad_annotation",
+                f"object needs a text 'name' and finite numeric x, y, w, h: {str(o)[:160]}",
+                record,
+                image,
+            )
             return None
         attributes = o.get("attributes", [])
         if not isinstance(attributes, list):
-            problems.add("bad_annotation", f"'attributes' must be a list, got {type(attributes).__name__}; ignored", record, image)
+            problems.add(
+                "bad_annotation",
+                f"'attributes' must be a list, got {type(attributes).__name__}; ignored",
+                record,
+                image,
+            )
             attributes = []
         return SourceRegion(
             key=oid,
             box=xywh_box(o["x"], o["y"], o["w"], o["h"]),
             source=RegionSource(dataset=self.dataset, annotation_id=oid, category=o["name"]),
             label=o["name"],
-            attributes=list(dict.fromkeys(a.strip() for a in attributes if isinstance(a, str) and a.strip())),
+            attributes=list(
+                dict.fromkeys(a.strip() for a in attributes if isinstance(a, str) and a.strip())
+            ),
         )
 
-    def _relations(self, image: str, oid: str, o: dict, known: set[str], problems: ProblemLog) -> list[SourceRelation]:
+    def _relations(
+        self, image: str, oid: str, o: dict, known: set[str], problems: ProblemLog
+    ) -> list[SourceRelation]:
         record = f"image={image}/object={oid}"
         relations = o.get("relations", [])
         if not isinstance(relations, list):
-            problems.add("bad_relation", f"'relations' must be a list of {{name, object}}, got {type(relations).__name__}; skipped", record, image)
+            problems.add(
+                "bad_relation",
+                f"'relations' must be a list of {{name, object}}, got {type(relations).__name__}; skipped",
+                record,
+                image,
+            )
             return []
         out = []
         for k, rel in enumerate(relations):
-            if not isinstance(rel, dict) or not isinstance(rel.get("name"), str) or not isinstance(rel.get("object"), str):
-                problems.add("bad_relation", f"relation must be {{name: str, object: str}}, got {str(rel)[:120]}", f"{record}/relations[{k}]", image)
+            if (
+                not isinstance(rel, dict)
+                or not isinstance(rel.get("name"), str)
+                or not isinstance(rel.get("object"), str)
+            ):
+                problems.add(
+                    "bad_relation",
+                    f"relation must be {{name: str, object: str}}, got {str(rel)[:120]}",
+                    f"{record}/relations[{k}]",
+                    image,
+                )
             elif rel["object"] not in known:
-                problems.add("unknown_object", f"relation {rel['name']!r} points at object {rel['object']}, which the image does not have; skipped", f"{record}/relations[{k}]", image)
+                problems.add(
+                    "unknown_object",
+                    f"relation {rel['name']!r} points at object {rel['object']}, which the image does not have; skipped",
+                    f"{record}/relations[{k}]",
+                    image,
+                )
             else:
-                out.append(SourceRelation(key=f"{oid}/{k}", subject=oid, object=rel["object"], predicate=rel["name"]))
+                out.append(
+                    SourceRelation(
+                        key=f"{oid}/{k}", subject=oid, object=rel["object"], predicate=rel["name"]
+                    )
+                )
         return out

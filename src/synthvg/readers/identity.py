@@ -30,7 +30,11 @@ class Identity:
                     self.vg_to_coco[vg_id] = coco_id
                 elif have != vg_id:
                     self.problems.append(
-                        Problem("duplicate_image", f"VG images {have} and {vg_id} both claim COCO image {coco_id}; {vg_id} stays vg:{vg_id}", native_id=vg_id)
+                        Problem(
+                            "duplicate_image",
+                            f"VG images {have} and {vg_id} both claim COCO image {coco_id}; {vg_id} stays vg:{vg_id}",
+                            native_id=vg_id,
+                        )
                     )
 
     def image_id(self, family: str, native: int | str) -> str:

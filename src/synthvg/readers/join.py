@@ -58,16 +58,29 @@ def _shown(b: tuple[float, float, float, float]) -> str:
 
 
 def resize_mask(rle: RLE, height: int, width: int) -> RLE:
-    m = Image.fromarray(masks.decode(rle).astype(np.uint8) * 255).resize((width, height), Image.NEAREST)
+    m = Image.fromarray(masks.decode(rle).astype(np.uint8) * 255).resize(
+        (width, height), Image.NEAREST
+    )
     return masks.encode(np.asarray(m) > 127)
 
 
-def frame_mask(segmentation: object, source: tuple[int, int], scale: tuple[float, float], height: int, width: int) -> RLE:
+def frame_mask(
+    segmentation: object,
+    source: tuple[int, int],
+    scale: tuple[float, float],
+    height: int,
+    width: int,
+) -> RLE:
     """A region's mask as RLE at the image's size; ``source`` is the source's (height, width)."""
     if isinstance(segmentation, list):
         sx, sy = scale
         if (sx, sy) != (1.0, 1.0):
-            segmentation = [[v * (sx if k % 2 == 0 else sy) for k, v in enumerate(p)] if isinstance(p, list) else p for p in segmentation]
+            segmentation = [
+                [v * (sx if k % 2 == 0 else sy) for k, v in enumerate(p)]
+                if isinstance(p, list)
+                else p
+                for p in segmentation
+            ]
         return masks.segmentation_to_rle(segmentation, height, width)
     if isinstance(segmentation, RLE):
         rle = segmentation
@@ -84,7 +97,9 @@ class Joiner:
         self.merger = merger
         self.min_region_area = min_region_area
 
-    def join(self, image_id: str, views: list[View], width: int, height: int, run_id: str) -> Joined:
+    def join(
+        self, image_id: str, views: list[View], width: int, height: int, run_id: str
+    ) -> Joined:
         out = Joined()
         members: list[Member] = []
         used: list[int] = []
@@ -92,11 +107,13 @@ class Joiner:
             scale = scale_of(view.seeds.image, width, height)
             if scale is None:
                 img = view.seeds.image
-                out.problems.append(Problem(
-                    "image_size_mismatch",
-                    f"{img.dataset} saw this image as {img.width}x{img.height}, another shape than its {width}x{height} file; its annotations are skipped",
-                    view.path,
-                ))
+                out.problems.append(
+                    Problem(
+                        "image_size_mismatch",
+                        f"{img.dataset} saw this image as {img.width}x{img.height}, another shape than its {width}x{height} file; its annotations are skipped",
+                        view.path,
+                    )
+                )
                 continue
             used.append(v)
             out.datasets.append(view.seeds.image.dataset)
@@ -108,32 +125,63 @@ class Joiner:
         clusters = self.merger.merge(members)
         index = {(m.view, m.region.key): k for k, c in enumerate(clusters) for m in c.members}
         out.regions = [self._record(image_id, k, c) for k, c in enumerate(clusters)]
-        out.relations = self._relations(image_id, [(v, views[v]) for v in used], index, run_id, out.problems)
+        out.relations = self._relations(
+            image_id, [(v, views[v]) for v in used], index, run_id, out.problems
+        )
         return out
 
-    def _member(self, v, view: View, region: SourceRegion, scale, source, width, height, problems) -> Member | None:
+    def _member(
+        self, v, view: View, region: SourceRegion, scale, source, width, height, problems
+    ) -> Member | None:
         sx, sy = scale
         b = region.box
         x1, y1, x2, y2 = b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy
         ref = f"{view.path}#annotation={region.source.annotation_id}"
         if not math.isfinite(x1 + y1 + x2 + y2) or x2 <= x1 or y2 <= y1:
-            problems.append(Problem("zero_area", f"box {_shown(b)} has no area; region skipped", ref))
+            problems.append(
+                Problem("zero_area", f"box {_shown(b)} has no area; region skipped", ref)
+            )
             return None
-        box = (min(max(x1, 0.0), width), min(max(y1, 0.0), height), min(max(x2, 0.0), width), min(max(y2, 0.0), height))
+        box = (
+            min(max(x1, 0.0), width),
+            min(max(y1, 0.0), height),
+            min(max(x2, 0.0), width),
+            min(max(y2, 0.0), height),
+        )
         if box[2] <= box[0] or box[3] <= box[1]:
-            problems.append(Problem("box_outside_image", f"box {_shown(b)} lies outside the {width}x{height} image; region skipped", ref))
+            problems.append(
+                Problem(
+                    "box_outside_image",
+                    f"box {_shown(b)} lies outside the {width}x{height} image; region skipped",
+                    ref,
+                )
+            )
             return None
         if box != (x1, y1, x2, y2):
-            problems.append(Problem("box_clipped", f"box {_shown(b)} extends past the {width}x{height} image; clipped", ref))
+            problems.append(
+                Problem(
+                    "box_clipped",
+                    f"box {_shown(b)} extends past the {width}x{height} image; clipped",
+                    ref,
+                )
+            )
         mask = None
         if region.segmentation is not None:
             try:
                 mask = frame_mask(region.segmentation, source, scale, height, width)
             except (ValueError, TypeError, KeyError, IndexError) as e:
-                problems.append(Problem("bad_segmentation", f"{e}; region kept with its box only", ref))
+                problems.append(
+                    Problem("bad_segmentation", f"{e}; region kept with its box only", ref)
+                )
         area = masks.area(mask) if mask is not None else (box[2] - box[0]) * (box[3] - box[1])
         if area < self.min_region_area:
-            problems.append(Problem("zero_area", f"region area {area:.1f}px is below min_region_area; region skipped", ref))
+            problems.append(
+                Problem(
+                    "zero_area",
+                    f"region area {area:.1f}px is below min_region_area; region skipped",
+                    ref,
+                )
+            )
             return None
         return Member(v, view.seeds.image.dataset, region, box, mask, area)
 
@@ -144,7 +192,12 @@ class Joiner:
         x1, y1, x2, y2 = rep.box
         if len(ms) == 1:  # most regions: nothing to combine
             r = rep.region
-            label, descriptions, attributes, sources = r.label, r.descriptions, r.attributes, [r.source]
+            label, descriptions, attributes, sources = (
+                r.label,
+                r.descriptions,
+                r.attributes,
+                [r.source],
+            )
         else:
             label = next((m.region.label for m in ms if m.region.label), None)
             descriptions = list(dict.fromkeys(d for m in ms for d in m.region.descriptions))
@@ -164,7 +217,9 @@ class Joiner:
         )
 
     @staticmethod
-    def _relations(image_id, views: list[tuple[int, View]], index, run_id: str, problems: list[Problem]) -> list[RelationRecord]:
+    def _relations(
+        image_id, views: list[tuple[int, View]], index, run_id: str, problems: list[Problem]
+    ) -> list[RelationRecord]:
         triples: dict[tuple[int, int, str], tuple[str, list[str]]] = {}
         for v, view in views:
             for rel in view.seeds.relations:
@@ -173,11 +228,21 @@ class Joiner:
                 predicate = normalise(rel.predicate)
                 if None in ends:
                     which = "subject" if ends[0] is None else "object"
-                    problems.append(Problem("dangling_relation", f"relation {rel.predicate!r}: its {which} region was skipped (see its own error); relation skipped", ref))
+                    problems.append(
+                        Problem(
+                            "dangling_relation",
+                            f"relation {rel.predicate!r}: its {which} region was skipped (see its own error); relation skipped",
+                            ref,
+                        )
+                    )
                 elif not predicate:
-                    problems.append(Problem("bad_relation", "empty predicate; relation skipped", ref))
+                    problems.append(
+                        Problem("bad_relation", "empty predicate; relation skipped", ref)
+                    )
                 else:
-                    raw, models = triples.setdefault((ends[0], ends[1], predicate), (rel.predicate, []))
+                    raw, models = triples.setdefault(
+                        (ends[0], ends[1], predicate), (rel.predicate, [])
+                    )
                     if view.model not in models:
                         models.append(view.model)
         return [

@@ -92,7 +92,10 @@ class _Buffer:
         if not c:
             raise JsonFault(f"file ends inside {where} (truncated)", self.offset)
         if c not in chars:
-            raise JsonFault(f"expected {' or '.join(repr(x) for x in chars)} in {where}, found {c!r}", self.offset)
+            raise JsonFault(
+                f"expected {' or '.join(repr(x) for x in chars)} in {where}, found {c!r}",
+                self.offset,
+            )
         self.pos += 1
         return c
 
@@ -108,17 +111,25 @@ class _Buffer:
                     continue
                 # At the end of the file: cut off (nothing structural follows) or malformed.
                 if unterminated or not _STRUCTURE.search(self.text, e.pos):
-                    raise JsonFault(f"file ends inside {where} (truncated)", self.base + e.pos) from None
+                    raise JsonFault(
+                        f"file ends inside {where} (truncated)", self.base + e.pos
+                    ) from None
                 raise JsonFault(f"{e.msg} in {where}", self.base + e.pos) from None
             # A number near the end of the buffer may go on in the next block ("12" + ".5").
-            if isinstance(obj, int | float) and len(self.text) - end < _TAIL and self.more(greedy=True):
+            if (
+                isinstance(obj, int | float)
+                and len(self.text) - end < _TAIL
+                and self.more(greedy=True)
+            ):
                 continue
             start = self.offset
             self.pos = end
             return obj, start, self.base + end
 
 
-def scan(path: str | os.PathLike, descend: Collection[str] = (), chunk: int = CHUNK) -> Iterator[Item]:
+def scan(
+    path: str | os.PathLike, descend: Collection[str] = (), chunk: int = CHUNK
+) -> Iterator[Item]:
     """Yield the records of ``path``: each element of a top-level list, or for a top-level
     object each ``key: value`` (keys in ``descend`` whose value is a list: each element).
 

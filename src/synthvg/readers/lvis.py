@@ -16,7 +16,9 @@ from synthvg.readers.names import synset_lemma
 
 
 def lvis_image_problem(entry: dict) -> str | None:
-    if not (isinstance(entry.get("coco_url"), str) or isinstance(entry.get("file_name"), str)) or not _size_ok(entry):
+    if not (
+        isinstance(entry.get("coco_url"), str) or isinstance(entry.get("file_name"), str)
+    ) or not _size_ok(entry):
         return "image entry needs int id, coco_url, width, height > 0"
     return None
 
@@ -46,7 +48,9 @@ class LvisReader(CocoFileReader):
 
     def read(self, native_id: int) -> ImageSeeds:
         entry = self.index.image(native_id)
-        seeds = ImageSeeds(coco_source_image(self.dataset, native_id, entry, file_name=lvis_file_name(entry)))
+        seeds = ImageSeeds(
+            coco_source_image(self.dataset, native_id, entry, file_name=lvis_file_name(entry))
+        )
         problems = ProblemLog(self.index.path)
         for ann in self.index.annotations(native_id, problems):
             region = coco_region(ann, self.index, self.dataset, problems, native_id, link=False)

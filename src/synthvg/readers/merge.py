@@ -72,7 +72,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     iw = np.clip(np.minimum(A[..., 2], B[..., 2]) - np.maximum(A[..., 0], B[..., 0]), 0, None)
     ih = np.clip(np.minimum(A[..., 3], B[..., 3]) - np.maximum(A[..., 1], B[..., 1]), 0, None)
     inter = iw * ih
-    union = (A[..., 2] - A[..., 0]) * (A[..., 3] - A[..., 1]) + (B[..., 2] - B[..., 0]) * (B[..., 3] - B[..., 1]) - inter
+    union = (
+        (A[..., 2] - A[..., 0]) * (A[..., 3] - A[..., 1])
+        + (B[..., 2] - B[..., 0]) * (B[..., 3] - B[..., 1])
+        - inter
+    )
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
@@ -118,7 +122,9 @@ class Merger:
         clusters += self._place_phrases(phrases, clusters)
         return clusters
 
-    def _match(self, batch: list[Member], clusters: list[Cluster]) -> list[tuple[Member, Cluster | None]]:
+    def _match(
+        self, batch: list[Member], clusters: list[Cluster]
+    ) -> list[tuple[Member, Cluster | None]]:
         """Greedy best-IoU pairing of one source's regions with the regions so far."""
         if not batch:
             return []
@@ -132,7 +138,9 @@ class Merger:
         for i, j in zip(rows[order].tolist(), cols[order].tolist(), strict=True):
             if i in taken or j in used:
                 continue
-            if self.check_names and not self.matcher.compatible(batch[i].keys, open_clusters[j].keys):
+            if self.check_names and not self.matcher.compatible(
+                batch[i].keys, open_clusters[j].keys
+            ):
                 continue
             taken[i] = open_clusters[j]
             used.add(j)

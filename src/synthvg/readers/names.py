@@ -15,9 +15,31 @@ from collections.abc import Set as AbstractSet
 #: Built-in alias groups: the group name (a COCO class) and names that mean the same object.
 ALIASES: dict[str, tuple[str, ...]] = {
     "person": (
-        "man", "woman", "boy", "girl", "child", "kid", "lady", "guy", "people", "player",
-        "skier", "surfer", "skateboarder", "snowboarder", "batter", "catcher", "pitcher",
-        "umpire", "rider", "adult", "baby", "individual", "tennis player", "men", "women",
+        "man",
+        "woman",
+        "boy",
+        "girl",
+        "child",
+        "kid",
+        "lady",
+        "guy",
+        "people",
+        "player",
+        "skier",
+        "surfer",
+        "skateboarder",
+        "snowboarder",
+        "batter",
+        "catcher",
+        "pitcher",
+        "umpire",
+        "rider",
+        "adult",
+        "baby",
+        "individual",
+        "tennis player",
+        "men",
+        "women",
     ),
     "tv": ("television", "television set", "tv monitor", "monitor", "screen"),
     "couch": ("sofa",),
@@ -83,7 +105,9 @@ class NameMatcher:
         keys = self._memo.get(name)
         if keys is None:
             plain = self._plain(synset_lemma(name) if _SYNSET.fullmatch(name) else name)
-            keys = frozenset({plain, plain.rsplit(" ", 1)[-1], self._group.get(plain, plain)} if plain else ())
+            keys = frozenset(
+                {plain, plain.rsplit(" ", 1)[-1], self._group.get(plain, plain)} if plain else ()
+            )
             if len(self._memo) < 1_000_000:
                 self._memo[name] = keys
         return keys

@@ -53,7 +53,9 @@ class PerImageFile:
             raise
         except JsonFault as fault:
             if not self.spans:
-                raise SourceError(f"{path}: not valid JSON (truncated or corrupt?): {fault}") from None
+                raise SourceError(
+                    f"{path}: not valid JSON (truncated or corrupt?): {fault}"
+                ) from None
             self.problems.add(
                 "truncated_file",
                 f"not valid JSON from here on (truncated or corrupt?): {fault}; the {len(self.spans)} image records before it are kept",
@@ -64,7 +66,9 @@ class PerImageFile:
 
     def _add(self, item: Item, image_id, shape, descend, keep) -> None:
         if (item.key is None) != (shape == "list"):
-            raise SourceError(f"{self.path}: top level must be a JSON {shape} (is this the right file?)")
+            raise SourceError(
+                f"{self.path}: top level must be a JSON {shape} (is this the right file?)"
+            )
         if item.key is not None:
             self.seen.add(item.key)
         if item.key in keep:
@@ -80,7 +84,9 @@ class PerImageFile:
         if isinstance(key, NoId):
             self.problems.add("bad_record", f"{key}: {str(item.value)[:160]}", record)
         elif key in self.spans:
-            self.problems.add("duplicate_image", f"image {key} has two records; the first is kept", record, key)
+            self.problems.add(
+                "duplicate_image", f"image {key} has two records; the first is kept", record, key
+            )
         else:
             self.spans[key] = (item.start, item.end)
 

@@ -20,7 +20,9 @@ from synthvg.readers.coco import CocoFile, coco_region, coco_source_image
 
 class _NoGlobals(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        raise pickle.UnpicklingError(f"refs pickles hold only lists, dicts and text; refused global {module}.{name}")
+        raise pickle.UnpicklingError(
+            f"refs pickles hold only lists, dicts and text; refused global {module}.{name}"
+        )
 
 
 def load_refs(path: str) -> list:
@@ -29,10 +31,21 @@ def load_refs(path: str) -> list:
             refs = _NoGlobals(f, encoding="latin1").load()
     except FileNotFoundError:
         raise SourceError(f"refs file not found: {path}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OSError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OSError,
+    ) as e:
         raise SourceError(f"{path}: not a readable refs pickle: {type(e).__name__}: {e}") from None
     if not isinstance(refs, list):
-        raise SourceError(f"{path}: not a refs list (the pickle holds a {type(refs).__name__}, expected a list of ref dicts)")
+        raise SourceError(
+            f"{path}: not a refs list (the pickle holds a {type(refs).__name__}, expected a list of ref dicts)"
+        )
     return refs
 
 
@@ -51,7 +64,13 @@ class RefcocoReader:
     family = "coco"
     native_type = int
 
-    def __init__(self, refs: str, instances: str | None = None, images: str | None = None, dataset: str = "refcoco"):
+    def __init__(
+        self,
+        refs: str,
+        instances: str | None = None,
+        images: str | None = None,
+        dataset: str = "refcoco",
+    ):
         self.refs_path = refs
         self.instances_path = instances or os.path.join(os.path.dirname(refs), "instances.json")
         self.dataset = dataset
@@ -66,7 +85,12 @@ class RefcocoReader:
             if reason:
                 self.problems.add("bad_ref", f"{reason}: {str(ref)[:160]}", f"refs[{k}]")
             elif not self.index.has(ref["image_id"]):
-                self.problems.add("unknown_image", f"ref {ref['ref_id']} points at image {ref['image_id']}, which {self.instances_path} does not list", f"ref={ref['ref_id']}", ref["image_id"])
+                self.problems.add(
+                    "unknown_image",
+                    f"ref {ref['ref_id']} points at image {ref['image_id']}, which {self.instances_path} does not list",
+                    f"ref={ref['ref_id']}",
+                    ref["image_id"],
+                )
             else:
                 self._refs.setdefault(ref["image_id"], []).append(ref)
         for refs_of_image in self._refs.values():
@@ -87,20 +111,40 @@ class RefcocoReader:
             record = f"ref={ref['ref_id']}"
             ann = self.index.annotation(ref["ann_id"])
             if ann is None:
-                problems.add("unknown_annotation", f"ann_id {ref['ann_id']} is not in {self.instances_path}; ref skipped", record, native_id)
+                problems.add(
+                    "unknown_annotation",
+                    f"ann_id {ref['ann_id']} is not in {self.instances_path}; ref skipped",
+                    record,
+                    native_id,
+                )
                 continue
             if ann.get("image_id") != native_id:
-                problems.add("unknown_annotation", f"ann_id {ref['ann_id']} belongs to image {ann.get('image_id')}, not {native_id}; ref skipped", record, native_id)
+                problems.add(
+                    "unknown_annotation",
+                    f"ann_id {ref['ann_id']} belongs to image {ann.get('image_id')}, not {native_id}; ref skipped",
+                    record,
+                    native_id,
+                )
                 continue
             region = coco_region(ann, self.index, self.dataset, problems, native_id)
             if region is None:
                 continue
-            texts = [s.get("raw") or s.get("sent") if isinstance(s, dict) else None for s in ref["sentences"]]
+            texts = [
+                s.get("raw") or s.get("sent") if isinstance(s, dict) else None
+                for s in ref["sentences"]
+            ]
             if not all(isinstance(t, str) for t in texts):
-                problems.add("bad_ref", "a sentence without 'raw' or 'sent' text was skipped", record, native_id)
+                problems.add(
+                    "bad_ref",
+                    "a sentence without 'raw' or 'sent' text was skipped",
+                    record,
+                    native_id,
+                )
             region.key = f"ref={ref['ref_id']}"
             split = ref.get("split") if isinstance(ref.get("split"), str) else None
-            region.source = region.source.model_copy(update={"annotation_id": str(ref["ref_id"]), "split": split})
+            region.source = region.source.model_copy(
+                update={"annotation_id": str(ref["ref_id"]), "split": split}
+            )
             region.descriptions = [t for t in texts if isinstance(t, str)]
             seeds.regions.append(region)
         seeds.problems = problems

@@ -30,7 +30,9 @@ PRIORITY = ("coco", "lvis", "refcoco", "refcoco+", "refcocog", "psg", "vg", "gqa
 
 def vg_files(source: VgSource) -> dict[str, str]:
     files = release_files(source.root) if source.root else {}
-    files.update({name: getattr(source, name) for name in source.FILES if getattr(source, name) is not None})
+    files.update(
+        {name: getattr(source, name) for name in source.FILES if getattr(source, name) is not None}
+    )
     return files
 
 
@@ -49,7 +51,10 @@ def annotation_files(source: SeedSource) -> list[str]:
     if source.kind == "vg":
         return list(vg_files(source).values())
     if source.kind == "refcoco":
-        return [source.refs, source.instances or os.path.join(os.path.dirname(source.refs), "instances.json")]
+        return [
+            source.refs,
+            source.instances or os.path.join(os.path.dirname(source.refs), "instances.json"),
+        ]
     if source.kind == "ade20k":
         return []
     return [p for p in (source.annotations, getattr(source, "image_data", None)) if p]
@@ -74,10 +79,14 @@ def open_reader(source: SeedSource) -> Reader:
     if kind == "vg":
         files = vg_files(source)
         if not files:
-            raise SourceError(f"no Visual Genome release files (image_data.json, objects.json, ...) in {source.root}")
+            raise SourceError(
+                f"no Visual Genome release files (image_data.json, objects.json, ...) in {source.root}"
+            )
         return VgReader(files, source.images, source.version)
     if kind == "gqa":
-        return GqaReader(source.annotations, source.images, f"gqa-{source.version}", source.image_data)
+        return GqaReader(
+            source.annotations, source.images, f"gqa-{source.version}", source.image_data
+        )
     if kind == "psg":
         return PsgReader(source.annotations, source.panoptic, source.images)
     return Ade20kReader(source.root, source.images)
@@ -92,7 +101,10 @@ def _stat(path: str) -> tuple:
 
 
 def _cache_key(source: SeedSource) -> tuple:
-    return (source.model_dump_json(), tuple(_stat(p) for p in annotation_files(source) + annotation_folders(source)))
+    return (
+        source.model_dump_json(),
+        tuple(_stat(p) for p in annotation_files(source) + annotation_folders(source)),
+    )
 
 
 @dataclass

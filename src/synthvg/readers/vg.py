@@ -31,7 +31,14 @@ from synthvg.readers.names import synset_lemma
 from synthvg.readers.perimage import NoId, PerImageFile
 from synthvg.schemas import RegionSource
 
-FILES = ("image_data", "objects", "attributes", "relationships", "region_descriptions", "scene_graphs")
+FILES = (
+    "image_data",
+    "objects",
+    "attributes",
+    "relationships",
+    "region_descriptions",
+    "scene_graphs",
+)
 
 
 def release_files(root: str) -> dict[str, str]:
@@ -51,7 +58,12 @@ def record_image_id(item: Item) -> int | NoId:
         if _int(v.get(key)):
             return v[key]
     regions = v.get("regions")
-    if isinstance(regions, list) and regions and isinstance(regions[0], dict) and _int(regions[0].get("image_id")):
+    if (
+        isinstance(regions, list)
+        and regions
+        and isinstance(regions[0], dict)
+        and _int(regions[0].get("image_id"))
+    ):
         return regions[0]["image_id"]
     return NoId("record without int 'image_id' (or 'id')")
 
@@ -60,13 +72,21 @@ def _names(o: dict) -> list[str]:
     names = o.get("names", o.get("name"))
     if isinstance(names, str):
         names = [names]
-    return [n.strip() for n in names if isinstance(n, str) and n.strip()] if isinstance(names, list) else []
+    return (
+        [n.strip() for n in names if isinstance(n, str) and n.strip()]
+        if isinstance(names, list)
+        else []
+    )
 
 
 def _strings(values: object) -> list[str]:
     if isinstance(values, str):
         values = [values]
-    return [v.strip() for v in values if isinstance(v, str) and v.strip()] if isinstance(values, list) else []
+    return (
+        [v.strip() for v in values if isinstance(v, str) and v.strip()]
+        if isinstance(values, list)
+        else []
+    )
 
 
 class _Image:
@@ -86,21 +106,38 @@ class _Image:
     def add_object(self, o: object, record: str) -> int | None:
         """Add (or enrich) an object; returns its id, None if the record is unusable."""
         if not isinstance(o, dict):
-            self.problems.add("bad_annotation", f"object must be a JSON object, got {type(o).__name__}", record, self.vg_id)
+            self.problems.add(
+                "bad_annotation",
+                f"object must be a JSON object, got {type(o).__name__}",
+                record,
+                self.vg_id,
+            )
             return None
         oid = o.get("object_id", o.get("id"))
         known = self.resolve(oid) if _int(oid) else None
         if known is not None:
             region = self.objects[known]
-            region.attributes.extend(a for a in _strings(o.get("attributes")) if a not in region.attributes)
+            region.attributes.extend(
+                a for a in _strings(o.get("attributes")) if a not in region.attributes
+            )
             return known
         w, h = o.get("w", o.get("width")), o.get("h", o.get("height"))
         if not _int(oid) or not are_numbers(o.get("x"), o.get("y"), w, h):
-            self.problems.add("bad_annotation", f"object needs int object_id and finite numeric x, y, w, h: {str(o)[:160]}", record, self.vg_id)
+            self.problems.add(
+                "bad_annotation",
+                f"object needs int object_id and finite numeric x, y, w, h: {str(o)[:160]}",
+                record,
+                self.vg_id,
+            )
             return None
         names = _names(o)
         if not names:
-            self.problems.add("bad_annotation", f"object {oid} has no name; kept without a label", record, self.vg_id)
+            self.problems.add(
+                "bad_annotation",
+                f"object {oid} has no name; kept without a label",
+                record,
+                self.vg_id,
+            )
         label = names[0] if names else None
         self.objects[oid] = SourceRegion(
             key=f"o{oid}",
@@ -123,13 +160,17 @@ class VgReader:
 
     def __init__(self, files: dict[str, str], images: str | None = None, version: str = "1.4"):
         if not files:
-            raise SourceError("no Visual Genome files given (image_data.json, objects.json, relationships.json, ...)")
+            raise SourceError(
+                "no Visual Genome files given (image_data.json, objects.json, relationships.json, ...)"
+            )
         self.model = f"visual-genome-{version}"
         self.images = images
         self.coco_ids: dict[int, int] = {}
         self.files: dict[str, PerImageFile] = {}
         for name, path in files.items():
-            self.files[name] = PerImageFile(path, self._image_data_id if name == "image_data" else record_image_id, shape="list")
+            self.files[name] = PerImageFile(
+                path, self._image_data_id if name == "image_data" else record_image_id, shape="list"
+            )
         self.problems = ProblemLog(files.get("image_data") or next(iter(files.values())))
         for f in self.files.values():
             self.problems.extend(f.problems)
@@ -138,7 +179,12 @@ class VgReader:
             listed = self.files["image_data"].spans
             for name, f in self.files.items():
                 for vg_id in f.spans.keys() - listed.keys():
-                    self.problems.add("unknown_image", f"{name}.json has a record for image {vg_id}, which image_data.json does not list", f"image={vg_id}", vg_id)
+                    self.problems.add(
+                        "unknown_image",
+                        f"{name}.json has a record for image {vg_id}, which image_data.json does not list",
+                        f"image={vg_id}",
+                        vg_id,
+                    )
         elif images is None:
             raise SourceError(
                 f"{next(iter(files.values()))}: Visual Genome without image_data.json gives no image sizes: "
@@ -153,7 +199,9 @@ class VgReader:
         v = item.value
         if isinstance(key, NoId):
             return key
-        if not (_int(v.get("width")) and _int(v.get("height")) and v["width"] > 0 and v["height"] > 0):
+        if not (
+            _int(v.get("width")) and _int(v.get("height")) and v["width"] > 0 and v["height"] > 0
+        ):
             return NoId(f"image {key} needs int width and height > 0")
         if _int(v.get("coco_id")):
             self.coco_ids[key] = v["coco_id"]
@@ -188,7 +236,11 @@ class VgReader:
         )
         problems = ProblemLog(self.problems.path)
         image = _Image(native_id, problems)
-        for name, key in (("objects", "objects"), ("scene_graphs", "objects"), ("attributes", "attributes")):
+        for name, key in (
+            ("objects", "objects"),
+            ("scene_graphs", "objects"),
+            ("attributes", "attributes"),
+        ):
             for k, o in enumerate(self._list(name, key, native_id, problems)):
                 image.add_object(o, f"{name}:image={native_id}/{key}[{k}]")
         relations = self._relations(image, problems)
@@ -203,7 +255,12 @@ class VgReader:
             return []
         values = record.get(key, []) if isinstance(record, dict) else None
         if not isinstance(values, list):
-            problems.add("bad_record", f"'{key}' must be a list, got {type(values).__name__}", f"{name}:image={vg_id}", vg_id)
+            problems.add(
+                "bad_record",
+                f"'{key}' must be a list, got {type(values).__name__}",
+                f"{name}:image={vg_id}",
+                vg_id,
+            )
             return []
         return values
 
@@ -213,7 +270,12 @@ class VgReader:
         for k, rel in enumerate(self._list(name, "relationships", image.vg_id, problems)):
             record = f"{name}:image={image.vg_id}/relationships[{k}]"
             if not isinstance(rel, dict) or not isinstance(rel.get("predicate"), str):
-                problems.add("bad_relation", f"relationship needs a text 'predicate': {str(rel)[:160]}", record, image.vg_id)
+                problems.add(
+                    "bad_relation",
+                    f"relationship needs a text 'predicate': {str(rel)[:160]}",
+                    record,
+                    image.vg_id,
+                )
                 continue
             ends = []
             for end in ("subject", "object"):
@@ -223,21 +285,42 @@ class VgReader:
                 else:
                     oid = image.resolve(rel.get(f"{end}_id"))
                     if oid is None:
-                        problems.add("unknown_object", f"{end}_id {rel.get(f'{end}_id')!r} names no object of the image; relation skipped", record, image.vg_id)
+                        problems.add(
+                            "unknown_object",
+                            f"{end}_id {rel.get(f'{end}_id')!r} names no object of the image; relation skipped",
+                            record,
+                            image.vg_id,
+                        )
                     ends.append(oid)
             if None in ends:
                 continue
             rid = rel.get("relationship_id", rel.get("id", k))
-            out.append(SourceRelation(key=str(rid), subject=f"o{ends[0]}", object=f"o{ends[1]}", predicate=rel["predicate"]))
+            out.append(
+                SourceRelation(
+                    key=str(rid),
+                    subject=f"o{ends[0]}",
+                    object=f"o{ends[1]}",
+                    predicate=rel["predicate"],
+                )
+            )
         return out
 
     def _phrases(self, vg_id: int, problems: ProblemLog) -> list[SourceRegion]:
         out = []
         for k, r in enumerate(self._list("region_descriptions", "regions", vg_id, problems)):
             record = f"region_descriptions:image={vg_id}/regions[{k}]"
-            ok = isinstance(r, dict) and isinstance(r.get("phrase"), str) and are_numbers(r.get("x"), r.get("y"), r.get("width"), r.get("height"))
+            ok = (
+                isinstance(r, dict)
+                and isinstance(r.get("phrase"), str)
+                and are_numbers(r.get("x"), r.get("y"), r.get("width"), r.get("height"))
+            )
             if not ok:
-                problems.add("bad_annotation", f"region needs a text 'phrase' and finite numeric x, y, width, height: {str(r)[:160]}", record, vg_id)
+                problems.add(
+                    "bad_annotation",
+                    f"region needs a text 'phrase' and finite numeric x, y, width, height: {str(r)[:160]}",
+                    record,
+                    vg_id,
+                )
                 continue
             rid = r.get("region_id", k)
             out.append(

@@ -51,7 +51,8 @@ class SourceSection(Section):
     """What every seed source has besides its files."""
 
     allow_empty: bool = Field(
-        False, description="the source may yield no images; otherwise `synthvg build` stops (exit 2) when it does"
+        False,
+        description="the source may yield no images; otherwise `synthvg build` stops (exit 2) when it does",
     )
 
 
@@ -60,7 +61,10 @@ class CocoSource(SourceSection):
 
     kind: Literal["coco"] = "coco"
     annotations: str = Field(description="path to instances_*.json")
-    images: str | None = Field(None, description="folder holding the images named by file_name (none: sizes from the annotations)")
+    images: str | None = Field(
+        None,
+        description="folder holding the images named by file_name (none: sizes from the annotations)",
+    )
     split: str | None = Field(None, description="override the split (default: from coco_url)")
 
     PATHS: ClassVar[tuple[str, ...]] = ("annotations", "images")
@@ -72,7 +76,9 @@ class LvisSource(SourceSection):
 
     kind: Literal["lvis"]
     annotations: str = Field(description="lvis_v1_{train,val}.json or lvis_v0.5_*.json")
-    images: str | None = Field(None, description="COCO root holding train2017/ and val2017/ (the file comes from coco_url)")
+    images: str | None = Field(
+        None, description="COCO root holding train2017/ and val2017/ (the file comes from coco_url)"
+    )
 
     PATHS: ClassVar[tuple[str, ...]] = ("annotations", "images")
     dataset: ClassVar[str] = "lvis"
@@ -83,11 +89,15 @@ class RefcocoSource(SourceSection):
 
     kind: Literal["refcoco"]
     refs: str = Field(description="refs(unc).p, refs(umd).p or refs(google).p")
-    instances: str | None = Field(None, description="the matching instances.json (default: the one beside refs)")
+    instances: str | None = Field(
+        None, description="the matching instances.json (default: the one beside refs)"
+    )
     name: Literal["refcoco", "refcoco+", "refcocog"] | None = Field(
         None, description="which dataset (default: the refs file's folder name, as released)"
     )
-    images: str | None = Field(None, description="folder of the COCO train2014 images (COCO_train2014_*.jpg)")
+    images: str | None = Field(
+        None, description="folder of the COCO train2014 images (COCO_train2014_*.jpg)"
+    )
 
     PATHS: ClassVar[tuple[str, ...]] = ("refs", "instances", "images")
 
@@ -101,7 +111,9 @@ class VgSource(SourceSection):
     """Visual Genome v1.2 / v1.4: a folder of the release's files, or the files one by one."""
 
     kind: Literal["vg"]
-    root: str | None = Field(None, description="folder holding image_data.json, objects.json, ... (official names)")
+    root: str | None = Field(
+        None, description="folder holding image_data.json, objects.json, ... (official names)"
+    )
     image_data: str | None = None
     objects: str | None = None
     attributes: str | None = None
@@ -109,10 +121,19 @@ class VgSource(SourceSection):
     region_descriptions: str | None = None
     scene_graphs: str | None = None
     images: str | None = Field(None, description="folder holding VG_100K/ and VG_100K_2/")
-    version: str = Field("1.4", description="release version, written to relations.model (visual-genome-1.4)")
+    version: str = Field(
+        "1.4", description="release version, written to relations.model (visual-genome-1.4)"
+    )
 
     PATHS: ClassVar[tuple[str, ...]] = (
-        "root", "image_data", "objects", "attributes", "relationships", "region_descriptions", "scene_graphs", "images",
+        "root",
+        "image_data",
+        "objects",
+        "attributes",
+        "relationships",
+        "region_descriptions",
+        "scene_graphs",
+        "images",
     )
     FILES: ClassVar[tuple[str, ...]] = PATHS[1:-1]
     dataset: ClassVar[str] = "vg"
@@ -130,7 +151,9 @@ class GqaSource(SourceSection):
     kind: Literal["gqa"]
     annotations: str = Field(description="a *_sceneGraphs.json file")
     images: str | None = Field(None, description="folder of the GQA images (<id>.jpg)")
-    image_data: str | None = Field(None, description="VG image_data.json, to map GQA ids to COCO ids without a vg source")
+    image_data: str | None = Field(
+        None, description="VG image_data.json, to map GQA ids to COCO ids without a vg source"
+    )
     version: str = Field("1.1", description="release version, written to relations.model (gqa-1.1)")
 
     PATHS: ClassVar[tuple[str, ...]] = ("annotations", "images", "image_data")
@@ -142,8 +165,12 @@ class PsgSource(SourceSection):
 
     kind: Literal["psg"]
     annotations: str = Field(description="psg.json")
-    panoptic: str | None = Field(None, description="folder pan_seg_file_name is relative to (default: images)")
-    images: str | None = Field(None, description="COCO root: file_name (train2017/...) is relative to it")
+    panoptic: str | None = Field(
+        None, description="folder pan_seg_file_name is relative to (default: images)"
+    )
+    images: str | None = Field(
+        None, description="COCO root: file_name (train2017/...) is relative to it"
+    )
 
     PATHS: ClassVar[tuple[str, ...]] = ("annotations", "panoptic", "images")
     dataset: ClassVar[str] = "psg"
@@ -151,7 +178,9 @@ class PsgSource(SourceSection):
     @model_validator(mode="after")
     def _has_masks(self) -> PsgSource:
         if self.panoptic is None and self.images is None:
-            raise ValueError("PSG masks are in the COCO panoptic PNGs: give `panoptic` (or `images`)")
+            raise ValueError(
+                "PSG masks are in the COCO panoptic PNGs: give `panoptic` (or `images`)"
+            )
         return self
 
 
@@ -160,7 +189,9 @@ class Ade20kSource(SourceSection):
 
     kind: Literal["ade20k"]
     root: str = Field(description="ADE20K_2021_17_01/images/ADE or any folder below it")
-    images: str | None = Field(None, description="folder mirroring root that holds the .jpg files (usually root)")
+    images: str | None = Field(
+        None, description="folder mirroring root that holds the .jpg files (usually root)"
+    )
 
     PATHS: ClassVar[tuple[str, ...]] = ("root", "images")
     dataset: ClassVar[str] = "ade20k"
@@ -187,17 +218,32 @@ DATASETS = ("coco", "lvis", "refcoco", "refcoco+", "refcocog", "psg", "vg", "gqa
 class MergeConfig(Section):
     """When annotations from different sources are one region (docs/SEEDS.md)."""
 
-    iou: float = Field(0.7, gt=0, le=1, description="box IoU at or above which regions of two datasets may merge")
-    names: Literal["compatible", "any"] = Field("compatible", description="compatible: names must match too (readers.names)")
-    phrase_iou: float = Field(0.5, gt=0, le=1, description="box IoU at or above which a description-only region joins a region")
-    aliases: dict[str, list[str]] = Field(default_factory=dict, description="extra name groups: {person: [pedestrian]}")
+    iou: float = Field(
+        0.7, gt=0, le=1, description="box IoU at or above which regions of two datasets may merge"
+    )
+    names: Literal["compatible", "any"] = Field(
+        "compatible", description="compatible: names must match too (readers.names)"
+    )
+    phrase_iou: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="box IoU at or above which a description-only region joins a region",
+    )
+    aliases: dict[str, list[str]] = Field(
+        default_factory=dict, description="extra name groups: {person: [pedestrian]}"
+    )
 
 
 class SelectConfig(Section):
     """Which images to build (then ``limit`` keeps the first N, in image-id order)."""
 
-    require: list[Literal[DATASETS]] = Field(default_factory=list, description="only images every one of these datasets annotates")
-    ids: list[str] = Field(default_factory=list, description="only these image ids (coco:397133, vg:1, ...)")
+    require: list[Literal[DATASETS]] = Field(
+        default_factory=list, description="only images every one of these datasets annotates"
+    )
+    ids: list[str] = Field(
+        default_factory=list, description="only these image ids (coco:397133, vg:1, ...)"
+    )
     ids_file: str | None = Field(None, description="a text file of image ids, one per line")
 
     @field_validator("ids")
@@ -216,9 +262,13 @@ MAX_IMAGE_PIXELS = 178_956_970
 
 class SeedsConfig(Section):
     sources: list[SeedSource] = Field(min_length=1)
-    min_region_area: float = Field(1.0, ge=0, description="regions below this many pixels are dropped (errors table)")
+    min_region_area: float = Field(
+        1.0, ge=0, description="regions below this many pixels are dropped (errors table)"
+    )
     max_image_pixels: int = Field(
-        MAX_IMAGE_PIXELS, ge=1, le=MAX_IMAGE_PIXELS,
+        MAX_IMAGE_PIXELS,
+        ge=1,
+        le=MAX_IMAGE_PIXELS,
         description="an image file with more pixels is an image_too_large error row, never decoded",
     )
     merge: MergeConfig = MergeConfig()
@@ -229,7 +279,9 @@ class SeedsConfig(Section):
         have = {s.dataset for s in self.sources}
         missing = [d for d in self.select.require if d not in have]
         if missing:
-            raise ValueError(f"select.require names {missing}, but no source of that dataset is configured")
+            raise ValueError(
+                f"select.require names {missing}, but no source of that dataset is configured"
+            )
         return self
 
 
@@ -237,7 +289,9 @@ class FelzenszwalbConfig(Section):
     scale: float = Field(300.0, gt=0)
     sigma: float = Field(0.8, ge=0)
     min_size: int = Field(50, ge=1)
-    max_side: int = Field(640, ge=32, description="images are downscaled to this longest side first")
+    max_side: int = Field(
+        640, ge=32, description="images are downscaled to this longest side first"
+    )
     max_proposals: int = Field(400, ge=1, description="keep the largest N segments per image")
 
 
@@ -257,7 +311,9 @@ class AMGParams(Section):
     crop_nms_thresh: float = Field(0.7, ge=0, le=1)
     crop_overlap_ratio: float = Field(512 / 1500, ge=0, lt=1)
     crop_n_points_downscale_factor: int = Field(1, ge=1)
-    min_mask_region_area: int = Field(0, ge=0, description="fill holes / drop islands below this (px)")
+    min_mask_region_area: int = Field(
+        0, ge=0, description="fill holes / drop islands below this (px)"
+    )
     multimask_output: int | None = Field(
         None, ge=0, le=2, description="keep only this of SAM's 3 outputs per point (None: all)"
     )
@@ -265,10 +321,19 @@ class AMGParams(Section):
 
 #: The official demo's two SAM modes (docs/REGIONS.md): whole objects and their parts.
 WHOLE_PRESET = {
-    "points_per_side": 32, "pred_iou_thresh": 0.8, "stability_score_thresh": 0.8,
-    "box_nms_thresh": 0.7, "min_mask_region_area": 300, "multimask_output": 2,
+    "points_per_side": 32,
+    "pred_iou_thresh": 0.8,
+    "stability_score_thresh": 0.8,
+    "box_nms_thresh": 0.7,
+    "min_mask_region_area": 300,
+    "multimask_output": 2,
 }
-PART_PRESET = {**WHOLE_PRESET, "pred_iou_thresh": 0.9, "stability_score_thresh": 0.9, "multimask_output": 1}
+PART_PRESET = {
+    **WHOLE_PRESET,
+    "pred_iou_thresh": 0.9,
+    "stability_score_thresh": 0.9,
+    "multimask_output": 1,
+}
 
 
 def _over(preset: dict):
@@ -283,11 +348,19 @@ def _over(preset: dict):
 class MergeParams(Section):
     """The demo's whole + part merge (docs/REGIONS.md spells out each step)."""
 
-    union_inside: float = Field(0.9, ge=0, le=1, description="a member lies this much inside a union")
+    union_inside: float = Field(
+        0.9, ge=0, le=1, description="a member lies this much inside a union"
+    )
     union_cover: float = Field(0.9, ge=0, le=1, description="members cover this much of a union")
-    part_overlap: float = Field(0.6, ge=0, le=1, description="parts overlapping kept regions less are added")
-    part_max_iou: float = Field(0.7, ge=0, le=1, description="parts this similar to a kept region are skipped")
-    large_whole_quantile: float = Field(0.5, ge=0, le=1, description="'large': above this quantile of whole areas")
+    part_overlap: float = Field(
+        0.6, ge=0, le=1, description="parts overlapping kept regions less are added"
+    )
+    part_max_iou: float = Field(
+        0.7, ge=0, le=1, description="parts this similar to a kept region are skipped"
+    )
+    large_whole_quantile: float = Field(
+        0.5, ge=0, le=1, description="'large': above this quantile of whole areas"
+    )
     large_part_quantile: float = Field(0.75, ge=0, le=1, description="... or of part areas")
 
 
@@ -297,12 +370,16 @@ SamMode = Literal["default", "whole", "part", "whole+part"]
 class SamCommonConfig(Section):
     """What both SAM backends share: which generators run, their parameters, the merge, the device."""
 
-    mode: SamMode = Field("whole+part", description="default: the package's parameters; whole+part: the demo's merge")
+    mode: SamMode = Field(
+        "whole+part", description="default: the package's parameters; whole+part: the demo's merge"
+    )
     default: AMGParams = AMGParams()
     whole: Annotated[AMGParams, _over(WHOLE_PRESET)] = AMGParams(**WHOLE_PRESET)
     part: Annotated[AMGParams, _over(PART_PRESET)] = AMGParams(**PART_PRESET)
     merge: MergeParams = MergeParams()
-    max_side: int = Field(2048, ge=64, description="larger images are downscaled for the model; masks map back")
+    max_side: int = Field(
+        2048, ge=64, description="larger images are downscaled for the model; masks map back"
+    )
     max_proposals: int = Field(500, ge=1, description="keep the largest N per image")
     device: str = Field("auto", description="auto: cuda when available, else cpu")
     dtype: Dtype = Field("auto", description="auto: bfloat16 (or float16) on GPU, float32 on CPU")
@@ -340,14 +417,18 @@ class SegmentAnythingConfig(SamCommonConfig):
 class TransformersSamConfig(SamCommonConfig):
     """SAM or SAM 2 from a local transformers model directory: batched encoder and point grid."""
 
-    path: str = Field(description="local model directory (config.json, weights, preprocessor_config.json)")
+    path: str = Field(
+        description="local model directory (config.json, weights, preprocessor_config.json)"
+    )
     batch_size: int = Field(4, ge=1, description="images encoded and decoded together")
 
     @model_validator(mode="after")
     def _no_crops(self):
         for name, params in self.generators().items():
             if params.crop_n_layers:
-                raise ValueError(f"{name}.crop_n_layers: crops are run by the segment_anything proposer only")
+                raise ValueError(
+                    f"{name}.crop_n_layers: crops are run by the segment_anything proposer only"
+                )
         return self
 
 
@@ -355,8 +436,15 @@ class PrecomputedConfig(Section):
     """Proposals made elsewhere (SAM AMG, Semantic-SAM, ...): one JSON file of COCO RLEs per image."""
 
     path: str = Field(description="folder of per-image files")
-    pattern: str = Field("{stem}.json", description="file name; placeholders {stem}, {file_name}, {image_id}, {native_id}")
-    name: str = Field("precomputed", pattern=r"^[A-Za-z0-9_.+-]+$", description="labels the proposals: precomputed/<name>")
+    pattern: str = Field(
+        "{stem}.json",
+        description="file name; placeholders {stem}, {file_name}, {image_id}, {native_id}",
+    )
+    name: str = Field(
+        "precomputed",
+        pattern=r"^[A-Za-z0-9_.+-]+$",
+        description="labels the proposals: precomputed/<name>",
+    )
     max_proposals: int = Field(1000, ge=1)
 
 
@@ -366,13 +454,19 @@ class UncoveredConfig(Section):
     mode: Literal["off", "unannotated", "all"] = Field(
         "off", description="unannotated: only images with no annotated region; all: every image"
     )
-    iou_threshold: float = Field(0.5, ge=0, le=1, description="a proposal is covered when an annotation's IoU > this")
-    nms_threshold: float = Field(0.7, ge=0, le=1, description="box IoU above which the lower-scored one is dropped")
+    iou_threshold: float = Field(
+        0.5, ge=0, le=1, description="a proposal is covered when an annotation's IoU > this"
+    )
+    nms_threshold: float = Field(
+        0.7, ge=0, le=1, description="box IoU above which the lower-scored one is dropped"
+    )
     min_area: float = Field(0.0, ge=0, description="pixels")
     max_regions: int = Field(100, ge=1, description="per image, best first")
 
 
-ProposerName = Literal["felzenszwalb", "segment_anything", "transformers_sam", "precomputed", "none"]
+ProposerName = Literal[
+    "felzenszwalb", "segment_anything", "transformers_sam", "precomputed", "none"
+]
 
 
 class RegionsConfig(Section):
@@ -396,7 +490,9 @@ class RegionsConfig(Section):
     @model_validator(mode="after")
     def _chosen_section_given(self):
         if self.proposer != "none" and getattr(self, self.proposer) is None:
-            raise ValueError(f"proposer {self.proposer!r} needs its section: {self.proposer}: {{...}}")
+            raise ValueError(
+                f"proposer {self.proposer!r} needs its section: {self.proposer}: {{...}}"
+            )
         return self
 
     def proposer_config(self) -> BaseModel | None:
@@ -412,12 +508,18 @@ class DepthAnythingConfig(Section):
     """Depth-Anything v1 or v2 (relative or metric) from a local transformers model directory."""
 
     backend: Literal["depth-anything"]
-    path: str = Field(description="local model directory (config.json, weights, preprocessor_config.json)")
+    path: str = Field(
+        description="local model directory (config.json, weights, preprocessor_config.json)"
+    )
     batch_size: int = Field(8, ge=1)
     device: str = Field("auto", description="auto: cuda when available, else cpu")
     dtype: Dtype = Field("auto", description="auto: bfloat16 (or float16) on GPU, float32 on CPU")
-    save_maps: bool = Field(False, description="write each depth map as a 16-bit PNG beside the tables")
-    max_side: int = Field(2048, ge=64, description="depth is upsampled to the image size, capped at this side")
+    save_maps: bool = Field(
+        False, description="write each depth map as a 16-bit PNG beside the tables"
+    )
+    max_side: int = Field(
+        2048, ge=64, description="depth is upsampled to the image size, capped at this side"
+    )
 
 
 DepthConfig = Annotated[
@@ -472,14 +574,34 @@ TeacherConfig = Annotated[
 class SpatialRulesConfig(Section):
     """Thresholds of the spatial rules (docs/FILTERS.md draws each case)."""
 
-    position_tolerance: float = Field(0.02, ge=0, le=0.5, description="centre offsets within this fraction of the image are ambiguous")
-    on_min_overlap: float = Field(0.3, ge=0, le=1, description="'on': horizontal overlap as a fraction of the subject's width")
-    on_max_gap: float = Field(0.1, ge=0, description="'on': subject bottom may float this fraction of the object's height above its top")
+    position_tolerance: float = Field(
+        0.02,
+        ge=0,
+        le=0.5,
+        description="centre offsets within this fraction of the image are ambiguous",
+    )
+    on_min_overlap: float = Field(
+        0.3, ge=0, le=1, description="'on': horizontal overlap as a fraction of the subject's width"
+    )
+    on_max_gap: float = Field(
+        0.1,
+        ge=0,
+        description="'on': subject bottom may float this fraction of the object's height above its top",
+    )
     on_max_depth: float = Field(0.6, ge=0, description="'on': ... or sink this fraction into it")
-    inside_keep: float = Field(0.8, ge=0, le=1, description="'inside': keep when this fraction of the subject lies in the object")
+    inside_keep: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="'inside': keep when this fraction of the subject lies in the object",
+    )
     inside_drop: float = Field(0.2, ge=0, le=1)
-    depth_margin: float = Field(0.05, ge=0, description="'in front of' / 'behind': relative depth difference needed")
-    next_to_keep: float = Field(0.02, ge=0, description="'next to': box gap / image diagonal below this keeps")
+    depth_margin: float = Field(
+        0.05, ge=0, description="'in front of' / 'behind': relative depth difference needed"
+    )
+    next_to_keep: float = Field(
+        0.02, ge=0, description="'next to': box gap / image diagonal below this keeps"
+    )
     next_to_drop: float = Field(0.1, ge=0)
     near_keep: float = Field(0.05, ge=0, description="'near' (and 'far from' inverted)")
     near_drop: float = Field(0.25, ge=0)
@@ -490,7 +612,9 @@ class OpenAIVerifierConfig(LLMConfig):
 
     kind: Literal["openai"]
     threshold: float = Field(0.5, ge=0, le=1, description="keep when P(yes) >= this")
-    logprobs: bool = Field(True, description="P(yes) from the first token's logprobs when the endpoint gives them")
+    logprobs: bool = Field(
+        True, description="P(yes) from the first token's logprobs when the endpoint gives them"
+    )
     prompt: str = Field("verify/v1", description="question template under synthvg/prompts/")
 
 
@@ -513,13 +637,20 @@ class RuleFiltersConfig(Section):
     """Spatial rules for spatial relations, VQA verifiers for the other categories."""
 
     backend: Literal["rules"] = "rules"
-    stages: list[Literal["seed", "teacher", "robin"]] = Field(["teacher"], description="whose relations are judged")
-    spatial: SpatialRulesConfig = SpatialRulesConfig()
-    verifiers: list[Verifier] = Field(default_factory=list, description="VQA verifiers for non-spatial relations")
-    vote: Literal["all", "any", "majority", "mean"] = Field(
-        "all", description="how several verifiers combine: all must say yes, any, a majority, or mean P(yes) >= threshold"
+    stages: list[Literal["seed", "teacher", "robin"]] = Field(
+        ["teacher"], description="whose relations are judged"
     )
-    synonyms: str | None = Field(None, description="extra predicate synonym YAML (raw -> normalised)")
+    spatial: SpatialRulesConfig = SpatialRulesConfig()
+    verifiers: list[Verifier] = Field(
+        default_factory=list, description="VQA verifiers for non-spatial relations"
+    )
+    vote: Literal["all", "any", "majority", "mean"] = Field(
+        "all",
+        description="how several verifiers combine: all must say yes, any, a majority, or mean P(yes) >= threshold",
+    )
+    synonyms: str | None = Field(
+        None, description="extra predicate synonym YAML (raw -> normalised)"
+    )
 
 
 class NoFiltersConfig(Section):
@@ -544,28 +675,42 @@ class RobinModelConfig(Section):
     """
 
     backend: Literal["robin"] = "robin"
-    checkpoint: str = Field(description="local directory: config.json, safetensors (+ index), tokenizer files")
-    mode: Literal["holistic", "per_region"] = Field(
-        "holistic", description="one 'extremely detailed scene graph' call per image, or two turns per region"
+    checkpoint: str = Field(
+        description="local directory: config.json, safetensors (+ index), tokenizer files"
     )
-    batch_size: int = Field(8, ge=1, description="prompts generated together (halved on CUDA out-of-memory)")
+    mode: Literal["holistic", "per_region"] = Field(
+        "holistic",
+        description="one 'extremely detailed scene graph' call per image, or two turns per region",
+    )
+    batch_size: int = Field(
+        8, ge=1, description="prompts generated together (halved on CUDA out-of-memory)"
+    )
     images_per_batch: int = Field(8, ge=1, description="images encoded and held at once")
     device: str = Field("auto", description="auto: cuda when available, else cpu")
-    dtype: Dtype = Field("auto", description="the LM's dtype; auto: bfloat16 on GPU, float32 on CPU")
+    dtype: Dtype = Field(
+        "auto", description="the LM's dtype; auto: bfloat16 on GPU, float32 on CPU"
+    )
     vision_dtype: Dtype = Field(
-        "auto", description="vision tower, projector, mask extractor; auto: float16 on GPU (the release's), float32 on CPU"
+        "auto",
+        description="vision tower, projector, mask extractor; auto: float16 on GPU (the release's), float32 on CPU",
     )
     temperature: float = Field(0.2, ge=0, description="0: greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int = Field(0, description="sampling seed, set before each batch")
-    max_new_tokens: int = Field(1024, ge=1, description="per answer (the scene graph, or a region's relationships)")
+    max_new_tokens: int = Field(
+        1024, ge=1, description="per answer (the scene graph, or a region's relationships)"
+    )
     description_max_tokens: int = Field(256, ge=1, description="per-region mode: per description")
-    max_regions: int = Field(100, ge=1, description="largest regions per image; the rest are reported as capped")
+    max_regions: int = Field(
+        100, ge=1, description="largest regions per image; the rest are reported as capped"
+    )
     max_prompt_tokens: int | None = Field(
         None, ge=64, description="prompt limit; None: the checkpoint's tokenizer_model_max_length"
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    allow_unexpected_keys: bool = Field(False, description="load despite checkpoint keys the model has no place for")
+    allow_unexpected_keys: bool = Field(
+        False, description="load despite checkpoint keys the model has no place for"
+    )
 
 
 def _robin_tag(value) -> str:
@@ -589,11 +734,17 @@ class OpenAIEditConfig(VisionLLMConfig):
         "robin", description="whose relations are edited; union: seed + teacher + robin"
     )
     prompt: str = Field("edit/v1", description="prompt template under synthvg/prompts/")
-    caption: bool = Field(True, description="ask for a dense caption first (one more request per image)")
-    caption_prompt: str = Field("edit/caption_v1", description="prompt template of the caption request")
+    caption: bool = Field(
+        True, description="ask for a dense caption first (one more request per image)"
+    )
+    caption_prompt: str = Field(
+        "edit/caption_v1", description="prompt template of the caption request"
+    )
     temperature: float | None = 0.2
     max_tokens: int | None = Field(4096, ge=1)
-    max_regions: int = Field(60, ge=1, description="largest regions shown per image; the graph covers these")
+    max_regions: int = Field(
+        60, ge=1, description="largest regions shown per image; the graph covers these"
+    )
 
 
 class NoEditConfig(Section):
@@ -604,6 +755,8 @@ EditConfig = Annotated[
     Annotated[NoEditConfig, Tag("none")] | Annotated[OpenAIEditConfig, Tag("openai")],
     _backend_tag("none"),
 ]
+
+
 class PrefectLimit(Section):
     """A Prefect global concurrency limit shared by every build that names it.
 
@@ -615,8 +768,12 @@ class PrefectLimit(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     stages: list[str] = Field(min_length=1)
-    limit: int = Field(ge=1, description="slots: shards at once, or the rate limit's burst in images")
-    per_second: float | None = Field(None, gt=0, description="set: a rate limit, slots decaying at this rate")
+    limit: int = Field(
+        ge=1, description="slots: shards at once, or the rate limit's burst in images"
+    )
+    per_second: float | None = Field(
+        None, gt=0, description="set: a rate limit, slots decaying at this rate"
+    )
 
 
 class ExecutorConfig(Section):
@@ -624,11 +781,16 @@ class ExecutorConfig(Section):
         "threads", description="threads in the build's process, or a Dask or Ray cluster"
     )
     address: str | None = Field(
-        None, description="Dask scheduler or Ray cluster address; none: start a local cluster per build"
+        None,
+        description="Dask scheduler or Ray cluster address; none: start a local cluster per build",
     )
-    workers: int = Field(2, ge=1, le=256, description="shards processed at once (local cluster size)")
+    workers: int = Field(
+        2, ge=1, le=256, description="shards processed at once (local cluster size)"
+    )
     retries: int = Field(1, ge=0, description="Prefect task retries for a failing shard")
-    retry_delay_seconds: float = Field(2.0, ge=0, description="first retry delay; doubles each retry")
+    retry_delay_seconds: float = Field(
+        2.0, ge=0, description="first retry delay; doubles each retry"
+    )
     gpus: dict[str, float] = Field(
         default_factory=dict, description="GPUs each shard task of a stage requests on Ray or Dask"
     )
@@ -681,7 +843,9 @@ class BuildConfig(Section):
         stages = set(type(self).model_fields) - {"name", "out", "shard_size", "limit", "executor"}
         named = set(self.executor.gpus) | {s for lim in self.executor.limits for s in lim.stages}
         if unknown := sorted(named - stages):
-            raise ValueError(f"executor names unknown stage(s) {unknown}; stages are {sorted(stages)}")
+            raise ValueError(
+                f"executor names unknown stage(s) {unknown}; stages are {sorted(stages)}"
+            )
         return self
 
     def stage_config(self, stage: str) -> BaseModel:
@@ -717,13 +881,17 @@ def load_config(path: str | os.PathLike, **overrides) -> BuildConfig:
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except IsADirectoryError:
-        raise ConfigError(f"config {path} is a folder, not a YAML file (e.g. configs/demo.yaml)") from None
+        raise ConfigError(
+            f"config {path} is a folder, not a YAML file (e.g. configs/demo.yaml)"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys, got {type(raw).__name__}"
+        )
     raw.update({k: v for k, v in overrides.items() if v is not None})
     base = path.resolve().parent
     try:
@@ -733,7 +901,9 @@ def load_config(path: str | os.PathLike, **overrides) -> BuildConfig:
     return resolve_paths(cfg, base)
 
 
-def with_executor(cfg: BuildConfig, kind: str | None = None, address: str | None = None) -> BuildConfig:
+def with_executor(
+    cfg: BuildConfig, kind: str | None = None, address: str | None = None
+) -> BuildConfig:
     """``cfg`` with the command line's ``--runner``/``--address`` over its executor section."""
     update = {k: v for k, v in (("kind", kind), ("address", address)) if v is not None}
     if not update:
@@ -748,7 +918,9 @@ def with_executor(cfg: BuildConfig, kind: str | None = None, address: str | None
 def resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
     """Make every relative path in ``cfg`` absolute against ``base``."""
     sources = [
-        s.model_copy(update={k: _resolve(v, base) for k in s.PATHS if (v := getattr(s, k)) is not None})
+        s.model_copy(
+            update={k: _resolve(v, base) for k in s.PATHS if (v := getattr(s, k)) is not None}
+        )
         for s in cfg.seeds.sources
     ]
     select = cfg.seeds.select
@@ -756,10 +928,16 @@ def resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
         select = select.model_copy(update={"ids_file": _resolve(select.ids_file, base)})
     seeds = cfg.seeds.model_copy(update={"sources": sources, "select": select})
     regions = cfg.regions
-    for section, key in (("segment_anything", "checkpoint"), ("transformers_sam", "path"), ("precomputed", "path")):
+    for section, key in (
+        ("segment_anything", "checkpoint"),
+        ("transformers_sam", "path"),
+        ("precomputed", "path"),
+    ):
         sub = getattr(regions, section)
         if sub is not None:
-            regions = regions.model_copy(update={section: sub.model_copy(update={key: _resolve(getattr(sub, key), base)})})
+            regions = regions.model_copy(
+                update={section: sub.model_copy(update={key: _resolve(getattr(sub, key), base)})}
+            )
     depth = cfg.depth
     if isinstance(depth, DepthAnythingConfig):
         depth = depth.model_copy(update={"path": _resolve(depth.path, base)})
@@ -769,14 +947,20 @@ def resolve_paths(cfg: BuildConfig, base: Path) -> BuildConfig:
     filters = cfg.filters
     if isinstance(filters, RuleFiltersConfig):
         verifiers = [
-            v.model_copy(update={"path": _resolve(v.path, base)}) if isinstance(v, TransformersVerifierConfig) else v
+            v.model_copy(update={"path": _resolve(v.path, base)})
+            if isinstance(v, TransformersVerifierConfig)
+            else v
             for v in filters.verifiers
         ]
         synonyms = _resolve(filters.synonyms, base) if filters.synonyms else None
         filters = filters.model_copy(update={"verifiers": verifiers, "synonyms": synonyms})
     return cfg.model_copy(
         update={
-            "out": _resolve(cfg.out, base), "seeds": seeds, "regions": regions, "depth": depth, "robin": robin,
+            "out": _resolve(cfg.out, base),
+            "seeds": seeds,
+            "regions": regions,
+            "depth": depth,
+            "robin": robin,
             "filters": filters,
         }
     )
@@ -810,4 +994,3 @@ def input_paths(cfg: BuildConfig) -> list[tuple[str, str]]:
     if isinstance(cfg.robin, RobinModelConfig):
         found.append(("robin.checkpoint", cfg.robin.checkpoint))
     return found
-

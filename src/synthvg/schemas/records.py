@@ -14,7 +14,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Category = Literal["spatial", "interactional", "functional", "social", "emotional", "other"]
-CATEGORIES: tuple[str, ...] = ("spatial", "interactional", "functional", "social", "emotional", "other")
+CATEGORIES: tuple[str, ...] = (
+    "spatial",
+    "interactional",
+    "functional",
+    "social",
+    "emotional",
+    "other",
+)
 RelationStage = Literal["seed", "teacher", "robin", "edit"]
 Verdict = Literal["kept", "dropped", "unverified"]
 Generator = Literal["human", "rules", "model"]
@@ -59,7 +66,10 @@ class RegionSource(Record):
     dataset: str = Field(description="annotation source, e.g. coco, lvis, refcoco, vg")
     annotation_id: str = Field(description="the annotation's id in its source")
     category: str | None = Field(None, description="the source's class name, if any")
-    split: str | None = Field(None, description="the split the source puts this annotation in (RefCOCO testA, PSG test, ...)")
+    split: str | None = Field(
+        None,
+        description="the split the source puts this annotation in (RefCOCO testA, PSG test, ...)",
+    )
 
 
 class ImageRecord(Record):
@@ -75,7 +85,9 @@ class ImageRecord(Record):
     width: int
     height: int
     split: str | None = Field(None, description="the source's split (train2017, val2017, ...)")
-    content_hash: str = Field(description="sha256 of the image file's bytes ('' when built without image files)")
+    content_hash: str = Field(
+        description="sha256 of the image file's bytes ('' when built without image files)"
+    )
 
 
 class RegionRecord(Record):
@@ -88,7 +100,9 @@ class RegionRecord(Record):
     area: float = Field(description="mask area in pixels (box area when there is no mask)")
     label: str | None = Field(None, description="class name")
     descriptions: list[str] = Field(default_factory=list, description="free-text descriptions")
-    attributes: list[str] = Field(default_factory=list, description="attributes the sources give (VG, GQA, ADE20K)")
+    attributes: list[str] = Field(
+        default_factory=list, description="attributes the sources give (VG, GQA, ADE20K)"
+    )
     is_crowd: bool = Field(False, description="COCO iscrowd: the region covers a group")
     sources: list[RegionSource] = Field(description="the annotations merged into this region")
 
@@ -110,7 +124,9 @@ class RegionCheckRecord(Record):
 
     image_id: str
     region_id: int
-    best_iou: float | None = Field(description="highest mask IoU with any proposal (None: no proposals)")
+    best_iou: float | None = Field(
+        description="highest mask IoU with any proposal (None: no proposals)"
+    )
     best_proposal_id: int | None = Field(description="the proposal that reached best_iou")
     kept: bool = Field(description="best_iou > the configured threshold")
 
@@ -120,7 +136,9 @@ class RegionDepthRecord(Record):
 
     image_id: str
     region_id: int
-    depth_median: float | None = Field(description="median relative depth inside the mask: 0 farthest, 1 nearest in the image")
+    depth_median: float | None = Field(
+        description="median relative depth inside the mask: 0 farthest, 1 nearest in the image"
+    )
     depth_spread: float | None = Field(description="interquartile range of depth inside the mask")
     depth_model: str
 
@@ -129,7 +147,9 @@ class DepthMapRecord(Record):
     """Where the depth stage saved an image's depth map (a 16-bit PNG beside the tables)."""
 
     image_id: str
-    depth_uri: str = Field(description="16-bit grayscale PNG: value / 65535 = relative depth, larger = nearer")
+    depth_uri: str = Field(
+        description="16-bit grayscale PNG: value / 65535 = relative depth, larger = nearer"
+    )
     depth_model: str
 
 
@@ -186,7 +206,9 @@ class EditRecord(Record):
     action: EditAction = Field(description="rename, add, remove or same_as")
     predicate: str | None = Field(None, description="normalised predicate of an add or remove")
     predicate_raw: str | None = Field(None, description="the predicate as the editor wrote it")
-    object_id: int | None = Field(None, description="target of an add or remove; for same_as the duplicate merged away")
+    object_id: int | None = Field(
+        None, description="target of an add or remove; for same_as the duplicate merged away"
+    )
     old_name: str | None = Field(None, description="name before a rename")
     new_name: str | None = Field(None, description="name the editor asked for")
     applied: bool = Field(description="the edit changed the graph")
@@ -204,12 +226,18 @@ class GenerationRecord(Record):
     image_id: str
     stage: RelationStage
     turn: str = Field(description="scene_graph, description or relationships")
-    region_ids: list[int] = Field(description="the regions listed in the prompt: region1 is the first")
+    region_ids: list[int] = Field(
+        description="the regions listed in the prompt: region1 is the first"
+    )
     subject_id: int | None = Field(None, description="the region asked about (per-region turns)")
     text: str | None = Field(None, description="the generated text (NULL when the call failed)")
-    prompt_tokens: int | None = Field(None, description="prompt length after splicing in the image tokens")
+    prompt_tokens: int | None = Field(
+        None, description="prompt length after splicing in the image tokens"
+    )
     new_tokens: int | None = Field(None, description="tokens generated")
-    finished: bool | None = Field(None, description="stopped by itself (false: hit max_new_tokens, text may be cut)")
+    finished: bool | None = Field(
+        None, description="stopped by itself (false: hit max_new_tokens, text may be cut)"
+    )
     error: str | None = Field(None, description="why the call did not run (prompt too long, ...)")
     problems: list[str] = Field(default_factory=list, description="what the parser dropped and why")
     model: str
@@ -254,7 +282,10 @@ class ShardManifest(Record):
     started_at: dt.datetime
     finished_at: dt.datetime
     seconds: float
-    metrics: dict[str, float] = Field(default_factory=dict, description="what the stage measured on this shard: requests, tokens, cost_usd, ...")
+    metrics: dict[str, float] = Field(
+        default_factory=dict,
+        description="what the stage measured on this shard: requests, tokens, cost_usd, ...",
+    )
 
 
 class StageSummary(Record):
@@ -267,11 +298,16 @@ class StageSummary(Record):
     shards_written: int = 0
     shards_up_to_date: int = 0
     shards_failed: int = 0
-    redone: list[str] = Field(default_factory=list, description="shards redone because a committed file was missing or changed, and why")
+    redone: list[str] = Field(
+        default_factory=list,
+        description="shards redone because a committed file was missing or changed, and why",
+    )
     rows_out: dict[str, int] = Field(default_factory=dict)
     errors: int = 0
     seconds: float = 0.0
-    metrics: dict[str, float] = Field(default_factory=dict, description="summed over shards: requests, tokens, cost_usd, ...")
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="summed over shards: requests, tokens, cost_usd, ..."
+    )
 
 
 class RunManifest(Record):
@@ -289,7 +325,9 @@ class RunManifest(Record):
     shards: int = 0
     images: int = 0
     stages: list[StageSummary] = Field(default_factory=list)
-    version: int | None = Field(None, description="the dataset version the run left (read it with --as-of)")
+    version: int | None = Field(
+        None, description="the dataset version the run left (read it with --as-of)"
+    )
 
 
 def relation_id(image_id: str, stage: str, subject_id: int, object_id: int, predicate: str) -> str:

@@ -29,7 +29,10 @@ _STAGE_CLASSES = {
     "EditStage": "synthvg.stages.edit",
 }
 _EXPORTS = {
-    **{n: "synthvg.stages.base" for n in ("RunContext", "ShardSpec", "Stage", "StageInputs", "StageOutput", "load_stage")},
+    **{
+        n: "synthvg.stages.base"
+        for n in ("RunContext", "ShardSpec", "Stage", "StageInputs", "StageOutput", "load_stage")
+    },
     **{n: "synthvg.stages.seeds" for n in ("BuildPlan", "plan_build")},
     **{n: "synthvg.stages.dag" for n in ("GraphError", "StageNode", "stage_graph")},
     **_STAGE_CLASSES,
@@ -38,7 +41,9 @@ _EXPORTS = {
 
 def _stages() -> dict[str, type[Stage]]:
     """Every stage class by name, in declaration order (imports them all)."""
-    classes = (getattr(importlib.import_module(module), name) for name, module in _STAGE_CLASSES.items())
+    classes = (
+        getattr(importlib.import_module(module), name) for name, module in _STAGE_CLASSES.items()
+    )
     return {cls.name: cls for cls in classes}
 
 

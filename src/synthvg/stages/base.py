@@ -29,14 +29,20 @@ STAGE_OF_RELATIONS = {"seed": "seeds", "teacher": "teacher", "robin": "robin", "
 
 #: Settings that change speed or memory, never output: left out of fingerprints, so tuning a
 #: batch size or moving to a GPU does not redo a finished dataset.
-SPEED_ONLY = frozenset({"batch_size", "points_per_batch", "images_per_batch", "device", "attn_implementation"})
+SPEED_ONLY = frozenset(
+    {"batch_size", "points_per_batch", "images_per_batch", "device", "attn_implementation"}
+)
 
 
 def output_settings(section: BaseModel) -> dict:
     """A config section as JSON without its speed-only settings (at any depth)."""
 
     def strip(obj):
-        return {k: strip(v) for k, v in obj.items() if k not in SPEED_ONLY} if isinstance(obj, dict) else obj
+        return (
+            {k: strip(v) for k, v in obj.items() if k not in SPEED_ONLY}
+            if isinstance(obj, dict)
+            else obj
+        )
 
     return strip(section.model_dump(mode="json"))
 
@@ -116,7 +122,9 @@ class StageInputs:
     def table(self, name: str) -> pa.Table:
         """All committed rows of ``name`` for this shard (empty with its schema if none)."""
         if name not in self._writers:
-            raise KeyError(f"this stage does not declare that it reads {name!r} (add it to the stage's `reads`)")
+            raise KeyError(
+                f"this stage does not declare that it reads {name!r} (add it to the stage's `reads`)"
+            )
         if name not in self._cache:
             parts = [
                 t
@@ -207,7 +215,9 @@ class Stage(ABC):
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
         """Turn one shard's inputs into rows. Bad input becomes error rows, never a crash."""
 
-    def estimate(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> dict[str, float] | None:
+    def estimate(
+        self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext
+    ) -> dict[str, float] | None:
         """What ``process`` would spend on this shard, without spending it (a dry run).
 
         None for stages that cost nothing (a dry run runs those for real). Stages that call

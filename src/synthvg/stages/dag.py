@@ -44,7 +44,8 @@ def stage_graph(stages: dict[str, type[Stage]], config: BuildConfig) -> dict[str
         for table in cls.reads if skipped[name] is None else ():  # a skipped stage reads nothing
             wanted = cls.read_from(config, table)
             reads[table] = [
-                w for w in writers.get(table, [])
+                w
+                for w in writers.get(table, [])
                 if w != name and skipped[w] is None and (wanted is None or w in wanted)
             ]
         nodes[name] = StageNode(name=name, skipped=skipped[name], reads=reads)
@@ -64,14 +65,18 @@ def _topological(declared: list[str], deps: dict[str, set[str]]) -> list[str]:
     while left:
         ready = next((n for n in left if deps[n] <= set(order)), None)
         if ready is None:
-            raise GraphError(f"stages read each other's output in a circle: {', '.join(left)}; "
-                             "check filters.stages and edit.source")
+            raise GraphError(
+                f"stages read each other's output in a circle: {', '.join(left)}; "
+                "check filters.stages and edit.source"
+            )
         order.append(ready)
         left.remove(ready)
     return order
 
 
-def shard_fingerprints(stages: dict[str, type[Stage]], config: BuildConfig, shard: ShardSpec) -> dict[str, str]:
+def shard_fingerprints(
+    stages: dict[str, type[Stage]], config: BuildConfig, shard: ShardSpec
+) -> dict[str, str]:
     """Every stage's fingerprint for ``shard``: its name, version, the code version, its own
     settings and what it reads (the fingerprints of its direct dependencies, or the shard's
     image ids for a stage that reads no other stage)."""

@@ -38,7 +38,9 @@ def depth_stats(depth: np.ndarray, mask: np.ndarray) -> tuple[float | None, floa
     """(median, interquartile range) of ``depth`` inside ``mask``; (None, None) when empty.
     A mask at another size than the map is resized to it first (nearest neighbour)."""
     if mask.shape != depth.shape:
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8)).resize(depth.shape[::-1], Image.NEAREST)).astype(bool)
+        mask = np.asarray(
+            Image.fromarray(mask.astype(np.uint8)).resize(depth.shape[::-1], Image.NEAREST)
+        ).astype(bool)
     values = depth[mask]
     if values.size == 0:
         return None, None
@@ -50,7 +52,9 @@ def depth_png(depth: np.ndarray) -> bytes:
     """A [0, 1] map as a 16-bit grayscale PNG (value / 65535 = depth): 0.2-0.5 MB at 640x480,
     where float32 would take 1.2 MB, with 1/65535 resolution."""
     buf = io.BytesIO()
-    Image.fromarray(np.round(np.clip(depth, 0.0, 1.0) * 65535).astype(np.uint16)).save(buf, format="PNG")
+    Image.fromarray(np.round(np.clip(depth, 0.0, 1.0) * 65535).astype(np.uint16)).save(
+        buf, format="PNG"
+    )
     return buf.getvalue()
 
 
@@ -86,7 +90,9 @@ class DepthStage(Stage):
         try:
             from synthvg.models.depth_anything import DepthAnything
         except ImportError as e:
-            raise ModelLoadError(f"depth.backend: depth-anything needs the models extra (pip install 'synthvg[models]'): {e}") from None
+            raise ModelLoadError(
+                f"depth.backend: depth-anything needs the models extra (pip install 'synthvg[models]'): {e}"
+            ) from None
         self.depth: DepthAnythingConfig = config.depth
         self.model = DepthAnything(self.depth)  # loads once per worker
         self.dataset = Dataset(config.out)
@@ -99,7 +105,9 @@ class DepthStage(Stage):
         step = self.depth.batch_size
 
         def failed(image: dict, kind: str, reason: str) -> None:
-            out.errors.append(ctx.error(kind, reason, image_id=image["image_id"], source=image["file_uri"]))
+            out.errors.append(
+                ctx.error(kind, reason, image_id=image["image_id"], source=image["file_uri"])
+            )
 
         def predict(batch: list[tuple[dict, np.ndarray]]) -> list[np.ndarray]:
             sizes = [work_size(i["height"], i["width"], self.depth.max_side) for i, _ in batch]
@@ -107,21 +115,46 @@ class DepthStage(Stage):
 
         for start in range(0, len(images), step):
             # the model sees the image at most at max_side (work_size): decode no larger
-            batch = [(i, rgb) for i in images[start : start + step] if (rgb := load_rgb(i, out, ctx, self.depth.max_side)) is not None]
-            maps = per_image(predict, batch, lambda item, kind, reason: failed(item[0], kind, reason), "depth_failed")
+            batch = [
+                (i, rgb)
+                for i in images[start : start + step]
+                if (rgb := load_rgb(i, out, ctx, self.depth.max_side)) is not None
+            ]
+            maps = per_image(
+                predict,
+                batch,
+                lambda item, kind, reason: failed(item[0], kind, reason),
+                "depth_failed",
+            )
             for (image, _), depth in zip(batch, maps, strict=True):
                 if depth is not None:
                     self._record(image, depth, regions_by_image.get(image["image_id"], []), out)
         return out
 
-    def _record(self, image: dict, depth: np.ndarray, regions: list[dict], out: StageOutput) -> None:
+    def _record(
+        self, image: dict, depth: np.ndarray, regions: list[dict], out: StageOutput
+    ) -> None:
         image_id = image["image_id"]
         for r in regions:
-            median, spread = depth_stats(depth, masks.decode(region_mask(r, image["height"], image["width"])))
-            out.add("region_depth", RegionDepthRecord(
-                image_id=image_id, region_id=r["region_id"], depth_median=median, depth_spread=spread, depth_model=self.model.name,
-            ))
+            median, spread = depth_stats(
+                depth, masks.decode(region_mask(r, image["height"], image["width"]))
+            )
+            out.add(
+                "region_depth",
+                RegionDepthRecord(
+                    image_id=image_id,
+                    region_id=r["region_id"],
+                    depth_median=median,
+                    depth_spread=spread,
+                    depth_model=self.model.name,
+                ),
+            )
         if self.depth.save_maps:
             rel = map_path(image_id, self.model_key)
             self.dataset.write_file(rel, depth_png(depth))
-            out.add("depth_maps", DepthMapRecord(image_id=image_id, depth_uri=self.dataset.uri(rel), depth_model=self.model.name))
+            out.add(
+                "depth_maps",
+                DepthMapRecord(
+                    image_id=image_id, depth_uri=self.dataset.uri(rel), depth_model=self.model.name
+                ),
+            )

@@ -46,7 +46,12 @@ from synthvg.stages.llm_stage import (
 )
 
 #: Which ``relations.stage`` values each ``edit.source`` reads.
-SOURCE_STAGES = {"robin": ("robin",), "teacher": ("teacher",), "seed": ("seed",), "union": ("seed", "teacher", "robin")}
+SOURCE_STAGES = {
+    "robin": ("robin",),
+    "teacher": ("teacher",),
+    "seed": ("seed",),
+    "union": ("seed", "teacher", "robin"),
+}
 #: Descriptions that name objects, latest stage first (else the region's label).
 NAME_STAGES = ("robin", "teacher")
 
@@ -84,9 +89,14 @@ class EditStage(Stage):
         edit = config.edit
         if edit.backend == "none":
             return super().skip_reason(config)
-        if edit.source in ("robin", "teacher") and config.stage_config(edit.source).backend == "none":
-            return (f"edit.source is {edit.source} but {edit.source}.backend is none: there is no "
-                    f"{edit.source} graph to edit (choose another edit.source, or union)")
+        if (
+            edit.source in ("robin", "teacher")
+            and config.stage_config(edit.source).backend == "none"
+        ):
+            return (
+                f"edit.source is {edit.source} but {edit.source}.backend is none: there is no "
+                f"{edit.source} graph to edit (choose another edit.source, or union)"
+            )
         return None
 
     @classmethod
@@ -98,10 +108,23 @@ class EditStage(Stage):
         # Where the key lives, budgets and rate limits do not change answers; prompts do.
         payload = {
             "feed": config.regions.feed,
-            "config": edit.model_dump(mode="json", include={
-                "backend", "model", "base_url", "temperature", "max_tokens", "prompt", "source", "caption",
-                "max_regions", "image_max_side", "detail", "structured_output",
-            }),
+            "config": edit.model_dump(
+                mode="json",
+                include={
+                    "backend",
+                    "model",
+                    "base_url",
+                    "temperature",
+                    "max_tokens",
+                    "prompt",
+                    "source",
+                    "caption",
+                    "max_regions",
+                    "image_max_side",
+                    "detail",
+                    "structured_output",
+                },
+            ),
             "prompt_sha256": load_prompt(edit.prompt).sha256,
         }
         if edit.caption:
@@ -112,7 +135,9 @@ class EditStage(Stage):
         super().__init__(config)
         assert isinstance(config.edit, OpenAIEditConfig)
         redact_logs()
-        self.editor = LLMEditor(config.edit, None, client=make_client(config.edit, config, scope="edit"))
+        self.editor = LLMEditor(
+            config.edit, None, client=make_client(config.edit, config, scope="edit")
+        )
 
     # ---- inputs --------------------------------------------------------------------------------
 
@@ -135,27 +160,42 @@ class EditStage(Stage):
             image_id = image["image_id"]
             shown = select_regions(regions.get(image_id, []), self.editor.config.max_regions)
             if not shown:
-                out.errors.append(ctx.error("too_few_regions", "no region: nothing to edit", image_id=image_id))
+                out.errors.append(
+                    ctx.error("too_few_regions", "no region: nothing to edit", image_id=image_id)
+                )
                 continue
             pixels = open_image(image, ctx, out)
             if pixels is None:
                 continue
             rels = relations.get(image_id, [])
-            graph = build_graph(shown, {r["region_id"]: names.get((image_id, r["region_id"])) for r in shown},
-                                ((r["subject_id"], r["object_id"], r["predicate"]) for r in rels))
+            graph = build_graph(
+                shown,
+                {r["region_id"]: names.get((image_id, r["region_id"])) for r in shown},
+                ((r["subject_id"], r["object_id"], r["predicate"]) for r in rels),
+            )
             unseen = sum(r["subject_id"] not in graph or r["object_id"] not in graph for r in rels)
             if unseen:
-                out.errors.append(ctx.error(
-                    "edit_relations_not_shown",
-                    f"{unseen} source relation(s) involve regions not shown (beyond edit.max_regions or not fed "
-                    "to later stages) or relate a region to itself; they are not in the edited graph",
-                    image_id=image_id,
-                ))
-            source = {(r["subject_id"], r["object_id"], r["predicate"]): (r["category"], r["predicate_raw"]) for r in rels}
+                out.errors.append(
+                    ctx.error(
+                        "edit_relations_not_shown",
+                        f"{unseen} source relation(s) involve regions not shown (beyond edit.max_regions or not fed "
+                        "to later stages) or relate a region to itself; they are not in the edited graph",
+                        image_id=image_id,
+                    )
+                )
+            source = {
+                (r["subject_id"], r["object_id"], r["predicate"]): (
+                    r["category"],
+                    r["predicate_raw"],
+                )
+                for r in rels
+            }
             jobs.append(_Job(image_id, pixels, shown, graph, source))
         return jobs
 
-    def _captions(self, jobs: list[_Job], ctx: RunContext, out: StageOutput, *, send: bool = True) -> dict[str, str]:
+    def _captions(
+        self, jobs: list[_Job], ctx: RunContext, out: StageOutput, *, send: bool = True
+    ) -> dict[str, str]:
         """Dense captions by image (none when captions are off; only cached ones when not ``send``)."""
         editor = self.editor
         if editor.caption_prompt is None or not jobs:
@@ -163,26 +203,55 @@ class EditStage(Stage):
         requests = [editor.caption_request(job.image) for job in jobs]
         if not send:
             cache = editor.client.cache
-            cached = [(j, r) for j, r in zip(jobs, requests, strict=True) if cache is not None and editor.client.prepare(**r).key in cache]
+            cached = [
+                (j, r)
+                for j, r in zip(jobs, requests, strict=True)
+                if cache is not None and editor.client.prepare(**r).key in cache
+            ]
             results = editor.client.map_complete([r for _, r in cached])
-            return {j.image_id: res.content for (j, _), res in zip(cached, results, strict=True) if isinstance(res, LLMResult)}
-        results, metrics = answer(editor.client, editor.config, requests, f"edit-caption-{self.config.name}-shard-{ctx.shard:05d}", ctx, self.config.out)
+            return {
+                j.image_id: res.content
+                for (j, _), res in zip(cached, results, strict=True)
+                if isinstance(res, LLMResult)
+            }
+        results, metrics = answer(
+            editor.client,
+            editor.config,
+            requests,
+            f"edit-caption-{self.config.name}-shard-{ctx.shard:05d}",
+            ctx,
+            self.config.out,
+        )
         add_metrics(out.metrics, {**metrics, "captions": metrics["requests"]})
         captions = {}
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):
-                out.errors.append(ctx.error("edit_caption_failed", f"{type(result).__name__}: {result}; edited without a caption", image_id=job.image_id))
+                out.errors.append(
+                    ctx.error(
+                        "edit_caption_failed",
+                        f"{type(result).__name__}: {result}; edited without a caption",
+                        image_id=job.image_id,
+                    )
+                )
             else:
                 captions[job.image_id] = result.content
         return captions
 
-    def estimate(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> dict[str, float] | None:
+    def estimate(
+        self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext
+    ) -> dict[str, float] | None:
         """Captions not yet cached are priced, and their edit requests priced without them."""
         editor = self.editor
         jobs = self._jobs(inputs, ctx, StageOutput())
-        totals = estimate(editor.client, [editor.caption_request(j.image) for j in jobs]) if editor.caption_prompt else {}
+        totals = (
+            estimate(editor.client, [editor.caption_request(j.image) for j in jobs])
+            if editor.caption_prompt
+            else {}
+        )
         captions = self._captions(jobs, ctx, StageOutput(), send=False)
-        edits = [editor.edit_request(j.image, j.shown, j.graph, captions.get(j.image_id)) for j in jobs]
+        edits = [
+            editor.edit_request(j.image, j.shown, j.graph, captions.get(j.image_id)) for j in jobs
+        ]
         return add_metrics(totals, estimate(editor.client, edits))
 
     # ---- the shard -----------------------------------------------------------------------------
@@ -192,42 +261,102 @@ class EditStage(Stage):
         editor = self.editor
         jobs = self._jobs(inputs, ctx, out)
         captions = self._captions(jobs, ctx, out)
-        requests = [editor.edit_request(j.image, j.shown, j.graph, captions.get(j.image_id)) for j in jobs]
-        results, metrics = answer(editor.client, editor.config, requests, f"edit-{self.config.name}-shard-{ctx.shard:05d}", ctx, self.config.out)
+        requests = [
+            editor.edit_request(j.image, j.shown, j.graph, captions.get(j.image_id)) for j in jobs
+        ]
+        results, metrics = answer(
+            editor.client,
+            editor.config,
+            requests,
+            f"edit-{self.config.name}-shard-{ctx.shard:05d}",
+            ctx,
+            self.config.out,
+        )
         add_metrics(out.metrics, metrics)
         for job, result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):
-                out.errors.append(ctx.error("edit_failed", f"{type(result).__name__}: {result}", image_id=job.image_id))
+                out.errors.append(
+                    ctx.error(
+                        "edit_failed", f"{type(result).__name__}: {result}", image_id=job.image_id
+                    )
+                )
                 continue
-            outcome = validate_edits(job.graph, requested_edits(EditAnswer.model_validate(result.parsed), job.graph))
+            outcome = validate_edits(
+                job.graph, requested_edits(EditAnswer.model_validate(result.parsed), job.graph)
+            )
             self._write(job, outcome, result.model, ctx, out)
-            add_metrics(out.metrics, {"edits_applied": float(len(outcome.applied)),
-                                      "edits_rejected": float(len(outcome.log) - len(outcome.applied))})
+            add_metrics(
+                out.metrics,
+                {
+                    "edits_applied": float(len(outcome.applied)),
+                    "edits_rejected": float(len(outcome.log) - len(outcome.applied)),
+                },
+            )
         return out
 
-    def _write(self, job: _Job, outcome: EditOutcome, model: str, ctx: RunContext, out: StageOutput) -> None:
+    def _write(
+        self, job: _Job, outcome: EditOutcome, model: str, ctx: RunContext, out: StageOutput
+    ) -> None:
         version = self.editor.prompt_version
         image_id = job.image_id
-        added = {(e.edit.subject_id, e.edit.object_id, e.edit.predicate): e.predicate_raw
-                 for e in outcome.log if e.applied and e.edit.action == "add"}
+        added = {
+            (e.edit.subject_id, e.edit.object_id, e.edit.predicate): e.predicate_raw
+            for e in outcome.log
+            if e.applied and e.edit.action == "add"
+        }
         by_predicate = {p: c for (_, _, p), (c, _) in job.source.items()}
         for s, o, p in triples(outcome.graph):
-            category, raw = job.source.get((s, o, p), (by_predicate.get(p, "other"), added.get((s, o, p)) or p))
-            out.add("relations", RelationRecord(
-                relation_id=relation_id(image_id, "edit", s, o, p), image_id=image_id, subject_id=s, object_id=o,
-                predicate=p, predicate_raw=raw, category=category, stage="edit", generator="model",
-                model=model, prompt_version=version, run_id=ctx.run_id,
-            ))
+            category, raw = job.source.get(
+                (s, o, p), (by_predicate.get(p, "other"), added.get((s, o, p)) or p)
+            )
+            out.add(
+                "relations",
+                RelationRecord(
+                    relation_id=relation_id(image_id, "edit", s, o, p),
+                    image_id=image_id,
+                    subject_id=s,
+                    object_id=o,
+                    predicate=p,
+                    predicate_raw=raw,
+                    category=category,
+                    stage="edit",
+                    generator="model",
+                    model=model,
+                    prompt_version=version,
+                    run_id=ctx.run_id,
+                ),
+            )
         for region_id, node in outcome.graph.items():
-            out.add("descriptions", DescriptionRecord(
-                image_id=image_id, region_id=region_id, description=node["name"], stage="edit",
-                generator="model", model=model, prompt_version=version, run_id=ctx.run_id,
-            ))
+            out.add(
+                "descriptions",
+                DescriptionRecord(
+                    image_id=image_id,
+                    region_id=region_id,
+                    description=node["name"],
+                    stage="edit",
+                    generator="model",
+                    model=model,
+                    prompt_version=version,
+                    run_id=ctx.run_id,
+                ),
+            )
         for e in outcome.log:
-            out.add("edits", EditRecord(
-                image_id=image_id, region_id=e.edit.subject_id, action=e.edit.action,
-                predicate=e.edit.predicate if e.edit.action in ("add", "remove") else None,
-                predicate_raw=e.predicate_raw, object_id=e.edit.object_id, old_name=e.old_name,
-                new_name=e.edit.name, applied=e.applied, reason=e.reason, source=self.editor.config.source,
-                model=model, prompt_version=version, run_id=ctx.run_id,
-            ))
+            out.add(
+                "edits",
+                EditRecord(
+                    image_id=image_id,
+                    region_id=e.edit.subject_id,
+                    action=e.edit.action,
+                    predicate=e.edit.predicate if e.edit.action in ("add", "remove") else None,
+                    predicate_raw=e.predicate_raw,
+                    object_id=e.edit.object_id,
+                    old_name=e.old_name,
+                    new_name=e.edit.name,
+                    applied=e.applied,
+                    reason=e.reason,
+                    source=self.editor.config.source,
+                    model=model,
+                    prompt_version=version,
+                    run_id=ctx.run_id,
+                ),
+            )

@@ -43,7 +43,9 @@ _VERDICT = {"keep": "kept", "drop": "dropped", "abstain": "unverified"}
 
 def make_verifier(cfg, build: BuildConfig) -> VQAVerifier:
     if isinstance(cfg, OpenAIVerifierConfig):
-        return OpenAIVerifier(cfg, None, client=make_client(cfg, build, scope=f"filters:{cfg.model}"))
+        return OpenAIVerifier(
+            cfg, None, client=make_client(cfg, build, scope=f"filters:{cfg.model}")
+        )
     from synthvg.models.vqa_transformers import TransformersVerifier
 
     return TransformersVerifier(cfg)
@@ -66,7 +68,20 @@ class FiltersStage(Stage):
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         f: RuleFiltersConfig = config.filters
         verifiers = [
-            v.model_dump(mode="json", include={"kind", "model", "base_url", "temperature", "threshold", "logprobs", "prompt", "path", "dtype"})
+            v.model_dump(
+                mode="json",
+                include={
+                    "kind",
+                    "model",
+                    "base_url",
+                    "temperature",
+                    "threshold",
+                    "logprobs",
+                    "prompt",
+                    "path",
+                    "dtype",
+                },
+            )
             | {"prompt_sha256": load_prompt(v.prompt).sha256}
             | ({"weights": path_identity(v.path)} if getattr(v, "path", None) else {})
             for v in f.verifiers
@@ -90,7 +105,9 @@ class FiltersStage(Stage):
         self.filters: RuleFiltersConfig = config.filters
         if any(isinstance(v, OpenAIVerifierConfig) for v in self.filters.verifiers):
             redact_logs()
-        self.verifiers = [make_verifier(v, config) for v in self.filters.verifiers]  # load once per worker
+        self.verifiers = [
+            make_verifier(v, config) for v in self.filters.verifiers
+        ]  # load once per worker
         self.synonyms = load_synonyms(self.filters.synonyms)
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
@@ -103,7 +120,9 @@ class FiltersStage(Stage):
         out.metrics = add_metrics(counts, out.metrics)
         return out
 
-    def estimate(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> dict[str, float] | None:
+    def estimate(
+        self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext
+    ) -> dict[str, float] | None:
         """The VQA questions the OpenAI-compatible verifiers would be asked, priced; rules cost nothing."""
         clients = [v for v in self.verifiers if isinstance(v, OpenAIVerifier)]
         if not clients:
@@ -121,25 +140,41 @@ class FiltersStage(Stage):
         names, the verdict writer)."""
         images = {i["image_id"]: i for i in inputs.rows("images")}
         regions = {(r["image_id"], r["region_id"]): r for r in inputs.rows("regions")}
-        depth = {(d["image_id"], d["region_id"]): d["depth_median"] for d in inputs.rows("region_depth")}
-        names = {(r["image_id"], r["region_id"]): r.get("label") or "object" for r in regions.values()}
+        depth = {
+            (d["image_id"], d["region_id"]): d["depth_median"] for d in inputs.rows("region_depth")
+        }
+        names = {
+            (r["image_id"], r["region_id"]): r.get("label") or "object" for r in regions.values()
+        }
         for d in inputs.rows("descriptions"):
             names[(d["image_id"], d["region_id"])] = d["description"]
         relations = [r for r in inputs.rows("relations") if r["stage"] in self.filters.stages]
         pending: list[tuple[dict, dict, dict]] = []  # non-spatial relations for the verifiers
 
         def verdict(rel: dict, v: str, reason: str, by: str, score: float | None = None) -> None:
-            out.add("relation_verdicts", RelationVerdictRecord(
-                relation_id=rel["relation_id"], image_id=rel["image_id"], verdict=v, verdict_reason=reason,
-                verdict_score=score, verified_by=by, run_id=ctx.run_id,
-            ))
+            out.add(
+                "relation_verdicts",
+                RelationVerdictRecord(
+                    relation_id=rel["relation_id"],
+                    image_id=rel["image_id"],
+                    verdict=v,
+                    verdict_reason=reason,
+                    verdict_score=score,
+                    verified_by=by,
+                    run_id=ctx.run_id,
+                ),
+            )
 
         for rel in relations:
             image = images.get(rel["image_id"])
             s = regions.get((rel["image_id"], rel["subject_id"]))
             o = regions.get((rel["image_id"], rel["object_id"]))
             if image is None or s is None or o is None:
-                missing = "image" if image is None else f"region {rel['subject_id'] if s is None else rel['object_id']}"
+                missing = (
+                    "image"
+                    if image is None
+                    else f"region {rel['subject_id'] if s is None else rel['object_id']}"
+                )
                 verdict(rel, "unverified", f"{missing} does not exist in this dataset", "filters")
                 continue
             predicate = normalise(rel["predicate_raw"], self.synonyms) or rel["predicate"]
@@ -148,7 +183,12 @@ class FiltersStage(Stage):
             elif self.verifiers:
                 pending.append((rel, image, {"s": s, "o": o, "predicate": predicate}))
             else:
-                verdict(rel, "unverified", f"no VQA verifier configured for {rel['category']} relations", "filters")
+                verdict(
+                    rel,
+                    "unverified",
+                    f"no VQA verifier configured for {rel['category']} relations",
+                    "filters",
+                )
         return pending, names, verdict
 
     def _spatial(self, rel, predicate, image, s, o, depth, verdict) -> None:
@@ -156,18 +196,36 @@ class FiltersStage(Stage):
             verdict(rel, "unverified", f"no spatial rule for predicate {predicate!r}", "filters")
             return
         gs, go = (
-            Geom(Box(**r["bbox"]), r["area"], RLE(**r["mask"]) if r.get("mask") else None, depth.get((r["image_id"], r["region_id"])))
+            Geom(
+                Box(**r["bbox"]),
+                r["area"],
+                RLE(**r["mask"]) if r.get("mask") else None,
+                depth.get((r["image_id"], r["region_id"])),
+            )
             for r in (s, o)
         )
         s_in_o = o_in_s = None
         needs_masks = RULES[predicate] in (inside, contains)  # RLE work only where it decides
-        if needs_masks and gs.mask is not None and go.mask is not None and gs.area > 0 and go.area > 0:
+        if (
+            needs_masks
+            and gs.mask is not None
+            and go.mask is not None
+            and gs.area > 0
+            and go.area > 0
+        ):
             s_in_o = float(masks.coverage_matrix([gs.mask], [go.mask])[0, 0])
             o_in_s = float(masks.coverage_matrix([go.mask], [gs.mask])[0, 0])
-        result = check(predicate, gs, go, Context(image["width"], image["height"], self.filters.spatial, s_in_o, o_in_s))
+        result = check(
+            predicate,
+            gs,
+            go,
+            Context(image["width"], image["height"], self.filters.spatial, s_in_o, o_in_s),
+        )
         verdict(rel, _VERDICT[result.decision], result.reason, f"rule:{result.rule}", result.margin)
 
-    def _questions(self, pending, names, verdict, out: StageOutput, ctx: RunContext) -> tuple[list[dict], list[Question]]:
+    def _questions(
+        self, pending, names, verdict, out: StageOutput, ctx: RunContext
+    ) -> tuple[list[dict], list[Question]]:
         """(relations asked, their questions); relations whose image cannot be read get a verdict."""
         pixels: dict[str, object] = {}
         questions: list[Question] = []
@@ -180,12 +238,18 @@ class FiltersStage(Stage):
                 verdict(rel, "unverified", "image could not be read", "filters")
                 continue
             s, o = q["s"], q["o"]
-            questions.append(Question(
-                image=mark_pair(img, Box(**s["bbox"]), Box(**o["bbox"]), s["region_id"], o["region_id"]),
-                subject_id=s["region_id"], object_id=o["region_id"],
-                subject=names[(rel["image_id"], s["region_id"])], predicate=q["predicate"],
-                object=names[(rel["image_id"], o["region_id"])],
-            ))
+            questions.append(
+                Question(
+                    image=mark_pair(
+                        img, Box(**s["bbox"]), Box(**o["bbox"]), s["region_id"], o["region_id"]
+                    ),
+                    subject_id=s["region_id"],
+                    object_id=o["region_id"],
+                    subject=names[(rel["image_id"], s["region_id"])],
+                    predicate=q["predicate"],
+                    object=names[(rel["image_id"], o["region_id"])],
+                )
+            )
             asked.append(rel)
         return asked, questions
 
@@ -205,12 +269,19 @@ class FiltersStage(Stage):
                 finally:
                     if v.client.ledger is not None:
                         v.client.ledger.flush()
-                add_metrics(out.metrics, {"requests": float(len(questions)),
-                                          "paid_requests": float(v.client.usage.paid_requests - before)})
+                add_metrics(
+                    out.metrics,
+                    {
+                        "requests": float(len(questions)),
+                        "paid_requests": float(v.client.usage.paid_requests - before),
+                    },
+                )
             else:
                 ps = v.p_yes(questions)
             answers.append((v.name, v.threshold, ps))
         by = "+".join(v.name for v in self.verifiers)
         for i, rel in enumerate(asked):
-            v, score, reason = combine([(name, ps[i], t) for name, t, ps in answers], self.filters.vote)
+            v, score, reason = combine(
+                [(name, ps[i], t) for name, t, ps in answers], self.filters.vote
+            )
             verdict(rel, v, reason, by, score)

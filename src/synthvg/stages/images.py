@@ -31,7 +31,9 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert() would copy
 
 
-def load_rgb(image: dict, out: StageOutput, ctx: RunContext, max_side: int | None = None) -> np.ndarray | None:
+def load_rgb(
+    image: dict, out: StageOutput, ctx: RunContext, max_side: int | None = None
+) -> np.ndarray | None:
     """The image as RGB, or None with the reason in ``out.errors`` (unreadable, or no longer the
     size the seeds stage recorded, which masks depend on: checked from the header, before any
     pixel is decoded). With ``max_side``, for stages that work at most at that size, a larger
@@ -41,7 +43,9 @@ def load_rgb(image: dict, out: StageOutput, ctx: RunContext, max_side: int | Non
         img = open_header(read_bytes(uri), uri)
         if img.size != (image["width"], image["height"]):
             reason = f"file is now {img.size[0]}x{img.size[1]}, the images table says {image['width']}x{image['height']}"
-            out.errors.append(ctx.error("image_size_mismatch", reason, image_id=image["image_id"], source=uri))
+            out.errors.append(
+                ctx.error("image_size_mismatch", reason, image_id=image["image_id"], source=uri)
+            )
             return None
         return to_rgb(decode(img, uri, max_side))
     except ImageFileError as e:
@@ -49,7 +53,9 @@ def load_rgb(image: dict, out: StageOutput, ctx: RunContext, max_side: int | Non
         return None
     except MemoryError:
         reason = f"ran out of memory converting the {image['width']}x{image['height']} image to RGB"
-        out.errors.append(ctx.error("image_too_large", reason, image_id=image["image_id"], source=uri))
+        out.errors.append(
+            ctx.error("image_too_large", reason, image_id=image["image_id"], source=uri)
+        )
         return None
 
 

@@ -77,7 +77,10 @@ def llm_sections(config: BuildConfig) -> Iterator[tuple[str, LLMConfig]]:
 
 def ledger_urls(config: BuildConfig) -> set[str]:
     """Every spend ledger the build's LLM sections write to."""
-    return {posixpath.join(cfg.cache_url or llm_cache_dir(config.out), "ledger") for _, cfg in llm_sections(config)}
+    return {
+        posixpath.join(cfg.cache_url or llm_cache_dir(config.out), "ledger")
+        for _, cfg in llm_sections(config)
+    }
 
 
 def make_client(config: LLMConfig, build: BuildConfig, scope: str) -> LLMClient:
@@ -92,9 +95,13 @@ def make_client(config: LLMConfig, build: BuildConfig, scope: str) -> LLMClient:
     shared = isinstance(fsspec.core.url_to_fs(cache_dir)[0], LocalFileSystem)
     share = build.executor.workers if build.executor.kind in ("dask", "ray") and not shared else 1
     if share > 1:
-        config = config.model_copy(update={
-            k: v / share for k in ("requests_per_minute", "tokens_per_minute") if (v := getattr(config, k)) is not None
-        })
+        config = config.model_copy(
+            update={
+                k: v / share
+                for k in ("requests_per_minute", "tokens_per_minute")
+                if (v := getattr(config, k)) is not None
+            }
+        )
     return LLMClient(config, cache_dir=cache_dir, budget_scope=scope)
 
 
@@ -109,7 +116,9 @@ def open_image(image: dict, ctx: RunContext, out: StageOutput) -> Image.Image | 
     try:
         return read_image(image["file_uri"])[1]
     except ImageFileError as e:
-        out.errors.append(ctx.error(e.kind, str(e), image_id=image["image_id"], source=image["file_uri"]))
+        out.errors.append(
+            ctx.error(e.kind, str(e), image_id=image["image_id"], source=image["file_uri"])
+        )
         return None
 
 
@@ -134,7 +143,9 @@ def estimate(client: LLMClient, requests: Sequence[Request]) -> dict[str, float]
         "requests": float(len(prepared)),
         "cached": float(len(prepared) - len(todo)),
         "prompt_tokens": float(sum(p.est_prompt_tokens for p in todo)),
-        "completion_tokens": float(sum(p.max_output_tokens or DEFAULT_OUTPUT_ESTIMATE for p in todo)),
+        "completion_tokens": float(
+            sum(p.max_output_tokens or DEFAULT_OUTPUT_ESTIMATE for p in todo)
+        ),
         "cost_usd": sum(client.estimate_cost(p, factor) for p in todo),
     }
 
@@ -166,11 +177,15 @@ def fatal_message(stage: str, client: LLMClient, exc: BaseException) -> str:
     elif isinstance(exc, LLMRequestError) and exc.status_code == 404:
         hint = f"; check model {client.config.model!r} and base_url"
     elif isinstance(exc, BudgetExceeded):
-        hint = f" (budget of {client.budget_scope} over every run of this dataset); raise budget_usd"
+        hint = (
+            f" (budget of {client.budget_scope} over every run of this dataset); raise budget_usd"
+        )
     return f"{stage} stopped: {type(exc).__name__}: {text}{hint}; nothing of the stopped shards was written, run again once fixed"
 
 
-def stop_on_failures(client: LLMClient, root: str, ctx: RunContext, results: Sequence[object]) -> None:
+def stop_on_failures(
+    client: LLMClient, root: str, ctx: RunContext, results: Sequence[object]
+) -> None:
     """Raise for failed requests that must not become error rows (fatal, then transient)."""
     failures = [r for r in results if isinstance(r, BaseException)]
     fatal = [e for e in failures if failure_kind(e) == "fatal"]
@@ -188,12 +203,16 @@ def stop_on_failures(client: LLMClient, root: str, ctx: RunContext, results: Seq
         )
 
 
-def _run_batch(client: LLMClient, config: VisionLLMConfig, requests: Sequence[Request], name: str) -> set[str]:
+def _run_batch(
+    client: LLMClient, config: VisionLLMConfig, requests: Sequence[Request], name: str
+) -> set[str]:
     """Answer the uncached requests through the Batch API; returns the keys it answered."""
     todo = {k for r in requests if (k := client.prepare(**r).key) not in client.cache}
     if not todo:
         return set()
-    report = BatchJob(client, name=name, poll_seconds=config.batch_poll_seconds).run(requests, timeout=config.batch_wait_seconds)
+    report = BatchJob(client, name=name, poll_seconds=config.batch_poll_seconds).run(
+        requests, timeout=config.batch_wait_seconds
+    )
     if not report.done:
         raise ShardStopped(
             f"batch {', '.join(report.batch_ids)} still has {report.pending} requests pending; "
@@ -201,7 +220,10 @@ def _run_batch(client: LLMClient, config: VisionLLMConfig, requests: Sequence[Re
         )
     statuses = report.failed_status
     if fatal := [k for k, st in statuses.items() if st in FATAL_STATUSES]:
-        raise LLMRequestError(f"batch {name} at {client.endpoint}: {report.failed[fatal[0]]}", status_code=statuses[fatal[0]])
+        raise LLMRequestError(
+            f"batch {name} at {client.endpoint}: {report.failed[fatal[0]]}",
+            status_code=statuses[fatal[0]],
+        )
     if retry := [k for k, st in statuses.items() if st is None or st >= 500 or st == 408]:
         raise ShardStopped(
             f"batch {name}: {len(retry)} requests came back without an answer ({report.failed[retry[0]]}); "
@@ -227,7 +249,11 @@ def answer(
     begin_shard(client, root, ctx)
     try:
         try:
-            batched = _run_batch(client, config, requests, batch_name) if config.batch and requests else set()
+            batched = (
+                _run_batch(client, config, requests, batch_name)
+                if config.batch and requests
+                else set()
+            )
         except ShardStopped:
             raise
         except Exception as exc:  # noqa: BLE001 - sorted like any request's failure
@@ -241,11 +267,15 @@ def answer(
     answered = [r for r in results if isinstance(r, LLMResult)]
     paid = [r for r in answered if not r.cached or r.request_key in batched]
     price = config.price(config.model)
-    batch_cost = sum(
-        price.cost(r.usage.prompt_tokens, r.usage.completion_tokens, config.batch_price_factor)
-        for r in answered
-        if r.request_key in batched
-    ) if price else 0.0
+    batch_cost = (
+        sum(
+            price.cost(r.usage.prompt_tokens, r.usage.completion_tokens, config.batch_price_factor)
+            for r in answered
+            if r.request_key in batched
+        )
+        if price
+        else 0.0
+    )
     metrics = {
         "requests": float(len(requests)),
         "cached": float(sum(r.cached and r.request_key not in batched for r in answered)),

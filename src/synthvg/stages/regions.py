@@ -36,7 +36,9 @@ def region_mask(region: dict, height: int, width: int) -> RLE:
     return masks.box_to_rle(Box(**b), height, width)
 
 
-def check_regions(region_masks: list[RLE], proposal_masks: list[RLE], threshold: float) -> list[tuple[float | None, int | None, bool]]:
+def check_regions(
+    region_masks: list[RLE], proposal_masks: list[RLE], threshold: float
+) -> list[tuple[float | None, int | None, bool]]:
     """(best IoU, best proposal, kept) for each region mask; ties go to the lower proposal id.
 
     Masks of different sizes raise ``ValueError`` (IoU between them means nothing).
@@ -52,7 +54,9 @@ def check_regions(region_masks: list[RLE], proposal_masks: list[RLE], threshold:
     return out
 
 
-def uncovered(proposals: list[Proposal], region_masks: list[RLE], config: UncoveredConfig) -> list[int]:
+def uncovered(
+    proposals: list[Proposal], region_masks: list[RLE], config: UncoveredConfig
+) -> list[int]:
     """Indices of the proposals no annotated region covers (every IoU <= ``iou_threshold``),
     at least ``min_area`` large, box-NMS merged, best first (score, or area when unscored)."""
     cand = [i for i, p in enumerate(proposals) if p.area >= max(config.min_area, 1.0)]
@@ -62,7 +66,9 @@ def uncovered(proposals: list[Proposal], region_masks: list[RLE], config: Uncove
     if not cand:
         return []
     scored = all(proposals[i].score is not None for i in cand)
-    scores = np.array([proposals[i].score if scored else proposals[i].area for i in cand], dtype=np.float64)
+    scores = np.array(
+        [proposals[i].score if scored else proposals[i].area for i in cand], dtype=np.float64
+    )
     boxes = np.array([[b.x1, b.y1, b.x2, b.y2] for b in (proposals[i].bbox for i in cand)])
     return [cand[k] for k in masks.nms(boxes, scores, config.nms_threshold)][: config.max_regions]
 
@@ -84,7 +90,9 @@ def make_proposer(config: BuildConfig) -> MaskProposer:
         else:
             raise ValueError(f"no proposer for {r.proposer!r}")
     except ImportError as e:
-        raise ModelLoadError(f"regions.proposer: {r.proposer} needs the models extra (pip install 'synthvg[models]'): {e}") from None
+        raise ModelLoadError(
+            f"regions.proposer: {r.proposer} needs the models extra (pip install 'synthvg[models]'): {e}"
+        ) from None
     return cls(r.proposer_config())
 
 
@@ -114,7 +122,11 @@ class RegionsStage(Stage):
 
     @classmethod
     def dry_run_mode(cls, config: BuildConfig) -> str:
-        return "model" if config.regions.proposer in ("segment_anything", "transformers_sam") else "free"
+        return (
+            "model"
+            if config.regions.proposer in ("segment_anything", "transformers_sam")
+            else "free"
+        )
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
@@ -144,33 +156,79 @@ class RegionsStage(Stage):
         for start in range(0, len(images), step):
             batch = []
             for image in images[start : start + step]:
-                rgb = load_rgb(image, out, ctx, self.proposer.max_input_side) if self.proposer.needs_pixels else None
+                rgb = (
+                    load_rgb(image, out, ctx, self.proposer.max_input_side)
+                    if self.proposer.needs_pixels
+                    else None
+                )
                 if rgb is not None or not self.proposer.needs_pixels:
-                    batch.append(ImageItem(image["image_id"], image["file_uri"], image["width"], image["height"], rgb))
-            for item, proposals in zip(batch, per_image(self.proposer.propose_batch, batch, failed, "proposer_failed"), strict=True):
+                    batch.append(
+                        ImageItem(
+                            image["image_id"],
+                            image["file_uri"],
+                            image["width"],
+                            image["height"],
+                            rgb,
+                        )
+                    )
+            for item, proposals in zip(
+                batch,
+                per_image(self.proposer.propose_batch, batch, failed, "proposer_failed"),
+                strict=True,
+            ):
                 if proposals is not None:
                     self._record(item, proposals, regions_by_image.get(item.image_id, []), out, ctx)
         return out
 
-    def _record(self, item: ImageItem, proposals: list[Proposal], regions: list[dict], out: StageOutput, ctx: RunContext) -> None:
+    def _record(
+        self,
+        item: ImageItem,
+        proposals: list[Proposal],
+        regions: list[dict],
+        out: StageOutput,
+        ctx: RunContext,
+    ) -> None:
         image_id = item.image_id
         out.add(
             "proposals",
             *(
-                ProposalRecord(image_id=image_id, proposal_id=i, bbox=p.bbox, mask=p.mask, area=p.area, score=p.score, proposer=self.proposer.name)
+                ProposalRecord(
+                    image_id=image_id,
+                    proposal_id=i,
+                    bbox=p.bbox,
+                    mask=p.mask,
+                    area=p.area,
+                    score=p.score,
+                    proposer=self.proposer.name,
+                )
                 for i, p in enumerate(proposals)
             ),
         )
         region_masks = [region_mask(r, item.height, item.width) for r in regions]
         try:
-            checks = check_regions(region_masks, [p.mask for p in proposals], self.config.regions.iou_threshold)
+            checks = check_regions(
+                region_masks, [p.mask for p in proposals], self.config.regions.iou_threshold
+            )
         except ValueError as e:
-            out.errors.append(ctx.error("mask_size_mismatch", f"proposals cannot be compared with the regions: {e}", image_id=image_id, source=item.file_uri))
+            out.errors.append(
+                ctx.error(
+                    "mask_size_mismatch",
+                    f"proposals cannot be compared with the regions: {e}",
+                    image_id=image_id,
+                    source=item.file_uri,
+                )
+            )
             return
         out.add(
             "region_checks",
             *(
-                RegionCheckRecord(image_id=image_id, region_id=r["region_id"], best_iou=iou, best_proposal_id=pid, kept=kept)
+                RegionCheckRecord(
+                    image_id=image_id,
+                    region_id=r["region_id"],
+                    best_iou=iou,
+                    best_proposal_id=pid,
+                    kept=kept,
+                )
                 for r, (iou, pid, kept) in zip(regions, checks, strict=True)
             ),
         )
@@ -178,14 +236,33 @@ class RegionsStage(Stage):
         if mode == "all" or (mode == "unannotated" and not regions):
             self._add_uncovered(image_id, proposals, regions, region_masks, out)
 
-    def _add_uncovered(self, image_id: str, proposals: list[Proposal], regions: list[dict], region_masks: list[RLE], out: StageOutput) -> None:
+    def _add_uncovered(
+        self,
+        image_id: str,
+        proposals: list[Proposal],
+        regions: list[dict],
+        region_masks: list[RLE],
+        out: StageOutput,
+    ) -> None:
         """Uncovered proposals as regions after the annotated ones; each confirms itself."""
         next_id = max((r["region_id"] for r in regions), default=-1) + 1
         for k, i in enumerate(uncovered(proposals, region_masks, self.config.regions.uncovered)):
             p = proposals[i]
             rid = next_id + k
-            out.add("regions", RegionRecord(
-                image_id=image_id, region_id=rid, bbox=p.bbox, mask=p.mask, area=p.area,
-                sources=[RegionSource(dataset="proposal", annotation_id=str(i))],
-            ))
-            out.add("region_checks", RegionCheckRecord(image_id=image_id, region_id=rid, best_iou=1.0, best_proposal_id=i, kept=True))
+            out.add(
+                "regions",
+                RegionRecord(
+                    image_id=image_id,
+                    region_id=rid,
+                    bbox=p.bbox,
+                    mask=p.mask,
+                    area=p.area,
+                    sources=[RegionSource(dataset="proposal", annotation_id=str(i))],
+                ),
+            )
+            out.add(
+                "region_checks",
+                RegionCheckRecord(
+                    image_id=image_id, region_id=rid, best_iou=1.0, best_proposal_id=i, kept=True
+                ),
+            )

@@ -83,19 +83,33 @@ def _listing_cached(path: str, mtime_ns: int) -> str:
         dirs.sort()
         for f in sorted(files):
             st = os.stat(os.path.join(folder, f))
-            h.update(f"{os.path.relpath(os.path.join(folder, f), path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(
+                f"{os.path.relpath(os.path.join(folder, f), path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+            )
     return h.hexdigest()
 
 
 def _plan_errors(sources: SeedSources, ctx: RunContext) -> list[ErrorRecord]:
-    errors = [ctx.error("bad_annotation_file", s.failure, source=s.path) for s in sources.sources if s.failure]
+    errors = [
+        ctx.error("bad_annotation_file", s.failure, source=s.path)
+        for s in sources.sources
+        if s.failure
+    ]
     for opened, p in sources.problems:
-        image_id = sources.identity.image_id(opened.reader.family, p.native_id) if p.native_id is not None else None
-        errors.append(ctx.error(p.kind, p.reason, image_id=image_id, source=p.source or opened.path))
+        image_id = (
+            sources.identity.image_id(opened.reader.family, p.native_id)
+            if p.native_id is not None
+            else None
+        )
+        errors.append(
+            ctx.error(p.kind, p.reason, image_id=image_id, source=p.source or opened.path)
+        )
     return errors
 
 
-def select_images(config: SeedsConfig, available: dict[str, set[str]], ctx: RunContext) -> tuple[list[str], list[ErrorRecord]]:
+def select_images(
+    config: SeedsConfig, available: dict[str, set[str]], ctx: RunContext
+) -> tuple[list[str], list[ErrorRecord]]:
     """The selection rule: every image, or those every required dataset annotates, or listed ids."""
     errors: list[ErrorRecord] = []
     required = set(config.select.require)
@@ -106,13 +120,25 @@ def select_images(config: SeedsConfig, available: dict[str, set[str]], ctx: RunC
             with open(config.select.ids_file) as f:
                 wanted += [line.strip() for line in f if line.strip() and not line.startswith("#")]
         except OSError as e:
-            errors.append(ctx.error("bad_selection", f"cannot read select.ids_file: {e}; no image selected", source=config.select.ids_file))
+            errors.append(
+                ctx.error(
+                    "bad_selection",
+                    f"cannot read select.ids_file: {e}; no image selected",
+                    source=config.select.ids_file,
+                )
+            )
             return [], errors
     if config.select.ids or config.select.ids_file:
         chosen = set(ids)
         for i in dict.fromkeys(wanted):
             if i not in chosen:
-                errors.append(ctx.error("unknown_image", "selected image is not among the sources' images (or lacks a required source)", image_id=i))
+                errors.append(
+                    ctx.error(
+                        "unknown_image",
+                        "selected image is not among the sources' images (or lacks a required source)",
+                        image_id=i,
+                    )
+                )
         ids = [i for i in dict.fromkeys(wanted) if i in chosen]
     return sorted(ids, key=sort_key), errors
 
@@ -129,7 +155,11 @@ def _emptiness(opened: Opened) -> str | None:
     """Why a source yields no images (None: it yields some)."""
     kind, images = opened.config.kind, getattr(opened.config, "images", None)
     if opened.failure:
-        return f"{kind} source: {opened.failure}" if opened.path in opened.failure else f"{kind} source {opened.path}: {opened.failure}"
+        return (
+            f"{kind} source: {opened.failure}"
+            if opened.path in opened.failure
+            else f"{kind} source {opened.path}: {opened.failure}"
+        )
     if not opened.reader.native_ids():
         return f"{kind} source {opened.path} lists no images"
     if images and _is_local(images) and not os.path.isdir(images.removeprefix("file://")):
@@ -148,7 +178,9 @@ def check_sources(config: SeedsConfig) -> SeedSources:
     empty = [why for s in sources.sources if not s.config.allow_empty and (why := _emptiness(s))]
     if empty:
         more = f" (and {len(empty) - 1} more source(s) like it)" if len(empty) > 1 else ""
-        raise EmptySource(f"{empty[0]}{more}; fix the path or set `allow_empty: true` on the source")
+        raise EmptySource(
+            f"{empty[0]}{more}; fix the path or set `allow_empty: true` on the source"
+        )
     return sources
 
 
@@ -162,7 +194,10 @@ def plan_build(config: BuildConfig, run_id: str) -> BuildPlan:
     if config.limit is not None:
         image_ids = image_ids[: config.limit]
     size = config.shard_size
-    shards = [ShardSpec(index=k, image_ids=image_ids[k * size : (k + 1) * size]) for k in range(math.ceil(len(image_ids) / size))]
+    shards = [
+        ShardSpec(index=k, image_ids=image_ids[k * size : (k + 1) * size])
+        for k in range(math.ceil(len(image_ids) / size))
+    ]
     return BuildPlan(shards=shards, errors=errors)
 
 
@@ -186,7 +221,9 @@ class SeedsStage(Stage):
         # The annotation files' content decides the output, not just their paths.
         sources = [
             {
-                **s.model_dump(mode="json", exclude={"allow_empty"}),  # decides whether a build starts, not its rows
+                **s.model_dump(
+                    mode="json", exclude={"allow_empty"}
+                ),  # decides whether a build starts, not its rows
                 "sha256": {p: _file_digest(p) for p in annotation_files(s)},
                 "listing": {p: _folder_digest(p) for p in annotation_folders(s)},
             }
@@ -195,7 +232,9 @@ class SeedsStage(Stage):
         # `select` only decides which images exist, and the shards' image ids are hashed anyway.
         seeds = config.seeds.model_dump(mode="json", exclude={"sources", "select"})
         if seeds["max_image_pixels"] == MAX_IMAGE_PIXELS:
-            del seeds["max_image_pixels"]  # the default refuses what Pillow always refused: no output changes
+            del seeds[
+                "max_image_pixels"
+            ]  # the default refuses what Pillow always refused: no output changes
         return {"sources": sources, **seeds}
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
@@ -204,36 +243,70 @@ class SeedsStage(Stage):
         for image_id in shard.image_ids:
             listed = sources.views(image_id)
             if not listed:
-                out.errors.append(ctx.error("image_vanished", "image no longer listed by any source", image_id=image_id))
+                out.errors.append(
+                    ctx.error(
+                        "image_vanished", "image no longer listed by any source", image_id=image_id
+                    )
+                )
                 continue
             try:
                 views = self._views(image_id, listed, out, ctx)
-                if views:  # else every source's record was unusable: its bad_annotation rows say why
+                if (
+                    views
+                ):  # else every source's record was unusable: its bad_annotation rows say why
                     self._seed_image(image_id, views, out, ctx)
-            except Exception as e:  # one image's fault (out of memory, a bug on odd input) costs only that image
-                out.errors.append(ctx.error("seed_failed", f"image skipped: {type(e).__name__}: {e}", image_id=image_id))
+            except (
+                Exception
+            ) as e:  # one image's fault (out of memory, a bug on odd input) costs only that image
+                out.errors.append(
+                    ctx.error(
+                        "seed_failed", f"image skipped: {type(e).__name__}: {e}", image_id=image_id
+                    )
+                )
         return out
 
     @staticmethod
-    def _views(image_id: str, listed: list[tuple[Opened, int | str]], out: StageOutput, ctx: RunContext) -> list[tuple[Opened, ImageSeeds]]:
+    def _views(
+        image_id: str, listed: list[tuple[Opened, int | str]], out: StageOutput, ctx: RunContext
+    ) -> list[tuple[Opened, ImageSeeds]]:
         views = []
         for opened, native in listed:
             try:
                 seeds = opened.reader.read(native)
             except (ValueError, KeyError, TypeError, OSError) as e:
-                out.errors.append(ctx.error("bad_annotation", f"{opened.reader.dataset} record unusable: {type(e).__name__}: {e}", image_id=image_id, source=opened.path))
+                out.errors.append(
+                    ctx.error(
+                        "bad_annotation",
+                        f"{opened.reader.dataset} record unusable: {type(e).__name__}: {e}",
+                        image_id=image_id,
+                        source=opened.path,
+                    )
+                )
                 continue
-            out.errors.extend(ctx.error(p.kind, p.reason, image_id=image_id, source=p.source or opened.path) for p in seeds.problems)
+            out.errors.extend(
+                ctx.error(p.kind, p.reason, image_id=image_id, source=p.source or opened.path)
+                for p in seeds.problems
+            )
             views.append((opened, seeds))
         return views
 
-    def _seed_image(self, image_id: str, views: list[tuple[Opened, ImageSeeds]], out: StageOutput, ctx: RunContext) -> None:
+    def _seed_image(
+        self,
+        image_id: str,
+        views: list[tuple[Opened, ImageSeeds]],
+        out: StageOutput,
+        ctx: RunContext,
+    ) -> None:
         attached = self._attach(image_id, views, out, ctx)
         if attached is None:
             return
         uri, width, height, content_hash = attached
-        joined = self.joiner.join(image_id, [View(s, o.path, o.reader.model) for o, s in views], width, height, ctx.run_id)
-        out.errors.extend(ctx.error(p.kind, p.reason, image_id=image_id, source=p.source) for p in joined.problems)
+        joined = self.joiner.join(
+            image_id, [View(s, o.path, o.reader.model) for o, s in views], width, height, ctx.run_id
+        )
+        out.errors.extend(
+            ctx.error(p.kind, p.reason, image_id=image_id, source=p.source) for p in joined.problems
+        )
         images = [s.image for _, s in views]
         coco_id = int(image_id.split(":", 1)[1]) if image_id.startswith("coco:") else None
         out.add(
@@ -255,7 +328,13 @@ class SeedsStage(Stage):
         out.add("regions", *joined.regions)
         out.add("relations", *joined.relations)
 
-    def _attach(self, image_id: str, views: list[tuple[Opened, ImageSeeds]], out: StageOutput, ctx: RunContext) -> tuple[str, int, int, str] | None:
+    def _attach(
+        self,
+        image_id: str,
+        views: list[tuple[Opened, ImageSeeds]],
+        out: StageOutput,
+        ctx: RunContext,
+    ) -> tuple[str, int, int, str] | None:
         """(file uri, width, height, sha256) of the image, or None (with an error) to skip it.
 
         The first source with an image folder gives the file; without one, the first source
@@ -272,18 +351,34 @@ class SeedsStage(Stage):
             except ImageFileError as e:
                 out.errors.append(ctx.error(e.kind, str(e), image_id=image_id, source=uri))
                 return None
-            if img.width and img.height and (checked.width, checked.height) != (img.width, img.height):
-                out.errors.append(ctx.error(
-                    "image_size_mismatch",
-                    f"file is {checked.width}x{checked.height} but the annotations say {img.width}x{img.height}; image skipped",
-                    image_id=image_id,
-                    source=uri,
-                ))
+            if (
+                img.width
+                and img.height
+                and (checked.width, checked.height) != (img.width, img.height)
+            ):
+                out.errors.append(
+                    ctx.error(
+                        "image_size_mismatch",
+                        f"file is {checked.width}x{checked.height} but the annotations say {img.width}x{img.height}; image skipped",
+                        image_id=image_id,
+                        source=uri,
+                    )
+                )
                 return None
             return uri, checked.width, checked.height, checked.sha256
         sized = next((s.image for _, s in views if s.image.width and s.image.height), None)
         if sized is None:
-            out.errors.append(ctx.error("image_size_unknown", "no source gives this image's size and no image folder is set (--images / `images:`); image skipped", image_id=image_id))
+            out.errors.append(
+                ctx.error(
+                    "image_size_unknown",
+                    "no source gives this image's size and no image folder is set (--images / `images:`); image skipped",
+                    image_id=image_id,
+                )
+            )
             return None
-        uri = next((s.image.url for _, s in views if s.image.url), None) or sized.file_name or image_id
+        uri = (
+            next((s.image.url for _, s in views if s.image.url), None)
+            or sized.file_name
+            or image_id
+        )
         return uri, sized.width, sized.height, ""

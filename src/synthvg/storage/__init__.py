@@ -13,6 +13,18 @@ from synthvg.storage.query import (
 )
 
 __all__ = [
-    "BuildLocked", "Dataset", "LockLost", "QueryTimeout", "ReadOnlyError", "SqlLimits", "StorageRefused",
-    "StorageWriteError", "build_lock", "check_read_only", "check_unlocked", "connect", "fetch_dicts", "query",
+    "BuildLocked",
+    "Dataset",
+    "LockLost",
+    "QueryTimeout",
+    "ReadOnlyError",
+    "SqlLimits",
+    "StorageRefused",
+    "StorageWriteError",
+    "build_lock",
+    "check_read_only",
+    "check_unlocked",
+    "connect",
+    "fetch_dicts",
+    "query",
 ]

@@ -56,15 +56,19 @@ FORMAT = {"format": "synthvg-dataset", "version": 2, "layout": "delta"}
 
 #: URL schemes of the object stores delta-rs reads and writes (their credentials come from the
 #: environment, as delta-rs reads them).
-DELTA_PROTOCOLS = frozenset({"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "azure"})
+DELTA_PROTOCOLS = frozenset(
+    {"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "azure"}
+)
 
 
 class LegacyLayout(RuntimeError):
     """The root is in the layout before Delta tables; ``synthvg migrate`` converts it."""
 
     def __init__(self, url: str):
-        super().__init__(f"{url} is a dataset in the old layout (JSON manifests, before Delta tables): "
-                         f"convert it once with `synthvg migrate --root {url}`, then run the command again")
+        super().__init__(
+            f"{url} is a dataset in the old layout (JSON manifests, before Delta tables): "
+            f"convert it once with `synthvg migrate --root {url}`, then run the command again"
+        )
 
 
 class CorruptLog(ValueError):
@@ -73,6 +77,7 @@ class CorruptLog(ValueError):
 
 class UnknownVersion(LookupError):
     """A dataset version that does not exist (or whose files vacuum removed)."""
+
 
 #: What :meth:`Dataset._write_atomic` names its temporaries: ``<final name>.<uuid4 hex>.tmp``.
 TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.tmp$")
@@ -89,7 +94,11 @@ class StorageWriteError(OSError):
     """
 
     def __str__(self) -> str:
-        why = f"[Errno {self.errno}] {self.strerror}" if self.errno is not None else str(self.strerror)
+        why = (
+            f"[Errno {self.errno}] {self.strerror}"
+            if self.errno is not None
+            else str(self.strerror)
+        )
         return f"cannot write {self.filename}: {why}"
 
     def __repr__(self) -> str:
@@ -155,8 +164,10 @@ class Dataset:
         """Where delta-rs finds a Delta table of this root (a local path or an object-store URL)."""
         uri = self.uri(posixpath.join(*parts))
         if not self.is_local and uri.split("://", 1)[0] not in DELTA_PROTOCOLS:
-            raise ValueError(f"{self.url}: dataset tables are Delta tables, which delta-rs writes to local folders and "
-                             f"object stores ({', '.join(sorted(DELTA_PROTOCOLS))}://), not {uri.split('://', 1)[0]}://")
+            raise ValueError(
+                f"{self.url}: dataset tables are Delta tables, which delta-rs writes to local folders and "
+                f"object stores ({', '.join(sorted(DELTA_PROTOCOLS))}://), not {uri.split('://', 1)[0]}://"
+            )
         return uri
 
     # ----------------------------------------------------------------- io helpers
@@ -296,9 +307,15 @@ class Dataset:
                 data = data.cast(expected)
             buf = io.BytesIO()
             pq.write_table(data.replace_schema_metadata(expected.metadata), buf, compression="zstd")
-            files.append(self._replace_partition(table, stage, shard, fingerprint, buf.getvalue(), data.num_rows))
+            files.append(
+                self._replace_partition(
+                    table, stage, shard, fingerprint, buf.getvalue(), data.num_rows
+                )
+            )
         for table in sorted({f.table for f in previous.files} - set(tables) if previous else ()):
-            self._replace_partition(table, stage, shard, fingerprint, None, 0)  # it wrote this table before, not now
+            self._replace_partition(
+                table, stage, shard, fingerprint, None, 0
+            )  # it wrote this table before, not now
         finished = utcnow()
         manifest = ShardManifest(
             stage=stage,
@@ -317,7 +334,9 @@ class Dataset:
         self._append_record(stage, shard, run_id, manifest)
         return manifest
 
-    def _replace_partition(self, table: str, stage: str, shard: int, fingerprint: str, blob: bytes | None, rows: int) -> ShardFile | None:
+    def _replace_partition(
+        self, table: str, stage: str, shard: int, fingerprint: str, blob: bytes | None, rows: int
+    ) -> ShardFile | None:
         """Replace a table's (stage, shard) partition by one file (``blob``), or by nothing."""
         from deltalake import DeltaTable
         from deltalake.transaction import AddAction
@@ -329,39 +348,73 @@ class Dataset:
             rel = f"_stage={stage}/_shard={shard}/_fingerprint={fingerprint[:16]}/part-{uuid.uuid4().hex}.parquet"
             path = self._p("tables", table, rel)
             self._write_atomic(path, blob)
-            shard_file = ShardFile(table=table, path=self.relpath(path), rows=rows, bytes=len(blob), sha256=file_digest(blob))
-            actions.append(AddAction(
-                path=rel, size=len(blob), partition_values={"_stage": stage, "_shard": str(shard), "_fingerprint": fingerprint[:16]},
-                modification_time=int(time.time() * 1000), data_change=True, stats=json.dumps({"numRecords": rows}),
-            ))
+            shard_file = ShardFile(
+                table=table,
+                path=self.relpath(path),
+                rows=rows,
+                bytes=len(blob),
+                sha256=file_digest(blob),
+            )
+            actions.append(
+                AddAction(
+                    path=rel,
+                    size=len(blob),
+                    partition_values={
+                        "_stage": stage,
+                        "_shard": str(shard),
+                        "_fingerprint": fingerprint[:16],
+                    },
+                    modification_time=int(time.time() * 1000),
+                    data_change=True,
+                    stats=json.dumps({"numRecords": rows}),
+                )
+            )
 
         def transaction() -> None:
             with writing(uri):
                 DeltaTable.create(uri, schema, partition_by=list(PARTITION), mode="ignore")
                 DeltaTable(uri).create_write_transaction(
-                    actions, mode="overwrite", schema=schema, partition_by=list(PARTITION),
+                    actions,
+                    mode="overwrite",
+                    schema=schema,
+                    partition_by=list(PARTITION),
                     partition_filters=[("_stage", "=", stage), ("_shard", "=", str(shard))],
                 )
 
         retry_conflicts(transaction)
         return shard_file
 
-    def _append_record(self, stage: str, shard: int, run_id: str, manifest: ShardManifest | None) -> None:
+    def _append_record(
+        self, stage: str, shard: int, run_id: str, manifest: ShardManifest | None
+    ) -> None:
         """Append the (stage, shard)'s new state to ``completions``: its record, or none."""
         from deltalake import CommitProperties, write_deltalake
 
         row = {
-            "stage": [stage], "shard": [shard], "sequence": [time.time_ns()],
-            "fingerprint": [manifest.fingerprint if manifest else None], "run_id": [run_id],
-            "committed_at": [utcnow()], "record": [manifest.model_dump_json() if manifest else None],
+            "stage": [stage],
+            "shard": [shard],
+            "sequence": [time.time_ns()],
+            "fingerprint": [manifest.fingerprint if manifest else None],
+            "run_id": [run_id],
+            "committed_at": [utcnow()],
+            "record": [manifest.model_dump_json() if manifest else None],
         }
-        meta = {"run_id": run_id, "stage": stage, "shard": str(shard), "action": "commit" if manifest else "withdraw"}
+        meta = {
+            "run_id": run_id,
+            "stage": stage,
+            "shard": str(shard),
+            "action": "commit" if manifest else "withdraw",
+        }
         uri = self.delta_uri(COMPLETIONS)
 
         def append() -> None:
             with writing(uri):
-                write_deltalake(uri, pa.table(row, schema=COMPLETION_SCHEMA), mode="append",
-                                commit_properties=CommitProperties(custom_metadata=meta))
+                write_deltalake(
+                    uri,
+                    pa.table(row, schema=COMPLETION_SCHEMA),
+                    mode="append",
+                    commit_properties=CommitProperties(custom_metadata=meta),
+                )
 
         retry_conflicts(append)
 
@@ -476,8 +529,10 @@ class _RecordLog:
         except DeltaError as e:
             if version is not None:
                 raise
-            raise CorruptLog(f"cannot read the commit log of {self.dataset.url} ({str(e).splitlines()[0]}); "
-                             "restore its completions/_delta_log from a backup, or rebuild into a new root") from None
+            raise CorruptLog(
+                f"cannot read the commit log of {self.dataset.url} ({str(e).splitlines()[0]}); "
+                "restore its completions/_delta_log from a backup, or rebuild into a new root"
+            ) from None
 
     def version(self) -> int | None:
         with self._lock:
@@ -493,12 +548,18 @@ class _RecordLog:
             try:
                 self._table.update_incremental()
             except DeltaError as e:
-                raise CorruptLog(f"cannot read the commit log of {self.dataset.url} ({str(e).splitlines()[0]})") from None
+                raise CorruptLog(
+                    f"cannot read the commit log of {self.dataset.url} ({str(e).splitlines()[0]})"
+                ) from None
         return self._table
 
     def _rows(self, table, paths: list[str]) -> list[dict]:
         full = [self.dataset._p(COMPLETIONS, p) for p in paths]
-        return pq.read_table(full, filesystem=self.dataset.fs, schema=COMPLETION_SCHEMA).to_pylist() if full else []
+        return (
+            pq.read_table(full, filesystem=self.dataset.fs, schema=COMPLETION_SCHEMA).to_pylist()
+            if full
+            else []
+        )
 
     @staticmethod
     def _fold(rows: list[dict], latest: dict) -> None:
@@ -527,7 +588,11 @@ class _RecordLog:
         table = self._refresh()
         if table is None or table.version() == self._version:
             return
-        paths = [p for p in table.get_add_actions(flatten=True).column("path").to_pylist() if p not in self._read]
+        paths = [
+            p
+            for p in table.get_add_actions(flatten=True).column("path").to_pylist()
+            if p not in self._read
+        ]
         changed: dict = {}
         self._fold(self._rows(table, paths), changed)
         self._read.update(paths)
@@ -547,18 +612,26 @@ class _RecordLog:
         try:
             table = self._open(version)
         except (DeltaError, OSError, ValueError) as e:
-            raise UnknownVersion(f"{self.dataset.url} has no version {version} ({str(e).splitlines()[0]}); "
-                                 "`synthvg versions` lists them") from None
+            raise UnknownVersion(
+                f"{self.dataset.url} has no version {version} ({str(e).splitlines()[0]}); "
+                "`synthvg versions` lists them"
+            ) from None
         if table is None:
-            raise UnknownVersion(f"{self.dataset.url} has no version {version}: nothing was ever committed")
+            raise UnknownVersion(
+                f"{self.dataset.url} has no version {version}: nothing was ever committed"
+            )
         latest: dict = {}
         try:
             rows = self._rows(table, table.get_add_actions(flatten=True).column("path").to_pylist())
         except (FileNotFoundError, OSError):
-            raise UnknownVersion(f"{self.dataset.url} version {version}: its records were removed (by `synthvg vacuum`); "
-                                 "that version can no longer be read") from None
+            raise UnknownVersion(
+                f"{self.dataset.url} version {version}: its records were removed (by `synthvg vacuum`); "
+                "that version can no longer be read"
+            ) from None
         self._fold(rows, latest)
-        return {k: ShardManifest.model_validate_json(r) for k, (_, r) in latest.items() if r is not None}
+        return {
+            k: ShardManifest.model_validate_json(r) for k, (_, r) in latest.items() if r is not None
+        }
 
 
 _RECORD_LOGS: dict[str, _RecordLog] = {}

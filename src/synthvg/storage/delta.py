@@ -26,15 +26,17 @@ COMPLETIONS = "completions"
 #: The commit records' table: an append-only log of what each (stage, shard) holds. The latest
 #: row of a (stage, shard) is its state: a record (the ShardManifest as JSON) or, with a NULL
 #: fingerprint, nothing (taken away before a recommit, or withdrawn).
-COMPLETION_SCHEMA = pa.schema([
-    pa.field("stage", pa.string(), nullable=False),
-    pa.field("shard", pa.int64(), nullable=False),
-    pa.field("sequence", pa.int64(), nullable=False),  # orders the rows of one (stage, shard)
-    pa.field("fingerprint", pa.string()),
-    pa.field("run_id", pa.string(), nullable=False),
-    pa.field("committed_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("record", pa.string()),
-])
+COMPLETION_SCHEMA = pa.schema(
+    [
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("shard", pa.int64(), nullable=False),
+        pa.field("sequence", pa.int64(), nullable=False),  # orders the rows of one (stage, shard)
+        pa.field("fingerprint", pa.string()),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("committed_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("record", pa.string()),
+    ]
+)
 
 T = TypeVar("T")
 
@@ -60,4 +62,8 @@ def retry_conflicts(action: Callable[[], T], attempts: int = 30) -> T:
 
 def data_schema(schema: pa.Schema) -> pa.Schema:
     """A table's Delta schema: its record schema plus the partition columns."""
-    return schema.append(pa.field("_stage", pa.string())).append(pa.field("_shard", pa.int64())).append(pa.field("_fingerprint", pa.string()))
+    return (
+        schema.append(pa.field("_stage", pa.string()))
+        .append(pa.field("_shard", pa.int64()))
+        .append(pa.field("_fingerprint", pa.string()))
+    )

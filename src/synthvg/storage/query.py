@@ -26,10 +26,17 @@ from synthvg.storage.dataset import Dataset
 
 #: Functions refused in user SQL even inside a query: they change settings or write files.
 #: (The locked configuration refuses them too; this names them in the error.)
-REFUSED_FUNCTIONS = frozenset({
-    "enable_profiling", "disable_profiling", "enable_logging", "disable_logging", "truncate_duckdb_logs",
-    "checkpoint", "force_checkpoint",
-})
+REFUSED_FUNCTIONS = frozenset(
+    {
+        "enable_profiling",
+        "disable_profiling",
+        "enable_logging",
+        "disable_logging",
+        "truncate_duckdb_logs",
+        "checkpoint",
+        "force_checkpoint",
+    }
+)
 
 _EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^)]*\)\s*)?", re.IGNORECASE)
 
@@ -38,12 +45,31 @@ _EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?(?:\([^)]*\)\s*)?
 # table has no files (its columns are NULL then): even an empty join costs a hash join per query.
 _JOINED_VIEWS: dict[str, tuple[str, list[tuple[str, str, str, list[tuple[str, str]]]]]] = {
     "images": ("i", [("depth_maps", "m", "image_id", [("depth_uri", "m.depth_uri")])]),
-    "regions": ("r", [
-        ("region_checks", "c", "image_id, region_id",
-         [("best_iou", "c.best_iou"), ("best_proposal_id", "c.best_proposal_id"), ("kept", "c.kept")]),
-        ("region_depth", "d", "image_id, region_id",
-         [("depth_median", "d.depth_median"), ("depth_spread", "d.depth_spread"), ("depth_model", "d.depth_model")]),
-    ]),
+    "regions": (
+        "r",
+        [
+            (
+                "region_checks",
+                "c",
+                "image_id, region_id",
+                [
+                    ("best_iou", "c.best_iou"),
+                    ("best_proposal_id", "c.best_proposal_id"),
+                    ("kept", "c.kept"),
+                ],
+            ),
+            (
+                "region_depth",
+                "d",
+                "image_id, region_id",
+                [
+                    ("depth_median", "d.depth_median"),
+                    ("depth_spread", "d.depth_spread"),
+                    ("depth_model", "d.depth_model"),
+                ],
+            ),
+        ],
+    ),
 }
 
 # Relations carry the filters' verdict when the filters have judged them.
@@ -89,10 +115,14 @@ def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _create_source(con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema) -> None:
+def _create_source(
+    con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema
+) -> None:
     if files:
         listing = ", ".join(_sql_str(f) for f in files)
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)")
+        con.execute(
+            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
+        )
     else:
         con.register(f"{name}__empty", schema.empty_table())
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}__empty")
@@ -164,7 +194,9 @@ def connect(root: str | Dataset, *, limits: SqlLimits | None = None) -> duckdb.D
     if "relation_verdicts" in present:
         con.execute(_RELATIONS_VIEW)
     else:
-        nulls = ", ".join(_null_as(con, "_relation_verdicts", c) for c in ("verdict_score", "verified_by"))
+        nulls = ", ".join(
+            _null_as(con, "_relation_verdicts", c) for c in ("verdict_score", "verified_by")
+        )
         con.execute(f"CREATE OR REPLACE VIEW relations AS SELECT r.*, {nulls} FROM _relations r")
     con.execute(_SVG_RELATIONS_VIEW)
     con.execute(_SVG_FULL_VIEW)
@@ -216,16 +248,25 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         inner = inner_statements[0]
     if inner.type.name != "SELECT":
         what = f"EXPLAIN of {inner.type.name}" if inner is not st else inner.type.name
-        raise ReadOnlyError(f"refused: {what} statements are not allowed; the dataset is opened read-only")
+        raise ReadOnlyError(
+            f"refused: {what} statements are not allowed; the dataset is opened read-only"
+        )
     try:
         refused = _called_functions(con, inner.query) & REFUSED_FUNCTIONS
-    except (duckdb.Error, ValueError):  # statements json_serialize_sql cannot express (DESCRIBE, SHOW, ...)
+    except (
+        duckdb.Error,
+        ValueError,
+    ):  # statements json_serialize_sql cannot express (DESCRIBE, SHOW, ...)
         refused = set()
     if refused:
-        raise ReadOnlyError(f"refused: {', '.join(f'{f}()' for f in sorted(refused))} changes settings or writes files")
+        raise ReadOnlyError(
+            f"refused: {', '.join(f'{f}()' for f in sorted(refused))} changes settings or writes files"
+        )
 
 
-def run_with_timeout(con: duckdb.DuckDBPyConnection, sql: str, timeout_s: float | None, params: list | None = None) -> pa.Table:
+def run_with_timeout(
+    con: duckdb.DuckDBPyConnection, sql: str, timeout_s: float | None, params: list | None = None
+) -> pa.Table:
     """Run ``sql`` to an Arrow table, cancelling it after ``timeout_s`` seconds."""
     timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
     if timer:

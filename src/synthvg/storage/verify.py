@@ -21,9 +21,15 @@ class VerifyReport(BaseModel):
     shards: int = 0
     files: int = 0
     bytes: int = 0
-    problems: list[str] = Field(default_factory=list, description="one line per damaged file or record")
-    damaged: list[tuple[str, int]] = Field(default_factory=list, description="(stage, shard) of every damaged shard")
-    unchecksummed: list[str] = Field(default_factory=list, description="files committed before checksums were recorded")
+    problems: list[str] = Field(
+        default_factory=list, description="one line per damaged file or record"
+    )
+    damaged: list[tuple[str, int]] = Field(
+        default_factory=list, description="(stage, shard) of every damaged shard"
+    )
+    unchecksummed: list[str] = Field(
+        default_factory=list, description="files committed before checksums were recorded"
+    )
 
     @property
     def ok(self) -> bool:
@@ -47,7 +53,9 @@ def _check_file(dataset: Dataset, f: ShardFile) -> tuple[list[str], int]:
     try:
         rows = pq.read_table(pa.BufferReader(data)).num_rows
     except (pa.ArrowException, OSError, ValueError) as e:
-        problems.append(f"does not parse as Parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+        problems.append(
+            f"does not parse as Parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        )
     else:
         if rows != f.rows:
             problems.append(f"holds {rows} rows, its commit recorded {f.rows}")

@@ -53,7 +53,15 @@ def list_versions(dataset: Dataset) -> list[VersionInfo]:
         run_id = h.get("run_id") or "(maintenance)"
         when = dt.datetime.fromtimestamp(h["timestamp"] / 1000, dt.UTC)
         if not out or out[-1].run_id != run_id:
-            out.append(VersionInfo(first=h["version"], last=h["version"], run_id=run_id, started=when, finished=when))
+            out.append(
+                VersionInfo(
+                    first=h["version"],
+                    last=h["version"],
+                    run_id=run_id,
+                    started=when,
+                    finished=when,
+                )
+            )
         info = out[-1]
         info.last, info.finished = h["version"], when
         if h.get("action") == "commit":
@@ -71,8 +79,10 @@ def check_readable(dataset: Dataset) -> dict[tuple[str, int], ShardManifest]:
     for m in records.values():
         for f in m.files:
             if not dataset.fs.exists(dataset.abspath(f.path)):
-                raise UnknownVersion(f"{dataset.url} version {dataset.as_of}: its file {f.path} was removed "
-                                     "(by `synthvg vacuum`); that version can no longer be read")
+                raise UnknownVersion(
+                    f"{dataset.url} version {dataset.as_of}: its file {f.path} was removed "
+                    "(by `synthvg vacuum`); that version can no longer be read"
+                )
     return records
 
 
@@ -93,8 +103,16 @@ def restore(dataset: Dataset, version: int, run_id: str) -> tuple[int, int]:
         for f in record.files:
             with dataset.fs.open(dataset.abspath(f.path), "rb") as fh:
                 tables[f.table] = pq.read_table(fh)
-        dataset.commit_shard(stage, shard, record.fingerprint, tables, run_id=run_id, image_count=record.image_count,
-                             started_at=record.started_at, metrics=record.metrics)
+        dataset.commit_shard(
+            stage,
+            shard,
+            record.fingerprint,
+            tables,
+            run_id=run_id,
+            image_count=record.image_count,
+            started_at=record.started_at,
+            metrics=record.metrics,
+        )
         restored += 1
     return restored, withdrawn
 
@@ -141,7 +159,9 @@ def vacuum(dataset: Dataset, keep_days: float) -> list[str]:
     deleted = []
     for rel, table in _delta_tables(dataset):
         with writing(dataset.abspath(rel)):
-            gone = table.vacuum(retention_hours=int(keep_days * 24), enforce_retention_duration=False, dry_run=False)
+            gone = table.vacuum(
+                retention_hours=int(keep_days * 24), enforce_retention_duration=False, dry_run=False
+            )
         deleted += [posixpath.join(rel, g) for g in gone]
     return deleted
 
@@ -162,7 +182,9 @@ def migrate(dataset: Dataset, run_id: str) -> MigrateReport:
     raw = dataset.read_json(marker)
     if raw is None or raw.get("format") != FORMAT["format"]:
         raise FileNotFoundError(f"{dataset.url} is not a synthvg dataset (no synthvg.json)")
-    if raw.get("version", 1) >= FORMAT["version"] and not dataset.fs.exists(dataset.abspath("manifests")):
+    if raw.get("version", 1) >= FORMAT["version"] and not dataset.fs.exists(
+        dataset.abspath("manifests")
+    ):
         return MigrateReport()
     report = MigrateReport()
     paths = sorted(p for p in dataset.fs.glob(dataset.abspath("manifests/*/shard-*.json")))
@@ -172,7 +194,9 @@ def migrate(dataset: Dataset, run_id: str) -> MigrateReport:
         try:
             manifest = ShardManifest.model_validate(json.loads(dataset.fs.cat_file(path)))
         except ValueError as e:
-            raise ValueError(f"{path}: not a valid manifest ({str(e).splitlines()[0]}); fix or remove it, then migrate again") from None
+            raise ValueError(
+                f"{path}: not a valid manifest ({str(e).splitlines()[0]}); fix or remove it, then migrate again"
+            ) from None
         old_files += [dataset.abspath(f.path) for f in manifest.files]
         if converted.get((manifest.stage, manifest.shard)) == manifest.fingerprint:
             report.skipped += 1
@@ -183,10 +207,20 @@ def migrate(dataset: Dataset, run_id: str) -> MigrateReport:
                 with dataset.fs.open(dataset.abspath(f.path), "rb") as fh:
                     tables[f.table] = pq.read_table(fh)
             except FileNotFoundError:
-                raise FileNotFoundError(f"{dataset.url}: {f.path}, named by {dataset.relpath(path)}, is missing; "
-                                        "remove that manifest (its shard is redone by the next build), then migrate again") from None
-        dataset.commit_shard(manifest.stage, manifest.shard, manifest.fingerprint, tables, run_id=manifest.run_id,
-                             image_count=manifest.image_count, started_at=manifest.started_at, metrics=manifest.metrics)
+                raise FileNotFoundError(
+                    f"{dataset.url}: {f.path}, named by {dataset.relpath(path)}, is missing; "
+                    "remove that manifest (its shard is redone by the next build), then migrate again"
+                ) from None
+        dataset.commit_shard(
+            manifest.stage,
+            manifest.shard,
+            manifest.fingerprint,
+            tables,
+            run_id=manifest.run_id,
+            image_count=manifest.image_count,
+            started_at=manifest.started_at,
+            metrics=manifest.metrics,
+        )
         report.shards += 1
     dataset.write_json(marker, FORMAT)
     for path in old_files + paths:
@@ -207,4 +241,14 @@ def _converted(dataset: Dataset) -> dict[tuple[str, int], str]:
     return {k: m.fingerprint for k, m in _record_log(dataset).snapshot(None).items()}
 
 
-__all__ = ["MigrateReport", "VersionInfo", "check_readable", "commit_log_files", "compact", "list_versions", "migrate", "restore", "vacuum"]
+__all__ = [
+    "MigrateReport",
+    "VersionInfo",
+    "check_readable",
+    "commit_log_files",
+    "compact",
+    "list_versions",
+    "migrate",
+    "restore",
+    "vacuum",
+]

@@ -42,7 +42,9 @@ class ShardIdentity(CachePolicy):
 
 
 @task(name="plan-shards", cache_policy=NO_CACHE)
-def plan_task(config: BuildConfig, run_id: str, replace: bool = False) -> BuildPlan | WithdrawalRefused:
+def plan_task(
+    config: BuildConfig, run_id: str, replace: bool = False
+) -> BuildPlan | WithdrawalRefused:
     """The plan, or the refusal to withdraw committed work: an answer, not a task failure, so
     the UI and the terminal show the refusal's message rather than a traceback."""
     try:
@@ -73,7 +75,9 @@ def retry_unless_storage_fault(task, task_run, state) -> bool:
     persist_result=True,
     retry_condition_fn=retry_unless_storage_fault,
 )
-def shard_task(config: BuildConfig, stage: str, shard: ShardSpec, run_id: str, fence: str | None = None) -> ShardResult:
+def shard_task(
+    config: BuildConfig, stage: str, shard: ShardSpec, run_id: str, fence: str | None = None
+) -> ShardResult:
     """``fence``: the build lock's token (see :func:`synthvg.storage.lock.check_fence`)."""
     slots = partial(shard_slots, config.executor, stage, len(shard.image_ids))
     return run_shard(Dataset(config.out), config, stage, shard, run_id, guard=slots, fence=fence)

@@ -34,7 +34,9 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    checkpoint: str = Field(description="the Robin to start from (released layout); stage 2: the stage-1 export")
+    checkpoint: str = Field(
+        description="the Robin to start from (released layout); stage 2: the stage-1 export"
+    )
     gradient_checkpointing: bool = False
     bf16: bool = Field(False, description="bf16 autocast (GPU)")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
@@ -47,36 +49,57 @@ class Source(_Section):
     name: str
     task: Task
     root: str | None = Field(None, description="dataset root (not for conversations)")
-    version: str | None = Field(None, description="pinned dataset version (reserved: storage has no versions yet)")
-    view: str | None = Field(None, description="a view of the root: svg_relations, svg_full, relations, descriptions, regions")
-    sql: str | None = Field(None, description="or a read-only SELECT over the root's views; ? are bound to params")
+    version: str | None = Field(
+        None, description="pinned dataset version (reserved: storage has no versions yet)"
+    )
+    view: str | None = Field(
+        None,
+        description="a view of the root: svg_relations, svg_full, relations, descriptions, regions",
+    )
+    sql: str | None = Field(
+        None, description="or a read-only SELECT over the root's views; ? are bound to params"
+    )
     params: list = Field(default_factory=list)
     path: str | None = Field(None, description="conversations: LLaVA/Osprey JSON file")
-    image_root: str | None = Field(None, description="conversations: folder the 'image' names are relative to")
-    weight: float = Field(1.0, gt=0, description="copies of each example (fractions sample); after cap")
+    image_root: str | None = Field(
+        None, description="conversations: folder the 'image' names are relative to"
+    )
+    weight: float = Field(
+        1.0, gt=0, description="copies of each example (fractions sample); after cap"
+    )
     cap: int | None = Field(None, ge=1, description="at most this many examples (a seeded sample)")
 
     @model_validator(mode="after")
     def _where_from(self):
         if self.task == "conversations":
             if not self.path:
-                raise ValueError(f"source {self.name}: conversations need path (a LLaVA/Osprey JSON file)")
+                raise ValueError(
+                    f"source {self.name}: conversations need path (a LLaVA/Osprey JSON file)"
+                )
         else:
             if not self.root:
-                raise ValueError(f"source {self.name}: task {self.task} needs root (a dataset root)")
+                raise ValueError(
+                    f"source {self.name}: task {self.task} needs root (a dataset root)"
+                )
             if (self.view is None) == (self.sql is None):
                 raise ValueError(f"source {self.name}: give exactly one of view or sql")
             if self.view is not None and not _IDENTIFIER.fullmatch(self.view):
                 raise ValueError(f"source {self.name}: view {self.view!r} is not a view name")
         if self.version is not None:
-            raise ValueError(f"source {self.name}: dataset versions are not supported yet (version must be null)")
+            raise ValueError(
+                f"source {self.name}: dataset versions are not supported yet (version must be null)"
+            )
         return self
 
 
 class DataSection(_Section):
     sources: list[Source] = Field(min_length=1)
-    max_length: int | None = Field(None, ge=32, description="spliced tokens per example; None: the model's limit")
-    max_regions: int = Field(100, ge=1, description="largest regions per image, as the robin stage takes them")
+    max_length: int | None = Field(
+        None, ge=32, description="spliced tokens per example; None: the model's limit"
+    )
+    max_regions: int = Field(
+        100, ge=1, description="largest regions per image, as the robin stage takes them"
+    )
     seed: int = 0
 
 
@@ -91,7 +114,9 @@ class Groups(_Section):
 
 class TrainSection(_Section):
     output_dir: str = Field(description="Trainer checkpoints (resume), logs, the mixture counts")
-    export_dir: str | None = Field(None, description="the final model in the released layout; default output_dir/export")
+    export_dir: str | None = Field(
+        None, description="the final model in the released layout; default output_dir/export"
+    )
     epochs: float = 1.0
     max_steps: int = Field(-1, description=">0 overrides epochs")
     batch_size: int = Field(1, ge=1, description="per device")
@@ -111,7 +136,9 @@ class TrainSection(_Section):
 
 class TrainConfig(_Section):
     name: str
-    stage: Literal[0, 1, 2] | None = Field(None, description="the paper's stage this recipe is (informational)")
+    stage: Literal[0, 1, 2] | None = Field(
+        None, description="the paper's stage this recipe is (informational)"
+    )
     model: ModelSection
     data: DataSection
     groups: Groups = Groups()
@@ -119,7 +146,9 @@ class TrainConfig(_Section):
 
     def digest(self) -> str:
         """sha256 of the config as validated (what the export manifest records)."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(
+            json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()
 
     @property
     def export_dir(self) -> str:
@@ -149,13 +178,22 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
         raise ConfigError(format_validation_error(e, str(path))) from None
     base = path.resolve().parent
     sources = [
-        s.model_copy(update={k: _resolve(getattr(s, k), base) for k in ("root", "path", "image_root")})
+        s.model_copy(
+            update={k: _resolve(getattr(s, k), base) for k in ("root", "path", "image_root")}
+        )
         for s in cfg.data.sources
     ]
-    return cfg.model_copy(update={
-        "model": cfg.model.model_copy(update={"checkpoint": _resolve(cfg.model.checkpoint, base)}),
-        "data": cfg.data.model_copy(update={"sources": sources}),
-        "train": cfg.train.model_copy(update={
-            "output_dir": _resolve(cfg.train.output_dir, base), "export_dir": _resolve(cfg.train.export_dir, base),
-        }),
-    })
+    return cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(
+                update={"checkpoint": _resolve(cfg.model.checkpoint, base)}
+            ),
+            "data": cfg.data.model_copy(update={"sources": sources}),
+            "train": cfg.train.model_copy(
+                update={
+                    "output_dir": _resolve(cfg.train.output_dir, base),
+                    "export_dir": _resolve(cfg.train.export_dir, base),
+                }
+            ),
+        }
+    )

@@ -129,7 +129,10 @@ class Mixture:
             "examples": len(self.examples),
             "tokens": sum(e.length for e in self.examples),
             "sources": {
-                name: {**{k: v for k, v in c.__dict__.items() if k != "dropped"}, "dropped": dict(sorted(c.dropped.items()))}
+                name: {
+                    **{k: v for k, v in c.__dict__.items() if k != "dropped"},
+                    "dropped": dict(sorted(c.dropped.items())),
+                }
                 for name, c in self.counts.items()
             },
         }
@@ -145,12 +148,19 @@ class Tokeniser:
     def __init__(self, tokenizer, image_tokens: int, max_length: int):
         self.tokenizer, self.image_tokens, self.max_length = tokenizer, image_tokens, max_length
         ids = tokenizer.convert_tokens_to_ids
-        self.image_id, self.mask_id, self.pos_id, self.end_id = ids(IMAGE), ids(MASK), ids(POS), ids(IM_END)
+        self.image_id, self.mask_id, self.pos_id, self.end_id = (
+            ids(IMAGE),
+            ids(MASK),
+            ids(POS),
+            ids(IM_END),
+        )
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode(self, turns: list[tuple[str, str]], n_regions: int, with_image: bool) -> tuple[list[int], list[int], int]:
+    def encode(
+        self, turns: list[tuple[str, str]], n_regions: int, with_image: bool
+    ) -> tuple[list[int], list[int], int]:
         """(ids, labels, spliced length); raises Dropped for a bad or too long conversation."""
         ids: list[int] = []
         labels: list[int] = []
@@ -183,7 +193,9 @@ def _first(image: ImageRef, regions: list[Region], question: str) -> str:
     return first_message([r.box for r in regions], image.width, image.height, question)
 
 
-def _graph(regions: list[Region], relations: list[tuple[int, int, str]]) -> tuple[dict[int, str], list[ParsedRelation]]:
+def _graph(
+    regions: list[Region], relations: list[tuple[int, int, str]]
+) -> tuple[dict[int, str], list[ParsedRelation]]:
     """The graph in region numbers (1-based in ``regions``' order): relations among listed
     regions, whitespace collapsed, self-loops and duplicates out (what the parser keeps),
     grouped by subject (stable within a subject)."""
@@ -195,7 +207,9 @@ def _graph(regions: list[Region], relations: list[tuple[int, int, str]]) -> tupl
         if s in number and o in number and s != o and p and (key := (s, o, p.lower())) not in seen:
             seen.add(key)
             out.append(ParsedRelation(number[s], number[o], p))
-    return objects, sorted(out, key=lambda r: r.subject)  # grouped by subject, as the text lists them
+    return objects, sorted(
+        out, key=lambda r: r.subject
+    )  # grouped by subject, as the text lists them
 
 
 def scene_graph_target(objects: dict[int, str], relations: list[ParsedRelation]) -> str:
@@ -207,12 +221,16 @@ def scene_graph_target(objects: dict[int, str], relations: list[ParsedRelation])
     return text
 
 
-def scene_graph_turns(image: ImageRef, regions: list[Region], relations: list) -> list[tuple[str, str]]:
+def scene_graph_turns(
+    image: ImageRef, regions: list[Region], relations: list
+) -> list[tuple[str, str]]:
     objects, rels = _graph(regions, relations)
     return [(_first(image, regions, HOLISTIC_QUESTION), scene_graph_target(objects, rels))]
 
 
-def region_relations_turns(image: ImageRef, regions: list[Region], relations: list) -> list[tuple[str, str]]:
+def region_relations_turns(
+    image: ImageRef, regions: list[Region], relations: list
+) -> list[tuple[str, str]]:
     objects, rels = _graph(regions, relations)
     turns = []
     for k in objects:
@@ -222,29 +240,45 @@ def region_relations_turns(image: ImageRef, regions: list[Region], relations: li
         answer = render_relationships(mine)
         if parse_relationships(answer, k, len(objects)).relations != mine:
             raise Dropped("target_not_parseable")
-        ask = _first(image, regions, description_question(k)) if not turns else description_question(k)
+        ask = (
+            _first(image, regions, description_question(k))
+            if not turns
+            else description_question(k)
+        )
         turns += [(ask, objects[k]), (relationships_question(k), answer)]
     return turns
 
 
-def region_caption_turns(image: ImageRef, regions: list[Region], captions: list) -> list[tuple[str, str]]:
+def region_caption_turns(
+    image: ImageRef, regions: list[Region], captions: list
+) -> list[tuple[str, str]]:
     number = {r.region_id: k for k, r in enumerate(regions, 1)}
     turns = []
     for region_id, text in captions:
         if (k := number.get(region_id)) is None:
             continue
-        ask = _first(image, regions, description_question(k)) if not turns else description_question(k)
+        ask = (
+            _first(image, regions, description_question(k))
+            if not turns
+            else description_question(k)
+        )
         turns.append((ask, " ".join(text.split())))
     return turns
 
 
-def grounding_turns(image: ImageRef, regions: list[Region], captions: list) -> list[tuple[str, str]]:
+def grounding_turns(
+    image: ImageRef, regions: list[Region], captions: list
+) -> list[tuple[str, str]]:
     boxes = {r.region_id: r.box for r in regions}
     turns = []
     for region_id, text in captions:
         if region_id not in boxes:
             continue
-        ask = grounding_message(" ".join(text.split())) if not turns else grounding_question(" ".join(text.split()))
+        ask = (
+            grounding_message(" ".join(text.split()))
+            if not turns
+            else grounding_question(" ".join(text.split()))
+        )
         turns.append((ask, box_text(boxes[region_id], image.width, image.height)))
     return turns
 
@@ -259,7 +293,9 @@ def read_rows(source: Source) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
 
     if not os.path.isdir(source.root) and "://" not in source.root:
         raise ConfigError(f"source {source.name}: dataset root {source.root} does not exist")
-    con = connect(source.root)  # TODO(versions): connect at source.version once the storage has versions
+    con = connect(
+        source.root
+    )  # TODO(versions): connect at source.version once the storage has versions
     sql = source.sql if source.sql is not None else f"SELECT * FROM {source.view}"
     try:
         check_read_only(con, sql)
@@ -269,28 +305,40 @@ def read_rows(source: Source) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
         raise ConfigError(f"source {source.name}: {first}") from None
     need = TASK_COLUMNS[source.task]
     if rows and (missing := [c for c in need if c not in rows[0]]):
-        raise ConfigError(f"source {source.name}: task {source.task} needs columns {list(need)}, missing {missing}")
+        raise ConfigError(
+            f"source {source.name}: task {source.task} needs columns {list(need)}, missing {missing}"
+        )
     return con, rows
 
 
-def _context(con, image_ids: list[str]) -> tuple[dict[str, ImageRef], dict[str, list[dict]], dict[tuple[str, int], str]]:
+def _context(
+    con, image_ids: list[str]
+) -> tuple[dict[str, ImageRef], dict[str, list[dict]], dict[tuple[str, int], str]]:
     """Images, regions and the best description per region, for the given images (bound list)."""
     from synthvg.storage.query import fetch_dicts
 
     images = {
         r["image_id"]: ImageRef(r["image_id"], r["file_uri"], r["width"], r["height"])
-        for r in fetch_dicts(con, "SELECT image_id, file_uri, width, height FROM images WHERE list_contains(?, image_id)", [image_ids])
+        for r in fetch_dicts(
+            con,
+            "SELECT image_id, file_uri, width, height FROM images WHERE list_contains(?, image_id)",
+            [image_ids],
+        )
     }
     regions: dict[str, list[dict]] = defaultdict(list)
     for r in fetch_dicts(
-        con, "SELECT image_id, region_id, bbox, mask, area, label, descriptions FROM regions "
-        "WHERE list_contains(?, image_id) ORDER BY image_id, region_id", [image_ids],
+        con,
+        "SELECT image_id, region_id, bbox, mask, area, label, descriptions FROM regions "
+        "WHERE list_contains(?, image_id) ORDER BY image_id, region_id",
+        [image_ids],
     ):
         regions[r["image_id"]].append(r)
     rank = {s: i for i, s in enumerate(DESCRIPTION_STAGES)}
     best: dict[tuple[str, int], tuple[int, str]] = {}
     for d in fetch_dicts(
-        con, "SELECT image_id, region_id, stage, description FROM descriptions WHERE list_contains(?, image_id)", [image_ids]
+        con,
+        "SELECT image_id, region_id, stage, description FROM descriptions WHERE list_contains(?, image_id)",
+        [image_ids],
     ):
         key, r = (d["image_id"], d["region_id"]), rank.get(d["stage"], len(rank))
         if d["description"] and (key not in best or r < best[key][0]):
@@ -298,7 +346,9 @@ def _context(con, image_ids: list[str]) -> tuple[dict[str, ImageRef], dict[str, 
     return images, regions, {k: v for k, (_, v) in best.items()}
 
 
-def _regions(image: ImageRef, rows: list[dict], described: dict, max_regions: int, dropped: Counter) -> list[Region]:
+def _regions(
+    image: ImageRef, rows: list[dict], described: dict, max_regions: int, dropped: Counter
+) -> list[Region]:
     """The regions a prompt lists, as the robin stage takes them: non-empty masks, largest first."""
     from synthvg.stages.regions import region_mask
 
@@ -308,9 +358,16 @@ def _regions(image: ImageRef, rows: list[dict], described: dict, max_regions: in
         if not mask_ops.decode(rle).any():
             dropped["empty_mask_region"] += 1
             continue
-        text = described.get((image.image_id, r["region_id"])) or next(iter(r["descriptions"] or []), None) or r["label"] or "object"
+        text = (
+            described.get((image.image_id, r["region_id"]))
+            or next(iter(r["descriptions"] or []), None)
+            or r["label"]
+            or "object"
+        )
         b = r["bbox"]
-        out.append(Region(r["region_id"], (b["x1"], b["y1"], b["x2"], b["y2"]), rle, r["area"], text))
+        out.append(
+            Region(r["region_id"], (b["x1"], b["y1"], b["x2"], b["y2"]), rle, r["area"], text)
+        )
     out.sort(key=lambda r: (-r.area, r.region_id))
     if len(out) > max_regions:
         dropped["regions_capped"] += len(out) - max_regions
@@ -326,14 +383,24 @@ def _check_image(image: ImageRef, cache: dict[str, str | None]) -> str | None:
             _, img = read_image(image.uri)
             if image.width is None:
                 image.width, image.height = img.size
-            cache[image.uri] = None if img.size == (image.width, image.height) else "image_size_mismatch"
+            cache[image.uri] = (
+                None if img.size == (image.width, image.height) else "image_size_mismatch"
+            )
         except ValueError:
             cache[image.uri] = "bad_image"
     return cache[image.uri]
 
 
-def _split(tok: Tokeniser, template: Template, image: ImageRef, regions: list[Region], payload: list,
-           task: str, counts: SourceCounts, source: str) -> list[Example]:
+def _split(
+    tok: Tokeniser,
+    template: Template,
+    image: ImageRef,
+    regions: list[Region],
+    payload: list,
+    task: str,
+    counts: SourceCounts,
+    source: str,
+) -> list[Example]:
     """Examples over ``regions`` (the template keeps the payload of listed regions), halved
     by regions until each fits; one region that does not fit is dropped, never cut."""
     try:
@@ -349,7 +416,11 @@ def _split(tok: Tokeniser, template: Template, image: ImageRef, regions: list[Re
             return []
     counts.splits += 1
     half = len(regions) // 2
-    return [e for part in (regions[:half], regions[half:]) for e in _split(tok, template, image, part, payload, task, counts, source)]
+    return [
+        e
+        for part in (regions[:half], regions[half:])
+        for e in _split(tok, template, image, part, payload, task, counts, source)
+    ]
 
 
 TEMPLATES: dict[str, Template] = {
@@ -360,7 +431,9 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
-def dataset_examples(source: Source, data: DataSection, tok: Tokeniser, counts: SourceCounts, images_ok: dict) -> list[Example]:
+def dataset_examples(
+    source: Source, data: DataSection, tok: Tokeniser, counts: SourceCounts, images_ok: dict
+) -> list[Example]:
     """A dataset source's examples, one (or, split, more) per image."""
     con, rows = read_rows(source)
     try:
@@ -387,15 +460,28 @@ def dataset_examples(source: Source, data: DataSection, tok: Tokeniser, counts: 
         if reason := _check_image(image, images_ok):
             counts.dropped[reason] += 1
             continue
-        listed = _regions(image, regions.get(image_id, []), described, data.max_regions, counts.dropped)
+        listed = _regions(
+            image, regions.get(image_id, []), described, data.max_regions, counts.dropped
+        )
         if not listed:
             counts.dropped["no_regions"] += 1
             continue
-        out += _split(tok, TEMPLATES[source.task], image, listed, per_image[image_id], source.task, counts, source.name)
+        out += _split(
+            tok,
+            TEMPLATES[source.task],
+            image,
+            listed,
+            per_image[image_id],
+            source.task,
+            counts,
+            source.name,
+        )
     return out
 
 
-def conversation_examples(source: Source, tok: Tokeniser, counts: SourceCounts, images_ok: dict) -> list[Example]:
+def conversation_examples(
+    source: Source, tok: Tokeniser, counts: SourceCounts, images_ok: dict
+) -> list[Example]:
     """LLaVA/Osprey JSON conversations, read as they are; ``<image>`` goes first, as LLaVA puts it."""
     try:
         with open(source.path) as f:
@@ -403,7 +489,9 @@ def conversation_examples(source: Source, tok: Tokeniser, counts: SourceCounts, 
     except (OSError, ValueError) as e:
         raise ConfigError(f"source {source.name}: cannot read {source.path}: {e}") from None
     if not isinstance(records, list):
-        raise ConfigError(f"source {source.name}: {source.path} must hold a JSON list of conversations")
+        raise ConfigError(
+            f"source {source.name}: {source.path} must hold a JSON list of conversations"
+        )
     counts.rows = len(records)
     out = []
     for rec in records:
@@ -431,10 +519,16 @@ def _conversation(rec, source: Source, tok: Tokeniser, images_ok: dict) -> Examp
     if not turns:
         raise Dropped("no_assistant_turn")
     if any(t in text for turn in turns for text in turn for t in (MASK, POS)):
-        raise Dropped("region_masks_not_read")  # Osprey's region turns need its masks: not read here
+        raise Dropped(
+            "region_masks_not_read"
+        )  # Osprey's region turns need its masks: not read here
     image = None
     if name := rec.get("image"):
-        uri = name if os.path.isabs(name) or "://" in name else os.path.join(source.image_root or "", name)
+        uri = (
+            name
+            if os.path.isabs(name) or "://" in name
+            else os.path.join(source.image_root or "", name)
+        )
         image = ImageRef(str(rec.get("id", name)), uri)
         if reason := _check_image(image, images_ok):
             raise Dropped(reason)

@@ -51,12 +51,21 @@ class RobinDataset(Dataset):
         from synthvg.stages.seeds import read_image
 
         ex = self.examples[i]
-        item = {"index": i, "input_ids": ex.input_ids, "labels": ex.labels, "length": ex.length, "pixel_values": None, "region_masks": None}
+        item = {
+            "index": i,
+            "input_ids": ex.input_ids,
+            "labels": ex.labels,
+            "length": ex.length,
+            "pixel_values": None,
+            "region_masks": None,
+        }
         if ex.image is not None:
             _, img = read_image(ex.image.uri)  # checked when the mixture was built
             item["pixel_values"] = preprocess_image(to_rgb(img), self.image_size).pixels
             if ex.masks:
-                item["region_masks"] = torch.from_numpy(np.stack([mask_ops.decode(m).astype(bool) for m in ex.masks]))
+                item["region_masks"] = torch.from_numpy(
+                    np.stack([mask_ops.decode(m).astype(bool) for m in ex.masks])
+                )
         return item
 
 
@@ -74,14 +83,24 @@ class RobinCollator:
         attention = torch.zeros((len(items), width), dtype=torch.long)
         for j, x in enumerate(items):
             n = len(x["input_ids"])
-            ids[j, :n], labels[j, :n], attention[j, :n] = torch.tensor(x["input_ids"]), torch.tensor(x["labels"]), 1
-        batch = {"input_ids": ids, "labels": labels, "attention_mask": attention,
-                 "n_tokens": torch.tensor(sum(x["length"] for x in items)),
-                 "example_index": torch.tensor([x["index"] for x in items])}
+            ids[j, :n], labels[j, :n], attention[j, :n] = (
+                torch.tensor(x["input_ids"]),
+                torch.tensor(x["labels"]),
+                1,
+            )
+        batch = {
+            "input_ids": ids,
+            "labels": labels,
+            "attention_mask": attention,
+            "n_tokens": torch.tensor(sum(x["length"] for x in items)),
+            "example_index": torch.tensor([x["index"] for x in items]),
+        }
         has_image = [x["pixel_values"] is not None for x in items]
         if any(has_image):
             blank = torch.zeros(3, self.image_size, self.image_size)
-            batch["pixel_values"] = torch.stack([x["pixel_values"] if x["pixel_values"] is not None else blank for x in items])
+            batch["pixel_values"] = torch.stack(
+                [x["pixel_values"] if x["pixel_values"] is not None else blank for x in items]
+            )
             batch["has_image"] = torch.tensor(has_image)
             batch["region_masks"] = [x["region_masks"] for x in items]
         return batch
@@ -93,7 +112,9 @@ def parameter_groups(model, lrs: dict[str, float | None], weight_decay: float) -
     vision trunk's unused head."""
     by_group: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
-        group = next((g for g, prefixes in GROUP_PREFIXES.items() if name.startswith(prefixes)), "lm")
+        group = next(
+            (g for g, prefixes in GROUP_PREFIXES.items() if name.startswith(prefixes)), "lm"
+        )
         lr = lrs[group]
         # the ConvNeXt's own head is never run: frozen, or DDP would wait for its gradients
         p.requires_grad_(lr is not None and lr > 0 and ".trunk.head." not in name)
@@ -101,7 +122,12 @@ def parameter_groups(model, lrs: dict[str, float | None], weight_decay: float) -
             decay = p.ndim >= 2 and "norm" not in name
             by_group.setdefault((group, decay), []).append(p)
     return [
-        {"params": params, "lr": lrs[group], "weight_decay": weight_decay if decay else 0.0, "name": f"{group}{'' if decay else '/no_decay'}"}
+        {
+            "params": params,
+            "lr": lrs[group],
+            "weight_decay": weight_decay if decay else 0.0,
+            "name": f"{group}{'' if decay else '/no_decay'}",
+        }
         for (group, decay), params in sorted(by_group.items())
     ]
 
@@ -133,7 +159,10 @@ def _trainer_class():
             if self.optimizer is None:
                 groups = parameter_groups(model or self.model, self.lrs, self.args.weight_decay)
                 self.optimizer = torch.optim.AdamW(
-                    groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon
+                    groups,
+                    lr=self.args.learning_rate,
+                    betas=(self.args.adam_beta1, self.args.adam_beta2),
+                    eps=self.args.adam_epsilon,
                 )
             return self.optimizer
 
@@ -141,7 +170,9 @@ def _trainer_class():
             if not self.group_by_length:
                 return super()._get_train_sampler(train_dataset)
             return EpochLengthGroupedSampler(
-                self.args.train_batch_size * self.args.gradient_accumulation_steps, self.lengths, self.args.seed
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                self.lengths,
+                self.args.seed,
             )
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -149,8 +180,12 @@ def _trainer_class():
             seen = inputs.pop("example_index").tolist()
             if self.is_world_process_zero():  # which examples each step trained on (resume audits)
                 with open(os.path.join(self.args.output_dir, EXAMPLES_LOG), "a") as f:
-                    f.write(json.dumps({"step": self.state.global_step + 1, "examples": seen}) + "\n")
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+                    f.write(
+                        json.dumps({"step": self.state.global_step + 1, "examples": seen}) + "\n"
+                    )
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
 
     return RobinTrainer
 
@@ -162,7 +197,11 @@ def _progress_callback(emit: Callable[[str], None], counter):
         """One line per logging step: step, loss, tokens/s, ETA."""
 
         def on_train_begin(self, args, state, control, **kw):
-            self.start, self.start_step, self.start_tokens = time.monotonic(), state.global_step, counter()
+            self.start, self.start_step, self.start_tokens = (
+                time.monotonic(),
+                state.global_step,
+                counter(),
+            )
 
         def on_log(self, args, state, control, logs=None, **kw):
             if not logs or "loss" not in logs:
@@ -170,8 +209,10 @@ def _progress_callback(emit: Callable[[str], None], counter):
             elapsed = max(time.monotonic() - self.start, 1e-9)
             done = max(state.global_step - self.start_step, 1)
             eta = elapsed / done * max(state.max_steps - state.global_step, 0)
-            emit(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
-                 f"tokens/s {(counter() - self.start_tokens) / elapsed:,.0f}  eta {dt.timedelta(seconds=round(eta))}")
+            emit(
+                f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+                f"tokens/s {(counter() - self.start_tokens) / elapsed:,.0f}  eta {dt.timedelta(seconds=round(eta))}"
+            )
 
     return Progress()
 
@@ -195,7 +236,11 @@ def last_checkpoint(output_dir: str, emit: Callable[[str], None] = print) -> str
     if not os.path.isdir(output_dir):
         return None
     found = sorted(
-        ((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", name))),
+        (
+            (int(m.group(1)), name)
+            for name in os.listdir(output_dir)
+            if (m := re.fullmatch(r"checkpoint-(\d+)", name))
+        ),
         reverse=True,
     )
     for step, name in found:
@@ -228,7 +273,11 @@ def _warmup(ratio: float) -> dict:
     """transformers 5 takes a warm-up ratio as a float warmup_steps; 4.x has warmup_ratio."""
     from transformers import TrainingArguments
 
-    return {"warmup_ratio": ratio} if "warmup_ratio" in TrainingArguments.__dataclass_fields__ else {"warmup_steps": ratio}
+    return (
+        {"warmup_ratio": ratio}
+        if "warmup_ratio" in TrainingArguments.__dataclass_fields__
+        else {"warmup_steps": ratio}
+    )
 
 
 def _checkpointing(on: bool) -> dict:
@@ -238,7 +287,11 @@ def _checkpointing(on: bool) -> dict:
     if not on:
         return {}
     fields = TrainingArguments.__dataclass_fields__
-    return {"activation_checkpointing": True} if "activation_checkpointing" in fields else {"gradient_checkpointing": True}
+    return (
+        {"activation_checkpointing": True}
+        if "activation_checkpointing" in fields
+        else {"gradient_checkpointing": True}
+    )
 
 
 def train(cfg: TrainConfig, *, emit: Callable[[str], None] = print) -> TrainResult:
@@ -250,30 +303,55 @@ def train(cfg: TrainConfig, *, emit: Callable[[str], None] = print) -> TrainResu
     summary = mixture.summary()
     with open(os.path.join(cfg.train.output_dir, MIXTURE), "w") as f:
         json.dump(summary, f, indent=1)
-    emit(f"mixture: {summary['examples']} examples, {summary['tokens']:,} tokens from {len(summary['sources'])} source(s)")
+    emit(
+        f"mixture: {summary['examples']} examples, {summary['tokens']:,} tokens from {len(summary['sources'])} source(s)"
+    )
     for name, c in summary["sources"].items():
-        emit(f"  {name} ({c['task']}): {c['rows']} rows, {c['images']} images -> {c['taken']} examples"
-             + (f", dropped {c['dropped']}" if c["dropped"] else "") + (f", {c['splits']} split" if c["splits"] else ""))
+        emit(
+            f"  {name} ({c['task']}): {c['rows']} rows, {c['images']} images -> {c['taken']} examples"
+            + (f", dropped {c['dropped']}" if c["dropped"] else "")
+            + (f", {c['splits']} split" if c["splits"] else "")
+        )
     model.config._attn_implementation = cfg.model.attn_implementation
     model.config.use_cache = False
     model.train()
     lrs = cfg.groups.model_dump()
     t = cfg.train
     args = TrainingArguments(
-        output_dir=t.output_dir, num_train_epochs=t.epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
-        learning_rate=max((v for v in lrs.values() if v), default=0.0), weight_decay=t.weight_decay,
-        **_warmup(t.warmup_ratio), lr_scheduler_type=t.lr_scheduler, max_grad_norm=t.max_grad_norm,
-        logging_steps=t.logging_steps, save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        bf16=cfg.model.bf16, **_checkpointing(cfg.model.gradient_checkpointing),
-        use_cpu=t.device == "cpu", seed=t.seed, data_seed=t.seed, report_to=[], remove_unused_columns=False,
-        dataloader_num_workers=t.dataloader_workers, disable_tqdm=True, save_only_model=False,
+        output_dir=t.output_dir,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=max((v for v in lrs.values() if v), default=0.0),
+        weight_decay=t.weight_decay,
+        **_warmup(t.warmup_ratio),
+        lr_scheduler_type=t.lr_scheduler,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        bf16=cfg.model.bf16,
+        **_checkpointing(cfg.model.gradient_checkpointing),
+        use_cpu=t.device == "cpu",
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=t.dataloader_workers,
+        disable_tqdm=True,
+        save_only_model=False,
     )
     dataset = RobinDataset(mixture.examples, model.config.vision_image_size)
     trainer = _trainer_class()(
-        model=model, args=args, train_dataset=dataset,
+        model=model,
+        args=args,
+        train_dataset=dataset,
         data_collator=RobinCollator(tokenizer.pad_token_id, model.config.vision_image_size),
-        lrs=lrs, lengths=[e.length for e in mixture.examples], group_by_length=t.group_by_length,
+        lrs=lrs,
+        lengths=[e.length for e in mixture.examples],
+        group_by_length=t.group_by_length,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -286,11 +364,18 @@ def train(cfg: TrainConfig, *, emit: Callable[[str], None] = print) -> TrainResu
     out = trainer.train(resume_from_checkpoint=resume)
     elapsed = max(time.monotonic() - start, 1e-9)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    steps_run = trainer.state.global_step - (int(os.path.basename(resume).split("-")[-1]) if resume else 0)
+    steps_run = trainer.state.global_step - (
+        int(os.path.basename(resume).split("-")[-1]) if resume else 0
+    )
     examples = steps_run * t.batch_size * t.grad_accum
     result = TrainResult(
-        cfg.export_dir, trainer.state.global_step, losses[-1] if losses else None,
-        trainer.tokens_seen / elapsed, examples / elapsed, summary, resume,
+        cfg.export_dir,
+        trainer.state.global_step,
+        losses[-1] if losses else None,
+        trainer.tokens_seen / elapsed,
+        examples / elapsed,
+        summary,
+        resume,
     )
     export(trainer.model, tokenizer, cfg, result, trainer.state.log_history, out.training_loss)
     emit(f"exported {cfg.export_dir} after {result.steps} steps (final loss {result.final_loss})")
@@ -314,7 +399,14 @@ def loss_png(curve: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def export(model, tokenizer, cfg: TrainConfig, result: TrainResult, log_history: list[dict], mean_loss: float) -> None:
+def export(
+    model,
+    tokenizer,
+    cfg: TrainConfig,
+    result: TrainResult,
+    log_history: list[dict],
+    mean_loss: float,
+) -> None:
     """The model in the released layout, its manifest, and a check that the loader reads it."""
     from synthvg.models.identity import path_identity
     from synthvg.models.robin.loader import read_config, weight_files
@@ -329,8 +421,17 @@ def export(model, tokenizer, cfg: TrainConfig, result: TrainResult, log_history:
         "config": cfg.model_dump(mode="json"),
         "parent_checkpoint": path_identity(cfg.model.checkpoint),
         "data": [
-            {"name": s.name, "task": s.task, "root": s.root, "version": s.version, "view": s.view, "sql": s.sql,
-             "params": s.params, "path": s.path, "counts": result.mixture["sources"][s.name]}
+            {
+                "name": s.name,
+                "task": s.task,
+                "root": s.root,
+                "version": s.version,
+                "view": s.view,
+                "sql": s.sql,
+                "params": s.params,
+                "path": s.path,
+                "counts": result.mixture["sources"][s.name],
+            }
             for s in cfg.data.sources
         ],
         "steps": result.steps,

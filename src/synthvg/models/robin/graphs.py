@@ -34,7 +34,9 @@ from synthvg.models.robin.prompt import (
 @dataclass
 class RegionInput:
     region_id: int
-    mask: Callable[[], np.ndarray]  # H x W bool; called only for regions a prompt lists (not capped ones)
+    mask: Callable[
+        [], np.ndarray
+    ]  # H x W bool; called only for regions a prompt lists (not capped ones)
     box: tuple[float, float, float, float]  # xyxy pixels
     area: float
 
@@ -62,7 +64,9 @@ class CallLog:
 class ImageGraph:
     image_id: str
     descriptions: dict[int, str] = field(default_factory=dict)  # region_id -> text
-    relations: list[tuple[int, int, str]] = field(default_factory=list)  # (subject, object, raw predicate)
+    relations: list[tuple[int, int, str]] = field(
+        default_factory=list
+    )  # (subject, object, raw predicate)
     calls: list[CallLog] = field(default_factory=list)
     capped: list[int] = field(default_factory=list)  # region ids beyond max_regions
     unfit: list[int] = field(default_factory=list)  # region ids no prompt could hold
@@ -80,7 +84,11 @@ class RobinGraphs:
         max_regions: int,
     ):
         self.engine, self.mode, self.sampling = engine, mode, sampling
-        self.max_new_tokens, self.description_max_tokens, self.max_regions = max_new_tokens, description_max_tokens, max_regions
+        self.max_new_tokens, self.description_max_tokens, self.max_regions = (
+            max_new_tokens,
+            description_max_tokens,
+            max_regions,
+        )
 
     # -- planning ----------------------------------------------------------------------------
     def _fits(self, job: ImageJob, regions: list[RegionInput]) -> bool:
@@ -90,18 +98,30 @@ class RobinGraphs:
             turns, reserve = [(first_message(boxes, width, height, HOLISTIC_QUESTION), None)], 0
         else:  # the longer, second turn, with room for the longest description
             n = len(regions)
-            turns = [(first_message(boxes, width, height, description_question(n)), []), (relationships_question(n), None)]
+            turns = [
+                (first_message(boxes, width, height, description_question(n)), []),
+                (relationships_question(n), None),
+            ]
             reserve = self.description_max_tokens
-        return self.engine.prompt_length(self.engine.prompt_ids(turns)) + reserve <= self.engine.max_prompt_tokens
+        return (
+            self.engine.prompt_length(self.engine.prompt_ids(turns)) + reserve
+            <= self.engine.max_prompt_tokens
+        )
 
     def plan(self, job: ImageJob) -> tuple[list[list[RegionInput]], list[int], list[int]]:
         """(groups of regions, capped region ids, region ids that fit no prompt)."""
         ranked = sorted(job.regions, key=lambda r: (-r.area, r.region_id))
-        taken, capped = ranked[: self.max_regions], [r.region_id for r in ranked[self.max_regions :]]
+        taken, capped = (
+            ranked[: self.max_regions],
+            [r.region_id for r in ranked[self.max_regions :]],
+        )
         groups: list[list[RegionInput]] = []
         rest = taken
         while rest:
-            lo, hi = 0, len(rest)  # the longest prefix that fits: binary search, lengths grow with it
+            lo, hi = (
+                0,
+                len(rest),
+            )  # the longest prefix that fits: binary search, lengths grow with it
             while lo < hi:
                 mid = (lo + hi + 1) // 2
                 if self._fits(job, rest[:mid]):
@@ -128,7 +148,9 @@ class RobinGraphs:
             images.append(RobinImage(job.rgb, [r.mask() for r in used], [r.box for r in used]))
             offset = 0
             for g in groups:
-                units.append((graph, index, g, list(range(offset, offset + len(g))), job.rgb.shape[:2]))
+                units.append(
+                    (graph, index, g, list(range(offset, offset + len(g))), job.rgb.shape[:2])
+                )
                 offset += len(g)
         if units:
             (self._holistic if self.mode == "holistic" else self._per_region)(images, units)
@@ -140,10 +162,17 @@ class RobinGraphs:
 
     def _holistic(self, images, units) -> None:
         calls = [
-            RobinCall(index, slots, [(self._message(g, size, HOLISTIC_QUESTION), None)], self.max_new_tokens)
+            RobinCall(
+                index,
+                slots,
+                [(self._message(g, size, HOLISTIC_QUESTION), None)],
+                self.max_new_tokens,
+            )
             for _, index, g, slots, size in units
         ]
-        for (graph, _, g, _, _), result in zip(units, self.engine.generate(images, calls, self.sampling), strict=True):
+        for (graph, _, g, _, _), result in zip(
+            units, self.engine.generate(images, calls, self.sampling), strict=True
+        ):
             log = self._log(graph, "scene_graph", g, None, result)
             if isinstance(result, Exception):
                 continue
@@ -151,7 +180,10 @@ class RobinGraphs:
             log.problems = parsed.problems
             for k, text in parsed.objects.items():
                 graph.descriptions.setdefault(g[k - 1].region_id, text)
-            graph.relations += [(g[r.subject - 1].region_id, g[r.object - 1].region_id, r.predicate) for r in parsed.relations]
+            graph.relations += [
+                (g[r.subject - 1].region_id, g[r.object - 1].region_id, r.predicate)
+                for r in parsed.relations
+            ]
 
     def _per_region(self, images, units) -> None:
         firsts = [
@@ -159,9 +191,14 @@ class RobinGraphs:
             for graph, index, g, slots, size in units
             for k in range(1, len(g) + 1)
         ]
-        calls = [RobinCall(index, slots, [(msg, None)], self.description_max_tokens) for _, index, _, slots, _, msg in firsts]
+        calls = [
+            RobinCall(index, slots, [(msg, None)], self.description_max_tokens)
+            for _, index, _, slots, _, msg in firsts
+        ]
         seconds = []
-        for (graph, index, g, slots, k, msg), result in zip(firsts, self.engine.generate(images, calls, self.sampling), strict=True):
+        for (graph, index, g, slots, k, msg), result in zip(
+            firsts, self.engine.generate(images, calls, self.sampling), strict=True
+        ):
             self._log(graph, "description", g, g[k - 1].region_id, result)
             if isinstance(result, Exception):
                 continue
@@ -176,14 +213,20 @@ class RobinGraphs:
                 continue
             parsed = parse_relationships(result.text, k, len(g))
             log.problems = parsed.problems
-            graph.relations += [(g[r.subject - 1].region_id, g[r.object - 1].region_id, r.predicate) for r in parsed.relations]
+            graph.relations += [
+                (g[r.subject - 1].region_id, g[r.object - 1].region_id, r.predicate)
+                for r in parsed.relations
+            ]
 
     @staticmethod
     def _log(graph: ImageGraph, turn: str, group, subject: int | None, result) -> CallLog:
         failed = isinstance(result, Exception)
         log = CallLog(
-            turn, [r.region_id for r in group], subject,
-            None if failed else result, f"{type(result).__name__}: {result}" if failed else None,
+            turn,
+            [r.region_id for r in group],
+            subject,
+            None if failed else result,
+            f"{type(result).__name__}: {result}" if failed else None,
         )
         graph.calls.append(log)
         return log

@@ -86,7 +86,10 @@ class RobinEngine:
         allow_unexpected_keys: bool = False,
     ):
         model, self.tokenizer, self.load_report = load_robin(
-            path, lm_dtype=lm_dtype, vision_dtype=vision_dtype, allow_unexpected_keys=allow_unexpected_keys
+            path,
+            lm_dtype=lm_dtype,
+            vision_dtype=vision_dtype,
+            allow_unexpected_keys=allow_unexpected_keys,
         )
         model.config._attn_implementation = attn_implementation
         self.model = model.to(device)
@@ -95,8 +98,15 @@ class RobinEngine:
         self.max_prompt_tokens = max_prompt_tokens or self.config.tokenizer_model_max_length
         self.batcher = AdaptiveBatcher(batch_size)
         ids = self.tokenizer.convert_tokens_to_ids
-        self.image_id, self.mask_id, self.pos_id, self.end_id = ids(IMAGE), ids(MASK), ids(POS), ids(IM_END)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
+        self.image_id, self.mask_id, self.pos_id, self.end_id = (
+            ids(IMAGE),
+            ids(MASK),
+            ids(POS),
+            ids(IM_END),
+        )
+        self.pad_id = (
+            self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
+        )
 
     # -- prompts -----------------------------------------------------------------------------
     def prompt_ids(self, turns: list[tuple[str, Answer | None]]) -> list[int]:
@@ -122,18 +132,27 @@ class RobinEngine:
         if counts != (1, n, n):
             raise ValueError(f"prompt has {counts} <image>/<mask>/<pos> tokens for {n} regions")
         if (length := self.prompt_length(ids)) > self.max_prompt_tokens:
-            raise PromptTooLong(f"prompt is {length} tokens, the model's limit is {self.max_prompt_tokens}")
+            raise PromptTooLong(
+                f"prompt is {length} tokens, the model's limit is {self.max_prompt_tokens}"
+            )
         return ids
 
     # -- encoding ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def encode(self, images: list[RobinImage]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def encode(
+        self, images: list[RobinImage]
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per image: (image tokens [T, hidden], mask features [N, hidden], pos features [N, hidden])."""
         pixels = [preprocess_image(img.rgb, self.config.vision_image_size).pixels for img in images]
 
         def run(chunk: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
             batch = torch.stack([pixels[i] for i in chunk]).to(self.device, self.vision_dtype)
-            masks = [torch.from_numpy(np.stack(images[i].masks)).to(self.device) if images[i].masks else None for i in chunk]
+            masks = [
+                torch.from_numpy(np.stack(images[i].masks)).to(self.device)
+                if images[i].masks
+                else None
+                for i in chunk
+            ]
             return [tuple(t.to(self.lm_dtype) for t in e) for e in self.model.encode(batch, masks)]
 
         return self.batcher.run(lambda chunk: run(list(chunk)), list(range(len(images))))
@@ -169,7 +188,9 @@ class RobinEngine:
             results[i] = gen
         return results  # type: ignore[return-value]
 
-    def _generate(self, embeds: list[torch.Tensor], limits: list[int], sampling: Sampling) -> list[Generation]:
+    def _generate(
+        self, embeds: list[torch.Tensor], limits: list[int], sampling: Sampling
+    ) -> list[Generation]:
         width = max(e.shape[0] for e in embeds)
         hidden = embeds[0].shape[1]
         batch = embeds[0].new_zeros((len(embeds), width, hidden))
@@ -181,10 +202,16 @@ class RobinEngine:
         if not greedy:
             torch.manual_seed(sampling.seed)
         out = self.model.generate(
-            inputs_embeds=batch, attention_mask=attention, max_new_tokens=max(limits),
-            do_sample=not greedy, temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p, top_k=None,
-            eos_token_id=self.end_id, pad_token_id=self.pad_id, use_cache=True,
+            inputs_embeds=batch,
+            attention_mask=attention,
+            max_new_tokens=max(limits),
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None,
+            eos_token_id=self.end_id,
+            pad_token_id=self.pad_id,
+            use_cache=True,
         )
         gens = []
         for row, e, limit in zip(out.tolist(), embeds, limits, strict=True):

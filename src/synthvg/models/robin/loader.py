@@ -31,7 +31,9 @@ from synthvg.models.robin.prompt import IM_END, IMAGE, MASK, POS
 
 log = logging.getLogger("synthvg")
 
-_LAYER_SCALE = re.compile(r"^(model\.vision_tower\.vision_tower\.visual\.trunk\.stages\.\d+\.blocks\.\d+)\.(gamma|weight)$")
+_LAYER_SCALE = re.compile(
+    r"^(model\.vision_tower\.vision_tower\.visual\.trunk\.stages\.\d+\.blocks\.\d+)\.(gamma|weight)$"
+)
 _UNUSED = re.compile(r"^model\.vision_tower\.vision_tower\.visual\.head\.")
 SPECIAL_TOKENS = (IMAGE, MASK, POS, IM_END, "<|box_start|>", "<|box_end|>")
 
@@ -54,7 +56,11 @@ def read_config(path: str) -> RobinConfig:
         raise ModelLoadError(
             f"robin.checkpoint: {config_path} is not a Robin config (model_type {raw.get('model_type')!r}, no mm_projector_type)"
         )
-    raw = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version")}
+    raw = {
+        k: v
+        for k, v in raw.items()
+        if k not in ("model_type", "architectures", "transformers_version")
+    }
     try:
         return RobinConfig(**raw)
     except (TypeError, ValueError) as e:
@@ -72,12 +78,16 @@ def weight_files(path: str) -> list[str]:
             raise ModelLoadError(f"robin.checkpoint: cannot read {index}: {e}") from None
         files = [os.path.join(path, n) for n in names]
         if missing := [n for n, f in zip(names, files, strict=True) if not os.path.isfile(f)]:
-            raise ModelLoadError(f"robin.checkpoint: {path} misses shard(s) named by its index: {missing}")
+            raise ModelLoadError(
+                f"robin.checkpoint: {path} misses shard(s) named by its index: {missing}"
+            )
         return files
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(single):
         return [single]
-    raise ModelLoadError(f"robin.checkpoint: {path} has no model.safetensors or model.safetensors.index.json")
+    raise ModelLoadError(
+        f"robin.checkpoint: {path} has no model.safetensors or model.safetensors.index.json"
+    )
 
 
 def read_state_dict(files: list[str]) -> dict[str, torch.Tensor]:
@@ -93,7 +103,9 @@ def read_state_dict(files: list[str]) -> dict[str, torch.Tensor]:
     return state
 
 
-def map_keys(state: dict[str, torch.Tensor], expected: set[str]) -> tuple[dict[str, torch.Tensor], LoadReport]:
+def map_keys(
+    state: dict[str, torch.Tensor], expected: set[str]
+) -> tuple[dict[str, torch.Tensor], LoadReport]:
     """The release's keys -> this module tree's, resolving the layer-scale spelling."""
     report = LoadReport()
     out: dict[str, torch.Tensor] = {}
@@ -114,11 +126,16 @@ def map_keys(state: dict[str, torch.Tensor], expected: set[str]) -> tuple[dict[s
         report.layer_scale = used.pop() if len(used) == 1 else "mixed"
         both = sum(1 for s in scales.values() if len(s) == 2)
         log.info(
-            "robin: ConvNeXt layer scale read from %d '%s' keys%s", len(scales),
-            report.layer_scale, f"; {both} blocks had both spellings, 'gamma' (fine-tuned) used" if both else "",
+            "robin: ConvNeXt layer scale read from %d '%s' keys%s",
+            len(scales),
+            report.layer_scale,
+            f"; {both} blocks had both spellings, 'gamma' (fine-tuned) used" if both else "",
         )
     if report.skipped_unused:
-        log.info("robin: skipped %d keys of open_clip's projection head (unused by Robin)", len(report.skipped_unused))
+        log.info(
+            "robin: skipped %d keys of open_clip's projection head (unused by Robin)",
+            len(report.skipped_unused),
+        )
     report.unexpected = sorted(set(out) - expected)
     return out, report
 
@@ -136,7 +153,11 @@ def load_robin(
     files = weight_files(path)
     tokenizer = load_tokenizer(path)
     ids = tokenizer.convert_tokens_to_ids
-    config.image_token_id, config.mask_token_id, config.pos_token_id = ids(IMAGE), ids(MASK), ids(POS)
+    config.image_token_id, config.mask_token_id, config.pos_token_id = (
+        ids(IMAGE),
+        ids(MASK),
+        ids(POS),
+    )
     with torch.device("meta"):
         model = RobinForCausalLM(config)
     expected = set(model.state_dict())
@@ -144,7 +165,9 @@ def load_robin(
     if report.unexpected:
         detail = f"{len(report.unexpected)} unexpected key(s) in {path}: {report.unexpected[:5]}"
         if not allow_unexpected_keys:
-            raise ModelLoadError(f"robin.checkpoint: {detail} (robin.allow_unexpected_keys: true to ignore them)")
+            raise ModelLoadError(
+                f"robin.checkpoint: {detail} (robin.allow_unexpected_keys: true to ignore them)"
+            )
         log.warning("robin: ignoring %s", detail)
         for k in report.unexpected:
             state.pop(k)
@@ -153,14 +176,22 @@ def load_robin(
         missing.discard("lm_head.weight")
         report.tied_lm_head = True
     if missing:
-        raise ModelLoadError(f"robin.checkpoint: {path} misses {len(missing)} weight(s): {sorted(missing)[:5]}")
+        raise ModelLoadError(
+            f"robin.checkpoint: {path} misses {len(missing)} weight(s): {sorted(missing)[:5]}"
+        )
     try:
         model.load_state_dict(
-            {k: v.to(vision_dtype if k.startswith(VISION_KEYS) else lm_dtype) for k, v in state.items()},
-            strict=False, assign=True,
+            {
+                k: v.to(vision_dtype if k.startswith(VISION_KEYS) else lm_dtype)
+                for k, v in state.items()
+            },
+            strict=False,
+            assign=True,
         )
     except RuntimeError as e:
-        raise ModelLoadError(f"robin.checkpoint: weights in {path} do not fit its config: {e}") from None
+        raise ModelLoadError(
+            f"robin.checkpoint: weights in {path} do not fit its config: {e}"
+        ) from None
     if report.tied_lm_head:
         model.lm_head.weight = model.model.embed_tokens.weight
     _materialise_buffers(model, config)
@@ -187,9 +218,17 @@ def load_tokenizer(path: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as e:
-        raise ModelLoadError(f"robin.checkpoint: cannot load the tokenizer from {path}: {e}") from None
+        raise ModelLoadError(
+            f"robin.checkpoint: cannot load the tokenizer from {path}: {e}"
+        ) from None
     for token in SPECIAL_TOKENS:
         ids = tokenizer.convert_tokens_to_ids(token)
-        if ids is None or ids == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(ids) != token:
-            raise ModelLoadError(f"robin.checkpoint: the tokenizer in {path} has no special token {token}")
+        if (
+            ids is None
+            or ids == tokenizer.unk_token_id
+            or tokenizer.convert_ids_to_tokens(ids) != token
+        ):
+            raise ModelLoadError(
+                f"robin.checkpoint: the tokenizer in {path} has no special token {token}"
+            )
     return tokenizer

@@ -78,7 +78,11 @@ class RobinConfig(Qwen2Config):
         self.pos_size = pos_size
         # The tokenizer's ids of <image>/<mask>/<pos>; the release's config lacks them, so the
         # loader fills them from the checkpoint's tokenizer.
-        self.image_token_id, self.mask_token_id, self.pos_token_id = image_token_id, mask_token_id, pos_token_id
+        self.image_token_id, self.mask_token_id, self.pos_token_id = (
+            image_token_id,
+            mask_token_id,
+            pos_token_id,
+        )
         super().__init__(**kwargs)
 
     @property
@@ -107,8 +111,13 @@ class ConvNeXtVisual(nn.Module):
         import timm
 
         self.trunk = timm.create_model(
-            "convnext_large", pretrained=False, num_classes=0, global_pool="",
-            depths=tuple(depths), dims=tuple(dims), drop_path_rate=0.0,
+            "convnext_large",
+            pretrained=False,
+            num_classes=0,
+            global_pool="",
+            depths=tuple(depths),
+            dims=tuple(dims),
+            drop_path_rate=0.0,
         )
 
     def stage_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
@@ -141,7 +150,9 @@ class RobinVisionTower(nn.Module):
 class _PosMLP(nn.Module):
     def __init__(self, dims: list[int]):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
@@ -159,21 +170,31 @@ class MaskExtractor(nn.Module):
         for level, dim in zip(("res2", "res3", "res4", "res5"), config.vision_dims, strict=True):
             setattr(self, level, nn.Linear(dim, config.mask_dim))
         self.feat_linear = nn.Linear(config.mask_dim, config.hidden_size)
-        self.mask_linear = _PosMLP([config.pos_size**2, config.mask_dim, config.mask_dim, config.hidden_size])
+        self.mask_linear = _PosMLP(
+            [config.pos_size**2, config.mask_dim, config.mask_dim, config.hidden_size]
+        )
         self.pos_size = config.pos_size
 
-    def forward(self, feats: list[torch.Tensor], masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, feats: list[torch.Tensor], masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``feats``: the four [C, h, w] maps of one image; ``masks``: [N, H, W] at the image's
         original size (not padded, as in training). Returns ([N, hidden], [N, hidden])."""
         masks = masks.to(feats[0].dtype)[:, None]
         total = None
         for level, feat in zip(("res2", "res3", "res4", "res5"), feats, strict=True):
-            inside = (F.interpolate(masks, size=feat.shape[-2:], mode="bilinear", align_corners=False) > 0).to(feat.dtype)[:, 0]
-            pooled = torch.einsum("nhw,chw->nc", inside, feat) / (inside.sum(dim=(1, 2))[:, None] + 1e-8)
+            inside = (
+                F.interpolate(masks, size=feat.shape[-2:], mode="bilinear", align_corners=False) > 0
+            ).to(feat.dtype)[:, 0]
+            pooled = torch.einsum("nhw,chw->nc", inside, feat) / (
+                inside.sum(dim=(1, 2))[:, None] + 1e-8
+            )
             projected = getattr(self, level)(pooled)
             total = projected if total is None else total + projected
         mask_feats = self.feat_linear(total)
-        pos = F.interpolate(masks, size=(self.pos_size, self.pos_size), mode="bilinear", align_corners=False).flatten(1)
+        pos = F.interpolate(
+            masks, size=(self.pos_size, self.pos_size), mode="bilinear", align_corners=False
+        ).flatten(1)
         return mask_feats, self.mask_linear(pos)
 
 
@@ -183,7 +204,9 @@ class RobinForCausalLM(Qwen2ForCausalLM):
     def __init__(self, config: RobinConfig):
         super().__init__(config)
         self.model.vision_tower = RobinVisionTower(config)
-        self.model.mm_projector = build_projector(config.mm_projector_type, config.mm_hidden_size, config.hidden_size)
+        self.model.mm_projector = build_projector(
+            config.mm_projector_type, config.mm_hidden_size, config.hidden_size
+        )
         self.mask_extractor = MaskExtractor(config)
 
     def encode_images(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -205,7 +228,12 @@ class RobinForCausalLM(Qwen2ForCausalLM):
             out.append((tokens[j], mask_feats, pos_feats))
         return out
 
-    def splice(self, ids: torch.Tensor, encoded: Encoded | None, regions: list[int] | torch.Tensor | None = None) -> torch.Tensor:
+    def splice(
+        self,
+        ids: torch.Tensor,
+        encoded: Encoded | None,
+        regions: list[int] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One row's input embeddings [L', hidden]: the text embeddings of ``ids`` ([L]) with the
         k-th ``<mask>``/``<pos>`` replaced by region ``regions[k]``'s features (default: region k)
         and ``<image>`` expanded to the image tokens. Differentiable in every input."""
@@ -215,7 +243,9 @@ class RobinForCausalLM(Qwen2ForCausalLM):
         image_tokens, mask_feats, pos_feats = (t.to(emb.dtype) for t in encoded)
         is_mask, is_pos = ids == self.config.mask_token_id, ids == self.config.pos_token_id
         n = int(is_mask.sum())
-        index = torch.as_tensor(regions if regions is not None else list(range(n)), device=ids.device, dtype=torch.long)
+        index = torch.as_tensor(
+            regions if regions is not None else list(range(n)), device=ids.device, dtype=torch.long
+        )
         emb = emb.clone()  # the replacements are index_put on a copy: autograd flows to both sides
         emb[is_mask] = mask_feats[index]
         emb[is_pos] = pos_feats[index]
@@ -225,14 +255,24 @@ class RobinForCausalLM(Qwen2ForCausalLM):
         at = int(at[0, 0])
         return torch.cat([emb[:at], image_tokens, emb[at + 1 :]])
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, pixel_values=None, region_masks=None,
-                has_image=None, **kwargs):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        labels=None,
+        pixel_values=None,
+        region_masks=None,
+        has_image=None,
+        **kwargs,
+    ):
         """Qwen2's forward; with ``pixel_values`` ([B, 3, S, S]) the rows of ``input_ids`` (right
         padded, ``attention_mask`` 1 on real tokens) get the image and region features spliced
         in (``region_masks``: per row [N, H, W] or None; ``has_image``: rows that have an image,
         default all), and ``labels`` are widened to match (-100 on the image tokens)."""
         if pixel_values is None:
-            return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+            return super().forward(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
+            )
         rows = input_ids.shape[0]
         with_image = [bool(x) for x in has_image] if has_image is not None else [True] * rows
         picked = [j for j in range(rows) if with_image[j]]
@@ -240,9 +280,15 @@ class RobinForCausalLM(Qwen2ForCausalLM):
         if picked:
             vision_dtype = next(self.model.mm_projector.parameters()).dtype
             masks = [region_masks[j] if region_masks is not None else None for j in picked]
-            for j, e in zip(picked, self.encode(pixel_values[picked].to(vision_dtype), masks), strict=True):
+            for j, e in zip(
+                picked, self.encode(pixel_values[picked].to(vision_dtype), masks), strict=True
+            ):
                 encoded[j] = e
-        lengths = attention_mask.sum(1).tolist() if attention_mask is not None else [input_ids.shape[1]] * rows
+        lengths = (
+            attention_mask.sum(1).tolist()
+            if attention_mask is not None
+            else [input_ids.shape[1]] * rows
+        )
         embeds, row_labels = [], []
         for j in range(rows):
             ids = input_ids[j, : lengths[j]]
@@ -250,7 +296,10 @@ class RobinForCausalLM(Qwen2ForCausalLM):
             embeds.append(e)
             if labels is not None:
                 lab = labels[j, : lengths[j]]
-                if encoded[j] is not None and (at := (ids == self.config.image_token_id).nonzero()).numel():
+                if (
+                    encoded[j] is not None
+                    and (at := (ids == self.config.image_token_id).nonzero()).numel()
+                ):
                     at = int(at[0, 0])
                     fill = lab.new_full((encoded[j][0].shape[0],), -100)
                     lab = torch.cat([lab[:at], fill, lab[at + 1 :]])
@@ -264,5 +313,9 @@ class RobinForCausalLM(Qwen2ForCausalLM):
             attention[j, : e.shape[0]] = 1
             if labels is not None:
                 wide_labels[j, : e.shape[0]] = row_labels[j]
-        return super().forward(inputs_embeds=batch, attention_mask=attention,
-                               labels=wide_labels if labels is not None else None, **kwargs)
+        return super().forward(
+            inputs_embeds=batch,
+            attention_mask=attention,
+            labels=wide_labels if labels is not None else None,
+            **kwargs,
+        )

@@ -64,9 +64,12 @@ _ITEM = re.compile(_REF + r"(.*)", re.IGNORECASE | re.DOTALL)
 _ITEM_SPLIT = re.compile(r"[,;] ?(?=(?:< ?)?region ?[0-9])", re.IGNORECASE)
 _BULLET = re.compile(r"(?:[-*+•]|[0-9]{1,3}[.)]) ")
 _HEADERS = {
-    "objects": "objects", "object": "objects",
-    "relations": "relations", "relation": "relations",
-    "relationships": "relations", "relationship": "relations",
+    "objects": "objects",
+    "object": "objects",
+    "relations": "relations",
+    "relation": "relations",
+    "relationships": "relations",
+    "relationship": "relations",
 }
 _QUOTES = {'"': '"', "'": "'", "`": "`", "“": "”", "‘": "’", "«": "»"}
 
@@ -118,7 +121,7 @@ def _lines(text: str) -> list[tuple[int, str]]:
         s = _collapse(line)
         m = _BULLET.match(s)
         if m:
-            s = s[m.end():]
+            s = s[m.end() :]
         if s:
             out.append((no, s))
     return out
@@ -133,9 +136,9 @@ def _split_prefix(s: str) -> tuple[str, str] | None:
     m = _PREFIX.match(s)
     if m is None:
         return None
-    lead, body = m.group(1), s[m.end():].lstrip()
+    lead, body = m.group(1), s[m.end() :].lstrip()
     if lead and body.startswith(lead):  # "**region1:** text"
-        body = body[len(lead):].lstrip()
+        body = body[len(lead) :].lstrip()
     return m.group(2), body
 
 
@@ -206,7 +209,9 @@ class _Builder:
         if not desc:
             self.problem(f"{where}: region{num} has an empty description, dropped")
         elif num in self.graph.objects:
-            self.problem(f"{where}: region{num} described again, later description {_q(desc)} dropped")
+            self.problem(
+                f"{where}: region{num} described again, later description {_q(desc)} dropped"
+            )
         else:
             self.graph.objects[num] = desc
 
@@ -284,7 +289,9 @@ def parse_relationships(text: str, subject: int, n_regions: int) -> ParsedGraph:
         pre = _split_prefix(s)
         if pre is not None:
             if _num(pre[0]) != subject:
-                b.problem(f"relation line {no}: prefix {_label(pre[0])}: does not name region{subject}, line dropped")
+                b.problem(
+                    f"relation line {no}: prefix {_label(pre[0])}: does not name region{subject}, line dropped"
+                )
                 continue
             s = pre[1]
         b.add_items(f"relation line {no}", subject, s)

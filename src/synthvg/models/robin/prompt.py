@@ -35,7 +35,9 @@ def relationships_question(k: int) -> str:
 def grounding_question(text: str) -> str:
     """Referring-expression grounding, LLaVA-1.5's wording (answered with :func:`box_text`).
     Not a release string: the release's training data is not public."""
-    return f"Please provide the bounding box coordinate of the region this sentence describes: {text}."
+    return (
+        f"Please provide the bounding box coordinate of the region this sentence describes: {text}."
+    )
 
 
 def grounding_message(text: str) -> str:
@@ -52,9 +54,13 @@ def box_text(box: tuple[float, float, float, float], width: int, height: int) ->
     )
 
 
-def first_message(boxes: list[tuple[float, float, float, float]], width: int, height: int, question: str) -> str:
+def first_message(
+    boxes: list[tuple[float, float, float, float]], width: int, height: int, question: str
+) -> str:
     """The first user turn: the image, every region as ``regionK <mask><pos> box``, the question."""
-    listed = ", ".join(f"region{k} {MASK}{POS} {box_text(b, width, height)}" for k, b in enumerate(boxes, 1))
+    listed = ", ".join(
+        f"region{k} {MASK}{POS} {box_text(b, width, height)}" for k, b in enumerate(boxes, 1)
+    )
     return (
         f"{IMAGE}\nThis provides an overview of the picture.\n"
         f"There are {len(boxes)} regions in the image: {listed}.\n {question}"

@@ -23,16 +23,37 @@ from synthvg.models.robin.prompt import (
 )
 from synthvg.models.robin.writer import save_released
 
-_SPECIAL = ["<|endoftext|>", "<|im_start|>", IM_END, "<|box_start|>", "<|box_end|>", IMAGE, MASK, POS]
+_SPECIAL = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    IM_END,
+    "<|box_start|>",
+    "<|box_end|>",
+    IMAGE,
+    MASK,
+    POS,
+]
 
 
 def tiny_config(vocab_size: int, **overrides) -> RobinConfig:
     """A Robin config small enough for CPU tests (16 image tokens, 32-wide LM)."""
     base = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        tie_word_embeddings=True, rope_theta=1e6, vision_depths=(1, 1, 2, 1), vision_dims=(8, 16, 24, 32),
-        mm_hidden_size=24, vision_image_size=64, mask_dim=16, pos_size=112, tokenizer_model_max_length=512,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        vision_depths=(1, 1, 2, 1),
+        vision_dims=(8, 16, 24, 32),
+        mm_hidden_size=24,
+        vision_image_size=64,
+        mask_dim=16,
+        pos_size=112,
+        tokenizer_model_max_length=512,
     )
     return RobinConfig(**{**base, **overrides})
 
@@ -40,9 +61,16 @@ def tiny_config(vocab_size: int, **overrides) -> RobinConfig:
 def robin_3b_config(vocab_size: int = 151936, **overrides) -> RobinConfig:
     """Qwen2.5-3B + ConvNeXt-L, as robin.md lists them (random weights: for benchmarks)."""
     base = dict(
-        vocab_size=vocab_size, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-        num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768,
-        tie_word_embeddings=True, rope_theta=1e6, tokenizer_model_max_length=2048,
+        vocab_size=vocab_size,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        tie_word_embeddings=True,
+        rope_theta=1e6,
+        tokenizer_model_max_length=2048,
     )
     return RobinConfig(**{**base, **overrides})
 
@@ -63,17 +91,30 @@ def build_tokenizer(path: str, vocab_size: int = 400):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=_SPECIAL,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus * 4, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=IM_END, pad_token="<|endoftext|>", additional_special_tokens=_SPECIAL[1:]
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token="<|endoftext|>",
+        additional_special_tokens=_SPECIAL[1:],
     )
     fast.save_pretrained(path)
     return fast
 
 
-def make_checkpoint(path: str, config: RobinConfig | None = None, *, seed: int = 0, dtype=torch.float32, shards: int = 2, **save) -> RobinConfig:
+def make_checkpoint(
+    path: str,
+    config: RobinConfig | None = None,
+    *,
+    seed: int = 0,
+    dtype=torch.float32,
+    shards: int = 2,
+    **save,
+) -> RobinConfig:
     """A random Robin (tiny by default) with its tokenizer, saved in the released layout."""
     tokenizer = build_tokenizer(path)
     config = config or tiny_config(len(tokenizer))
@@ -100,6 +141,10 @@ if __name__ == "__main__":  # python -m synthvg.models.robin.testing DIR: a tiny
     import sys
 
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m synthvg.models.robin.testing OUT_DIR   (a tiny random Robin: its text is noise)")
+        sys.exit(
+            "usage: python -m synthvg.models.robin.testing OUT_DIR   (a tiny random Robin: its text is noise)"
+        )
     make_checkpoint(sys.argv[1])
-    print(f"tiny random Robin (not a trained model: its answers are noise) written to {sys.argv[1]}")
+    print(
+        f"tiny random Robin (not a trained model: its answers are noise) written to {sys.argv[1]}"
+    )

@@ -15,7 +15,12 @@ from synthvg.models.robin.modeling import RobinForCausalLM
 
 
 def save_released(
-    model: RobinForCausalLM, path: str, *, shards: int = 1, layer_scale: str = "gamma", tokenizer=None
+    model: RobinForCausalLM,
+    path: str,
+    *,
+    shards: int = 1,
+    layer_scale: str = "gamma",
+    tokenizer=None,
 ) -> None:
     """Write ``model`` (and ``tokenizer``) as the release is written. ``layer_scale='weight'``
     spells ConvNeXt's layer scale as transformers 4.43 did (for loader tests)."""
@@ -26,7 +31,10 @@ def save_released(
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     if layer_scale == "weight":
-        state = {(k[: -len("gamma")] + "weight" if k.endswith(".gamma") else k): v for k, v in state.items()}
+        state = {
+            (k[: -len("gamma")] + "weight" if k.endswith(".gamma") else k): v
+            for k, v in state.items()
+        }
     keys = sorted(state)
     weight_map = {}
     for i in range(shards):
