@@ -158,6 +158,9 @@ def build_root(root: Path, images: int, regions: int, relations: int, shard_size
             image_count=n,
             started_at=utcnow(),
         )
+    from synthvg.storage.versions import compact
+
+    compact(ds)  # as `synthvg import` and every build leave it: one commit-log file, checkpoints
     print(f"built {root} in {time.perf_counter() - t0:.0f}s")
 
 

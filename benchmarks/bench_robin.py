@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -79,14 +80,20 @@ def holistic_call(image: RobinImage, index: int, new_tokens: int) -> RobinCall:
     )
 
 
+TIMED_CPU: list[float] = []
+
+
 def timed(fn):
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = fn()
     sync()
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    TIMED_CPU.append(
+        time.process_time() - c0
+    )  # this process's CPU seconds (steadier on a shared CPU)
     return result, time.perf_counter() - t0, peak
 
 
@@ -104,7 +111,22 @@ def main() -> None:
     ap.add_argument(
         "--smoke", action="store_true", help="tiny model on the CPU: checks the script only"
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's; 1 for stable CPU figures)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="time the release way and every batch size this many times, interleaved; medians",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="torch seed for the random weights")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
     defaults = (6, 3, 3, 8, [2, 6]) if args.smoke else (64, 16, 10, 256, [8, 32, 64])
     for key, value in zip(
         ("images", "release_images", "regions", "new_tokens", "batch"), defaults, strict=True
@@ -134,41 +156,61 @@ def main() -> None:
     calls = [holistic_call(img, i, args.new_tokens) for i, img in enumerate(images)]
     engine.generate(images[:2], calls[:2], GREEDY)  # warm-up: kernels, allocator
 
-    rows = []
-    release, secs, peak = timed(
-        lambda: [
+    def release_way():
+        return [
             engine.generate(
                 [images[i]], [RobinCall(0, c.regions, c.turns, c.max_new_tokens)], GREEDY
             )[0]
             for i, c in enumerate(calls[: args.release_images])
         ]
-    )
-    rows.append(
-        (
-            "release way (batch 1)",
-            args.release_images,
-            secs,
-            sum(g.new_tokens for g in release),
-            peak,
-            None,
-        )
-    )
-    for b in args.batch:
+
+    def batched(b: int):
         engine.batcher.batch_size = b
-        out, secs, peak = timed(lambda: engine.generate(images, calls, GREEDY))
+        out = engine.generate(images, calls, GREEDY)
+        assert engine.batcher.batch_size == b, (
+            f"batch {b} ran out of memory (halved to {engine.batcher.batch_size})"
+        )
+        return out
+
+    # Interleaved: each repetition times the release way, then every batch size, so a load
+    # change on a shared machine hits all of them alike; each row is the median repetition.
+    runs: dict[str, list[tuple[float, float]]] = {}
+    release, outs = None, {}
+    for _ in range(args.repeat):
+        release, secs, peak = timed(release_way)
+        runs.setdefault("release", []).append((secs, peak, TIMED_CPU[-1]))
+        for b in args.batch:
+            outs[b], secs, peak = timed(lambda b=b: batched(b))
+            runs.setdefault(b, []).append((secs, peak, TIMED_CPU[-1]))
+
+    def med(key) -> tuple[float, float, float, float]:
+        secs = sorted(s for s, _, _ in runs[key])
+        return statistics.median(secs), secs[0], secs[-1], max(p for _, p, _ in runs[key])
+
+    def cpu_ratio(key, n: int) -> float:
+        """Speed-up over the release way by CPU seconds per image (medians)."""
+        per_image = statistics.median(c for _, _, c in runs[key]) / n
+        return statistics.median(c for _, _, c in runs["release"]) / args.release_images / per_image
+
+    rows = []
+    secs, lo, hi, peak = med("release")
+    tokens = sum(g.new_tokens for g in release)
+    rows.append(("release way (batch 1)", args.release_images, secs, lo, hi, tokens, peak, None))
+    for b in args.batch:
+        out = outs[b]
         same = sum(a.token_ids == r.token_ids for a, r in zip(out, release, strict=False))
+        secs, lo, hi, peak = med(b)
         rows.append(
             (
                 f"batched {b}",
                 args.images,
                 secs,
+                lo,
+                hi,
                 sum(g.new_tokens for g in out),
                 peak,
                 f"{same}/{len(release)}",
             )
-        )
-        assert engine.batcher.batch_size == b, (
-            f"batch {b} ran out of memory (halved to {engine.batcher.batch_size})"
         )
 
     name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
@@ -178,16 +220,23 @@ def main() -> None:
         f"built + saved in {built:.0f} s, loaded through load_robin in {loaded:.0f} s; LM {lm_dtype}, vision {vision_dtype}"
     )
     print(
-        f"# {args.regions} regions per image, prompt {release[0].prompt_tokens} tokens, {args.new_tokens} new tokens per answer\n"
+        f"# {args.regions} regions per image, prompt {release[0].prompt_tokens} tokens, {args.new_tokens} new tokens per answer; "
+        f"torch threads {torch.get_num_threads()}; median of {args.repeat} interleaved repetitions (x release: of the median times, and the min-max of the repetitions' own ratios)\n"
     )
     print(
-        "| path | images | s | images/s | new tokens/s | peak GiB | x release | same tokens as batch 1 |"
+        "| path | images | s | images/s | new tokens/s | peak GiB | x release | x release by CPU s | same tokens as batch 1 |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = rows[0][1] / rows[0][2]
-    for label, n, secs, tokens, peak, same in rows:
+    for label, n, secs, _lo, _hi, tokens, peak, same in rows:
+        key = "release" if same is None else int(label.split()[-1])
+        paired = sorted(
+            (n / bs) / (rows[0][1] / rs)
+            for (bs, _, _), (rs, _, _) in zip(runs[key], runs["release"], strict=True)
+        )
+        spread = f" ({paired[0]:.1f}-{paired[-1]:.1f})" if args.repeat > 1 and same else ""
         print(
-            f"| {label} | {n} | {secs:.1f} | {n / secs:.2f} | {tokens / secs:.0f} | {peak:.1f} | {n / secs / base:.1f} | {same or '-'} |"
+            f"| {label} | {n} | {secs:.1f} | {n / secs:.2f} | {tokens / secs:.0f} | {peak:.1f} | {n / secs / base:.1f}{spread} | {cpu_ratio(key, n):.1f} | {same or '-'} |"
         )
 
 

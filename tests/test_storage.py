@@ -233,3 +233,46 @@ def test_views_show_no_partition_columns(tmp_path):
     _commit(ds, 0, "fp", "a")
     cols = connect(ds).sql("SELECT * FROM images LIMIT 0").columns
     assert not {"_stage", "_shard", "_fingerprint"} & set(cols) and "image_id" in cols
+
+
+def _view_sql(con, name: str) -> str:
+    return con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()[0]
+
+
+def test_files_of_one_schema_are_read_without_unifying_and_older_files_still_are(tmp_path):
+    """Files whose records share a schema id are read as they are (no per-query footer pass);
+    a file an older writer left without a column (no schema id in its record) makes the view
+    unify columns by name, so its rows still show, with NULL for the column it lacks."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from synthvg.schemas import ShardFile
+    from synthvg.storage.dataset import schema_id
+
+    ds = Dataset(tmp_path / "root")
+    ds.init()
+    m0 = _commit(ds, 0, "fp0", "a")
+    _commit(ds, 1, "fp1", "b")
+    assert m0.files[0].schema_id == schema_id(_images("x").schema)
+    con = connect(ds)
+    assert "union_by_name" not in _view_sql(con, "_images")
+    assert con.execute("SELECT count(*) FROM images").fetchone() == (2,)
+
+    # Shard 1 rewritten as an older synthvg wrote it: without content_hash, no schema id.
+    old = _images("b").drop_columns(["content_hash"])
+    buf = io.BytesIO()
+    pq.write_table(old, buf)
+    (f1,) = ds.read_manifest("seeds", 1).files
+    (tmp_path / "root" / f1.path).write_bytes(buf.getvalue())
+    m1 = ds.read_manifest("seeds", 1)
+    ds._append_record(
+        "seeds",
+        1,
+        "r",
+        m1.model_copy(update={"files": [ShardFile(table="images", path=f1.path, rows=1)]}),
+    )
+    con = connect(Dataset(tmp_path / "root"))
+    assert "union_by_name" in _view_sql(con, "_images")
+    rows = con.execute("SELECT image_id, content_hash FROM images ORDER BY 1").fetchall()
+    assert rows == [("a", "h"), ("b", None)]

@@ -452,6 +452,9 @@ def import_svg(
                     setattr(report, name, getattr(report, name) + len(getattr(shard, name)))
                 shard = _Shard()
         dataset.write_json(dataset.abspath(PLAN_FILE), {"shards": plan})
+        from synthvg.storage.versions import compact
+
+        compact(dataset)  # one commit-log file, not two per shard: opening the root stays fast
     report.shards = len(plan)
     return report
 

@@ -267,6 +267,11 @@ class ShardFile(Record):
     rows: int
     bytes: int | None = Field(None, description="file size in bytes, as committed")
     sha256: str | None = Field(None, description="hex SHA-256 of the file's bytes, as committed")
+    schema_id: str | None = Field(
+        None,
+        description="hash of the file's columns and types: the views read a table whose files "
+        "share one schema_id without unifying their schemas file by file",
+    )
 
 
 class ShardManifest(Record):

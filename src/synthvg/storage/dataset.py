@@ -127,6 +127,12 @@ def writing(path: str) -> Iterator[None]:
         raise kind(e.errno, e.strerror or str(e), path) from e
 
 
+def schema_id(schema: pa.Schema) -> str:
+    """A short hash of a schema's columns and types (metadata left out): files with equal ids
+    have the same columns."""
+    return hashlib.sha256(schema.remove_metadata().to_string().encode()).hexdigest()[:16]
+
+
 def file_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -309,7 +315,7 @@ class Dataset:
             pq.write_table(data.replace_schema_metadata(expected.metadata), buf, compression="zstd")
             files.append(
                 self._replace_partition(
-                    table, stage, shard, fingerprint, buf.getvalue(), data.num_rows
+                    table, stage, shard, fingerprint, buf.getvalue(), data.num_rows, expected
                 )
             )
         for table in sorted({f.table for f in previous.files} - set(tables) if previous else ()):
@@ -335,7 +341,14 @@ class Dataset:
         return manifest
 
     def _replace_partition(
-        self, table: str, stage: str, shard: int, fingerprint: str, blob: bytes | None, rows: int
+        self,
+        table: str,
+        stage: str,
+        shard: int,
+        fingerprint: str,
+        blob: bytes | None,
+        rows: int,
+        file_schema: pa.Schema | None = None,
     ) -> ShardFile | None:
         """Replace a table's (stage, shard) partition by one file (``blob``), or by nothing."""
         from deltalake import DeltaTable
@@ -354,6 +367,7 @@ class Dataset:
                 rows=rows,
                 bytes=len(blob),
                 sha256=file_digest(blob),
+                schema_id=schema_id(file_schema) if file_schema is not None else None,
             )
             actions.append(
                 AddAction(
@@ -453,6 +467,14 @@ class Dataset:
                     return pq.read_table(fh)
         return None
 
+    def committed_file_schemas(self) -> dict[str, list[tuple[str, str | None]]]:
+        """Every committed file as (openable URI, schema id or None when not recorded), by table."""
+        out: dict[str, list[tuple[str, str | None]]] = {}
+        for m in self.manifests():
+            for f in m.files:
+                out.setdefault(f.table, []).append((self.uri(f.path), f.schema_id))
+        return out
+
     def committed_files(self) -> dict[str, list[str]]:
         """Every committed file as an openable URI, by table, from one read of the commit records."""
         out: dict[str, list[str]] = {}
@@ -501,6 +523,10 @@ class Dataset:
         path = self._p(rel)
         self._write_atomic(path, data)
         return path
+
+
+#: The commit-log columns a reader folds into the latest record per (stage, shard).
+_FOLDED = ["stage", "shard", "sequence", "record"]
 
 
 class _RecordLog:
@@ -554,12 +580,13 @@ class _RecordLog:
         return self._table
 
     def _rows(self, table, paths: list[str]) -> list[dict]:
-        full = [self.dataset._p(COMPLETIONS, p) for p in paths]
-        return (
-            pq.read_table(full, filesystem=self.dataset.fs, schema=COMPLETION_SCHEMA).to_pylist()
-            if full
-            else []
-        )
+        # File by file through ParquetFile: pq.read_table of a list goes through pyarrow.dataset,
+        # whose import alone costs more CPU than opening a compacted root (every `synthvg sql`).
+        rows: list[dict] = []
+        for p in paths:
+            with self.dataset.fs.open(self.dataset._p(COMPLETIONS, p), "rb") as fh:
+                rows += pq.ParquetFile(fh).read(columns=_FOLDED).to_pylist()
+        return rows
 
     @staticmethod
     def _fold(rows: list[dict], latest: dict) -> None:

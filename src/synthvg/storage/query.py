@@ -116,12 +116,20 @@ def _sql_str(s: str) -> str:
 
 
 def _create_source(
-    con: duckdb.DuckDBPyConnection, name: str, files: list[str], schema: pa.Schema
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    files: list[tuple[str, str | None]],
+    schema: pa.Schema,
 ) -> None:
+    """A view over a table's files. Files that all record one schema id are read as they are;
+    otherwise (files written by an older synthvg, or before schema ids were recorded) DuckDB
+    unifies their columns by name, which reads every file's footer whenever a query binds."""
     if files:
-        listing = ", ".join(_sql_str(f) for f in files)
+        listing = ", ".join(_sql_str(f) for f, _ in files)
+        ids = {i for _, i in files}
+        union = "" if len(ids) == 1 and None not in ids else "union_by_name = true, "
         con.execute(
-            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], union_by_name = true, hive_partitioning = false)"
+            f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], {union}hive_partitioning = false)"
         )
     else:
         con.register(f"{name}__empty", schema.empty_table())
@@ -180,9 +188,12 @@ def connect(root: str | Dataset, *, limits: SqlLimits | None = None) -> duckdb.D
     """
     dataset = root if isinstance(root, Dataset) else Dataset(root)
     con = duckdb.connect(":memory:")
+    # Committed files never change (each commit writes new names), so their Parquet footers are
+    # read once per connection: binding the views and every later query reuse them.
+    con.execute("SET parquet_metadata_cache = true")
     if not dataset.is_local:
         con.register_filesystem(dataset.fs)
-    files = dataset.committed_files()
+    files = dataset.committed_file_schemas()
     for table, model in TABLES.items():
         _create_source(con, f"_{table}", files.get(table, []), schema_of(model))
     for table in TABLES:

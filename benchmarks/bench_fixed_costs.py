@@ -1,0 +1,427 @@
+"""Fixed costs users pay on every command and every build (issue 22), side by side in one run.
+
+Sections (``--only`` picks some; all by default):
+
+  cli      start-up of ``synthvg --help``, ``sql``, ``stats`` and ``show`` against a bare
+           ``python -c "import duckdb; ..."``, each a fresh interpreter, interleaved, medians of
+           wall and CPU time (user + sys: the steadier figure on a shared machine); ``sql`` on
+           the paper-scale root and on a small demo root.
+  views    every view query of docs/SCHEMA.md's examples (bench_query.QUERIES) through a held
+           ``synthvg.storage.connect`` connection against raw DuckDB on the very same files:
+           with DuckDB's defaults, and with the Parquet metadata cache the views' connection
+           turns on (the honest floor for a held connection); plus ``connect()`` itself.
+  prefect  a cheap build (seeds from a synthetic COCO file without image files, rule teacher,
+           rule filters) of ``--build-images`` images, plain (``run_build``: the same stage
+           functions, no Prefect) against the ``build-dataset`` flow on a ``prefect server
+           start`` of its own, at several shard sizes; and the flow's fixed cost (a build of
+           one small shard, flow minus plain).
+  import   ``synthvg import`` (``import_svg``) of SVG-format Parquet files (exported from a
+           slice of the paper-scale root) against DuckDB flattening the same files into the
+           same three tables (images, regions, relations) as Parquet.
+
+The paper-scale root (146,000 images, 2.92M regions, 5.55M relations in shards of 500) is built
+once through the storage's own commit path (benchmarks/bench_query.py) and cached in --root.
+
+Usage: PYTHONPATH=src python benchmarks/bench_fixed_costs.py [--only cli,views,prefect,import]
+       [--root DIR] [--runs 7] [--build-images 10000] [--shard-sizes 16,50,200,500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "scripts"))
+PY = sys.executable
+BARE = "import duckdb; duckdb.connect().sql('SELECT 1').fetchall()"
+
+
+def _med(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+# ----------------------------------------------------------------------------- cli
+def _run_process(argv: list[str], env: dict) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise RuntimeError(f"{argv} failed ({status})")
+    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
+
+
+def _demo_root(tmp: Path) -> str:
+    from synthvg.pipeline import run_build
+    from synthvg.schemas.config import load_config
+
+    out = tmp / "demo"
+    run_build(load_config(REPO / "configs" / "demo.yaml", out=str(out), limit=8))
+    return str(out)
+
+
+def bench_cli(paper_root: str, tmp: Path, runs: int) -> list[str]:
+    demo = _demo_root(tmp)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cli = [PY, "-m", "synthvg.cli"]
+    commands = {
+        "bare `python -c 'import duckdb; ...SELECT 1'`": [PY, "-c", BARE],
+        "`synthvg --help`": [*cli, "--help"],
+        "`synthvg sql --root PAPER 'SELECT 1'`": [*cli, "sql", "--root", paper_root, "SELECT 1"],
+        "`synthvg sql --root PAPER 'SELECT count(*) FROM relations'`": [
+            *cli,
+            "sql",
+            "--root",
+            paper_root,
+            "SELECT count(*) FROM relations",
+        ],
+        "`synthvg sql --root DEMO 'SELECT 1'`": [*cli, "sql", "--root", demo, "SELECT 1"],
+        "`synthvg stats --root DEMO`": [*cli, "stats", "--root", demo],
+        "`synthvg show --root DEMO coco:17627`": [
+            *cli,
+            "show",
+            "--root",
+            demo,
+            "coco:17627",
+            "--out",
+            str(tmp / "show.png"),
+        ],
+    }
+    times: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
+    for argv in commands.values():  # warm-up: page cache, bytecode
+        _run_process(argv, env)
+    for _ in range(runs):
+        for name, argv in commands.items():
+            times[name].append(_run_process(argv, env))
+    bare_wall = _med([w for w, _ in times[next(iter(commands))]])
+    bare_cpu = _med([c for _, c in times[next(iter(commands))]])
+    lines = [
+        f"CLI start-up, medians of {runs} interleaved runs (fresh interpreter each)",
+        "",
+        "| command | wall s | CPU s | wall - bare s | CPU - bare s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, t in times.items():
+        wall, cpu = _med([w for w, _ in t]), _med([c for _, c in t])
+        lines.append(
+            f"| {name} | {wall:.2f} | {cpu:.2f} | {wall - bare_wall:+.2f} | {cpu - bare_cpu:+.2f} |"
+        )
+    return lines
+
+
+# ----------------------------------------------------------------------------- views
+#: Joins of millions of rows that take seconds each: DuckDB's own work, timed ``heavy_runs`` times.
+HEAVY = {"triples joined to regions (LIMIT 20)", "objects and triplets per image"}
+
+
+def bench_views(paper_root: str, runs: int, heavy_runs: int = 1) -> list[str]:
+    import duckdb
+    from bench_query import QUERIES
+
+    from synthvg.storage import Dataset, connect
+
+    ds = Dataset(paper_root)
+    files = ds.committed_files()
+    listing = {
+        t: "[" + ", ".join(f"'{f}'" for f in files.get(t, [])) + "]"
+        for t in ("images", "regions", "relations")
+    }
+    raw = duckdb.connect()
+    cached = duckdb.connect()
+    cached.execute("SET parquet_metadata_cache = true")
+    for con in (raw, cached):
+        con.execute("SET enable_progress_bar = false")
+    held = connect(ds)
+    times: dict[str, list[float]] = {"connect": []}
+    for rep in range(runs):
+        t0 = time.perf_counter()
+        connect(ds).close()
+        times["connect"].append(time.perf_counter() - t0)
+        for name, view_sql, raw_sql in QUERIES:
+            if rep >= heavy_runs and name in HEAVY:
+                continue
+            for kind, con, sql in (
+                ("views", held, view_sql),
+                ("raw", raw, raw_sql.format(**listing)),
+                ("cached", cached, raw_sql.format(**listing)),
+            ):
+                t0 = time.perf_counter()
+                con.execute(sql).fetchall()
+                times.setdefault(f"{name}|{kind}", []).append(time.perf_counter() - t0)
+    med = {k: _med(v) for k, v in times.items()}
+    lines = [
+        f"Views on the paper-scale root, held connection, medians of {runs} interleaved runs "
+        f"({heavy_runs} for the two big joins); "
+        f"`connect()` {med['connect']:.3f} s",
+        "",
+        "| query | views s | raw DuckDB s (defaults) | raw DuckDB s (metadata cache) | views / raw | views / raw cached |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, _, _ in QUERIES:
+        v, r, c = (med[f"{name}|{k}"] for k in ("views", "raw", "cached"))
+        lines.append(f"| {name} | {v:.3f} | {r:.3f} | {c:.3f} | {v / r:.2f} | {v / c:.2f} |")
+    return lines
+
+
+# ----------------------------------------------------------------------------- prefect
+def write_coco(path: Path, images: int, seed: int = 0) -> None:
+    """A COCO instances file of ``images`` 640x480 images with box-polygon annotations."""
+    from bench_ingest import COCO_NAMES, _coco_like
+
+    r = random.Random(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _coco_like(path, [(i, 640, 480) for i in range(1, images + 1)], 7.3, COCO_NAMES, r, points=8)
+
+
+def cheap_config(coco: Path, out: Path, shard_size: int, workers: int = 2):
+    from synthvg.schemas.config import BuildConfig
+
+    return BuildConfig.model_validate(
+        {
+            "name": f"cheap-{shard_size}",
+            "out": str(out),
+            "shard_size": shard_size,
+            "seeds": {"sources": [{"kind": "coco", "annotations": str(coco)}]},
+            "regions": {"proposer": "none", "feed": "all"},
+            "depth": {"backend": "none"},
+            "teacher": {
+                "backend": "rules",
+                "max_subjects": 10,
+                "min_subjects": 5,
+                "objects_per_subject": 4,
+            },
+            "filters": {"backend": "rules"},
+            "robin": {"backend": "none"},
+            "edit": {"backend": "none"},
+            "executor": {"kind": "threads", "workers": workers, "retries": 0},
+        }
+    )
+
+
+def _timed_child(code: str, env: dict) -> tuple[float, float]:
+    """Wall and CPU seconds of a child process running ``code`` (CPU: the child and its own
+    children that it waited for; a Prefect server started elsewhere is not counted)."""
+    return _run_process([PY, "-c", code], env)
+
+
+def bench_prefect(tmp: Path, images: int, shard_sizes: list[int], runs: int) -> list[str]:
+    from local_prefect import local_server
+
+    coco = tmp / "coco" / "instances_train2017.json"
+    write_coco(coco, images)
+    tiny = tmp / "coco" / "tiny.json"
+    write_coco(tiny, 8, seed=1)
+    home = tmp / "prefect-home"
+    lines = []
+    with local_server(home) as api:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "benchmarks")]),
+            "PREFECT_API_URL": api,
+            "PREFECT_HOME": str(home),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+
+        def code(kind: str, src: Path, out: Path, shard_size: int) -> str:
+            return (
+                "from bench_fixed_costs import cheap_config, run_variant; "
+                f"run_variant({kind!r}, cheap_config({str(src)!r}, {str(out)!r}, {shard_size}))"
+            )
+
+        rows = []
+        cases = [("fixed (8 images, 1 shard)", tiny, 8)] + [
+            (f"{images:,} images, shards of {s}", coco, s) for s in shard_sizes
+        ]
+        for label, src, size in cases:
+            t: dict[str, list[tuple[float, float]]] = {"plain": [], "flow": []}
+            for rep in range(runs):
+                for kind in ("plain", "flow"):  # interleaved
+                    out = tmp / f"out-{kind}-{size}-{rep}"
+                    t[kind].append(_timed_child(code(kind, src, out, size), env))
+            pw, fw = _med([w for w, _ in t["plain"]]), _med([w for w, _ in t["flow"]])
+            pc, fc = _med([c for _, c in t["plain"]]), _med([c for _, c in t["flow"]])
+            shards = -(-min(images if src == coco else 8, 10**9) // size)
+            tasks = 3 * shards
+            rows.append(
+                f"| {label} | {tasks} | {pw:.1f} | {fw:.1f} | {fw - pw:+.1f} | {100 * (fw - pw) / fw:.0f}% | "
+                f"{1000 * (fw - pw) / tasks:.0f} | {pc:.1f} | {fc:.1f} |"
+            )
+            print(rows[-1], flush=True)
+    lines += [
+        f"Cheap build (seeds from a synthetic COCO file, rule teacher, rule filters; no image files), "
+        f"2 worker threads, own `prefect server start`; each a fresh process, medians of {runs} interleaved pairs",
+        "",
+        "| build | shard tasks | plain wall s | flow wall s | Prefect s | Prefect share of flow wall | ms per shard task | plain CPU s | flow CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+    return lines
+
+
+def _count_requests(path: str) -> None:
+    """Count this process's HTTP requests to the Prefect API by method and route (ids folded),
+    written to ``path`` at exit: what a build asks of the server, per shard task."""
+    import atexit
+    import collections
+    import re
+
+    import httpx
+
+    counts: collections.Counter = collections.Counter()
+    ids = re.compile(r"/[0-9a-f]{8}-[0-9a-f-]{27}")
+
+    def route(request) -> str:
+        return f"{request.method} {ids.sub('/{id}', request.url.path)}"
+
+    sync_send, async_send = httpx.Client.send, httpx.AsyncClient.send
+
+    def send(self, request, *a, **k):
+        counts[route(request)] += 1
+        return sync_send(self, request, *a, **k)
+
+    async def asend(self, request, *a, **k):
+        counts[route(request)] += 1
+        return await async_send(self, request, *a, **k)
+
+    httpx.Client.send, httpx.AsyncClient.send = send, asend
+    atexit.register(lambda: Path(path).write_text(json.dumps(counts)))
+
+
+def run_variant(kind: str, config) -> None:
+    """Run one build in this process: ``plain`` (run_build) or ``flow`` (build_dataset)."""
+    if os.environ.get("BENCH_COUNT_REQUESTS"):
+        _count_requests(os.environ["BENCH_COUNT_REQUESTS"])
+    if kind == "plain":
+        from synthvg.pipeline import run_build
+
+        run = run_build(config)
+    else:
+        from synthvg.flows import build_dataset
+
+        run = build_dataset(config)
+    assert run.status == "completed", run.status
+
+
+# ----------------------------------------------------------------------------- import
+def bench_import(paper_root: str, tmp: Path, images: int, runs: int) -> list[str]:
+    """``import_svg`` against DuckDB flattening the same SVG Parquet files."""
+    import duckdb
+
+    from synthvg.export import export_svg
+    from synthvg.export.svg import import_svg
+    from synthvg.storage import Dataset
+
+    src = tmp / "svg-export"
+    if not src.exists():
+        # A slice of the paper root in the released format (regions as boxes, edit relations).
+        ds = Dataset(paper_root)
+        export_svg(ds, src, stage="edit", images_per_file=10_000)
+    files = sorted(str(p) for p in src.glob("*.parquet"))
+    con = duckdb.connect()
+    (total,) = con.execute(f"SELECT count(*) FROM read_parquet({files!r})").fetchone()
+    keep = files[: max(1, round(len(files) * images / total))]
+    (n,) = con.execute(f"SELECT count(*) FROM read_parquet({keep!r})").fetchone()
+    t = {"import": [], "duckdb": []}
+    for rep in range(runs):
+        root = tmp / f"imported-{rep}"
+        t0 = time.perf_counter()
+        report = import_svg(keep, str(root), shard_size=1000)
+        t["import"].append(time.perf_counter() - t0)
+        flat = tmp / f"flat-{rep}"
+        flat.mkdir()
+        t0 = time.perf_counter()
+        _flatten(con, keep, flat)
+        t["duckdb"].append(time.perf_counter() - t0)
+    i, d = _med(t["import"]), _med(t["duckdb"])
+    return [
+        f"`synthvg import` of {n:,} images ({report.regions:,} regions, {report.relations:,} relations, "
+        f"{len(keep)} files) against DuckDB flattening the same files into Parquet; medians of {runs}",
+        "",
+        "| variant | s | x DuckDB |",
+        "|---|---:|---:|",
+        f"| DuckDB flattening (images, regions, relations) | {d:.1f} | 1.0 |",
+        f"| `synthvg import` (`import_svg`, shards of 1000) | {i:.1f} | {i / d:.1f} |",
+    ]
+
+
+def _flatten(con, files: list[str], out: Path) -> None:
+    src = f"read_parquet({files!r})"
+    con.execute(
+        f"COPY (SELECT * EXCLUDE (regions, relations) FROM {src}) TO '{out}/images.parquet' (COMPRESSION zstd)"
+    )
+    con.execute(
+        f"COPY (SELECT image_id, unnest(regions, recursive := true) FROM {src}) TO '{out}/regions.parquet' (COMPRESSION zstd)"
+    )
+    con.execute(
+        f"COPY (SELECT image_id, unnest(relations, recursive := true) FROM {src}) TO '{out}/relations.parquet' (COMPRESSION zstd)"
+    )
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--only", default="cli,views,prefect,import")
+    ap.add_argument(
+        "--root", default=os.path.join(tempfile.gettempdir(), "synthvg-bench-paper-scale")
+    )
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--prefect-runs", type=int, default=2)
+    ap.add_argument("--build-images", type=int, default=10_000)
+    ap.add_argument("--shard-sizes", default="16,50,200,500")
+    ap.add_argument("--import-images", type=int, default=20_000)
+    ap.add_argument("--import-runs", type=int, default=1)
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+
+    import duckdb
+    from bench_query import build_root
+
+    build_root(Path(args.root), 146_000, 20, 38, 500)
+    tmp = Path(tempfile.mkdtemp(prefix="synthvg-bench-fixed-"))
+    load = os.getloadavg()[0]
+    out = [
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores "
+        f"(shared with other agents' jobs; 1-min load {load:.1f} at the start), Python "
+        f"{platform.python_version()}, DuckDB {duckdb.__version__}",
+        "",
+    ]
+    sections = [
+        ("cli", lambda: bench_cli(args.root, tmp, args.runs)),
+        ("views", lambda: bench_views(args.root, args.runs)),
+        (
+            "prefect",
+            lambda: bench_prefect(
+                tmp,
+                args.build_images,
+                [int(s) for s in args.shard_sizes.split(",")],
+                args.prefect_runs,
+            ),
+        ),
+        ("import", lambda: bench_import(args.root, tmp, args.import_images, args.import_runs)),
+    ]
+    for name, fn in sections:
+        if name in only:
+            lines = fn()
+            print("\n".join(lines) + "\n", flush=True)
+            out += [*lines, ""]
+    out.append(f"1-min load at the end: {os.getloadavg()[0]:.1f}")
+    print(out[-1])
+    print(json.dumps({"tmp": str(tmp)}))
+
+
+if __name__ == "__main__":
+    main()
