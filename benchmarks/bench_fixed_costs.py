@@ -240,31 +240,56 @@ def bench_prefect(tmp: Path, images: int, shard_sizes: list[int], runs: int) -> 
                 f"run_variant({kind!r}, cheap_config({str(src)!r}, {str(out)!r}, {shard_size}))"
             )
 
+        def server_cpu() -> float:
+            """CPU seconds of the Prefect server this script started (its process tree)."""
+            import psutil
+
+            me = psutil.Process()
+            total = 0.0
+            for p in me.children(recursive=True):
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+            return total
+
         rows = []
         cases = [("fixed (8 images, 1 shard)", tiny, 8)] + [
             (f"{images:,} images, shards of {s}", coco, s) for s in shard_sizes
         ]
         for label, src, size in cases:
             t: dict[str, list[tuple[float, float]]] = {"plain": [], "flow": []}
+            served, requests = [], []
             for rep in range(runs):
                 for kind in ("plain", "flow"):  # interleaved
                     out = tmp / f"out-{kind}-{size}-{rep}"
-                    t[kind].append(_timed_child(code(kind, src, out, size), env))
+                    counted = tmp / f"requests-{kind}-{size}-{rep}.json"
+                    s0 = server_cpu()
+                    t[kind].append(
+                        _timed_child(
+                            code(kind, src, out, size),
+                            {**env, "BENCH_COUNT_REQUESTS": str(counted)},
+                        )
+                    )
+                    if kind == "flow":
+                        served.append(server_cpu() - s0)
+                        requests.append(sum(json.loads(counted.read_text()).values()))
             pw, fw = _med([w for w, _ in t["plain"]]), _med([w for w, _ in t["flow"]])
             pc, fc = _med([c for _, c in t["plain"]]), _med([c for _, c in t["flow"]])
             shards = -(-min(images if src == coco else 8, 10**9) // size)
             tasks = 3 * shards
             rows.append(
                 f"| {label} | {tasks} | {pw:.1f} | {fw:.1f} | {fw - pw:+.1f} | {100 * (fw - pw) / fw:.0f}% | "
-                f"{1000 * (fw - pw) / tasks:.0f} | {pc:.1f} | {fc:.1f} |"
+                f"{1000 * (fw - pw) / tasks:.0f} | {pc:.1f} | {fc:.1f} | {_med(served):.1f} | {_med(requests):.0f} |"
             )
             print(rows[-1], flush=True)
     lines += [
         f"Cheap build (seeds from a synthetic COCO file, rule teacher, rule filters; no image files), "
         f"2 worker threads, own `prefect server start`; each a fresh process, medians of {runs} interleaved pairs",
         "",
-        "| build | shard tasks | plain wall s | flow wall s | Prefect s | Prefect share of flow wall | ms per shard task | plain CPU s | flow CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| build | shard tasks | plain wall s | flow wall s | Prefect s | Prefect share of flow wall | ms per shard task | plain CPU s | flow CPU s | server CPU s | API requests |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]
     return lines
@@ -315,57 +340,84 @@ def run_variant(kind: str, config) -> None:
 
 
 # ----------------------------------------------------------------------------- import
-def bench_import(paper_root: str, tmp: Path, images: int, runs: int) -> list[str]:
+def write_svg_files(out: Path, images: int, per_file: int = 10_000) -> list[str]:
+    """SVG-format Parquet files (the release's layout: image_id, file_name, metadata, regions,
+    scene_graph JSON) with the paper's density: 20 boxes and 38 relations per image."""
+    import duckdb
+
+    out.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect()
+    files = []
+    for k, lo in enumerate(range(0, images, per_file)):
+        path = out / f"part-{k:05d}.parquet"
+        con.execute(
+            f"""COPY (
+            SELECT 'svg:' || i AS image_id, i || '.jpg' AS file_name,
+                   {{'width': 640::BIGINT, 'height': 480::BIGINT}} AS metadata,
+                   [{{'bbox': [r * 10.0, r * 5.0, 50.0, 40.0],
+                      'segmentation': NULL::STRUCT(size BIGINT[], counts VARCHAR),
+                      'area': 2000.0}} FOR r IN range(20)] AS regions,
+                   '{{"objects": ' || to_json(['label' || ((i * 7 + r) % 600) FOR r IN range(20)])
+                   || ', "relations": [' || array_to_string(
+                       ['[' || k % 20 || ', ' || (k + 1) % 20 || ', "pred' || (i * 13 + k) % 900 || '"]'
+                        FOR k IN range(38)], ', ') || ']}}' AS scene_graph
+            FROM range({lo}, {min(lo + per_file, images)}) t(i)
+            ) TO '{path}' (FORMAT parquet, COMPRESSION zstd)"""
+        )
+        files.append(str(path))
+    return files
+
+
+def bench_import(tmp: Path, images: int, runs: int) -> list[str]:
     """``import_svg`` against DuckDB flattening the same SVG Parquet files."""
     import duckdb
 
-    from synthvg.export import export_svg
     from synthvg.export.svg import import_svg
-    from synthvg.storage import Dataset
 
-    src = tmp / "svg-export"
-    if not src.exists():
-        # A slice of the paper root in the released format (regions as boxes, edit relations).
-        ds = Dataset(paper_root)
-        export_svg(ds, src, stage="edit", images_per_file=10_000)
-    files = sorted(str(p) for p in src.glob("*.parquet"))
+    files = write_svg_files(tmp / "svg", images)
     con = duckdb.connect()
-    (total,) = con.execute(f"SELECT count(*) FROM read_parquet({files!r})").fetchone()
-    keep = files[: max(1, round(len(files) * images / total))]
-    (n,) = con.execute(f"SELECT count(*) FROM read_parquet({keep!r})").fetchone()
     t = {"import": [], "duckdb": []}
     for rep in range(runs):
-        root = tmp / f"imported-{rep}"
-        t0 = time.perf_counter()
-        report = import_svg(keep, str(root), shard_size=1000)
-        t["import"].append(time.perf_counter() - t0)
         flat = tmp / f"flat-{rep}"
         flat.mkdir()
         t0 = time.perf_counter()
-        _flatten(con, keep, flat)
+        _flatten(con, files, flat)
         t["duckdb"].append(time.perf_counter() - t0)
+        root = tmp / f"imported-{rep}"
+        t0 = time.perf_counter()
+        report = import_svg(files, str(root), shard_size=1000)
+        t["import"].append(time.perf_counter() - t0)
     i, d = _med(t["import"]), _med(t["duckdb"])
     return [
-        f"`synthvg import` of {n:,} images ({report.regions:,} regions, {report.relations:,} relations, "
-        f"{len(keep)} files) against DuckDB flattening the same files into Parquet; medians of {runs}",
+        f"`synthvg import` of {images:,} SVG-format images ({report.regions:,} regions, "
+        f"{report.relations:,} relations, {len(files)} files) against DuckDB flattening the same "
+        f"files into Parquet; medians of {runs}",
         "",
         "| variant | s | x DuckDB |",
         "|---|---:|---:|",
-        f"| DuckDB flattening (images, regions, relations) | {d:.1f} | 1.0 |",
+        f"| DuckDB flattening (images, regions, relations with their predicates) | {d:.1f} | 1.0 |",
         f"| `synthvg import` (`import_svg`, shards of 1000) | {i:.1f} | {i / d:.1f} |",
     ]
 
 
 def _flatten(con, files: list[str], out: Path) -> None:
+    """Images, regions and relations of SVG rows as three Parquet files, all in DuckDB."""
     src = f"read_parquet({files!r})"
     con.execute(
-        f"COPY (SELECT * EXCLUDE (regions, relations) FROM {src}) TO '{out}/images.parquet' (COMPRESSION zstd)"
+        f"COPY (SELECT image_id, file_name, metadata.width, metadata.height FROM {src}) "
+        f"TO '{out}/images.parquet' (COMPRESSION zstd)"
     )
     con.execute(
-        f"COPY (SELECT image_id, unnest(regions, recursive := true) FROM {src}) TO '{out}/regions.parquet' (COMPRESSION zstd)"
+        f"COPY (SELECT image_id, generate_subscripts(regions, 1) - 1 AS region_id, "
+        f"unnest(regions, recursive := true), "
+        f"unnest(json_extract_string(scene_graph, '$.objects[*]')) AS label FROM {src}) "
+        f"TO '{out}/regions.parquet' (COMPRESSION zstd)"
     )
     con.execute(
-        f"COPY (SELECT image_id, unnest(relations, recursive := true) FROM {src}) TO '{out}/relations.parquet' (COMPRESSION zstd)"
+        f"COPY (SELECT image_id, t[1]::BIGINT AS subject_id, t[2]::BIGINT AS object_id, t[3] AS predicate "
+        f"FROM (SELECT image_id, unnest(json_extract_string(scene_graph, '$.relations[*]')::JSON[]) AS j FROM {src}), "
+        f"LATERAL (SELECT json_extract_string(j, '$[*]') AS t)) "
+        f"TO '{out}/relations.parquet' (COMPRESSION zstd)"
     )
 
 
@@ -411,7 +463,7 @@ def main() -> None:
                 args.prefect_runs,
             ),
         ),
-        ("import", lambda: bench_import(args.root, tmp, args.import_images, args.import_runs)),
+        ("import", lambda: bench_import(tmp, args.import_images, args.import_runs)),
     ]
     for name, fn in sections:
         if name in only:

@@ -159,3 +159,19 @@ def test_the_flow_refuses_to_withdraw_without_replace_and_the_cli_says_why(
     assert dataset_rows(str(root)) == before
     replaced = build_dataset(demo_config(root, limit=2, shard_size=2), replace=True)
     assert replaced.status == "completed" and replaced.images == 2
+
+
+def test_progress_artifacts_are_updated_at_most_every_interval_and_always_at_the_end(monkeypatch):
+    """One API request per finished shard task was most of a build's requests: progress
+    artifacts are updated every PROGRESS_EVERY_S seconds at most, and always at 100%."""
+    from synthvg.flows import build
+
+    now = [1000.0]
+    monkeypatch.setattr(build.time, "monotonic", lambda: now[0])
+    updates = []
+    for k in range(1, 101):  # 100 shards finishing 0.1 s apart: 10 s in all
+        now[0] += 0.1
+        if build._due("artifact-a", final=k == 100):
+            updates.append(k)
+    assert updates[0] == 1 and updates[-1] == 100
+    assert len(updates) <= 10 / build.PROGRESS_EVERY_S + 2

@@ -47,7 +47,10 @@ _PUNCT = re.compile(r"[^\w\s'-]+")
 _SPACES = re.compile(r"\s+")
 
 
+@functools.lru_cache(maxsize=65536)
 def clean(text: str) -> str:
+    """Lower case, punctuation to spaces, spaces collapsed (memoised: a dataset repeats its few
+    thousand predicates millions of times)."""
     return _SPACES.sub(" ", _PUNCT.sub(" ", text.lower())).strip()
 
 

@@ -92,6 +92,21 @@ def output_link(dataset: Dataset, rel: str = "") -> str:
     return Path(uri).resolve().as_uri() if dataset.is_local else uri
 
 
+#: Progress artifacts are updated at most this often (and once at the end): one API request
+#: per finished shard task was ~2 of every 3 requests a build made, each also work for the server.
+PROGRESS_EVERY_S = 2.0
+_LAST_UPDATE: dict[object, float] = {}
+
+
+def _due(artifact_id: object, final: bool) -> bool:
+    """Whether a progress artifact is due an update now (always when ``final``)."""
+    now = time.monotonic()
+    if final or now - _LAST_UPDATE.get(artifact_id, float("-inf")) >= PROGRESS_EVERY_S:
+        _LAST_UPDATE[artifact_id] = now
+        return True
+    return False
+
+
 class _Progress:
     """The build's progress artifact plus a terminal bar (only when stderr is a terminal)."""
 
@@ -111,7 +126,8 @@ class _Progress:
         self.done += 1
         self.bar.set_description(label)
         self.bar.update(1)
-        update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+        if _due(self.artifact_id, final=self.done >= self.total):
+            update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
 
     def close(self) -> None:
         self.bar.close()
@@ -287,9 +303,10 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
         except (StorageRefused, LockLost) as e:
             fatal, result = fatal or e, failed_shard(stage, shard, e)
         results[stage].append(result)
-        update_progress_artifact(
-            stage_progress[stage], progress=100.0 * len(results[stage]) / len(shards)
-        )
+        if _due(stage_progress[stage], final=len(results[stage]) == len(shards)):
+            update_progress_artifact(
+                stage_progress[stage], progress=100.0 * len(results[stage]) / len(shards)
+            )
         if progress:
             progress.advance(f"{stage} {shard.index:05d}")
         if len(results[stage]) == len(shards):
