@@ -215,7 +215,9 @@ def _timed_child(code: str, env: dict) -> tuple[float, float]:
     return _run_process([PY, "-c", code], env)
 
 
-def bench_prefect(tmp: Path, images: int, shard_sizes: list[int], runs: int) -> list[str]:
+def bench_prefect(
+    tmp: Path, images: int, shard_sizes: list[int], runs: int, default_images: int
+) -> list[str]:
     from local_prefect import local_server
 
     coco = tmp / "coco" / "instances_train2017.json"
@@ -255,10 +257,24 @@ def bench_prefect(tmp: Path, images: int, shard_sizes: list[int], runs: int) -> 
             return total
 
         rows = []
-        cases = [("fixed (8 images, 1 shard)", tiny, 8)] + [
-            (f"{images:,} images, shards of {s}", coco, s) for s in shard_sizes
-        ]
-        for label, src, size in cases:
+        from synthvg.schemas.config import BuildConfig
+
+        default = BuildConfig.model_fields["shard_size"].default
+        small = tmp / "coco" / "small.json"
+        write_coco(small, default_images, seed=2)
+        cases = (
+            [("fixed (8 images, 1 shard)", tiny, 8, 8)]
+            + [
+                (
+                    f"{default_images:,} images, default shards of {default}",
+                    small,
+                    default,
+                    default_images,
+                )
+            ]
+            + [(f"{images:,} images, shards of {s}", coco, s, images) for s in shard_sizes]
+        )
+        for label, src, size, n_images in cases:
             t: dict[str, list[tuple[float, float]]] = {"plain": [], "flow": []}
             served, requests = [], []
             for rep in range(runs):
@@ -277,7 +293,7 @@ def bench_prefect(tmp: Path, images: int, shard_sizes: list[int], runs: int) -> 
                         requests.append(sum(json.loads(counted.read_text()).values()))
             pw, fw = _med([w for w, _ in t["plain"]]), _med([w for w, _ in t["flow"]])
             pc, fc = _med([c for _, c in t["plain"]]), _med([c for _, c in t["flow"]])
-            shards = -(-min(images if src == coco else 8, 10**9) // size)
+            shards = -(-n_images // size)
             tasks = 3 * shards
             rows.append(
                 f"| {label} | {tasks} | {pw:.1f} | {fw:.1f} | {fw - pw:+.1f} | {100 * (fw - pw) / fw:.0f}% | "
@@ -433,7 +449,13 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--prefect-runs", type=int, default=2)
     ap.add_argument("--build-images", type=int, default=10_000)
-    ap.add_argument("--shard-sizes", default="16,50,200,500")
+    ap.add_argument("--shard-sizes", default="100,500")
+    ap.add_argument(
+        "--default-images",
+        type=int,
+        default=2_000,
+        help="images of the build at the config's default shard size (small: it is slow)",
+    )
     ap.add_argument("--import-images", type=int, default=20_000)
     ap.add_argument("--import-runs", type=int, default=1)
     args = ap.parse_args()
@@ -461,6 +483,7 @@ def main() -> None:
                 args.build_images,
                 [int(s) for s in args.shard_sizes.split(",")],
                 args.prefect_runs,
+                args.default_images,
             ),
         ),
         ("import", lambda: bench_import(tmp, args.import_images, args.import_runs)),
