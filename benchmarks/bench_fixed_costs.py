@@ -216,7 +216,7 @@ def _timed_child(code: str, env: dict) -> tuple[float, float]:
 
 
 def bench_prefect(
-    tmp: Path, images: int, shard_sizes: list[int], runs: int, default_images: int
+    tmp: Path, images: int, shard_sizes: list[int], runs: int, default_images: int, workers: int
 ) -> list[str]:
     from local_prefect import local_server
 
@@ -239,7 +239,7 @@ def bench_prefect(
         def code(kind: str, src: Path, out: Path, shard_size: int) -> str:
             return (
                 "from bench_fixed_costs import cheap_config, run_variant; "
-                f"run_variant({kind!r}, cheap_config({str(src)!r}, {str(out)!r}, {shard_size}))"
+                f"run_variant({kind!r}, cheap_config({str(src)!r}, {str(out)!r}, {shard_size}, {workers}))"
             )
 
         def server_cpu() -> float:
@@ -297,15 +297,17 @@ def bench_prefect(
             tasks = 3 * shards
             rows.append(
                 f"| {label} | {tasks} | {pw:.1f} | {fw:.1f} | {fw - pw:+.1f} | {100 * (fw - pw) / fw:.0f}% | "
-                f"{1000 * (fw - pw) / tasks:.0f} | {pc:.1f} | {fc:.1f} | {_med(served):.1f} | {_med(requests):.0f} |"
+                f"{1000 * (fw - pw) / tasks:.0f} | {pc:.1f} | {fc:.1f} | {_med(served):.1f} | "
+                f"{fc + _med(served) - pc:+.1f} ({100 * (fc + _med(served) - pc) / (fc + _med(served)):.0f}%) | {_med(requests):.0f} |"
             )
             print(rows[-1], flush=True)
     lines += [
         f"Cheap build (seeds from a synthetic COCO file, rule teacher, rule filters; no image files), "
-        f"2 worker threads, own `prefect server start`; each a fresh process, medians of {runs} interleaved pairs",
+        f"flow with {workers} worker thread(s) (the plain build is sequential), own `prefect server start`; "
+        f"each a fresh process, medians of {runs} interleaved pairs; CPU: the build process's, server CPU apart",
         "",
-        "| build | shard tasks | plain wall s | flow wall s | Prefect s | Prefect share of flow wall | ms per shard task | plain CPU s | flow CPU s | server CPU s | API requests |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| build | shard tasks | plain wall s | flow wall s | Prefect s | Prefect share of flow wall | ms per shard task | plain CPU s | flow CPU s | server CPU s | Prefect CPU s (flow + server - plain; share) | API requests |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
     ]
     return lines
@@ -451,6 +453,12 @@ def main() -> None:
     ap.add_argument("--build-images", type=int, default=10_000)
     ap.add_argument("--shard-sizes", default="100,500")
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="flow worker threads (1: sequential like the plain build, so the difference is Prefect's)",
+    )
+    ap.add_argument(
         "--default-images",
         type=int,
         default=2_000,
@@ -484,6 +492,7 @@ def main() -> None:
                 [int(s) for s in args.shard_sizes.split(",")],
                 args.prefect_runs,
                 args.default_images,
+                args.workers,
             ),
         ),
         ("import", lambda: bench_import(tmp, args.import_images, args.import_runs)),

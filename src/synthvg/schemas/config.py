@@ -819,7 +819,12 @@ class BuildConfig(Section):
 
     name: str = Field("synthvg", pattern=r"^[A-Za-z0-9_.-]+$")
     out: str = Field(description="dataset root: a folder or an fsspec URL")
-    shard_size: int = Field(16, ge=1, description="images per shard (one Prefect task each)")
+    shard_size: int = Field(
+        256,
+        ge=1,
+        description="images per shard (one Prefect task and one commit per stage each); each costs "
+        "~0.1-0.3 s, so cheap CPU stages want hundreds of images per shard (benchmarks/RESULTS.md)",
+    )
     limit: int | None = Field(None, ge=1, description="build only the first N images")
     seeds: SeedsConfig
     regions: RegionsConfig = RegionsConfig()
