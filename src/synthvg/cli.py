@@ -6,9 +6,10 @@ import csv
 import json
 import os
 import sys
+import typing
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -307,6 +308,14 @@ def _preflight(cfg, *, only: bool, network: bool = True) -> None:
     if only:
         typer.echo(f"preflight of {cfg.name}: keys, endpoints, models and input paths are in order")
         raise typer.Exit(0)
+
+
+def _choice(option: str, value: str, allowed: Any) -> Any:
+    """``value`` if the Literal type ``allowed`` names it, else a one-line error."""
+    names = typing.get_args(allowed)
+    if value not in names:
+        raise _fail(f"--{option} must be one of {', '.join(names)}, not {value!r}")
+    return value
 
 
 def _print_dry_run(cfg, replace: bool) -> None:
@@ -998,17 +1007,14 @@ def evaluate_sgg_command(
 ) -> None:
     """Scene-graph generation R@K, mR@K, ng-R@K, ng-mR@K exactly as OpenPSG computes them."""
     from synthvg.eval import EvalInputError, evaluate_sgg, format_table, parse_pred, write_results
-    from synthvg.eval.run import default_out
+    from synthvg.eval.run import BenchmarkName, LabelSource, Missing, RankRule, default_out
 
-    choices = {
-        "benchmark": (benchmark, ("auto", "psg", "vg150", "ground-truth")),
-        "rank": (rank, ("auto", "order", "score")),
-        "missing": (missing, ("skip", "zero")),
-        "labels": (labels, ("stage", "region")),
+    checked = {
+        "benchmark": _choice("benchmark", benchmark, BenchmarkName),
+        "rank": _choice("rank", rank, RankRule),
+        "missing": _choice("missing", missing, Missing),
+        "labels": _choice("labels", labels, LabelSource),
     }
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise _fail(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
     try:
         ks = tuple(int(v) for item in (k or ["20,50,100"]) for v in item.replace(",", " ").split())
     except ValueError:
@@ -1025,13 +1031,10 @@ def evaluate_sgg_command(
             source,
             match_by=match.value,
             ks=ks,
-            benchmark=benchmark,
             split=split,
-            rank=rank,
-            missing=missing,
             embedding=embedding,
             embedding_threshold=threshold,
-            labels=labels,
+            **checked,
         )
     except (EvalInputError, ValueError) as e:
         raise _fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None

@@ -7,7 +7,7 @@ itself, so a config can be logged, diffed and written next to a dataset without 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -82,7 +82,8 @@ class LLMConfig(BaseModel):
             from prefect.blocks.system import Secret
 
             try:
-                value = Secret.load(self.api_key_secret_block, _sync=True).get()
+                block: Any = Secret.load(self.api_key_secret_block, _sync=True)  # type: ignore[call-arg]
+                value = block.get()
             except Exception as exc:
                 raise LLMConfigError(
                     f"cannot load Prefect Secret block {self.api_key_secret_block!r}: "
