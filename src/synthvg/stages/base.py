@@ -19,32 +19,14 @@ from typing import ClassVar
 import pyarrow as pa
 from pydantic import BaseModel
 
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
 from synthvg.schemas import TABLES, ErrorRecord, schema_of
-from synthvg.schemas.config import BuildConfig
 from synthvg.schemas.records import Record
 from synthvg.storage.dataset import Dataset
 
 #: The stage that writes relations (and descriptions) whose ``stage`` column says this.
 STAGE_OF_RELATIONS = {"seed": "seeds", "teacher": "teacher", "robin": "robin", "edit": "edit"}
-
-#: Settings that change speed or memory, never output: left out of fingerprints, so tuning a
-#: batch size or moving to a GPU does not redo a finished dataset.
-SPEED_ONLY = frozenset(
-    {"batch_size", "points_per_batch", "images_per_batch", "device", "attn_implementation"}
-)
-
-
-def output_settings(section: BaseModel) -> dict:
-    """A config section as JSON without its speed-only settings (at any depth)."""
-
-    def strip(obj):
-        return (
-            {k: strip(v) for k, v in obj.items() if k not in SPEED_ONLY}
-            if isinstance(obj, dict)
-            else obj
-        )
-
-    return strip(section.model_dump(mode="json"))
 
 
 class StageFatal(RuntimeError):
@@ -150,20 +132,6 @@ class StageInputs:
         return out
 
 
-def regions_for_later_stages(inputs: StageInputs, config: BuildConfig) -> dict[str, list[dict]]:
-    """Regions per image that later stages see: kept ones, or all (``regions.feed``).
-
-    When the regions stage did not run there are no checks, and every region is used.
-    """
-    checks = {(c["image_id"], c["region_id"]): c["kept"] for c in inputs.rows("region_checks")}
-    use_all = config.regions.feed == "all" or not checks
-    out: dict[str, list[dict]] = {}
-    for r in inputs.rows("regions"):
-        if use_all or checks.get((r["image_id"], r["region_id"]), False):
-            out.setdefault(r["image_id"], []).append(r)
-    return out
-
-
 class Stage(ABC):
     """Base class of every pipeline stage."""
 
@@ -207,9 +175,11 @@ class Stage(ABC):
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         """What, besides the shard's image ids and upstream, decides this stage's output.
 
-        A classmethod, so fingerprints can be computed without loading any model.
+        A classmethod, so fingerprints can be computed without loading any model. By default
+        every setting of the stage's section but those marked
+        :class:`~synthvg.config.fields.SpeedOnly`: a new field counts unless marked.
         """
-        return {"config": config.stage_config(cls.name).model_dump(mode="json")}
+        return {"config": output_settings(config.stage_config(cls.name))}
 
     @abstractmethod
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:

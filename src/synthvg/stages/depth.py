@@ -15,22 +15,15 @@ import numpy as np
 from PIL import Image
 
 from synthvg import masks
+from synthvg.config.build import BuildConfig
+from synthvg.config.depth import DepthAnythingConfig
+from synthvg.config.fields import output_settings
 from synthvg.models.amg import work_size
 from synthvg.models.errors import ModelLoadError
 from synthvg.models.identity import path_identity
 from synthvg.schemas import DepthMapRecord, RegionDepthRecord
-from synthvg.schemas.config import BuildConfig, DepthAnythingConfig
-from synthvg.stages.base import (
-    RunContext,
-    ShardSpec,
-    Stage,
-    StageInputs,
-    StageOutput,
-    output_settings,
-    stable_hash,
-)
-from synthvg.stages.images import load_rgb, per_image
-from synthvg.stages.regions import region_mask
+from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput, stable_hash
+from synthvg.stages.common import load_rgb, per_image, region_mask
 from synthvg.storage import Dataset
 
 

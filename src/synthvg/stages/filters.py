@@ -13,21 +13,17 @@ import hashlib
 from pathlib import Path
 
 from synthvg import masks
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
+from synthvg.config.filters import OpenAIVerifierConfig, RuleFiltersConfig
 from synthvg.models.identity import path_identity
 from synthvg.models.spatial_rules import RULES, Context, Geom, check, contains, inside
 from synthvg.models.vqa import OpenAIVerifier, Question, VQAVerifier, combine, mark_pair
 from synthvg.predicates import load_synonyms, normalise
 from synthvg.prompts import load_prompt
 from synthvg.schemas import RLE, Box, RelationVerdictRecord
-from synthvg.schemas.config import BuildConfig, OpenAIVerifierConfig, RuleFiltersConfig
-from synthvg.stages.base import (
-    STAGE_OF_RELATIONS,
-    RunContext,
-    ShardSpec,
-    Stage,
-    StageInputs,
-    StageOutput,
-)
+from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.common import STAGE_OF_RELATIONS
 from synthvg.stages.llm_stage import (
     add_metrics,
     begin_shard,
@@ -68,27 +64,16 @@ class FiltersStage(Stage):
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         f: RuleFiltersConfig = config.filters
         verifiers = [
-            v.model_dump(
-                mode="json",
-                include={
-                    "kind",
-                    "model",
-                    "base_url",
-                    "temperature",
-                    "threshold",
-                    "logprobs",
-                    "prompt",
-                    "path",
-                    "dtype",
-                },
-            )
+            output_settings(v)
             | {"prompt_sha256": load_prompt(v.prompt).sha256}
             | ({"weights": path_identity(v.path)} if getattr(v, "path", None) else {})
             for v in f.verifiers
         ]
         synonyms = hashlib.sha256(Path(f.synonyms).read_bytes()).hexdigest() if f.synonyms else None
+        settings = output_settings(f)
+        del settings["verifiers"], settings["synonyms"]  # below: with their files' identity
         return {
-            "config": f.model_dump(mode="json", include={"backend", "stages", "spatial", "vote"}),
+            "config": settings,
             "verifiers": verifiers,
             "synonyms": synonyms,
         }

@@ -12,28 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from synthvg import masks
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
+from synthvg.config.regions import PROPOSERS, UncoveredConfig
 from synthvg.models.errors import ModelLoadError
 from synthvg.models.identity import folder_identity, path_identity
 from synthvg.models.proposers import FelzenszwalbProposer, ImageItem, MaskProposer, Proposal
-from synthvg.schemas import RLE, Box, ProposalRecord, RegionCheckRecord, RegionRecord, RegionSource
-from synthvg.schemas.config import BuildConfig, UncoveredConfig
-from synthvg.stages.base import (
-    RunContext,
-    ShardSpec,
-    Stage,
-    StageInputs,
-    StageOutput,
-    output_settings,
-)
-from synthvg.stages.images import load_rgb, per_image
-
-
-def region_mask(region: dict, height: int, width: int) -> RLE:
-    """A region's mask, or its box rasterised when it only has a box."""
-    if region.get("mask") is not None:
-        return RLE(**region["mask"])
-    b = region["bbox"]
-    return masks.box_to_rle(Box(**b), height, width)
+from synthvg.schemas import RLE, ProposalRecord, RegionCheckRecord, RegionRecord, RegionSource
+from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.common import load_rgb, per_image
+from synthvg.stages.common import region_mask as region_mask
 
 
 def check_regions(
@@ -132,12 +120,13 @@ class RegionsStage(Stage):
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         r = config.regions
         section = r.proposer_config()
+        # Every setting of the section but the proposers' (the chosen one's are ``params``) and
+        # ``feed``, which decides what later stages read, not what this stage writes.
+        own = {k: v for k, v in output_settings(r).items() if k not in PROPOSERS and k != "feed"}
         return {
-            "proposer": r.proposer,
+            **own,
             "params": output_settings(section) if section else None,
             "model": model_identity(config),
-            "iou_threshold": r.iou_threshold,
-            "uncovered": r.uncovered.model_dump(mode="json"),
         }
 
     def __init__(self, config: BuildConfig):

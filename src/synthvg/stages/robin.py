@@ -12,11 +12,13 @@ import os
 from functools import partial
 
 from synthvg import masks
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
+from synthvg.config.robin import RobinModelConfig
 from synthvg.models.errors import ModelLoadError
 from synthvg.models.identity import path_identity
 from synthvg.predicates import category_of, normalise
 from synthvg.schemas import DescriptionRecord, GenerationRecord, RelationRecord
-from synthvg.schemas.config import BuildConfig, RobinModelConfig
 from synthvg.schemas.records import relation_id
 from synthvg.stages.base import (
     RunContext,
@@ -24,11 +26,8 @@ from synthvg.stages.base import (
     Stage,
     StageInputs,
     StageOutput,
-    output_settings,
-    regions_for_later_stages,
 )
-from synthvg.stages.images import load_rgb, per_image
-from synthvg.stages.regions import region_mask
+from synthvg.stages.common import load_rgb, per_image, region_mask, regions_for_later_stages
 
 
 def _decoded_mask(region: dict, height: int, width: int):

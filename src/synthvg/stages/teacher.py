@@ -7,11 +7,12 @@ Both write ``relations`` rows with ``stage='teacher'``; the model also writes ``
 
 from __future__ import annotations
 
+from synthvg.config.build import BuildConfig
+from synthvg.config.teacher import OpenAITeacherConfig
 from synthvg.models.llm_teacher import LLMTeacher
 from synthvg.models.marks import select_regions
 from synthvg.models.rule_teacher import RegionGeom, RuleTeacher
 from synthvg.schemas import Box, DescriptionRecord, RelationRecord
-from synthvg.schemas.config import BuildConfig, OpenAITeacherConfig
 from synthvg.schemas.records import relation_id
 from synthvg.stages.base import (
     RunContext,
@@ -19,10 +20,9 @@ from synthvg.stages.base import (
     Stage,
     StageInputs,
     StageOutput,
-    regions_for_later_stages,
 )
+from synthvg.stages.common import region_mask, regions_for_later_stages
 from synthvg.stages.llm_stage import answer, estimate, make_client, open_image, redact_logs
-from synthvg.stages.regions import region_mask
 
 
 class TeacherStage(Stage):
@@ -41,24 +41,8 @@ class TeacherStage(Stage):
         if isinstance(config.teacher, OpenAITeacherConfig):
             from synthvg.prompts import load_prompt
 
-            # Where the key lives, budgets and rate limits do not change answers; the prompt does.
-            payload["config"] = config.teacher.model_dump(
-                mode="json",
-                include={
-                    "backend",
-                    "model",
-                    "base_url",
-                    "temperature",
-                    "max_tokens",
-                    "prompt",
-                    "min_subjects",
-                    "max_subjects",
-                    "max_regions",
-                    "image_max_side",
-                    "detail",
-                    "structured_output",
-                },
-            )
+            # Where the key lives, budgets and rate limits are marked SpeedOnly; the prompt's
+            # text counts, not only its name.
             payload["prompt_sha256"] = load_prompt(config.teacher.prompt).sha256
         return payload
 
