@@ -578,41 +578,13 @@ class IngestFormat(StrEnum):
 
 
 def _ingest_sources(fmt: IngestFormat, paths: list[Path], images: str | None) -> list[dict]:
-    """The seed sources a list of release files (or folders) stands for."""
+    """The seed sources a list of release files (or folders) stands for (each source kind
+    knows its own release layout: ``SourceSection.from_release``)."""
+    from synthvg.readers.config import SOURCES
+
     files = [str(p.resolve()) for p in paths if not p.is_dir()]
     folders = [str(p.resolve()) for p in paths if p.is_dir()]
-    if fmt in (IngestFormat.coco, IngestFormat.lvis, IngestFormat.gqa):
-        if folders:
-            raise ValueError(f"--format {fmt} takes annotation files, not folders: {folders[0]}")
-        return [{"kind": fmt.value, "annotations": f, "images": images} for f in files]
-    if fmt is IngestFormat.refcoco:
-        refs = files + [str(r) for d in folders for r in sorted(Path(d).glob("refs(*).p"))]
-        if not refs:
-            raise ValueError("no refs(<splitBy>).p file given or found in the folders given")
-        return [{"kind": "refcoco", "refs": r, "images": images} for r in refs]
-    if fmt is IngestFormat.vg:
-        from synthvg.readers.vg import FILES
-
-        source: dict = {"kind": "vg", "images": images, "root": folders[0] if folders else None}
-        for f in files:
-            name = next((n for n in FILES if Path(f).name.startswith(n)), None)
-            if name is None:
-                raise ValueError(
-                    f"{f} is not a Visual Genome release file ({', '.join(n + '.json' for n in FILES)})"
-                )
-            source[name] = f
-        return [source]
-    if fmt is IngestFormat.psg:
-        return [
-            {
-                "kind": "psg",
-                "annotations": f,
-                "panoptic": folders[0] if folders else None,
-                "images": images,
-            }
-            for f in files
-        ]
-    return [{"kind": "ade20k", "root": d, "images": images} for d in folders + files]
+    return SOURCES[fmt.value].from_release(files, folders, images)
 
 
 @app.command()

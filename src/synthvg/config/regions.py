@@ -199,7 +199,7 @@ ProposerName = Literal[
 
 
 #: The proposers with a section of their own in :class:`RegionsConfig` (``none`` has none).
-PROPOSERS = ("felzenszwalb", "segment_anything", "transformers_sam", "precomputed")
+PROPOSER_SECTIONS = ("felzenszwalb", "segment_anything", "transformers_sam", "precomputed")
 
 
 class RegionsConfig(Section):
@@ -230,7 +230,7 @@ class RegionsConfig(Section):
 
     def unused_fields(self) -> frozenset[str]:
         """The proposer sections other than the chosen one (their paths are not read)."""
-        return frozenset(n for n in PROPOSERS if n != self.proposer)
+        return frozenset(n for n in PROPOSER_SECTIONS if n != self.proposer)
 
     def proposer_config(self) -> BaseModel | None:
         """The chosen proposer's section (None for ``none``)."""

@@ -40,7 +40,7 @@ from synthvg.config.filters import (
 )
 from synthvg.config.regions import (
     PART_PRESET,
-    PROPOSERS,
+    PROPOSER_SECTIONS,
     WHOLE_PRESET,
     AMGParams,
     FelzenszwalbConfig,
@@ -82,7 +82,7 @@ __all__ = [
     "DATASETS",
     "MAX_IMAGE_PIXELS",
     "PART_PRESET",
-    "PROPOSERS",
+    "PROPOSER_SECTIONS",
     "SOURCES",
     "WHOLE_PRESET",
     "AMGParams",

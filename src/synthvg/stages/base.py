@@ -13,8 +13,9 @@ import hashlib
 import json
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel
@@ -146,6 +147,8 @@ class Stage(ABC):
 
     def __init__(self, config: BuildConfig):
         self.config = config
+        #: the :func:`shared_model` slots this instance uses
+        self.model_slots: set[str] = set()
 
     @classmethod
     def skip_reason(cls, config: BuildConfig) -> str | None:
@@ -201,27 +204,67 @@ def stable_hash(obj) -> str:
 
 
 _STAGE_CACHE: dict[str, tuple[str, Stage]] = {}
-_STAGE_LOCK = threading.Lock()
+_STAGE_LOCK = threading.RLock()
+#: slot -> (key of the settings it was loaded from, model)
+_MODELS: dict[str, tuple[str, Any]] = {}
 
-#: Build settings no stage's work depends on: changing them must not reload a model.
+#: Build settings no stage's work depends on: changing them must not rebuild a stage.
 _NOT_STAGE_SETTINGS = {"name", "limit", "shard_size", "executor"}
+
+T = TypeVar("T")
+
+
+def shared_model(stage: Stage, slot: str, settings: Any, load: Callable[[], T]) -> T:
+    """The model ``stage`` keeps in ``slot``, loaded by ``load`` from ``settings`` (what the
+    model depends on: its section, its files' identity; nothing else of the build).
+
+    Reused by every later instance of the stage whose ``settings`` are the same, whatever else
+    of the config changed (the executor, another stage's settings, the dataset root); loaded
+    anew, the old one released first, when they differ. A model no cached stage instance uses
+    any more is released by :func:`load_stage`.
+    """
+    name = f"{stage.name}:{slot}"
+    key = stable_hash(
+        settings.model_dump(mode="json") if isinstance(settings, BaseModel) else settings
+    )
+    stage.model_slots.add(name)
+    with _STAGE_LOCK:
+        cached = _MODELS.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        _MODELS.pop(name, None)  # drop the old model before the new one takes memory
+        model = load()
+        _MODELS[name] = (key, model)
+        return model
+
+
+def loaded_models() -> dict[str, Any]:
+    """The models this process holds, by slot (``stage:slot``)."""
+    with _STAGE_LOCK:
+        return {name: model for name, (_, model) in _MODELS.items()}
 
 
 def load_stage(stage_cls: type[Stage], config: BuildConfig) -> Stage:
     """The stage instance for this config, built once per worker process and reused.
 
-    Models load in a stage's constructor, so this is what makes "a model loads once per
-    worker, never once per task" hold, whatever executor runs the shards. The instance is kept
-    per stage under a key of the settings it can depend on (not the executor, the build's name
-    or size); a config that changes them replaces it, so a long-lived worker serving a second
-    build releases the first build's model.
+    Models load in a stage's constructor through :func:`shared_model`, so this is what makes
+    "a model loads once per worker, never once per task" hold, whatever executor runs the
+    shards. The instance is kept per stage under a key of the build settings (not the
+    executor, the build's name or size). A worker serves one build at a time: a config with
+    other settings replaces the instances built for another one, and the models no remaining
+    instance uses are released, so a long-lived worker serving a second build frees the first
+    build's models, while a model whose own settings did not change is kept.
     """
     key = config.model_dump_json(exclude=_NOT_STAGE_SETTINGS)
     with _STAGE_LOCK:
         cached = _STAGE_CACHE.get(stage_cls.name)
         if cached is not None and cached[0] == key:
             return cached[1]
-        _STAGE_CACHE.pop(stage_cls.name, None)  # drop the old instance (and its model) first
+        for name in [n for n, (k, _) in _STAGE_CACHE.items() if k != key]:
+            del _STAGE_CACHE[name]  # another build's instances (their models may be reused)
         stage = stage_cls(config)
         _STAGE_CACHE[stage_cls.name] = (key, stage)
+        used = set().union(*(s.model_slots for _, s in _STAGE_CACHE.values()))
+        for slot in [n for n in _MODELS if n not in used]:
+            del _MODELS[slot]
         return stage

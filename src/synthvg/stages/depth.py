@@ -19,10 +19,18 @@ from synthvg.config.build import BuildConfig
 from synthvg.config.depth import DepthAnythingConfig
 from synthvg.config.fields import output_settings
 from synthvg.models.amg import work_size
-from synthvg.models.errors import ModelLoadError
+from synthvg.models.backends import DEPTH, DepthModel
 from synthvg.models.identity import path_identity
 from synthvg.schemas import DepthMapRecord, RegionDepthRecord
-from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput, stable_hash
+from synthvg.stages.base import (
+    RunContext,
+    ShardSpec,
+    Stage,
+    StageInputs,
+    StageOutput,
+    shared_model,
+    stable_hash,
+)
 from synthvg.stages.common import load_rgb, per_image, region_mask
 from synthvg.storage import Dataset
 
@@ -80,14 +88,13 @@ class DepthStage(Stage):
 
     def __init__(self, config: BuildConfig):
         super().__init__(config)
-        try:
-            from synthvg.models.depth_anything import DepthAnything
-        except ImportError as e:
-            raise ModelLoadError(
-                f"depth.backend: depth-anything needs the models extra (pip install 'synthvg[models]'): {e}"
-            ) from None
         self.depth: DepthAnythingConfig = config.depth
-        self.model = DepthAnything(self.depth)  # loads once per worker
+        self.model: DepthModel = shared_model(  # loads once per worker, and per depth settings
+            self,
+            "model",
+            {"config": self.depth, "model": path_identity(self.depth.path)},
+            lambda: DEPTH.create(self.depth.backend, self.depth, config),
+        )
         self.dataset = Dataset(config.out)
         self.model_key = stable_hash(self.fingerprint_payload(config))[:12]
 

@@ -14,12 +14,19 @@ import numpy as np
 from synthvg import masks
 from synthvg.config.build import BuildConfig
 from synthvg.config.fields import output_settings
-from synthvg.config.regions import PROPOSERS, UncoveredConfig
-from synthvg.models.errors import ModelLoadError
+from synthvg.config.regions import PROPOSER_SECTIONS, UncoveredConfig
+from synthvg.models.backends import PROPOSERS
 from synthvg.models.identity import folder_identity, path_identity
-from synthvg.models.proposers import FelzenszwalbProposer, ImageItem, MaskProposer, Proposal
+from synthvg.models.proposers import ImageItem, MaskProposer, Proposal
 from synthvg.schemas import RLE, ProposalRecord, RegionCheckRecord, RegionRecord, RegionSource
-from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.base import (
+    RunContext,
+    ShardSpec,
+    Stage,
+    StageInputs,
+    StageOutput,
+    shared_model,
+)
 from synthvg.stages.common import load_rgb, per_image
 from synthvg.stages.common import region_mask as region_mask
 
@@ -64,24 +71,7 @@ def uncovered(
 def make_proposer(config: BuildConfig) -> MaskProposer:
     """The configured proposer, loaded (the model backends need the ``models`` extra)."""
     r = config.regions
-    if r.proposer == "felzenszwalb":
-        return FelzenszwalbProposer(r.felzenszwalb)
-    if r.proposer == "precomputed":
-        from synthvg.models.precomputed import PrecomputedProposer
-
-        return PrecomputedProposer(r.precomputed)
-    try:
-        if r.proposer == "segment_anything":
-            from synthvg.models.sam_package import SegmentAnythingProposer as cls
-        elif r.proposer == "transformers_sam":
-            from synthvg.models.sam_transformers import TransformersSamProposer as cls
-        else:
-            raise ValueError(f"no proposer for {r.proposer!r}")
-    except ImportError as e:
-        raise ModelLoadError(
-            f"regions.proposer: {r.proposer} needs the models extra (pip install 'synthvg[models]'): {e}"
-        ) from None
-    return cls(r.proposer_config())
+    return PROPOSERS.create(r.proposer, r.proposer_config(), config)
 
 
 def model_identity(config: BuildConfig) -> dict | None:
@@ -122,7 +112,11 @@ class RegionsStage(Stage):
         section = r.proposer_config()
         # Every setting of the section but the proposers' (the chosen one's are ``params``) and
         # ``feed``, which decides what later stages read, not what this stage writes.
-        own = {k: v for k, v in output_settings(r).items() if k not in PROPOSERS and k != "feed"}
+        own = {
+            k: v
+            for k, v in output_settings(r).items()
+            if k not in PROPOSER_SECTIONS and k != "feed"
+        }
         return {
             **own,
             "params": output_settings(section) if section else None,
@@ -131,7 +125,17 @@ class RegionsStage(Stage):
 
     def __init__(self, config: BuildConfig):
         super().__init__(config)
-        self.proposer = make_proposer(config)  # loads once per worker
+        r = config.regions
+        self.proposer = shared_model(  # loads once per worker, and per proposer settings
+            self,
+            "proposer",
+            {
+                "proposer": r.proposer,
+                "config": r.proposer_config(),
+                "model": model_identity(config),
+            },
+            lambda: make_proposer(config),
+        )
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
         out = StageOutput()

@@ -26,6 +26,7 @@ from synthvg.stages.base import (
     Stage,
     StageInputs,
     StageOutput,
+    shared_model,
 )
 from synthvg.stages.common import load_rgb, per_image, region_mask, regions_for_later_stages
 
@@ -73,15 +74,25 @@ class RobinStage(Stage):
             if rc.vision_dtype == "auto" and device.type == "cuda"
             else resolve_dtype(rc.vision_dtype, device)
         )
-        engine = RobinEngine(  # loads once per worker
-            rc.checkpoint,
-            device=device,
-            lm_dtype=resolve_dtype(rc.dtype, device),
-            vision_dtype=vision_dtype,
-            batch_size=rc.batch_size,
-            max_prompt_tokens=rc.max_prompt_tokens,
-            attn_implementation=rc.attn_implementation,
-            allow_unexpected_keys=rc.allow_unexpected_keys,
+        # What the loaded model depends on (not the sampling settings): another temperature
+        # or mode reuses it.
+        engine_args = {
+            "device": device,
+            "lm_dtype": resolve_dtype(rc.dtype, device),
+            "vision_dtype": vision_dtype,
+            "batch_size": rc.batch_size,
+            "max_prompt_tokens": rc.max_prompt_tokens,
+            "attn_implementation": rc.attn_implementation,
+            "allow_unexpected_keys": rc.allow_unexpected_keys,
+        }
+        engine = shared_model(  # loads once per worker
+            self,
+            "engine",
+            {
+                "model": path_identity(rc.checkpoint),
+                **{k: str(v) for k, v in engine_args.items()},
+            },
+            lambda: RobinEngine(rc.checkpoint, **engine_args),
         )
         self.graphs = RobinGraphs(
             engine,
