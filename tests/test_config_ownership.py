@@ -288,3 +288,49 @@ def test_a_missing_backend_extra_is_a_one_line_model_error():
         reg.create("needs-extra", None, None)  # type: ignore[arg-type]
     with pytest.raises(ModelLoadError, match=r"no backend 'other' \(known: needs-extra\)"):
         reg.create("other", None, None)  # type: ignore[arg-type]
+
+
+NEW_STAGE = """
+from synthvg.stages.base import Stage, StageOutput
+
+
+class RegionCountStage(Stage):
+    name = "region_count"
+    version = "1"
+    reads = ("regions",)
+    writes = ("region_counts",)
+
+    @classmethod
+    def skip_reason(cls, config):
+        return None
+
+    @classmethod
+    def fingerprint_payload(cls, config):
+        return {"min_area": 0}
+
+    def process(self, shard, inputs, ctx):
+        return StageOutput()
+"""
+
+
+def test_a_new_stage_module_is_a_stage_without_registering_it(tmp_path, monkeypatch):
+    import synthvg.stages as stages
+
+    (tmp_path / "region_count.py").write_text(NEW_STAGE)
+    monkeypatch.setattr(stages, "__path__", [*stages.__path__, str(tmp_path)])
+    found = stages._stages()
+    assert list(found)[: len(STAGES)] == list(STAGES)  # the others keep their order
+    assert "region_count" in found
+    cfg = demo_config(tmp_path / "root")
+    graph = stages.stage_graph(found, cfg)
+    assert graph["region_count"].reads == {"regions": ["seeds", "regions"]}
+    assert graph["region_count"].depends_on == ["regions"]
+    before = shard_fingerprints(found, cfg, SHARD)
+    felz = {"scale": 100, "sigma": 0.8, "min_size": 50}
+    after = shard_fingerprints(
+        found, demo_config(tmp_path / "root", regions={"felzenszwalb": felz}), SHARD
+    )
+    assert after["region_count"] != before["region_count"]  # it reads regions
+    teacher = demo_config(tmp_path / "root", teacher={"max_subjects": 3})
+    assert shard_fingerprints(found, teacher, SHARD)["region_count"] == before["region_count"]
+    monkeypatch.delitem(__import__("sys").modules, "synthvg.stages.region_count")

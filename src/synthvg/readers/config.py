@@ -31,8 +31,8 @@ class SourceSection(Section):
         description="the source may yield no images; otherwise `synthvg build` stops (exit 2) when it does",
     )
 
-    #: the dataset its rows are labelled with (a class attribute, or a property)
-    dataset: ClassVar[str]
+    # Each source also has ``dataset``: the dataset its rows are labelled with (a class
+    # attribute, or a property where the config decides it).
 
     def main_path(self) -> str:
         """The file (or folder) that names the source in messages."""
@@ -118,7 +118,7 @@ class RefcocoSource(SourceSection):
         None, description="folder of the COCO train2014 images (COCO_train2014_*.jpg)"
     )
 
-    @property  # type: ignore[override]
+    @property
     def dataset(self) -> str:
         folder = Path(self.refs).parent.name.lower()
         return self.name or (folder if folder in ("refcoco", "refcoco+", "refcocog") else "refcoco")

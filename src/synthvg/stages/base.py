@@ -139,6 +139,8 @@ class Stage(ABC):
     name: ClassVar[str]
     #: Bump when the stage's output for the same input and config changes.
     version: ClassVar[str] = "1"
+    #: Breaks ties in the build order between stages that do not read each other (lower first).
+    order: ClassVar[float] = 100
     #: Tables this stage writes (besides ``errors``).
     writes: ClassVar[tuple[str, ...]] = ()
     #: Tables this stage reads: its inputs refuse any other, and the stage graph (build order,

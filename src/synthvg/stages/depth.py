@@ -67,6 +67,7 @@ def map_path(image_id: str, model_key: str) -> str:
 
 class DepthStage(Stage):
     name = "depth"
+    order = 30
     version = "1"
     writes = ("region_depth", "depth_maps")
     reads = ("images", "regions")

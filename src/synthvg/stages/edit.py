@@ -63,6 +63,7 @@ class _Job:
 
 class EditStage(Stage):
     name = "edit"
+    order = 70
     version = "1"
     writes = ("relations", "descriptions", "edits")
     reads = ("images", "regions", "region_checks", "relations", "descriptions", "relation_verdicts")

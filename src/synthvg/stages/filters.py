@@ -51,6 +51,7 @@ def make_verifier(cfg: Verifier, build: BuildConfig) -> VQAVerifier:
 
 class FiltersStage(Stage):
     name = "filters"
+    order = 50
     version = "1"
     writes = ("relation_verdicts",)
     reads = ("images", "regions", "region_depth", "relations", "descriptions")

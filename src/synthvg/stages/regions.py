@@ -88,6 +88,7 @@ def model_identity(config: BuildConfig) -> dict | None:
 
 class RegionsStage(Stage):
     name = "regions"
+    order = 20
     version = "2"
     writes = ("proposals", "region_checks", "regions")
     reads = ("images", "regions")

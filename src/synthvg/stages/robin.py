@@ -38,6 +38,7 @@ def _decoded_mask(region: dict, height: int, width: int):
 
 class RobinStage(Stage):
     name = "robin"
+    order = 60
     version = "1"
     writes = ("relations", "descriptions", "generations")
     reads = ("images", "regions", "region_checks")

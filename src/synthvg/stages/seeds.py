@@ -209,6 +209,7 @@ def _join_path(folder: str, name: str) -> str:
 
 class SeedsStage(Stage):
     name = "seeds"
+    order = 10
     version = "2"
     writes = ("images", "regions", "relations")
 

@@ -238,6 +238,7 @@ class LLMTeacherBackend:
 
 class TeacherStage(Stage):
     name = "teacher"
+    order = 40
     version = "1"
     writes = ("relations", "descriptions")
     reads = ("images", "regions", "region_checks")
