@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from synthvg.config.build import BuildConfig
 from synthvg.config.fields import output_settings
@@ -226,9 +227,7 @@ def shared_model(stage: Stage, slot: str, settings: Any, load: Callable[[], T]) 
     any more is released by :func:`load_stage`.
     """
     name = f"{stage.name}:{slot}"
-    key = stable_hash(
-        settings.model_dump(mode="json") if isinstance(settings, BaseModel) else settings
-    )
+    key = stable_hash(to_jsonable_python(settings))  # config sections at any depth
     stage.model_slots.add(name)
     with _STAGE_LOCK:
         cached = _MODELS.get(name)
