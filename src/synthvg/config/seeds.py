@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from synthvg.config.base import Section
 from synthvg.config.fields import InputPath, SpeedOnly
-from synthvg.readers.config import DATASETS, SeedSource
+from synthvg.readers.config import DatasetName, SeedSource
 
 
 class MergeConfig(Section):
@@ -35,7 +35,7 @@ class MergeConfig(Section):
 class SelectConfig(Section):
     """Which images to build (then ``limit`` keeps the first N, in image-id order)."""
 
-    require: list[Literal[DATASETS]] = Field(
+    require: list[DatasetName] = Field(
         default_factory=list, description="only images every one of these datasets annotates"
     )
     ids: list[str] = Field(

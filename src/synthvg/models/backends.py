@@ -32,6 +32,9 @@ Factory = Callable[[Any, "BuildConfig"], Any]
 class DepthModel(Protocol):
     """Relative depth in [0, 1] (larger = nearer), one map per image at the size asked for."""
 
+    #: Written to every row (``depth-anything/<folder>``).
+    name: str
+
     def predict(self, rgbs: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[np.ndarray]: ...
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -48,7 +48,7 @@ class SourceSection(Section):
         """Folders of per-image annotation files (fingerprinted by their listing)."""
         return []
 
-    def open_reader(self) -> Reader:
+    def open_reader(self) -> Reader[Any]:
         """A new reader over the source (raises ``SourceError`` when it cannot be read)."""
         raise NotImplementedError
 
@@ -80,7 +80,7 @@ class CocoSource(SourceSection):
 
     dataset: ClassVar[str] = "coco"
 
-    def open_reader(self) -> Reader:
+    def open_reader(self) -> Reader[Any]:
         from synthvg.readers.coco import CocoReader
 
         return CocoReader(self.annotations, self.images, self.split)
@@ -97,7 +97,7 @@ class LvisSource(SourceSection):
 
     dataset: ClassVar[str] = "lvis"
 
-    def open_reader(self) -> Reader:
+    def open_reader(self) -> Reader[Any]:
         from synthvg.readers.lvis import LvisReader
 
         return LvisReader(self.annotations, self.images)
@@ -132,7 +132,7 @@ class RefcocoSource(SourceSection):
             self.instances or os.path.join(os.path.dirname(self.refs), "instances.json"),
         ]
 
-    def open_reader(self) -> Reader:
+    def open_reader(self) -> Reader[Any]:
         from synthvg.readers.refcoco import RefcocoReader
 
         return RefcocoReader(self.refs, self.instances, self.images, self.dataset)
@@ -195,7 +195,7 @@ class VgSource(SourceSection):
     def annotation_files(self) -> list[str]:
         return list(self.files().values())
 
-    def open_reader(self) -> Reader:
+    def open_reader(self) -> Reader[Any]:
         from synthvg.readers.base import SourceError
         from synthvg.readers.vg import VgReader
 
@@ -236,7 +236,7 @@ class GqaSource(SourceSection):
 
     dataset: ClassVar[str] = "gqa"
 
-    def open_reader(self) -> Reader:
+    def open_reader(self) -> Reader[Any]:
         from synthvg.readers.gqa import GqaReader
 
         return GqaReader(self.annotations, self.images, f"gqa-{self.version}", self.image_data)
@@ -267,7 +267,7 @@ class PsgSource(SourceSection):
     def annotation_folders(self) -> list[str]:
         return [p for p in (self.panoptic or self.images,) if p]
 
-    def open_reader(self) -> Reader:
+    def open_reader(self) -> Reader[Any]:
         from synthvg.readers.psg import PsgReader
 
         return PsgReader(self.annotations, self.panoptic, self.images)
@@ -300,7 +300,7 @@ class Ade20kSource(SourceSection):
     def annotation_folders(self) -> list[str]:
         return [self.root]
 
-    def open_reader(self) -> Reader:
+    def open_reader(self) -> Reader[Any]:
         from synthvg.readers.ade20k import Ade20kReader
 
         return Ade20kReader(self.root, self.images)
@@ -339,4 +339,7 @@ SOURCES: dict[str, type[SourceSection]] = {
         Ade20kSource,
     )
 }
-DATASETS = ("coco", "lvis", "refcoco", "refcoco+", "refcocog", "psg", "vg", "gqa", "ade20k")
+DatasetName = Literal[
+    "coco", "lvis", "refcoco", "refcoco+", "refcocog", "psg", "vg", "gqa", "ade20k"
+]
+DATASETS: tuple[str, ...] = get_args(DatasetName)

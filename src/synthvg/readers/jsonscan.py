@@ -209,7 +209,7 @@ class SpanFile:
         except orjson.JSONDecodeError:
             return json.loads(raw)
 
-    def __del__(self) -> None:
+    def __del__(self, _close=os.close) -> None:  # bound now: at exit ``os`` may be gone
         fd = getattr(self, "_fd", None)
         if fd is not None:
-            os.close(fd)
+            _close(fd)

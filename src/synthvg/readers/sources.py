@@ -11,6 +11,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from synthvg.readers.base import Problem, Reader
 from synthvg.readers.base import SourceError as SourceError
@@ -41,7 +42,7 @@ def annotation_folders(source: SeedSource) -> list[str]:
     return source.annotation_folders()
 
 
-def open_reader(source: SeedSource) -> Reader:
+def open_reader(source: SeedSource) -> Reader[Any]:
     """A new reader over ``source`` (raises :class:`SourceError` when it cannot be read)."""
     return source.open_reader()
 
@@ -67,8 +68,15 @@ class Opened:
 
     config: SeedSource
     path: str
-    reader: Reader | None = None
+    reader: Reader[Any] | None = None
     failure: str | None = None
+
+    @property
+    def opened_reader(self) -> Reader[Any]:
+        """The reader of a source that opened (those :attr:`SeedSources.readers` lists)."""
+        if self.reader is None:
+            raise SourceError(self.failure or f"{self.path}: source was not opened")
+        return self.reader
 
 
 @dataclass
@@ -86,22 +94,23 @@ class SeedSources:
     def image_datasets(self) -> dict[str, set[str]]:
         """Every image id of the build, with the datasets that annotate it."""
         out: dict[str, set[str]] = {}
-        for s in self.readers:
-            r = s.reader
+        for r in (s.reader for s in self.sources if s.reader is not None):
             for native in r.native_ids():
                 out.setdefault(self.identity.image_id(r.family, native), set()).add(r.dataset)
         return out
 
     def views(self, image_id: str) -> list[tuple[Opened, int | str]]:
         """The sources that describe ``image_id`` and its native id in each, in priority order."""
-        out = []
-        for s in self.readers:
-            native = self.identity.native(s.reader.family, image_id)
+        out: list[tuple[int, Opened, int | str]] = []
+        for s in self.sources:
+            if (r := s.reader) is None:
+                continue
+            native = self.identity.native(r.family, image_id)
             if native is not None:
-                native = s.reader.native_type(native)
-                if s.reader.has(native):
-                    out.append((s, native))
-        return sorted(out, key=lambda v: PRIORITY.index(v[0].reader.dataset))
+                native = r.native_type(native)
+                if r.has(native):
+                    out.append((PRIORITY.index(r.dataset), s, native))
+        return [(s, native) for _, s, native in sorted(out, key=lambda v: v[0])]
 
 
 _CACHE: OrderedDict[tuple, Opened] = OrderedDict()

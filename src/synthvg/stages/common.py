@@ -9,7 +9,7 @@ stage modules import only these, :mod:`synthvg.stages.base` and :mod:`synthvg.st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -25,6 +25,15 @@ from synthvg.stages.base import RunContext, StageInputs, StageOutput
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S")
+
+
+def enabled(section: object, kind: type[S]) -> S:
+    """A stage's config section as the backend the stage runs with (a stage is only built, and
+    only fingerprinted, when its section is not ``backend: none``)."""
+    if not isinstance(section, kind):
+        raise TypeError(f"expected a {kind.__name__} section, got {type(section).__name__}")
+    return section
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:
@@ -70,8 +79,8 @@ def load_rgb(
 
 
 def per_image(
-    fn: Callable[[Sequence[T]], list[R]],
-    items: Sequence[T],
+    fn: Callable[[list[T]], list[R]],
+    items: list[T],
     on_error: Callable[[T, str, str], None],
     kind: str,
 ) -> list[R | None]:

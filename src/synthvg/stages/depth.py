@@ -31,7 +31,7 @@ from synthvg.stages.base import (
     shared_model,
     stable_hash,
 )
-from synthvg.stages.common import load_rgb, per_image, region_mask
+from synthvg.stages.common import enabled, load_rgb, per_image, region_mask
 from synthvg.storage import Dataset
 
 
@@ -40,7 +40,9 @@ def depth_stats(depth: np.ndarray, mask: np.ndarray) -> tuple[float | None, floa
     A mask at another size than the map is resized to it first (nearest neighbour)."""
     if mask.shape != depth.shape:
         mask = np.asarray(
-            Image.fromarray(mask.astype(np.uint8)).resize(depth.shape[::-1], Image.NEAREST)
+            Image.fromarray(mask.astype(np.uint8)).resize(
+                depth.shape[::-1], Image.Resampling.NEAREST
+            )
         ).astype(bool)
     values = depth[mask]
     if values.size == 0:
@@ -84,12 +86,12 @@ class DepthStage(Stage):
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
-        d: DepthAnythingConfig = config.depth
+        d = enabled(config.depth, DepthAnythingConfig)
         return {"config": output_settings(d), "model": path_identity(d.path)}
 
     def __init__(self, config: BuildConfig):
         super().__init__(config)
-        self.depth: DepthAnythingConfig = config.depth
+        self.depth = enabled(config.depth, DepthAnythingConfig)
         self.model: DepthModel = shared_model(  # loads once per worker, and per depth settings
             self,
             "model",

@@ -30,7 +30,7 @@ from synthvg.models.scene_graph import Graph, build_graph, triples
 from synthvg.schemas import DescriptionRecord, EditRecord, RelationRecord
 from synthvg.schemas.records import relation_id
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
-from synthvg.stages.common import STAGE_OF_RELATIONS, regions_for_later_stages
+from synthvg.stages.common import STAGE_OF_RELATIONS, enabled, regions_for_later_stages
 from synthvg.stages.llm_stage import (
     add_metrics,
     answer,
@@ -71,7 +71,8 @@ class EditStage(Stage):
     @classmethod
     def read_from(cls, config: BuildConfig, table: str) -> tuple[str, ...] | None:
         if table == "relations":
-            return tuple(STAGE_OF_RELATIONS[s] for s in SOURCE_STAGES[config.edit.source])
+            source = enabled(config.edit, OpenAIEditConfig).source
+            return tuple(STAGE_OF_RELATIONS[s] for s in SOURCE_STAGES[source])
         if table == "descriptions":
             return tuple(STAGE_OF_RELATIONS[s] for s in NAME_STAGES)
         return None
@@ -87,7 +88,7 @@ class EditStage(Stage):
             return super().skip_reason(config)
         if (
             edit.source in ("robin", "teacher")
-            and config.stage_config(edit.source).backend == "none"
+            and getattr(config.stage_config(edit.source), "backend", "none") == "none"
         ):
             return (
                 f"edit.source is {edit.source} but {edit.source}.backend is none: there is no "

@@ -14,7 +14,13 @@ import numpy as np
 from synthvg import masks
 from synthvg.config.build import BuildConfig
 from synthvg.config.fields import output_settings
-from synthvg.config.regions import PROPOSER_SECTIONS, UncoveredConfig
+from synthvg.config.regions import (
+    PROPOSER_SECTIONS,
+    PrecomputedConfig,
+    SegmentAnythingConfig,
+    TransformersSamConfig,
+    UncoveredConfig,
+)
 from synthvg.models.backends import PROPOSERS
 from synthvg.models.identity import folder_identity, path_identity
 from synthvg.models.proposers import ImageItem, MaskProposer, Proposal
@@ -41,7 +47,7 @@ def check_regions(
     if not proposal_masks:
         return [(None, None, False) for _ in region_masks]
     ious = masks.iou_matrix(region_masks, proposal_masks)
-    out = []
+    out: list[tuple[float | None, int | None, bool]] = []
     for row in ious:
         j = int(np.argmax(row))
         best = float(row[j])
@@ -76,13 +82,13 @@ def make_proposer(config: BuildConfig) -> MaskProposer:
 
 def model_identity(config: BuildConfig) -> dict | None:
     """What the proposer reads from disk, cheaply identified (see models.identity)."""
-    r = config.regions
-    if r.proposer == "segment_anything":
-        return path_identity(r.segment_anything.checkpoint)
-    if r.proposer == "transformers_sam":
-        return path_identity(r.transformers_sam.path)
-    if r.proposer == "precomputed":
-        return folder_identity(r.precomputed.path)
+    chosen = config.regions.proposer_config()
+    if isinstance(chosen, SegmentAnythingConfig):
+        return path_identity(chosen.checkpoint)
+    if isinstance(chosen, TransformersSamConfig):
+        return path_identity(chosen.path)
+    if isinstance(chosen, PrecomputedConfig):
+        return folder_identity(chosen.path)
     return None
 
 
@@ -148,7 +154,7 @@ class RegionsStage(Stage):
             out.errors.append(ctx.error(kind, reason, image_id=item.image_id, source=item.file_uri))
 
         for start in range(0, len(images), step):
-            batch = []
+            batch: list[ImageItem] = []
             for image in images[start : start + step]:
                 rgb = (
                     load_rgb(image, out, ctx, self.proposer.max_input_side)
@@ -165,11 +171,8 @@ class RegionsStage(Stage):
                             rgb,
                         )
                     )
-            for item, proposals in zip(
-                batch,
-                per_image(self.proposer.propose_batch, batch, failed, "proposer_failed"),
-                strict=True,
-            ):
+            found = per_image(self.proposer.propose_batch, batch, failed, "proposer_failed")
+            for item, proposals in zip(batch, found, strict=True):
                 if proposals is not None:
                     self._record(item, proposals, regions_by_image.get(item.image_id, []), out, ctx)
         return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from typing import Any
 
 from synthvg import masks
 from synthvg.config.build import BuildConfig
@@ -28,7 +29,13 @@ from synthvg.stages.base import (
     StageOutput,
     shared_model,
 )
-from synthvg.stages.common import load_rgb, per_image, region_mask, regions_for_later_stages
+from synthvg.stages.common import (
+    enabled,
+    load_rgb,
+    per_image,
+    region_mask,
+    regions_for_later_stages,
+)
 
 
 def _decoded_mask(region: dict, height: int, width: int):
@@ -67,7 +74,7 @@ class RobinStage(Stage):
             raise ModelLoadError(
                 f"robin needs the models extra (pip install 'synthvg[models]'): {e}"
             ) from None
-        rc: RobinModelConfig = config.robin
+        rc = enabled(config.robin, RobinModelConfig)
         self.robin = rc
         device = resolve_device(rc.device)
         vision_dtype = (
@@ -77,7 +84,7 @@ class RobinStage(Stage):
         )
         # What the loaded model depends on (not the sampling settings): another temperature
         # or mode reuses it.
-        engine_args = {
+        engine_args: dict[str, Any] = {
             "device": device,
             "lm_dtype": resolve_dtype(rc.dtype, device),
             "vision_dtype": vision_dtype,
