@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from explorer_dataset import A, XSS_LABEL, XSS_PREDICATE, build_explorer_dataset
+from explorer_dataset import XSS_LABEL, XSS_PREDICATE, A, build_explorer_dataset
 from helpers import REPO, demo_config
 
 from synthvg.explorer import ExplorerConfig
