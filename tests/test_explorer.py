@@ -89,6 +89,8 @@ def test_gallery_pages_counts_and_filters(client):
         "stage=teacher": [A, B],
         "verdict=dropped": [A],
         "verdict=dropped&predicate=near": [],
+        "predicate=no such predicate": [],
+        "label=no such label&stage=seed": [],
         "label=" + XSS_LABEL: [A],
         "label=cat": [B],
         "errors=yes": [B],

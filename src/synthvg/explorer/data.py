@@ -174,22 +174,65 @@ class Explorer:
             self._group_of[image_id] = groups.setdefault(key, len(groups))
         self._groups: list[dict[str, tuple[int, ...]]] = [dict(k) for k in groups]
 
+        # Every column of the images view (the gallery's WHERE runs on this copy), plus the
+        # image's position and counts.
         con.execute(
             """
             CREATE TABLE _x_images AS
             WITH g AS (SELECT image_id, count(*) AS n FROM _regions GROUP BY 1),
                  r AS (SELECT image_id, count(*) AS n FROM _relations GROUP BY 1),
                  e AS (SELECT image_id, count(*) AS n FROM _errors WHERE image_id IS NOT NULL GROUP BY 1)
-            SELECT (row_number() OVER (ORDER BY i.image_id) - 1)::INTEGER AS pos, i.image_id,
-                   i.file_uri, i.width, i.height,
+            SELECT (row_number() OVER (ORDER BY i.image_id) - 1)::INTEGER AS pos, i.*,
                    coalesce(g.n, 0)::INTEGER AS n_regions, coalesce(r.n, 0)::INTEGER AS n_relations,
                    coalesce(e.n, 0)::INTEGER AS n_errors
-            FROM _images i LEFT JOIN g USING (image_id) LEFT JOIN r USING (image_id)
+            FROM images i LEFT JOIN g USING (image_id) LEFT JOIN r USING (image_id)
                  LEFT JOIN e USING (image_id)
             ORDER BY pos
             """
         )
         (self.total_images,) = con.execute("SELECT count(*) FROM _x_images").fetchone()
+        # The gallery's filters, in memory and small: one row per relation (its image's
+        # position and four enum columns, verdicts applied) and per distinct (image, label).
+        self._facets: dict[str, set[str]] = {}
+        for col, source in (
+            ("predicate", "_relations"),
+            ("category", "_relations"),
+            ("stage", "_relations"),
+            ("verdict", "relations"),
+            ("label", "_regions"),
+        ):
+            values = [
+                r[0]
+                for r in con.execute(
+                    f"SELECT DISTINCT {col} FROM {source} WHERE {col} IS NOT NULL ORDER BY 1"
+                ).fetchall()
+            ]
+            self._facets[col] = set(values)
+            kind = "VARCHAR"
+            if values:
+                kind = f"_x_{col}"
+                con.execute(f"CREATE TYPE {kind} AS ENUM ({', '.join(map(_sql_str, values))})")
+            setattr(self, f"_{col}_type", kind)
+        con.execute(
+            f"""
+            CREATE TABLE _x_relations AS
+            SELECT x.pos, r.predicate::{self._predicate_type} AS predicate,
+                   r.category::{self._category_type} AS category, r.stage::{self._stage_type} AS stage,
+                   r.verdict::{self._verdict_type} AS verdict
+            FROM relations r JOIN _x_images x USING (image_id)
+            """
+        )
+        # Without a predicate, the kinds of relation an image has are enough (far fewer rows).
+        con.execute(
+            "CREATE TABLE _x_kinds AS SELECT DISTINCT pos, category, stage, verdict FROM _x_relations"
+        )
+        con.execute(
+            f"""
+            CREATE TABLE _x_labels AS
+            SELECT DISTINCT x.pos, g.label::{self._label_type} AS label
+            FROM _regions g JOIN _x_images x USING (image_id) WHERE g.label IS NOT NULL
+            """
+        )
         self.options = {
             "categories": list(CATEGORIES),
             "stages": list(STAGES),
@@ -197,13 +240,13 @@ class Explorer:
             "predicates": [
                 r[0]
                 for r in con.execute(
-                    "SELECT predicate FROM _relations GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 200"
+                    "SELECT predicate::VARCHAR FROM _x_relations GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 200"
                 ).fetchall()
             ],
             "labels": [
                 r[0]
                 for r in con.execute(
-                    "SELECT label FROM _regions WHERE label IS NOT NULL GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 200"
+                    "SELECT label::VARCHAR FROM _x_labels GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 200"
                 ).fetchall()
             ],
         }
@@ -227,17 +270,19 @@ class Explorer:
         """One page of images matching every filter, with the counts over all that match."""
         conds, params = [], []
         rel = []
-        for col in ("predicate", "category", "stage", "verdict"):
+        for col in ("predicate", "category", "stage", "verdict", "label"):
             value = getattr(filters, col)
-            if value:
-                rel.append(f"{col} = ?")
+            if value and value not in self._facets[col]:
+                conds.append("false")  # no such value: nothing matches (and no enum cast fails)
+            elif value and col == "label":
+                conds.append("pos IN (SELECT pos FROM _x_labels WHERE label = ?)")
                 params.append(value)
-        if rel:  # images with one relation meeting all of them (verdicts need the joined view)
-            source = "relations" if filters.verdict else "_relations"
-            conds.append(f"image_id IN (SELECT image_id FROM {source} WHERE {' AND '.join(rel)})")
-        if filters.label:
-            conds.append("image_id IN (SELECT image_id FROM _regions WHERE label = ?)")
-            params.append(filters.label)
+            elif value:
+                rel.append(f"{col} = ?")
+                params.insert(len(rel) - 1, value)
+        if rel:  # images with one relation meeting all of them
+            table = "_x_relations" if filters.predicate else "_x_kinds"
+            conds.insert(0, f"pos IN (SELECT pos FROM {table} WHERE {' AND '.join(rel)})")
         if filters.has_errors is not None:
             conds.append("n_errors > 0" if filters.has_errors else "n_errors = 0")
         with_ = ""
@@ -248,8 +293,12 @@ class Explorer:
                     check_read_only(cur, inner)
                 except (ValueError, PermissionError) as e:
                     return GalleryPage([], 0, self.total_images, 0, 0, 1, 1, error=_one_line(e))
-                # A top-level CTE: its columns resolve against `images` only, never the outer query.
-                with_ = f"WITH _where AS ({inner}) "
+                # Top-level CTEs: `images` is the in-memory copy of the view, and the WHERE's
+                # columns resolve against it only, never against the outer query.
+                with_ = (
+                    "WITH images AS (SELECT * EXCLUDE (pos, n_regions, n_relations, n_errors) "
+                    f"FROM _x_images), _where AS ({inner}) "
+                )
                 conds.append("image_id IN (SELECT image_id FROM _where)")
             where = " AND ".join(conds) or "true"
             size = self.config.page_size
@@ -265,7 +314,8 @@ class Explorer:
                 page = min(max(page, 1), pages)
                 rows = run_with_timeout(
                     cur,
-                    f"{with_}SELECT * FROM _x_images WHERE {where} ORDER BY pos LIMIT {size} OFFSET {(page - 1) * size}",
+                    f"{with_}SELECT pos, image_id, file_uri, width, height, n_regions, n_relations, "
+                    f"n_errors FROM _x_images WHERE {where} ORDER BY pos LIMIT {size} OFFSET {(page - 1) * size}",
                     self.limits.timeout_s,
                     params,
                 ).to_pylist()
@@ -315,7 +365,7 @@ class Explorer:
                     "SELECT pos, image_id FROM _x_images WHERE pos IN (?, ?)", [pos - 1, pos + 1]
                 ).fetchall()
             )
-        image = {**found[0], **(self.view_rows("images", image_id) or [{}])[0]}
+        image = found[0]  # every column of the images view, kept in memory
         regions = self.view_rows("regions", image_id, "region_id")
         relations: dict[str, list[dict]] = {s: [] for s in STAGES}
         for r in self.view_rows("relations", image_id, "stage, subject_id, object_id, predicate"):
