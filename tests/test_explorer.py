@@ -363,3 +363,17 @@ def test_synthvg_serve_answers_over_real_http(root):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_dataset_card_links_the_explorer_when_configured(root):
+    from synthvg.flows.report import EXPLORER_URL_ENV, _card, drop_reasons
+    from synthvg.stats import compute_stats
+    from synthvg.storage import Dataset
+
+    ds = Dataset(str(root))
+    args = (ds, [], compute_stats(ds), drop_reasons(ds), [])
+    figures = {f: f for f in ("categories.png", "predicates.png", "objects.png")}
+    card = _card("t", *args, figures, None, "http://127.0.0.1:8765/")
+    assert "[explorer](http://127.0.0.1:8765/)" in card
+    assert "](http" not in _card("t", *args, figures, None, None)
+    assert EXPLORER_URL_ENV == "SYNTHVG_EXPLORER_URL"
