@@ -377,3 +377,38 @@ def test_dataset_card_links_the_explorer_when_configured(root):
     assert "[explorer](http://127.0.0.1:8765/)" in card
     assert "](http" not in _card("t", *args, figures, None, None)
     assert EXPLORER_URL_ENV == "SYNTHVG_EXPLORER_URL"
+
+
+def test_image_page_of_a_real_build_with_the_editor(edit_build):
+    """A pipeline build (rule teacher, filters, scripted SG-EDIT editor): an edited image's page
+    shows its edit graph beside the teacher's, and every edit the log holds for it."""
+    cfg, _, _ = edit_build
+    con = connect(cfg.out)
+    try:
+        (image_id, n_edits), *_ = con.execute(
+            "SELECT image_id, count(*) FROM edits GROUP BY 1 ORDER BY 2 DESC, 1"
+        ).fetchall()
+        stages = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT stage FROM relations WHERE image_id = ? ORDER BY 1", [image_id]
+            ).fetchall()
+        ]
+    finally:
+        con.close()
+    ex = Explorer(ExplorerConfig(root=cfg.out))
+    try:
+        r = TestClient(create_app(ex.config, ex), base_url="http://127.0.0.1").get(
+            f"/image/{image_id}"
+        )
+    finally:
+        ex.close()
+    assert r.status_code == 200
+    tags = Tags(r.text).tags
+    shown = [
+        a["id"].removeprefix("stage-") for t, a in tags if t == "div" and a.get("class") == "stage"
+    ]
+    assert sorted(shown) == stages and "edit" in shown
+    edit_rows = [a for t, a in tags if t == "tr" and a.get("class") in ("applied", "rejected")]
+    assert len(edit_rows) == n_edits
+    assert_inert(r.text)
