@@ -131,6 +131,7 @@ def main() -> None:
                 "/image/" + quote(f"svg:{rng.randrange(n_img)}", safe=":")
             ),
         }
+        load_before = os.getloadavg()[0]
         for make in kinds.values():  # warm-up: every code path once
             for _ in range(3):
                 _get(conn, make())
@@ -145,6 +146,7 @@ def main() -> None:
                 times[kind].append(secs)
                 sizes[kind].append(size)
         rss = _rss_mb(server.pid)
+        load_after = os.getloadavg()[0]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -156,7 +158,8 @@ def main() -> None:
         f"{args.images * args.relations:,} relations, {-(-args.images // args.shard_size)} shards); "
         f"{dt.date.today()}, {platform.machine()}, {os.cpu_count()} cores (shared), DuckDB {duckdb.__version__}; "
         f"`synthvg serve` as its own process (uvicorn, 127.0.0.1), one keep-alive connection, "
-        f"requests of all kinds interleaved after a warm-up",
+        f"requests of all kinds interleaved after a warm-up; machine load average "
+        f"{load_before:.1f} before, {load_after:.1f} after (other jobs share the cores)",
         "",
         f"Server start to first answer (dataset opened, index built): {started:.1f} s"
         + (" (root built before)" if cached else f"; root built in {built:.0f} s")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import queue
 import re
-import threading
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -139,7 +138,6 @@ class Explorer:
         self._pool: queue.Queue[duckdb.DuckDBPyConnection] = queue.Queue()
         for _ in range(config.connections):
             self._pool.put(self._con.cursor())
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ setup
     def _build_index(self) -> None:
@@ -194,6 +192,7 @@ class Explorer:
         # The gallery's filters, in memory and small: one row per relation (its image's
         # position and four enum columns, verdicts applied) and per distinct (image, label).
         self._facets: dict[str, set[str]] = {}
+        self._facet_order: dict[str, list[str]] = {}
         for col, source in (
             ("predicate", "_relations"),
             ("category", "_relations"),
@@ -208,6 +207,7 @@ class Explorer:
                 ).fetchall()
             ]
             self._facets[col] = set(values)
+            self._facet_order[col] = values  # the enum's order: enum_code() is the index
             kind = "VARCHAR"
             if values:
                 kind = f"_x_{col}"
@@ -226,6 +226,22 @@ class Explorer:
         con.execute(
             "CREATE TABLE _x_kinds AS SELECT DISTINCT pos, category, stage, verdict FROM _x_relations"
         )
+        # ... and, as the enums are small (6 x 4 x 3 kinds), a bit per kind in each image's row:
+        # a category/stage/verdict filter is then one AND over the images.
+        sizes = [len(self._facets[c]) for c in ("category", "stage", "verdict")]
+        self._kind_bits = 0 < sizes[0] * sizes[1] * sizes[2] <= 127
+        con.execute("ALTER TABLE _x_images ADD COLUMN kinds HUGEINT DEFAULT 0")
+        if self._kind_bits:
+            _, nst, nver = sizes
+            con.execute(
+                f"""
+                UPDATE _x_images SET kinds = k.bits FROM (
+                    SELECT pos, bit_or(1::HUGEINT << (enum_code(category) * {nst * nver}
+                        + enum_code(stage) * {nver} + enum_code(verdict))::INTEGER) AS bits
+                    FROM _x_kinds GROUP BY 1) k
+                WHERE _x_images.pos = k.pos
+                """
+            )
         con.execute(
             f"""
             CREATE TABLE _x_labels AS
@@ -280,7 +296,10 @@ class Explorer:
             elif value:
                 rel.append(f"{col} = ?")
                 params.insert(len(rel) - 1, value)
-        if rel:  # images with one relation meeting all of them
+        if rel and not filters.predicate and self._kind_bits and "false" not in conds:
+            conds.insert(0, "(kinds & ?::HUGEINT) <> 0")
+            params[: len(rel)] = [str(self._kind_mask(filters))]
+        elif rel:  # images with one relation meeting all of them
             table = "_x_relations" if filters.predicate else "_x_kinds"
             conds.insert(0, f"pos IN (SELECT pos FROM {table} WHERE {' AND '.join(rel)})")
         if filters.has_errors is not None:
@@ -296,7 +315,7 @@ class Explorer:
                 # Top-level CTEs: `images` is the in-memory copy of the view, and the WHERE's
                 # columns resolve against it only, never against the outer query.
                 with_ = (
-                    "WITH images AS (SELECT * EXCLUDE (pos, n_regions, n_relations, n_errors) "
+                    "WITH images AS (SELECT * EXCLUDE (pos, n_regions, n_relations, n_errors, kinds) "
                     f"FROM _x_images), _where AS ({inner}) "
                 )
                 conds.append("image_id IN (SELECT image_id FROM _where)")
@@ -324,6 +343,21 @@ class Explorer:
         return GalleryPage(
             rows, counts["n"], self.total_images, counts["g"], counts["r"], page, pages
         )
+
+    def _kind_mask(self, filters: GalleryFilters) -> int:
+        """The bits of every (category, stage, verdict) kind the filters admit."""
+        axes = [self._facet_order[c] for c in ("category", "stage", "verdict")]
+        wanted = [filters.category, filters.stage, filters.verdict]
+        nst, nver = len(axes[1]), len(axes[2])
+        mask = 0
+        for c, cat in enumerate(axes[0]):
+            for st, stage in enumerate(axes[1]):
+                for v, verdict in enumerate(axes[2]):
+                    if all(
+                        w in (None, x) for w, x in zip(wanted, (cat, stage, verdict), strict=True)
+                    ):
+                        mask |= 1 << (c * nst * nver + st * nver + v)
+        return mask
 
     # ------------------------------------------------------------------ one image
     def _narrowed(self, view: str, files: dict[str, tuple[int, ...]]) -> str:
