@@ -412,3 +412,27 @@ def test_image_page_of_a_real_build_with_the_editor(edit_build):
     edit_rows = [a for t, a in tags if t == "tr" and a.get("class") in ("applied", "rejected")]
     assert len(edit_rows) == n_edits
     assert_inert(r.text)
+
+
+def test_an_empty_root_and_explain(tmp_path, client):
+    from synthvg.storage import Dataset
+
+    Dataset(tmp_path / "empty").init()
+    ex = Explorer(ExplorerConfig(root=str(tmp_path / "empty")))
+    try:
+        c = TestClient(create_app(ex.config, ex), base_url="http://127.0.0.1")
+        for url in (
+            "/",
+            "/?category=spatial&predicate=on",
+            "/?where=width > 1",
+            "/dataset",
+            "/sql?q=SELECT+count(*)+FROM+relations",
+        ):
+            r = c.get(url)
+            assert r.status_code == 200, (url, r.text[-500:])
+        assert "<b>0</b> of 0 images match" in c.get("/").text
+        assert c.get(f"/image/{A}").status_code == 404
+    finally:
+        ex.close()
+    r = client.get("/sql", params={"q": "EXPLAIN SELECT count(*) FROM relations"})
+    assert r.status_code == 200 and "physical_plan" in r.text
