@@ -436,3 +436,29 @@ def test_an_empty_root_and_explain(tmp_path, client):
         ex.close()
     r = client.get("/sql", params={"q": "EXPLAIN SELECT count(*) FROM relations"})
     assert r.status_code == 200 and "physical_plan" in r.text
+
+
+def test_dataset_page_links_runs_to_their_prefect_flow_runs(tmp_path, monkeypatch):
+    import prefect  # noqa: F401  (the build runs inside Prefect: it is imported)
+
+    from synthvg.pipeline import _flow_run_id
+    from synthvg.schemas import RunManifest
+    from synthvg.storage.dataset import utcnow
+
+    assert _flow_run_id() is None  # outside a flow run
+    monkeypatch.setenv("PREFECT__RUNTIME__FLOW_RUN__ID", "0f0e0d0c-aaaa-bbbb-cccc-000000000001")
+    flow_run = _flow_run_id()
+    assert flow_run == "0f0e0d0c-aaaa-bbbb-cccc-000000000001"
+    ds = build_explorer_dataset(tmp_path / "root")
+    common = dict(name="t", status="completed", started_at=utcnow(), synthvg_version="0", config={})
+    ds.write_run(RunManifest(run_id="r1", prefect_flow_run_id=flow_run, **common))
+    ds.write_run(RunManifest(run_id="r2", **common))
+    ex = Explorer(
+        ExplorerConfig(root=str(tmp_path / "root"), prefect_ui_url="http://127.0.0.1:4200/")
+    )
+    try:
+        r = TestClient(create_app(ex.config, ex), base_url="http://127.0.0.1").get("/dataset")
+    finally:
+        ex.close()
+    assert f'href="http://127.0.0.1:4200/runs/flow-run/{flow_run}"' in r.text
+    assert r.text.count("/runs/flow-run/") == 1 and "not recorded" in r.text  # r2: none
