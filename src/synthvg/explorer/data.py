@@ -146,6 +146,7 @@ class Explorer:
         for table in TABLES:  # typed, empty: what a source narrowed to no file reads
             con.execute(f"CREATE TABLE _x_empty_{table} AS SELECT * FROM _{table} LIMIT 0")
         self._file_ids: list[str] = []
+        self._unindexed: set[str] = set()
         file_no: dict[str, int] = {}
         per_image: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
         for table, files in sorted(self._files.items()):
@@ -159,6 +160,10 @@ class Explorer:
                 "filename = true, union_by_name = true, hive_partitioning = false) "
                 "WHERE image_id IS NOT NULL GROUP BY 1"
             ).fetchall()
+            if any(n not in file_no for _, names in rows for n in names):
+                # DuckDB spelled a file otherwise than the commit record: read the whole table.
+                self._unindexed.add(table)
+                continue
             for image_id, names in rows:
                 per_image.setdefault(image_id, []).append(
                     (table, tuple(sorted(file_no[n] for n in names)))
@@ -365,8 +370,12 @@ class Explorer:
         body = self._view_body[view]
         ctes = []
         for table in TABLES:
-            if not re.search(rf"\b_{table}\b", body) or table not in self._files:
-                continue  # not read, or no file at all (its source is already empty)
+            if (
+                not re.search(rf"\b_{table}\b", body)
+                or table not in self._files
+                or table in self._unindexed
+            ):
+                continue  # not read, no file at all (its source is already empty), or unindexed
             mine = files.get(table, ())
             source = f"SELECT * FROM _x_empty_{table}"
             if mine:
