@@ -225,6 +225,7 @@ class Explorer:
                    r.category::{self._category_type} AS category, r.stage::{self._stage_type} AS stage,
                    r.verdict::{self._verdict_type} AS verdict
             FROM relations r JOIN _x_images x USING (image_id)
+            ORDER BY predicate, pos  -- sorted: a predicate's rows are a few row groups (zone maps)
             """
         )
         # Without a predicate, the kinds of relation an image has are enough (far fewer rows).
@@ -252,6 +253,7 @@ class Explorer:
             CREATE TABLE _x_labels AS
             SELECT DISTINCT x.pos, g.label::{self._label_type} AS label
             FROM _regions g JOIN _x_images x USING (image_id) WHERE g.label IS NOT NULL
+            ORDER BY label, pos
             """
         )
         self.options = {
