@@ -462,3 +462,35 @@ def test_dataset_page_links_runs_to_their_prefect_flow_runs(tmp_path, monkeypatc
         ex.close()
     assert f'href="http://127.0.0.1:4200/runs/flow-run/{flow_run}"' in r.text
     assert r.text.count("/runs/flow-run/") == 1 and "not recorded" in r.text  # r2: none
+
+
+def test_a_file_uri_that_is_not_an_image_is_not_served(tmp_path):
+    from synthvg.schemas import ImageRecord, to_table
+    from synthvg.storage import Dataset
+    from synthvg.storage.dataset import utcnow
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for visitors\n")
+    ds = Dataset(tmp_path / "root")
+    ds.init()
+    image = ImageRecord(
+        image_id="x:1", sources=["x"], file_uri=str(secret), width=4, height=3, content_hash=""
+    )
+    ds.commit_shard(
+        "seeds",
+        0,
+        "fp",
+        {"images": to_table(ImageRecord, [image])},
+        run_id="r",
+        image_count=1,
+        started_at=utcnow(),
+    )
+    ex = Explorer(ExplorerConfig(root=str(tmp_path / "root")))
+    try:
+        c = TestClient(create_app(ex.config, ex), base_url="http://127.0.0.1")
+        for route in ("/file/x:1", "/thumb/x:1"):
+            r = c.get(route)
+            assert r.status_code == 404 and "not for visitors" not in r.text
+        assert c.get("/image/x:1").status_code == 200
+    finally:
+        ex.close()

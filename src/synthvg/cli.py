@@ -388,13 +388,7 @@ def serve(
         check_bind(config)
     except PermissionError as e:
         raise _fail(str(e)) from None
-    where = f"[{host}]" if ":" in host else host
-    typer.echo(
-        f"serving {root} at http://{where}:{port}/"
-        + (" (open it once with ?token=<your token>)" if token else "")
-        + "; Ctrl+C stops",
-        err=True,
-    )
+    typer.echo(f"opening {root} ...", err=True)
     run_server(config)
 
 

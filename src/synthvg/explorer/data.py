@@ -63,9 +63,6 @@ class GalleryFilters:
     has_errors: bool | None = None
     where: str | None = None
 
-    def active(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
-
 
 @dataclass
 class GalleryPage:
