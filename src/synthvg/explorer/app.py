@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import duckdb
@@ -69,7 +70,8 @@ class _LRU:
     """A small thread-safe byte cache (thumbnails)."""
 
     def __init__(self, size: int):
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+        self.size, self.lock = size, threading.Lock()
+        self.items: OrderedDict[str, bytes] = OrderedDict()
 
     def get(self, key):
         with self.lock:
@@ -221,7 +223,13 @@ def create_app(config: ExplorerConfig, explorer: Explorer | None = None) -> Fast
 
     @app.get("/sql", response_class=HTMLResponse)
     def sql_page(q: str = ""):
-        context = {"q": q, "table": None, "more": False, "error": None, "seconds": None}
+        context: dict[str, Any] = {
+            "q": q,
+            "table": None,
+            "more": False,
+            "error": None,
+            "seconds": None,
+        }
         if q.strip():
             t0 = time.perf_counter()
             try:

@@ -125,7 +125,7 @@ class Explorer:
         self._con = connect(self.dataset, limits=self.limits)
         self._files = {t: f for t, f in self.dataset.committed_files().items() if f}
         self._view_body = {
-            name: _VIEW_DEF.match(sql).group(1)
+            name: _view_body(sql)
             for name, sql in self._con.execute(
                 "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal"
             ).fetchall()
@@ -190,11 +190,12 @@ class Explorer:
             ORDER BY pos
             """
         )
-        (self.total_images,) = con.execute("SELECT count(*) FROM _x_images").fetchone()
+        self.total_images: int = con.execute("SELECT count(*) FROM _x_images").fetchall()[0][0]
         # The gallery's filters, in memory and small: one row per relation (its image's
         # position and four enum columns, verdicts applied) and per distinct (image, label).
         self._facets: dict[str, set[str]] = {}
         self._facet_order: dict[str, list[str]] = {}
+        types: dict[str, str] = {}  # the column's type in the facet tables
         for col, source in (
             ("predicate", "_relations"),
             ("category", "_relations"),
@@ -214,13 +215,13 @@ class Explorer:
             if values:
                 kind = f"_x_{col}"
                 con.execute(f"CREATE TYPE {kind} AS ENUM ({', '.join(map(_sql_str, values))})")
-            setattr(self, f"_{col}_type", kind)
+            types[col] = kind
         con.execute(
             f"""
             CREATE TABLE _x_relations AS
-            SELECT x.pos, r.predicate::{self._predicate_type} AS predicate,
-                   r.category::{self._category_type} AS category, r.stage::{self._stage_type} AS stage,
-                   r.verdict::{self._verdict_type} AS verdict
+            SELECT x.pos, r.predicate::{types["predicate"]} AS predicate,
+                   r.category::{types["category"]} AS category, r.stage::{types["stage"]} AS stage,
+                   r.verdict::{types["verdict"]} AS verdict
             FROM relations r JOIN _x_images x USING (image_id)
             ORDER BY predicate, pos  -- sorted: a predicate's rows are a few row groups (zone maps)
             """
@@ -248,7 +249,7 @@ class Explorer:
         con.execute(
             f"""
             CREATE TABLE _x_labels AS
-            SELECT DISTINCT x.pos, g.label::{self._label_type} AS label
+            SELECT DISTINCT x.pos, g.label::{types["label"]} AS label
             FROM _regions g JOIN _x_images x USING (image_id) WHERE g.label IS NOT NULL
             ORDER BY label, pos
             """
@@ -464,12 +465,11 @@ class Explorer:
         from synthvg.storage.versions import list_versions
 
         stats = compute_stats(self.dataset)
+        error: str | None = None
         try:
             versions = list_versions(Dataset(self.config.root))
         except Exception as e:  # a damaged log: the page says so, the rest still shows
             versions, error = [], _one_line(e)
-        else:
-            error = None
         cost = {r.run_id: sum(s.metrics.get("cost_usd", 0.0) for s in r.stages) for r in self.runs}
         flow_runs = {r.run_id: r.prefect_flow_run_id for r in self.runs}
         return {
@@ -480,6 +480,14 @@ class Explorer:
             "cost": cost,
             "flow_runs": {k: v for k, v in flow_runs.items() if v},
         }
+
+
+def _view_body(sql: str) -> str:
+    """The query of a ``CREATE VIEW name AS query`` statement."""
+    match = _VIEW_DEF.match(sql)
+    if match is None:
+        raise ValueError(f"not a view definition: {sql[:80]!r}")
+    return match.group(1)
 
 
 def _one_line(e: BaseException) -> str:
