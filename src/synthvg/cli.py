@@ -1,4 +1,4 @@
-"""The ``synthvg`` command line: build, sql, stats, show, ingest, export, import, report, setup-prefect."""
+"""The ``synthvg`` command line: build, sql, stats, show, serve, ingest, export, import, report, setup-prefect."""
 
 from __future__ import annotations
 
@@ -362,6 +362,43 @@ def report(
     with flow_api():
         out = dataset_report(root=root, samples=samples)
     typer.echo(f"wrote {len(out['files'])} files under {root.rstrip('/')}/report/")
+
+
+@app.command()
+def serve(
+    root: RootOpt,
+    host: Annotated[
+        str, typer.Option("--host", help="address to bind; beyond 127.0.0.1 a token is required")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="SYNTHVG_EXPLORER_TOKEN",
+            help="required of every visitor (open the URL once with ?token=T)",
+        ),
+    ] = None,
+    as_of: AsOfOpt = None,
+    prefect_ui: Annotated[
+        str | None,
+        typer.Option("--prefect-ui", help="Prefect UI URL: link runs to their flow runs"),
+    ] = None,
+) -> None:
+    """Browse a dataset in the browser: gallery, images with masks and graphs per stage, SQL (read-only)."""
+    from synthvg.explorer import ExplorerConfig, check_bind
+    from synthvg.explorer import serve as run_server
+
+    _check_root(root, as_of)
+    config = ExplorerConfig(
+        root=root, host=host, port=port, token=token, as_of=as_of, prefect_ui_url=prefect_ui
+    )
+    try:
+        check_bind(config)
+    except PermissionError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"opening {root} ...", err=True)
+    run_server(config)
 
 
 @app.command("setup-prefect")
