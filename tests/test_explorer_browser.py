@@ -2,14 +2,17 @@
 driven by selenium) against `synthvg serve`'s app on real uvicorn over 127.0.0.1.
 
 Opens the gallery, opens an image, toggles a mask, hovers a region, runs a query, and saves
-screenshots to docs/explorer/. Skips (saying what is missing) without chromium, chromedriver
+screenshots: to a temporary folder, or to docs/explorer/ with SYNTHVG_UPDATE_SCREENSHOTS=1 (so a
+test run leaves the tree as it was). Skips (saying what is missing) without chromium, chromedriver
 or selenium; `.ci/run` installs them.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,7 +25,11 @@ from synthvg.explorer import ExplorerConfig
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-SHOTS = REPO / "docs" / "explorer"
+SHOTS = (
+    REPO / "docs" / "explorer"
+    if os.environ.get("SYNTHVG_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="synthvg-shots-"))
+)
 
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')"
