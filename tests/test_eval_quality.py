@@ -330,3 +330,29 @@ def test_normalise_answer():
 
 
 assert Path(SEEDS).is_dir()
+
+
+def test_card_quality_section(vg_gqa_root, tmp_path, monkeypatch):
+    """The dataset card's section: agreement computed from the root, blind QA read from
+    ROOT/eval/blind-qa/results.json once `evaluate blind-qa` wrote it there."""
+    import shutil
+
+    from synthvg.eval.blind_qa import BLIND_QA_DIR, blind_qa, write_blind_qa
+    from synthvg.eval.card import quality_markdown, quality_summary
+    from synthvg.llm.testing import FakeOpenAIServer
+    from synthvg.storage import Dataset
+
+    root = tmp_path / "root"
+    shutil.copytree(vg_gqa_root, root)
+    before = quality_markdown(quality_summary(Dataset(str(root))))
+    assert "| seed:gqa-1.1 | 2 | 5 | 3 | 2 | 66.7 | 40.0 |" in before
+    assert "Blind QA (the paper's Figure 5): not run" in before
+    monkeypatch.setenv(KEY_ENV, KEY)
+    qfile = tmp_path / "q.json"
+    qfile.write_text(json.dumps(QUESTIONS))
+    with FakeOpenAIServer(responder=blind_policy) as server:
+        report = blind_qa(str(root), qfile, _qa_cfg(server, sources=["seed", "teacher"]))
+    write_blind_qa(report, root / BLIND_QA_DIR)
+    after = quality_markdown(quality_summary(Dataset(str(root))))
+    assert "| seed | 4 | 4 | 3 | 75.0 | 0 | 0 |" in after
+    assert "| teacher | 4 | 4 | 1 | 25.0 |" in after

@@ -336,6 +336,11 @@ def test_synthvg_train_exports_a_checkpoint_that_a_build_runs(tmp_path, ckpt, de
         sources["svg-relations"]["root"] == demo_root
         and sources["svg-relations"]["counts"]["taken"] >= 3
     )
+    from synthvg.storage import Dataset
+
+    # unpinned sources record the version they were read at
+    assert sources["svg-relations"]["version"] == Dataset(demo_root).version() is not None
+    assert sources["svg-relations"]["version_pinned"] is False
     assert (
         json.loads((tmp_path / "run" / "mixture.json").read_text())["sources"]["grounding"]["task"]
         == "grounding"
@@ -630,3 +635,44 @@ def test_an_interrupted_checkpoint_is_passed_over_when_resuming(tmp_path):
     assert last_checkpoint(str(tmp_path), said.append) == str(tmp_path / "checkpoint-2")
     assert [s.split()[0] for s in said] == ["checkpoint-6", "checkpoint-4"]
     assert last_checkpoint(str(tmp_path / "nothing")) is None
+
+
+def test_a_source_pinned_to_a_dataset_version_reads_that_version(tmp_path):
+    """Version v of a root built with 2 images, then grown to 4: a source pinned at v reads
+    the rows of the first images only, an unpinned one the latest; the counts record which version was
+    read; a version the root does not have is a one-line error."""
+    from synthvg.pipeline import run_build
+    from synthvg.schemas.config import ConfigError
+    from synthvg.storage import Dataset
+    from synthvg.train.config import Source
+    from synthvg.train.data import SourceCounts, read_rows
+
+    root = tmp_path / "root"
+    run_build(demo_config(root, limit=2, shard_size=2))
+    pinned = Dataset(str(root)).version()
+    run_build(demo_config(root, limit=4, shard_size=2))
+    latest = Dataset(str(root)).version()
+    assert latest > pinned
+
+    def rows(version):
+        src = Source(
+            name="s",
+            task="scene_graph",
+            root=str(root),
+            sql="SELECT * FROM relations WHERE stage = ?",
+            params=["teacher"],
+            version=version,
+        )
+        counts = SourceCounts("scene_graph")
+        con, got = read_rows(src, counts)
+        con.close()
+        return {r["image_id"] for r in got}, counts.version
+
+    old_images, v_old = rows(pinned)
+    new_images, v_new = rows(None)
+    assert (v_old, v_new) == (pinned, latest)
+    assert old_images and old_images < new_images  # the 2 first images' rows, then more
+    with pytest.raises(ConfigError, match=f"source s: .*no version {latest + 7}"):
+        rows(latest + 7)
+    with pytest.raises(ValueError, match="version pins a dataset root"):
+        Source(name="c", task="conversations", path="x.json", version=1)

@@ -230,6 +230,7 @@ def _card(
     costs: list[dict],
     images: dict[str, str],
     spend: list[dict] | None = None,
+    quality: str = "",
 ) -> str:
     """The card's markdown; ``images`` maps a figure's file name to how the card links it."""
     last = runs[-1] if runs else None
@@ -287,6 +288,7 @@ def _card(
             if spend
             else []
         ),
+        quality,
         "## Sample scene graphs\n",
         "The images with the most relations not dropped: regions (masks, boxes, ids) and relations.\n",
         *[f"![{f}]({images[f]})\n" for f in samples],
@@ -315,6 +317,10 @@ def dataset_report(
     drops = drop_reasons(dataset)
     costs = stage_costs(runs)
     spend = api_spend(dataset, runs)
+    from synthvg.eval.card import quality_markdown, quality_summary
+
+    quality = quality_summary(dataset)
+    quality_md = quality_markdown(quality)
 
     figures = {
         "categories.png": histogram_png(
@@ -342,6 +348,7 @@ def dataset_report(
         "drop_reasons": drops,
         "cost": costs,
         "api_spend": spend,
+        "quality": quality,
         "figures": sorted(figures),
     }
     written.append(
@@ -349,7 +356,9 @@ def dataset_report(
             f"{REPORT_DIR}/report.json", json.dumps(summary, indent=2, default=str).encode()
         )
     )
-    card = _card(name, dataset, runs, stats, drops, costs, {f: f for f in figures}, spend)
+    card = _card(
+        name, dataset, runs, stats, drops, costs, {f: f for f in figures}, spend, quality_md
+    )
     written.append(dataset.write_file(f"{REPORT_DIR}/README.md", card.encode()))
 
     # The artifact shows the figures inline: histograms as data URLs; sample renderings (large)
@@ -362,7 +371,7 @@ def dataset_report(
     inline |= {f: dataset.abspath(f"{REPORT_DIR}/{f}") for f in figures if f.startswith("samples/")}
     create_markdown_artifact(
         key=artifact_key(name, "dataset-card"),
-        markdown=_card(name, dataset, runs, stats, drops, costs, inline, spend),
+        markdown=_card(name, dataset, runs, stats, drops, costs, inline, spend, quality_md),
         description=f"dataset card of {name}",
     )
     create_link_artifact(

@@ -115,6 +115,7 @@ class SourceCounts:
     examples: int = 0  # after splitting, before cap and weight
     taken: int = 0  # in the mixture, after cap and weight
     splits: int = 0  # examples split by regions to fit max_length
+    version: int | None = None  # the dataset version read (dataset sources)
     dropped: Counter = field(default_factory=Counter)
 
 
@@ -286,16 +287,29 @@ def grounding_turns(
 # -- reading sources ----------------------------------------------------------------------------
 
 
-def read_rows(source: Source) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
-    """(a read-only connection to the root, the source's rows); a bad view or SELECT is a one-line ConfigError."""
-    from synthvg.storage import connect
+def read_rows(
+    source: Source, counts: SourceCounts | None = None
+) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
+    """(a read-only connection to the root at the source's version, the source's rows); a bad
+    view or SELECT, or a version the root does not have, is a one-line ConfigError. ``counts``
+    gets the dataset version read."""
+    counts = counts if counts is not None else SourceCounts(source.task)
+    from synthvg.storage import Dataset, connect
+    from synthvg.storage.dataset import LegacyLayout, UnknownVersion
     from synthvg.storage.query import ReadOnlyError, check_read_only, fetch_dicts
 
     if not os.path.isdir(source.root) and "://" not in source.root:
         raise ConfigError(f"source {source.name}: dataset root {source.root} does not exist")
-    con = connect(
-        source.root
-    )  # TODO(versions): connect at source.version once the storage has versions
+    dataset = Dataset(source.root, as_of=source.version)
+    try:
+        latest = dataset.version()
+        if source.version is not None and (latest is None or source.version > latest):
+            raise UnknownVersion(f"no version {source.version} (latest: {latest})")
+        con = connect(dataset)
+    except (UnknownVersion, LegacyLayout, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"source {source.name}: {source.root}: {first}") from None
+    counts.version = source.version if source.version is not None else latest
     sql = source.sql if source.sql is not None else f"SELECT * FROM {source.view}"
     try:
         check_read_only(con, sql)
@@ -435,7 +449,7 @@ def dataset_examples(
     source: Source, data: DataSection, tok: Tokeniser, counts: SourceCounts, images_ok: dict
 ) -> list[Example]:
     """A dataset source's examples, one (or, split, more) per image."""
-    con, rows = read_rows(source)
+    con, rows = read_rows(source, counts)
     try:
         counts.rows = len(rows)
         per_image: dict[str, list] = defaultdict(list)
