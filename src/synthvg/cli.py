@@ -1194,5 +1194,51 @@ def evaluate_blind_qa_command(
     typer.echo(f"wrote {', '.join(str(f) for f in files)}")
 
 
+@evaluate_app.command("checkpoint")
+def evaluate_checkpoint_command(
+    config: Annotated[
+        Path,
+        typer.Option("--config", "-c", help="build config over PSG images (a psg seed source)"),
+    ],
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="Robin checkpoint folder (released layout)")
+    ] = None,
+    train_config: Annotated[
+        Path | None,
+        typer.Option("--train-config", help="or: the training config whose export to evaluate"),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="PSG split of the ground truth (all: every image)")
+    ] = "test",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="results folder (default ROOT/eval/sgg-robin/)")
+    ] = None,
+) -> None:
+    """Run a Robin checkpoint with the robin stage over PSG images, then score it as OpenPSG does
+    (what the `evaluate` flow does after `train-robin`)."""
+    from synthvg.eval.checkpoint import checkpoint_of_training, evaluate_checkpoint
+    from synthvg.eval.inputs import EvalInputError
+    from synthvg.eval.run import format_table
+    from synthvg.schemas.config import ConfigError, load_config
+
+    if (checkpoint is None) == (train_config is None):
+        raise _fail("give exactly one of --checkpoint or --train-config")
+    try:
+        cfg = load_config(config)
+        ckpt = checkpoint or checkpoint_of_training(str(train_config))
+        report, files = evaluate_checkpoint(
+            cfg.model_dump(mode="json"),
+            os.path.abspath(ckpt),
+            split=None if split == "all" else split,
+            out=str(out) if out else None,
+        )
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    except EvalInputError as e:
+        raise _fail(str(e).splitlines()[0]) from None
+    typer.echo(format_table(report))
+    typer.echo(f"wrote {', '.join(str(f) for f in files)}")
+
+
 if __name__ == "__main__":
     app()
