@@ -67,10 +67,10 @@ def build_model(size: str, device: torch.device):
     with torch.device(device):
         model = RobinForCausalLM(config)
     model.config.use_cache = False
-    enable = getattr(model, "activation_checkpointing_enable", None) or (
-        model.gradient_checkpointing_enable
-    )
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
     model.train()
     return model
 
