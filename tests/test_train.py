@@ -676,3 +676,91 @@ def test_a_source_pinned_to_a_dataset_version_reads_that_version(tmp_path):
         rows(latest + 7)
     with pytest.raises(ValueError, match="version pins a dataset root"):
         Source(name="c", task="conversations", path="x.json", version=1)
+
+
+def test_osprey_region_turns_read_their_masks(engine, tmp_path):
+    """Osprey-724K records (file_name, height, width, annotation[].segmentation, conversations):
+    'listed' prefixes Osprey's region list (region1<mask><pos>,region2<mask><pos>) and strips
+    the brackets of <region1>; 'inline' turns each <regionN> into <mask><pos> of annotation N in
+    order of appearance (a region named twice is listed twice). The masks ride with the example
+    and the model's forward splices them; bad records are counted."""
+    from PIL import Image
+
+    from synthvg import masks as mask_ops
+    from synthvg.train.config import Source
+    from synthvg.train.data import SourceCounts, conversation_examples
+    from synthvg.train.trainer import RobinCollator, RobinDataset
+
+    w, h = 40, 30
+    Image.new("RGB", (w, h), (120, 30, 60)).save(tmp_path / "000000000042.jpg")
+    square = [[2, 2, 20, 2, 20, 20, 2, 20]]
+    strip = {"size": [h, w], "counts": [90, 60, w * h - 150]}  # uncompressed RLE
+    anns = [{"segmentation": square}, {"segmentation": strip}]
+    base = {"file_name": "COCO_train2014_000000000042.jpg", "height": h, "width": w}
+    listed = {
+        **base,
+        "annotation": anns,
+        "conversations": [
+            {"from": "human", "value": "What is <region1> doing?"},
+            {"from": "gpt", "value": "It sits next to <region2>."},
+        ],
+    }
+    inline = {
+        **base,
+        "annotation": anns,
+        "conversations": [
+            {"from": "human", "value": "Is <region2> a cat? And <region1>? And <region2>?"},
+            {"from": "gpt", "value": "No."},
+        ],
+    }
+    bad = [
+        {**inline, "annotation": [{"segmentation": [[1, 1, 2, 2]]}]},  # not a polygon
+        {**inline, "annotation": [anns[0]]},  # <region2> out of range
+        {**inline, "annotation": [{"segmentation": [[0, 0, 0, 0, 0, 0]]}]},  # empty mask
+        {**inline, "height": None},
+        {k: v for k, v in inline.items() if k != "annotation"},
+    ]
+    tok = Tokeniser(engine.tokenizer, engine.config.image_tokens, 512)
+    out = {}
+    for style, recs in (("listed", [listed]), ("inline", [inline, *bad])):
+        path = tmp_path / f"{style}.json"
+        path.write_text(json.dumps(recs))
+        src = Source(
+            name=style,
+            task="conversations",
+            path=str(path),
+            image_root=str(tmp_path),
+            regions=style,
+        )
+        counts = SourceCounts("conversations")
+        out[style] = (conversation_examples(src, tok, counts, {}), counts)
+    (ex,), _ = out["listed"]
+    text = engine.tokenizer.decode(ex.input_ids)
+    assert "region1<mask><pos>,region2<mask><pos>. What is region1 doing?" in text
+    assert "It sits next to region2." in text and "<region" not in text
+    square_mask, strip_mask = (mask_ops.decode(m) for m in ex.masks)
+    assert square_mask.sum() > 0 and strip_mask.sum() == 60 and ex.image.width == w
+    (ex2,), counts = out["inline"]
+    assert [int(mask_ops.decode(m).sum()) for m in ex2.masks] == [
+        60,
+        int(square_mask.sum()),
+        60,
+    ]
+    assert engine.tokenizer.decode(ex2.input_ids).count("<mask><pos>") == 3
+    assert dict(counts.dropped) == {
+        "bad_region_mask": 1,
+        "region_reference_out_of_range": 1,
+        "empty_mask_region": 1,
+        "regions_without_image_size": 1,
+        "regions_without_annotation": 1,
+    }
+    # the masks reach the forward: the loss changes when a mask does
+    model = engine.model
+    ds = RobinDataset([ex2], model.config.vision_image_size)
+    batch = RobinCollator(engine.tokenizer.pad_token_id, model.config.vision_image_size)([ds[0]])
+    batch.pop("n_tokens"), batch.pop("example_index")
+    with torch.no_grad():
+        a = model(**batch).loss
+        batch["region_masks"] = [batch["region_masks"][0].flip(-1)]
+        b = model(**batch).loss
+    assert torch.isfinite(a) and a != b

@@ -68,6 +68,11 @@ class Source(_Section):
     image_root: str | None = Field(
         None, description="conversations: folder the 'image' names are relative to"
     )
+    regions: Literal["listed", "inline"] | None = Field(
+        None,
+        description="conversations: Osprey-724K region turns from each record's `annotation` "
+        "masks; listed: conversation/short-form/part-level files, inline: LVIS positive/negative",
+    )
     weight: float = Field(
         1.0, gt=0, description="copies of each example (fractions sample); after cap"
     )
@@ -89,6 +94,8 @@ class Source(_Section):
                 raise ValueError(f"source {self.name}: give exactly one of view or sql")
             if self.view is not None and not _IDENTIFIER.fullmatch(self.view):
                 raise ValueError(f"source {self.name}: view {self.view!r} is not a view name")
+        if self.regions is not None and self.task != "conversations":
+            raise ValueError(f"source {self.name}: regions is for conversations (Osprey files)")
         if self.version is not None and self.task == "conversations":
             raise ValueError(f"source {self.name}: version pins a dataset root, not a JSON file")
         return self
