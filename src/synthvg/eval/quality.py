@@ -24,7 +24,7 @@ for the model stages' numbers. Relations the filters dropped are left out unless
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,29 +98,84 @@ class Agreement:
         ]
 
 
+#: Per image, the triplet sets of one source (``p``) and of the humans (``h``), as DuckDB tables
+#: (image_id, s, o, pidx, cat) with one row per triplet; the counts of one comparison.
+_COMPARE_SQL = """
+WITH pp AS (SELECT * FROM {p} WHERE image_id IN (SELECT image_id FROM {h})),
+     imgs AS (SELECT DISTINCT image_id FROM pp),
+     hh AS (SELECT * FROM {h} WHERE image_id IN (SELECT image_id FROM imgs)),
+     hit AS (SELECT p.cat AS pcat, h.cat AS hcat FROM pp p JOIN hh h USING (image_id, s, o, pidx))
+SELECT 'total' AS what, NULL AS cat,
+       (SELECT count(*) FROM imgs) AS images,
+       (SELECT count(DISTINCT image_id) FROM {h}) - (SELECT count(*) FROM imgs) AS without,
+       (SELECT count(*) FROM hh) AS human,
+       (SELECT count(*) FROM pp) AS predicted,
+       (SELECT count(*) FROM hit) AS matched,
+       (SELECT count(*) FROM pp WHERE pidx < 0) AS unmapped
+UNION ALL SELECT 'human', cat, 0, 0, count(*), 0, 0, 0 FROM hh GROUP BY cat
+UNION ALL SELECT 'predicted', cat, 0, 0, 0, count(*), 0, 0 FROM pp GROUP BY cat
+UNION ALL SELECT 'matched_human', hcat, 0, 0, 0, 0, count(*), 0 FROM hit GROUP BY hcat
+UNION ALL SELECT 'matched_predicted', pcat, 0, 0, 0, 0, count(*), 0 FROM hit GROUP BY pcat
+"""
+
+
+def _compare_tables(con, source: str, human: str, predicted: str) -> Agreement:
+    """Score ``predicted`` against ``human`` (tables or views of distinct triplets)."""
+    a = Agreement(source)
+    for what, cat, images, without, h, p, m, unmapped in con.execute(
+        _COMPARE_SQL.format(h=human, p=predicted)
+    ).fetchall():
+        if what == "total":
+            a.images, a.human_images_without_source = images, without
+            a.human, a.predicted, a.matched, a.unmapped = h, p, m, unmapped
+        elif what == "human":
+            a.human_by_category[cat] = h
+        elif what == "predicted":
+            a.predicted_by_category[cat] = p
+        elif what == "matched_human":
+            a.matched_human_by_category[cat] = m
+        else:
+            a.matched_predicted_by_category[cat] = m
+    return a
+
+
+def _triplet_table(graphs: dict[str, dict[Triplet, str]]):
+    import pyarrow as pa
+
+    rows = [
+        (image_id, s, o, p, cat) for image_id, g in graphs.items() for (s, o, p), cat in g.items()
+    ]
+    names = ["image_id", "s", "o", "pidx", "cat"]
+    return pa.table(
+        {n: [r[i] for r in rows] for i, n in enumerate(names)},
+        schema=pa.schema(
+            [
+                ("image_id", pa.string()),
+                ("s", pa.int64()),
+                ("o", pa.int64()),
+                ("pidx", pa.int64()),
+                ("cat", pa.string()),
+            ]
+        ),
+    )
+
+
 def compare(
     source: str,
     human: dict[str, dict[Triplet, str]],
     predicted: dict[str, dict[Triplet, str]],
 ) -> Agreement:
-    """Score one source: per image, {triplet: category} of the human and the predicted graph."""
-    a = Agreement(source)
-    for image_id, gt in human.items():
-        pred = predicted.get(image_id)
-        if not pred:
-            a.human_images_without_source += 1
-            continue
-        a.images += 1
-        a.human += len(gt)
-        a.predicted += len(pred)
-        a.unmapped += sum(1 for t in pred if t[2] < 0)
-        hits = gt.keys() & pred.keys()
-        a.matched += len(hits)
-        a.human_by_category.update(gt.values())
-        a.predicted_by_category.update(pred.values())
-        a.matched_human_by_category.update(gt[t] for t in hits)
-        a.matched_predicted_by_category.update(pred[t] for t in hits)
-    return a
+    """Score one source given in memory: per image, {triplet: category} of the human and the
+    predicted graph (the same SQL :func:`agreement` runs over a root)."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("h", _triplet_table(human))
+        con.register("p", _triplet_table(predicted))
+        return _compare_tables(con, source, "h", "p")
+    finally:
+        con.close()
 
 
 @dataclass
@@ -146,15 +201,7 @@ class QualityReport:
         }
 
 
-def _rows(con, include_dropped: bool) -> list[dict]:
-    from synthvg.storage import fetch_dicts
-
-    where = "" if include_dropped else "WHERE verdict <> 'dropped' OR stage = 'seed'"
-    return fetch_dicts(
-        con,
-        "SELECT image_id, stage, generator, subject_id, object_id, predicate, category, model "
-        f"FROM relations {where}",
-    )
+_HUMAN = "stage = 'seed' AND generator = 'human'"
 
 
 def agreement(
@@ -165,73 +212,119 @@ def agreement(
     embedding: bool = False,
     embedding_threshold: float = 0.6,
 ) -> QualityReport:
-    """Triplet precision and recall of each stage against the root's human graphs."""
+    """Triplet precision and recall of each stage against the root's human graphs.
+
+    The sets and joins run in DuckDB over the root's views (a paper-scale root's millions of
+    relations never become Python objects); only the distinct predicates go through the label
+    mapper.
+    """
+    import pyarrow as pa
+
     from synthvg.storage import connect
 
     con = connect(root)
     try:
-        rows = _rows(con, include_dropped)
+        labels = [
+            r[0]
+            for r in con.execute(
+                f"SELECT DISTINCT predicate FROM relations WHERE {_HUMAN} ORDER BY 1"
+            ).fetchall()
+        ]
+        if not labels:
+            raise EvalInputError(
+                f"{root} has no human scene graphs (no seed relations from VG, GQA or PSG): nothing to agree with"
+            )
+        notes: list[str] = []
+        embed = None
+        if embedding:
+            try:
+                embed = minilm_embedder()
+            except EmbeddingUnavailable as e:
+                notes.append(str(e))
+        mapper = LabelMapper(labels, "predicate", embed=embed, threshold=embedding_threshold)
+        texts = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT predicate FROM relations WHERE predicate IS NOT NULL"
+            ).fetchall()
+        ]
+        con.register(
+            "_pmap",
+            pa.table(
+                {"text": texts, "pidx": [mapper(t) for t in texts]},
+                schema=pa.schema([("text", pa.string()), ("pidx", pa.int64())]),
+            ),
+        )
+        con.execute(
+            """CREATE TEMP TABLE _human AS
+                SELECT r.image_id, r.subject_id AS s, r.object_id AS o, m.pidx,
+                       any_value(r.category) AS cat, list(DISTINCT rel) AS releases
+                FROM relations r JOIN _pmap m ON r.predicate = m.text,
+                     unnest(string_split(coalesce(r.model, ''), '+')) AS t(rel)
+                WHERE r.stage = 'seed' AND r.generator = 'human'
+                GROUP BY ALL"""
+        )
+        (human_images,) = con.execute("SELECT count(DISTINCT image_id) FROM _human").fetchone()
+        releases = [
+            r[0]
+            for r in con.execute(
+                "SELECT DISTINCT unnest(releases) FROM _human ORDER BY 1"
+            ).fetchall()
+        ]
+        present = {r[0] for r in con.execute("SELECT DISTINCT stage FROM relations").fetchall()}
+        stages = list(stages)
+        out: list[Agreement] = []
+        if "seed" in stages:
+            if len(releases) < 2:
+                notes.append(
+                    f"seed: one human source ({', '.join(releases) or 'unnamed'}); no second source to compare it with"
+                )
+            else:
+                for release in releases:
+                    con.execute(
+                        "CREATE OR REPLACE TEMP TABLE _own AS SELECT image_id, s, o, pidx, cat "
+                        "FROM _human WHERE list_contains(releases, ?)",
+                        [release],
+                    )
+                    # the other sources' triplets on the images this one annotates
+                    con.execute(
+                        "CREATE OR REPLACE TEMP TABLE _others AS SELECT image_id, s, o, pidx, cat "
+                        "FROM _human WHERE (len(releases) > 1 OR NOT list_contains(releases, ?)) "
+                        "AND image_id IN (SELECT image_id FROM _own)",
+                        [release],
+                    )
+                    (shared,) = con.execute("SELECT count(*) FROM _others").fetchone()
+                    if shared:
+                        # images only this source annotates are not comparable: left out
+                        con.execute(
+                            "CREATE OR REPLACE TEMP VIEW _own_shared AS SELECT * FROM _own "
+                            "WHERE image_id IN (SELECT image_id FROM _others)"
+                        )
+                        out.append(
+                            _compare_tables(con, f"seed:{release}", "_others", "_own_shared")
+                        )
+        dropped = "" if include_dropped else "AND r.verdict <> 'dropped'"
+        for stage in (s for s in stages if s != "seed"):
+            if stage not in present:
+                notes.append(f"{stage}: no relations in this root")
+                continue
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE _pred AS
+                    SELECT r.image_id, r.subject_id AS s, r.object_id AS o,
+                           coalesce(m.pidx, -1) AS pidx, any_value(r.category) AS cat
+                    FROM relations r LEFT JOIN _pmap m ON r.predicate = m.text
+                    WHERE r.stage = ? {dropped}
+                      AND r.image_id IN (SELECT image_id FROM _human)
+                    GROUP BY ALL""",
+                [stage],
+            )
+            out.append(_compare_tables(con, stage, "_human", "_pred"))
     finally:
         con.close()
-    human_rows = [r for r in rows if r["stage"] == "seed" and r["generator"] == "human"]
-    if not human_rows:
-        raise EvalInputError(
-            f"{root} has no human scene graphs (no seed relations from VG, GQA or PSG): nothing to agree with"
-        )
-    labels = sorted({r["predicate"] for r in human_rows})
-    notes: list[str] = []
-    embed = None
-    if embedding:
-        try:
-            embed = minilm_embedder()
-        except EmbeddingUnavailable as e:
-            notes.append(str(e))
-    mapper = LabelMapper(labels, "predicate", embed=embed, threshold=embedding_threshold)
-    index = {p: i for i, p in enumerate(labels)}
-
-    human: dict[str, dict[Triplet, str]] = defaultdict(dict)
-    by_release: dict[str, dict[str, dict[Triplet, str]]] = defaultdict(lambda: defaultdict(dict))
-    for r in human_rows:
-        t = (r["subject_id"], r["object_id"], index[r["predicate"]])
-        human[r["image_id"]][t] = r["category"]
-        for release in (r["model"] or "").split("+"):
-            by_release[release][r["image_id"]][t] = r["category"]
-
-    stages = list(stages)
-    out: list[Agreement] = []
-    if "seed" in stages:
-        if len(by_release) < 2:
-            notes.append(
-                f"seed: one human source ({', '.join(by_release) or 'unnamed'}); no second source to compare it with"
-            )
-        for release, own in sorted(by_release.items()):
-            others = {
-                image_id: {
-                    t: c
-                    for other, graphs in by_release.items()
-                    if other != release
-                    for t, c in graphs.get(image_id, {}).items()
-                }
-                for image_id in own
-            }
-            others = {i: g for i, g in others.items() if g}
-            if others:
-                out.append(compare(f"seed:{release}", others, own))
-    for stage in (s for s in stages if s != "seed"):
-        predicted: dict[str, dict[Triplet, str]] = defaultdict(dict)
-        for r in rows:
-            if r["stage"] == stage and r["image_id"] in human:
-                predicted[r["image_id"]][
-                    (r["subject_id"], r["object_id"], mapper(r["predicate"]))
-                ] = r["category"]
-        if not predicted and not any(r["stage"] == stage for r in rows):
-            notes.append(f"{stage}: no relations in this root")
-            continue
-        out.append(compare(stage, human, predicted))
     return QualityReport(
         root=root,
-        human_images=len(human),
-        human_sources=sorted(by_release),
+        human_images=human_images,
+        human_sources=releases,
         agreement=out,
         mapping=[m for m in mapper.records() if m["method"] != "exact"],
         notes=notes,
