@@ -305,6 +305,13 @@ def test_blind_qa_cli_and_bad_input(vg_gqa_root, tmp_path, monkeypatch):
             assert len(res.output.strip().splitlines()) == 1
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and "--model" in res.output
+        qfile.write_text(json.dumps(QUESTIONS))
+        monkeypatch.delenv(KEY_ENV)
+        # a model never asked (nothing cached): the missing key is one error line
+        fresh = ["--model", "m2", "--base-url", server.base_url, "--api-key-env", KEY_ENV]
+        res = runner.invoke(app, [*args, *fresh, "--out", str(tmp_path / "nokey")])
+        assert res.exit_code == 2 and f"no API key in env var {KEY_ENV}" in res.output, res.output
+        assert len(res.output.strip().splitlines()) <= 2  # the estimate line, then the error
 
 
 def test_graph_text_flattens_annotation_text():

@@ -276,7 +276,7 @@ def blind_qa(
     emit=None,
 ) -> BlindQAReport:
     """Ask every question once per graph source; accuracy per source (see the module doc)."""
-    from synthvg.llm import LLMClient, LLMResult
+    from synthvg.llm import LLMClient, LLMConfigError, LLMResult, LLMUnreachable
     from synthvg.llm.client import requests_disabled
     from synthvg.stages.llm_stage import estimate
 
@@ -335,6 +335,10 @@ def blind_qa(
         if client.ledger is not None:
             client.ledger.flush()
         client.close()
+    if not dry_run and results and not any(isinstance(r, LLMResult) for r in results):
+        first = next(r for r in results if isinstance(r, BaseException))
+        if isinstance(first, LLMConfigError | LLMUnreachable):
+            raise first  # no key, no endpoint: one line, not a table of failures
     scores = {s: SourceScore(s) for s in sources}
     answers = []
     for (q, source, _, empty), res in zip(jobs, results, strict=True):
