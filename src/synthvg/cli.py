@@ -6,9 +6,10 @@ import csv
 import json
 import os
 import sys
+import typing
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -309,6 +310,14 @@ def _preflight(cfg, *, only: bool, network: bool = True) -> None:
         raise typer.Exit(0)
 
 
+def _choice(option: str, value: str, allowed: Any) -> Any:
+    """``value`` if the Literal type ``allowed`` names it, else a one-line error."""
+    names = typing.get_args(allowed)
+    if value not in names:
+        raise _fail(f"--{option} must be one of {', '.join(names)}, not {value!r}")
+    return value
+
+
 def _print_dry_run(cfg, replace: bool) -> None:
     from synthvg.llm import LLMError
     from synthvg.pipeline import WithdrawalRefused, dry_run
@@ -569,41 +578,13 @@ class IngestFormat(StrEnum):
 
 
 def _ingest_sources(fmt: IngestFormat, paths: list[Path], images: str | None) -> list[dict]:
-    """The seed sources a list of release files (or folders) stands for."""
+    """The seed sources a list of release files (or folders) stands for (each source kind
+    knows its own release layout: ``SourceSection.from_release``)."""
+    from synthvg.readers.config import SOURCES
+
     files = [str(p.resolve()) for p in paths if not p.is_dir()]
     folders = [str(p.resolve()) for p in paths if p.is_dir()]
-    if fmt in (IngestFormat.coco, IngestFormat.lvis, IngestFormat.gqa):
-        if folders:
-            raise ValueError(f"--format {fmt} takes annotation files, not folders: {folders[0]}")
-        return [{"kind": fmt.value, "annotations": f, "images": images} for f in files]
-    if fmt is IngestFormat.refcoco:
-        refs = files + [str(r) for d in folders for r in sorted(Path(d).glob("refs(*).p"))]
-        if not refs:
-            raise ValueError("no refs(<splitBy>).p file given or found in the folders given")
-        return [{"kind": "refcoco", "refs": r, "images": images} for r in refs]
-    if fmt is IngestFormat.vg:
-        from synthvg.readers.vg import FILES
-
-        source: dict = {"kind": "vg", "images": images, "root": folders[0] if folders else None}
-        for f in files:
-            name = next((n for n in FILES if Path(f).name.startswith(n)), None)
-            if name is None:
-                raise ValueError(
-                    f"{f} is not a Visual Genome release file ({', '.join(n + '.json' for n in FILES)})"
-                )
-            source[name] = f
-        return [source]
-    if fmt is IngestFormat.psg:
-        return [
-            {
-                "kind": "psg",
-                "annotations": f,
-                "panoptic": folders[0] if folders else None,
-                "images": images,
-            }
-            for f in files
-        ]
-    return [{"kind": "ade20k", "root": d, "images": images} for d in folders + files]
+    return SOURCES[fmt.value].from_release(files, folders, images)
 
 
 @app.command()
@@ -998,17 +979,14 @@ def evaluate_sgg_command(
 ) -> None:
     """Scene-graph generation R@K, mR@K, ng-R@K, ng-mR@K exactly as OpenPSG computes them."""
     from synthvg.eval import EvalInputError, evaluate_sgg, format_table, parse_pred, write_results
-    from synthvg.eval.run import default_out
+    from synthvg.eval.run import BenchmarkName, LabelSource, Missing, RankRule, default_out
 
-    choices = {
-        "benchmark": (benchmark, ("auto", "psg", "vg150", "ground-truth")),
-        "rank": (rank, ("auto", "order", "score")),
-        "missing": (missing, ("skip", "zero")),
-        "labels": (labels, ("stage", "region")),
+    checked = {
+        "benchmark": _choice("benchmark", benchmark, BenchmarkName),
+        "rank": _choice("rank", rank, RankRule),
+        "missing": _choice("missing", missing, Missing),
+        "labels": _choice("labels", labels, LabelSource),
     }
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise _fail(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
     try:
         ks = tuple(int(v) for item in (k or ["20,50,100"]) for v in item.replace(",", " ").split())
     except ValueError:
@@ -1025,13 +1003,10 @@ def evaluate_sgg_command(
             source,
             match_by=match.value,
             ks=ks,
-            benchmark=benchmark,
             split=split,
-            rank=rank,
-            missing=missing,
             embedding=embedding,
             embedding_threshold=threshold,
-            labels=labels,
+            **checked,
         )
     except (EvalInputError, ValueError) as e:
         raise _fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None

@@ -124,10 +124,10 @@ def evaluate_sgg(
     if source.stage is None:
         raw = read_prediction_file(source.path)
     else:
-        if source.stage == "auto":
-            source = PredSource(source.path, _auto_stage(source.path))
+        stage = _auto_stage(source.path) if source.stage == "auto" else source.stage
+        source = PredSource(source.path, stage)
         raw, coco_ids = read_stage(
-            source.path, source.stage, include_dropped=include_dropped, labels=labels
+            source.path, stage, include_dropped=include_dropped, labels=labels
         )
     if not allow_empty and (not raw or not any(img.rows for img in raw.values())):
         raise EvalInputError(f"{source.describe()} holds no predicted relations")

@@ -10,29 +10,33 @@ a verifier that failed or answered neither yes nor no). The ``relations`` view a
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
 
 from synthvg import masks
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
+from synthvg.config.filters import OpenAIVerifierConfig, RuleFiltersConfig, Verifier
+from synthvg.models.backends import VERIFIERS
 from synthvg.models.identity import path_identity
 from synthvg.models.spatial_rules import RULES, Context, Geom, check, contains, inside
 from synthvg.models.vqa import OpenAIVerifier, Question, VQAVerifier, combine, mark_pair
 from synthvg.predicates import load_synonyms, normalise
 from synthvg.prompts import load_prompt
 from synthvg.schemas import RLE, Box, RelationVerdictRecord
-from synthvg.schemas.config import BuildConfig, OpenAIVerifierConfig, RuleFiltersConfig
 from synthvg.stages.base import (
-    STAGE_OF_RELATIONS,
     RunContext,
     ShardSpec,
     Stage,
     StageInputs,
     StageOutput,
+    shared_model,
 )
+from synthvg.stages.common import STAGE_OF_RELATIONS
 from synthvg.stages.llm_stage import (
     add_metrics,
     begin_shard,
     estimate,
-    make_client,
     open_image,
     redact_logs,
     stop_on_failures,
@@ -41,18 +45,13 @@ from synthvg.stages.llm_stage import (
 _VERDICT = {"keep": "kept", "drop": "dropped", "abstain": "unverified"}
 
 
-def make_verifier(cfg, build: BuildConfig) -> VQAVerifier:
-    if isinstance(cfg, OpenAIVerifierConfig):
-        return OpenAIVerifier(
-            cfg, None, client=make_client(cfg, build, scope=f"filters:{cfg.model}")
-        )
-    from synthvg.models.vqa_transformers import TransformersVerifier
-
-    return TransformersVerifier(cfg)
+def make_verifier(cfg: Verifier, build: BuildConfig) -> VQAVerifier:
+    return VERIFIERS.create(cfg.kind, cfg, build)
 
 
 class FiltersStage(Stage):
     name = "filters"
+    order = 50
     version = "1"
     writes = ("relation_verdicts",)
     reads = ("images", "regions", "region_depth", "relations", "descriptions")
@@ -68,27 +67,16 @@ class FiltersStage(Stage):
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         f: RuleFiltersConfig = config.filters
         verifiers = [
-            v.model_dump(
-                mode="json",
-                include={
-                    "kind",
-                    "model",
-                    "base_url",
-                    "temperature",
-                    "threshold",
-                    "logprobs",
-                    "prompt",
-                    "path",
-                    "dtype",
-                },
-            )
+            output_settings(v)
             | {"prompt_sha256": load_prompt(v.prompt).sha256}
             | ({"weights": path_identity(v.path)} if getattr(v, "path", None) else {})
             for v in f.verifiers
         ]
         synonyms = hashlib.sha256(Path(f.synonyms).read_bytes()).hexdigest() if f.synonyms else None
+        settings = output_settings(f)
+        del settings["verifiers"], settings["synonyms"]  # below: with their files' identity
         return {
-            "config": f.model_dump(mode="json", include={"backend", "stages", "spatial", "vote"}),
+            "config": settings,
             "verifiers": verifiers,
             "synonyms": synonyms,
         }
@@ -105,9 +93,19 @@ class FiltersStage(Stage):
         self.filters: RuleFiltersConfig = config.filters
         if any(isinstance(v, OpenAIVerifierConfig) for v in self.filters.verifiers):
             redact_logs()
+        # Local models load once per worker and per their settings; an endpoint's client writes
+        # its cache under the build's root, so it belongs to this instance.
         self.verifiers = [
-            make_verifier(v, config) for v in self.filters.verifiers
-        ]  # load once per worker
+            make_verifier(v, config)
+            if isinstance(v, OpenAIVerifierConfig)
+            else shared_model(
+                self,
+                f"verifier:{i}",
+                {"config": v, "model": path_identity(v.path)},
+                partial(make_verifier, v, config),
+            )
+            for i, v in enumerate(self.filters.verifiers)
+        ]
         self.synonyms = load_synonyms(self.filters.synonyms)
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:

@@ -12,28 +12,23 @@ from __future__ import annotations
 import numpy as np
 
 from synthvg import masks
-from synthvg.models.errors import ModelLoadError
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
+from synthvg.config.regions import PROPOSER_SECTIONS, UncoveredConfig
+from synthvg.models.backends import PROPOSERS
 from synthvg.models.identity import folder_identity, path_identity
-from synthvg.models.proposers import FelzenszwalbProposer, ImageItem, MaskProposer, Proposal
-from synthvg.schemas import RLE, Box, ProposalRecord, RegionCheckRecord, RegionRecord, RegionSource
-from synthvg.schemas.config import BuildConfig, UncoveredConfig
+from synthvg.models.proposers import ImageItem, MaskProposer, Proposal
+from synthvg.schemas import RLE, ProposalRecord, RegionCheckRecord, RegionRecord, RegionSource
 from synthvg.stages.base import (
     RunContext,
     ShardSpec,
     Stage,
     StageInputs,
     StageOutput,
-    output_settings,
+    shared_model,
 )
-from synthvg.stages.images import load_rgb, per_image
-
-
-def region_mask(region: dict, height: int, width: int) -> RLE:
-    """A region's mask, or its box rasterised when it only has a box."""
-    if region.get("mask") is not None:
-        return RLE(**region["mask"])
-    b = region["bbox"]
-    return masks.box_to_rle(Box(**b), height, width)
+from synthvg.stages.common import load_rgb, per_image
+from synthvg.stages.common import region_mask as region_mask
 
 
 def check_regions(
@@ -76,24 +71,7 @@ def uncovered(
 def make_proposer(config: BuildConfig) -> MaskProposer:
     """The configured proposer, loaded (the model backends need the ``models`` extra)."""
     r = config.regions
-    if r.proposer == "felzenszwalb":
-        return FelzenszwalbProposer(r.felzenszwalb)
-    if r.proposer == "precomputed":
-        from synthvg.models.precomputed import PrecomputedProposer
-
-        return PrecomputedProposer(r.precomputed)
-    try:
-        if r.proposer == "segment_anything":
-            from synthvg.models.sam_package import SegmentAnythingProposer as cls
-        elif r.proposer == "transformers_sam":
-            from synthvg.models.sam_transformers import TransformersSamProposer as cls
-        else:
-            raise ValueError(f"no proposer for {r.proposer!r}")
-    except ImportError as e:
-        raise ModelLoadError(
-            f"regions.proposer: {r.proposer} needs the models extra (pip install 'synthvg[models]'): {e}"
-        ) from None
-    return cls(r.proposer_config())
+    return PROPOSERS.create(r.proposer, r.proposer_config(), config)
 
 
 def model_identity(config: BuildConfig) -> dict | None:
@@ -110,6 +88,7 @@ def model_identity(config: BuildConfig) -> dict | None:
 
 class RegionsStage(Stage):
     name = "regions"
+    order = 20
     version = "2"
     writes = ("proposals", "region_checks", "regions")
     reads = ("images", "regions")
@@ -132,17 +111,32 @@ class RegionsStage(Stage):
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         r = config.regions
         section = r.proposer_config()
+        # Every setting of the section but the proposers' (the chosen one's are ``params``) and
+        # ``feed``, which decides what later stages read, not what this stage writes.
+        own = {
+            k: v
+            for k, v in output_settings(r).items()
+            if k not in PROPOSER_SECTIONS and k != "feed"
+        }
         return {
-            "proposer": r.proposer,
+            **own,
             "params": output_settings(section) if section else None,
             "model": model_identity(config),
-            "iou_threshold": r.iou_threshold,
-            "uncovered": r.uncovered.model_dump(mode="json"),
         }
 
     def __init__(self, config: BuildConfig):
         super().__init__(config)
-        self.proposer = make_proposer(config)  # loads once per worker
+        r = config.regions
+        self.proposer = shared_model(  # loads once per worker, and per proposer settings
+            self,
+            "proposer",
+            {
+                "proposer": r.proposer,
+                "config": r.proposer_config(),
+                "model": model_identity(config),
+            },
+            lambda: make_proposer(config),
+        )
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
         out = StageOutput()

@@ -19,6 +19,9 @@ import math
 import os
 from dataclasses import dataclass
 
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
+from synthvg.config.seeds import MAX_IMAGE_PIXELS, SeedsConfig
 from synthvg.image_files import ImageFileError, check_image
 from synthvg.image_files import read_image as read_image  # where stages looked for it first
 from synthvg.readers.base import ImageSeeds
@@ -34,7 +37,6 @@ from synthvg.readers.sources import (
     open_sources,
 )
 from synthvg.schemas import ErrorRecord, ImageRecord
-from synthvg.schemas.config import MAX_IMAGE_PIXELS, BuildConfig, SeedsConfig
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
 
 
@@ -207,6 +209,7 @@ def _join_path(folder: str, name: str) -> str:
 
 class SeedsStage(Stage):
     name = "seeds"
+    order = 10
     version = "2"
     writes = ("images", "regions", "relations")
 
@@ -221,16 +224,16 @@ class SeedsStage(Stage):
         # The annotation files' content decides the output, not just their paths.
         sources = [
             {
-                **s.model_dump(
-                    mode="json", exclude={"allow_empty"}
-                ),  # decides whether a build starts, not its rows
+                **output_settings(s),
                 "sha256": {p: _file_digest(p) for p in annotation_files(s)},
                 "listing": {p: _folder_digest(p) for p in annotation_folders(s)},
             }
             for s in config.seeds.sources
         ]
-        # `select` only decides which images exist, and the shards' image ids are hashed anyway.
-        seeds = config.seeds.model_dump(mode="json", exclude={"sources", "select"})
+        # `select` (SpeedOnly) only decides which images exist, and the shards' image ids are
+        # hashed anyway; the sources are above, with their files' content.
+        seeds = output_settings(config.seeds)
+        del seeds["sources"]
         if seeds["max_image_pixels"] == MAX_IMAGE_PIXELS:
             del seeds[
                 "max_image_pixels"
