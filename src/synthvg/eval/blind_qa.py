@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from synthvg.eval.inputs import EvalInputError
 from synthvg.llm.config import LLMConfig
 
-GRAPH_SOURCES = ("seed", "teacher", "robin", "edit")
+GraphSource = Literal["seed", "teacher", "robin", "edit"]
+GRAPH_SOURCES: tuple[GraphSource, ...] = ("seed", "teacher", "robin", "edit")
 PROMPT_VERSION = "blind-qa/v1"
 BLIND_QA_DIR = "eval/blind-qa"
 SYSTEM_PROMPT = (
@@ -47,7 +48,7 @@ class BlindQAConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     llm: LLMConfig
-    sources: list[Literal["seed", "teacher", "robin", "edit"]] = Field(
+    sources: list[GraphSource] = Field(
         default_factory=lambda: list(GRAPH_SOURCES),
         description="graph sources to ask with (those without relations in the root are skipped)",
     )
@@ -82,7 +83,8 @@ def read_questions(path: str | Path) -> tuple[list[Question], Counter]:
         raise EvalInputError(
             f"{path} is not a GQA question file: expected an object {{question_id: {{imageId, question, answer}}}}"
         )
-    out, counts = [], Counter()
+    out: list[Question] = []
+    counts: Counter[str] = Counter()
     for qid, q in data.items():
         if not isinstance(q, dict) or not all(
             isinstance(q.get(k), str | int) for k in ("imageId", "question", "answer")
@@ -258,9 +260,10 @@ def _load(root: str, gqa_ids: Iterable[str], include_dropped: bool):
             [image_ids],
         ):
             relations[(r["image_id"], r["stage"])].append(r)
-        (stages,) = con.execute(
+        row = con.execute(
             "SELECT list(DISTINCT stage) FROM relations WHERE stage <> 'seed' OR generator = 'human'"
         ).fetchone()
+        stages = row[0] if row else None
     finally:
         con.close()
     return by_gqa, regions, relations, set(stages or [])
@@ -302,7 +305,7 @@ def blind_qa(
             notes.append(f"{s}: no relations in this root; not asked")
     if not sources:
         raise EvalInputError(f"{root} has no relations of the sources {cfg.sources}")
-    jobs: list[tuple[Question, str, dict, bool]] = []
+    jobs: list[tuple[Question, GraphSource, dict, bool]] = []
     for source in sources:
         for q in usable:
             image = by_gqa[q.gqa_image]
@@ -341,15 +344,15 @@ def blind_qa(
             raise first  # no key, no endpoint: one line, not a table of failures
     scores = {s: SourceScore(s) for s in sources}
     answers = []
-    for (q, source, _, empty), res in zip(jobs, results, strict=True):
-        sc = scores[source]
+    for (q, asked, _, empty), res in zip(jobs, results, strict=True):
+        sc = scores[asked]
         sc.questions += 1
         sc.empty_graphs += empty
         row = {
             "question_id": q.qid,
             "gqa_image": q.gqa_image,
             "image_id": by_gqa[q.gqa_image]["image_id"],
-            "source": source,
+            "source": asked,
             "question": q.question,
             "answer": q.answer,
             "prediction": None,

@@ -204,6 +204,11 @@ class QualityReport:
 _HUMAN = "stage = 'seed' AND generator = 'human'"
 
 
+def _scalar(con, sql: str) -> int:
+    row = con.execute(sql).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 def agreement(
     root: str,
     *,
@@ -264,7 +269,7 @@ def agreement(
                 WHERE r.stage = 'seed' AND r.generator = 'human'
                 GROUP BY ALL"""
         )
-        (human_images,) = con.execute("SELECT count(DISTINCT image_id) FROM _human").fetchone()
+        human_images = _scalar(con, "SELECT count(DISTINCT image_id) FROM _human")
         releases = [
             r[0]
             for r in con.execute(
@@ -293,8 +298,7 @@ def agreement(
                         "AND image_id IN (SELECT image_id FROM _own)",
                         [release],
                     )
-                    (shared,) = con.execute("SELECT count(*) FROM _others").fetchone()
-                    if shared:
+                    if _scalar(con, "SELECT count(*) FROM _others"):
                         # images only this source annotates are not comparable: left out
                         con.execute(
                             "CREATE OR REPLACE TEMP VIEW _own_shared AS SELECT * FROM _own "

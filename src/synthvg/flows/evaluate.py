@@ -9,9 +9,12 @@ checkpoint is that run's export); by hand, give ``checkpoint``.
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from synthvg.eval.sgg import MatchBy
 from synthvg.flows.build import artifact_key, build_dataset
 from synthvg.schemas.config import BuildConfig
 
@@ -22,7 +25,7 @@ def training_config_of(flow_run_id: str) -> str:
 
     run_id = flow_run_id.removeprefix("prefect.flow-run.")
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(run_id)
+        run = client.read_flow_run(UUID(run_id))
     config = run.parameters.get("config")
     if not isinstance(config, str):
         raise ValueError(
@@ -38,7 +41,7 @@ def evaluate(
     train_flow_run_id: str | None = None,
     robin: dict | None = None,
     split: str | None = "test",
-    match: str = "mask",
+    match: MatchBy = "mask",
     ks: list[int] | None = None,
     out: str | None = None,
     embedding: bool = True,

@@ -299,6 +299,7 @@ def read_rows(
     from synthvg.storage.dataset import LegacyLayout, UnknownVersion
     from synthvg.storage.query import ReadOnlyError, check_read_only, fetch_dicts
 
+    assert source.root is not None  # validated: a dataset task names a root
     if not os.path.isdir(source.root) and "://" not in source.root:
         raise ConfigError(f"source {source.name}: dataset root {source.root} does not exist")
     dataset = Dataset(source.root, as_of=source.version)
