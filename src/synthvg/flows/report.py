@@ -234,6 +234,7 @@ def _card(
     images: dict[str, str],
     spend: list[dict] | None = None,
     explorer_url: str | None = None,
+    quality: str = "",
 ) -> str:
     """The card's markdown; ``images`` maps a figure's file name to how the card links it."""
     last = runs[-1] if runs else None
@@ -298,6 +299,7 @@ def _card(
             if spend
             else []
         ),
+        quality,
         "## Sample scene graphs\n",
         "The images with the most relations not dropped: regions (masks, boxes, ids) and relations.\n",
         *[f"![{f}]({images[f]})\n" for f in samples],
@@ -331,6 +333,10 @@ def dataset_report(
     drops = drop_reasons(dataset)
     costs = stage_costs(runs)
     spend = api_spend(dataset, runs)
+    from synthvg.eval.card import quality_markdown, quality_summary
+
+    quality = quality_summary(dataset)
+    quality_md = quality_markdown(quality)
 
     figures = {
         "categories.png": histogram_png(
@@ -358,6 +364,7 @@ def dataset_report(
         "drop_reasons": drops,
         "cost": costs,
         "api_spend": spend,
+        "quality": quality,
         "figures": sorted(figures),
     }
     written.append(
@@ -366,7 +373,16 @@ def dataset_report(
         )
     )
     card = _card(
-        name, dataset, runs, stats, drops, costs, {f: f for f in figures}, spend, explorer_url
+        name,
+        dataset,
+        runs,
+        stats,
+        drops,
+        costs,
+        {f: f for f in figures},
+        spend,
+        explorer_url,
+        quality_md,
     )
     written.append(dataset.write_file(f"{REPORT_DIR}/README.md", card.encode()))
 
@@ -380,7 +396,9 @@ def dataset_report(
     inline |= {f: dataset.abspath(f"{REPORT_DIR}/{f}") for f in figures if f.startswith("samples/")}
     create_markdown_artifact(
         key=artifact_key(name, "dataset-card"),
-        markdown=_card(name, dataset, runs, stats, drops, costs, inline, spend, explorer_url),
+        markdown=_card(
+            name, dataset, runs, stats, drops, costs, inline, spend, explorer_url, quality_md
+        ),
         description=f"dataset card of {name}",
     )
     create_link_artifact(
