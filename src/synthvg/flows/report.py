@@ -14,6 +14,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -47,8 +48,12 @@ def dataset_root_of(flow_run_id: str) -> str:
     from prefect.client.orchestration import get_client
 
     run_id = flow_run_id.removeprefix("prefect.flow-run.")
+    try:
+        uuid = UUID(run_id)
+    except ValueError:
+        raise ValueError(f"{flow_run_id!r} is not a flow run id") from None
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(run_id)
+        run = client.read_flow_run(uuid)
     config = run.parameters.get("config") or {}
     if "out" not in config:
         raise ValueError(
