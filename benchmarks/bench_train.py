@@ -4,7 +4,8 @@ Builds the demo dataset (``--images`` images), a tiny random Robin in the releas
 and trains it with configs/train-tiny.yaml's mixture (paths rewritten to the temporary
 folder) for ``--steps`` steps; reports examples/s and tokens/s (spliced tokens, image tokens
 included) as the trainer measured them, after one warm-up run of 2 steps (imports, first
-batch). The GPU benchmark (a Robin-3B-sized model, MFU) is not written yet.
+batch). The GPU benchmark (a Robin-3B-sized model, bf16, tokens/s per GPU and MFU beside
+the LLaVA/Osprey-style pad-to-longest setting) is benchmarks/bench_train_mfu.py.
 
 Run: PYTHONPATH=src python benchmarks/bench_train.py [--steps 24 --batch-size 2]
 """

@@ -336,6 +336,11 @@ def test_synthvg_train_exports_a_checkpoint_that_a_build_runs(tmp_path, ckpt, de
         sources["svg-relations"]["root"] == demo_root
         and sources["svg-relations"]["counts"]["taken"] >= 3
     )
+    from synthvg.storage import Dataset
+
+    # unpinned sources record the version they were read at
+    assert sources["svg-relations"]["version"] == Dataset(demo_root).version() is not None
+    assert sources["svg-relations"]["version_pinned"] is False
     assert (
         json.loads((tmp_path / "run" / "mixture.json").read_text())["sources"]["grounding"]["task"]
         == "grounding"
@@ -630,3 +635,132 @@ def test_an_interrupted_checkpoint_is_passed_over_when_resuming(tmp_path):
     assert last_checkpoint(str(tmp_path), said.append) == str(tmp_path / "checkpoint-2")
     assert [s.split()[0] for s in said] == ["checkpoint-6", "checkpoint-4"]
     assert last_checkpoint(str(tmp_path / "nothing")) is None
+
+
+def test_a_source_pinned_to_a_dataset_version_reads_that_version(tmp_path):
+    """Version v of a root built with 2 images, then grown to 4: a source pinned at v reads
+    the rows of the first images only, an unpinned one the latest; the counts record which version was
+    read; a version the root does not have is a one-line error."""
+    from synthvg.pipeline import run_build
+    from synthvg.schemas.config import ConfigError
+    from synthvg.storage import Dataset
+    from synthvg.train.config import Source
+    from synthvg.train.data import SourceCounts, read_rows
+
+    root = tmp_path / "root"
+    run_build(demo_config(root, limit=2, shard_size=2))
+    pinned = Dataset(str(root)).version()
+    run_build(demo_config(root, limit=4, shard_size=2))
+    latest = Dataset(str(root)).version()
+    assert latest > pinned
+
+    def rows(version):
+        src = Source(
+            name="s",
+            task="scene_graph",
+            root=str(root),
+            sql="SELECT * FROM relations WHERE stage = ?",
+            params=["teacher"],
+            version=version,
+        )
+        counts = SourceCounts("scene_graph")
+        con, got = read_rows(src, counts)
+        con.close()
+        return {r["image_id"] for r in got}, counts.version
+
+    old_images, v_old = rows(pinned)
+    new_images, v_new = rows(None)
+    assert (v_old, v_new) == (pinned, latest)
+    assert old_images and old_images < new_images  # the 2 first images' rows, then more
+    with pytest.raises(ConfigError, match=f"source s: .*no version {latest + 7}"):
+        rows(latest + 7)
+    with pytest.raises(ValueError, match="version pins a dataset root"):
+        Source(name="c", task="conversations", path="x.json", version=1)
+
+
+def test_osprey_region_turns_read_their_masks(engine, tmp_path):
+    """Osprey-724K records (file_name, height, width, annotation[].segmentation, conversations):
+    'listed' prefixes Osprey's region list (region1<mask><pos>,region2<mask><pos>) and strips
+    the brackets of <region1>; 'inline' turns each <regionN> into <mask><pos> of annotation N in
+    order of appearance (a region named twice is listed twice). The masks ride with the example
+    and the model's forward splices them; bad records are counted."""
+    from PIL import Image
+
+    from synthvg import masks as mask_ops
+    from synthvg.train.config import Source
+    from synthvg.train.data import SourceCounts, conversation_examples
+    from synthvg.train.trainer import RobinCollator, RobinDataset
+
+    w, h = 40, 30
+    Image.new("RGB", (w, h), (120, 30, 60)).save(tmp_path / "000000000042.jpg")
+    square = [[2, 2, 20, 2, 20, 20, 2, 20]]
+    strip = {"size": [h, w], "counts": [90, 60, w * h - 150]}  # uncompressed RLE
+    anns = [{"segmentation": square}, {"segmentation": strip}]
+    base = {"file_name": "COCO_train2014_000000000042.jpg", "height": h, "width": w}
+    listed = {
+        **base,
+        "annotation": anns,
+        "conversations": [
+            {"from": "human", "value": "What is <region1> doing?"},
+            {"from": "gpt", "value": "It sits next to <region2>."},
+        ],
+    }
+    inline = {
+        **base,
+        "annotation": anns,
+        "conversations": [
+            {"from": "human", "value": "Is <region2> a cat? And <region1>? And <region2>?"},
+            {"from": "gpt", "value": "No."},
+        ],
+    }
+    bad = [
+        {**inline, "annotation": [{"segmentation": [[1, 1, 2, 2]]}]},  # not a polygon
+        {**inline, "annotation": [anns[0]]},  # <region2> out of range
+        {**inline, "annotation": [{"segmentation": [[0, 0, 0, 0, 0, 0]]}]},  # empty mask
+        {**inline, "height": None},
+        {k: v for k, v in inline.items() if k != "annotation"},
+    ]
+    tok = Tokeniser(engine.tokenizer, engine.config.image_tokens, 512)
+    out = {}
+    for style, recs in (("listed", [listed]), ("inline", [inline, *bad])):
+        path = tmp_path / f"{style}.json"
+        path.write_text(json.dumps(recs))
+        src = Source(
+            name=style,
+            task="conversations",
+            path=str(path),
+            image_root=str(tmp_path),
+            regions=style,
+        )
+        counts = SourceCounts("conversations")
+        out[style] = (conversation_examples(src, tok, counts, {}), counts)
+    (ex,), _ = out["listed"]
+    text = engine.tokenizer.decode(ex.input_ids)
+    assert "region1<mask><pos>,region2<mask><pos>. What is region1 doing?" in text
+    assert "It sits next to region2." in text and "<region" not in text
+    square_mask, strip_mask = (mask_ops.decode(m) for m in ex.masks)
+    assert square_mask.sum() > 0 and strip_mask.sum() == 60 and ex.image.width == w
+    (ex2,), counts = out["inline"]
+    assert [int(mask_ops.decode(m).sum()) for m in ex2.masks] == [
+        60,
+        int(square_mask.sum()),
+        60,
+    ]
+    assert engine.tokenizer.decode(ex2.input_ids).count("<mask><pos>") == 3
+    assert dict(counts.dropped) == {
+        "bad_region_mask": 1,
+        "region_reference_out_of_range": 1,
+        "empty_mask_region": 1,
+        "regions_without_image_size": 1,
+        "regions_without_annotation": 1,
+    }
+    # the masks reach the forward: the loss changes when a mask does
+    model = engine.model
+    ds = RobinDataset([ex2], model.config.vision_image_size)
+    batch = RobinCollator(engine.tokenizer.pad_token_id, model.config.vision_image_size)([ds[0]])
+    batch.pop("n_tokens"), batch.pop("example_index")
+    with torch.no_grad():
+        a = model(**batch).loss
+        batch["region_masks"] = [batch["region_masks"][0].flip(-1)]
+        b = model(**batch).loss
+    assert torch.isfinite(a) and a != b

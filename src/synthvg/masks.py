@@ -148,7 +148,7 @@ def resize(rle: RLE, height: int, width: int) -> RLE:
     if (int(rle.size[0]), int(rle.size[1])) == (height, width):
         return rle
     small = Image.fromarray(decode(rle).astype(np.uint8))
-    return encode(np.asarray(small.resize((width, height), Image.NEAREST)).astype(bool))
+    return encode(np.asarray(small.resize((width, height), Image.Resampling.NEAREST)).astype(bool))
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ stages that read it, directly or not, and nothing else.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import uuid
 from collections import Counter
@@ -406,9 +407,19 @@ def start_run(dataset: Dataset, config: BuildConfig, run_id: str, plan: BuildPla
         config=config.model_dump(mode="json"),
         shards=len(plan.shards),
         images=plan.image_count,
+        prefect_flow_run_id=_flow_run_id(),
     )
     dataset.write_run(run)
     return run
+
+
+def _flow_run_id() -> str | None:
+    """The Prefect flow run this build runs in, if any (Prefect is not imported for it)."""
+    if "prefect" not in sys.modules:
+        return None
+    from prefect.runtime import flow_run
+
+    return flow_run.id or None
 
 
 #: A build compacts the commit log when it holds more files than this (one per commit).

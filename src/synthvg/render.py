@@ -26,7 +26,7 @@ def palette(i: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def load_font(size: int) -> ImageFont.ImageFont:
+def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
@@ -49,10 +49,10 @@ def draw_regions(image: Image.Image, regions: list[dict], alpha: float = 0.35) -
     text_font = load_font(max(12, min(out.size) // 40))
     boxes = [Box(**r["bbox"]) for r in regions]
     labels = [str(r["region_id"]) for r in regions]
-    sizes = []
+    sizes: list[tuple[int, int]] = []
     for label in labels:
         x0, y0, x1, y1 = draw.textbbox((0, 0), label, font=text_font)
-        sizes.append((x1 - x0 + 4, y1 - y0 + 2))
+        sizes.append((round(x1 - x0) + 4, round(y1 - y0) + 2))
     for r, b in zip(
         regions, boxes, strict=True
     ):  # every outline first, so no box line crosses a tag

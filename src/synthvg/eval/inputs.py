@@ -14,7 +14,7 @@ import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 
@@ -48,6 +48,10 @@ class Predictions:
     unknown_images: list[str] = field(default_factory=list)
 
 
+@overload
+def _rle(mask: dict) -> dict: ...
+@overload
+def _rle(mask: None) -> None: ...
 def _rle(mask: dict | None) -> dict | None:
     if mask is None:
         return None
@@ -105,7 +109,7 @@ def load_ground_truth(
     """
     con = connect(root)
     try:
-        n_rel = con.execute("SELECT count(*) FROM relations WHERE stage = 'seed'").fetchone()[0]
+        n_rel = fetch_dicts(con, "SELECT count(*) AS n FROM relations WHERE stage = 'seed'")[0]["n"]
         if n_rel == 0:
             raise EvalInputError(
                 f"{root} has no ground-truth relations (no seed relations: ingest PSG or VG with `synthvg ingest`)"
@@ -164,13 +168,10 @@ def load_ground_truth(
             counts["gt_images_without_relations"] += 1
         masks = None
         if match_by == "mask" and triplets:
-            masks = [_rle(r["mask"]) for r in regs]
-            with_mask += sum(m is not None for m in masks)
-            if any(m is None for m in masks):
-                counts["gt_regions_without_mask"] += sum(m is None for m in masks)
-                masks = [
-                    m if m is not None else _empty_rle(img["height"], img["width"]) for m in masks
-                ]
+            found = [_rle(r["mask"]) for r in regs]
+            with_mask += sum(m is not None for m in found)
+            counts["gt_regions_without_mask"] += sum(m is None for m in found)
+            masks = [m if m is not None else _empty_rle(img["height"], img["width"]) for m in found]
         out[iid] = ImageTruth(
             labels=np.array([objects(r["label"]) for r in regs], dtype=np.int64),
             boxes=np.array([_box(r["bbox"]) for r in regs], dtype=np.float64).reshape(-1, 4),
@@ -305,7 +306,8 @@ def read_stage(
     out: dict[str, RawImage] = {}
     for iid, rels in by_image.items():
         ids: dict[int, int] = {}
-        img = RawImage([], [], [], None, [])
+        masks: list[dict | None] = []
+        img = RawImage([], [], masks, None, [])
         for rel in rels:
             ends = []
             for rid in (rel["subject_id"], rel["object_id"]):
@@ -314,7 +316,7 @@ def read_stage(
                     ids[rid] = len(img.boxes)
                     img.boxes.append(_box(reg["bbox"] if reg else None))
                     img.labels.append(names.get((iid, rid)) or (reg["label"] if reg else None))
-                    img.masks.append(_rle(reg["mask"]) if reg else None)
+                    masks.append(_rle(reg["mask"]) if reg else None)
                 ends.append(ids[rid])
             img.rows.append((ends[0], ends[1], rel["p"], rel["score"]))
         out[iid] = img
@@ -444,7 +446,7 @@ def to_predictions(
         rows = [r for r in img.rows if 0 <= r[0] < n_obj and 0 <= r[1] < n_obj]
         counts["pred_rows_bad_index"] += len(img.rows) - len(rows)
         if rule == "score":
-            rows = sorted(rows, key=lambda r: -r[3])  # stable: ties keep generation order
+            rows = sorted(rows, key=lambda r: -(r[3] or 0.0))  # stable: ties keep generation order
         labels = np.array([objects(lb) for lb in img.labels], dtype=np.int64)
         counts["pred_objects_unmapped"] += int((labels < 0).sum())
         preds = np.array([predicates(r[2]) for r in rows], dtype=np.int64)

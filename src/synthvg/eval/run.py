@@ -99,8 +99,13 @@ def evaluate_sgg(
     iou_threshold: float = 0.5,
     include_dropped: bool = False,
     labels: LabelSource = "stage",
+    allow_empty: bool = False,
 ) -> SggReport:
-    """Score predictions against a ground-truth root with OpenPSG's protocol (docs/EVALUATION.md)."""
+    """Score predictions against a ground-truth root with OpenPSG's protocol (docs/EVALUATION.md).
+
+    ``allow_empty``: a source without any relation scores zero instead of being refused (a
+    model that was run and said nothing; use with ``missing='zero'``).
+    """
     t0 = time.perf_counter()
     source = parse_pred(pred) if isinstance(pred, str) else pred
     gt = load_ground_truth(gt_root, benchmark=benchmark, split=split, match_by=match_by)
@@ -119,12 +124,12 @@ def evaluate_sgg(
     if source.stage is None:
         raw = read_prediction_file(source.path)
     else:
-        if source.stage == "auto":
-            source = PredSource(source.path, _auto_stage(source.path))
+        stage = _auto_stage(source.path) if source.stage == "auto" else source.stage
+        source = PredSource(source.path, stage)
         raw, coco_ids = read_stage(
-            source.path, source.stage, include_dropped=include_dropped, labels=labels
+            source.path, stage, include_dropped=include_dropped, labels=labels
         )
-    if not raw or not any(img.rows for img in raw.values()):
+    if not allow_empty and (not raw or not any(img.rows for img in raw.values())):
         raise EvalInputError(f"{source.describe()} holds no predicted relations")
     preds = to_predictions(
         raw,
@@ -135,7 +140,7 @@ def evaluate_sgg(
         predicates=predicates,
         coco_ids=coco_ids,
     )
-    if len(preds.unknown_images) == len(raw):
+    if raw and len(preds.unknown_images) == len(raw):
         raise EvalInputError(
             f"none of the {len(raw)} predicted images is in the ground truth {gt_root} (ids such as {next(iter(raw))!r})"
         )

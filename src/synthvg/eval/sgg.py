@@ -161,7 +161,7 @@ def _recall_lists(
 
 def _mean_recall(collect: list[list[float]], num_predicates: int) -> tuple[float, list[float]]:
     per = [float(np.mean(collect[c])) if collect[c] else 0.0 for c in range(1, num_predicates + 1)]
-    total = 0
+    total = 0.0
     for r in per:  # summed in predicate order, as OpenPSG does
         total += r
     return total / float(num_predicates), per
@@ -195,8 +195,10 @@ def evaluate(
     ks = list(ks)
     recalls: dict[int, list[float]] = {k: [] for k in ks}
     ng_recalls: dict[int, list[float]] = {k: [] for k in ks}
-    collect = {k: [[] for _ in range(num_predicates + 1)] for k in ks}
-    ng_collect = {k: [[] for _ in range(num_predicates + 1)] for k in ks}
+    collect: dict[int, list[list[float]]] = {k: [[] for _ in range(num_predicates + 1)] for k in ks}
+    ng_collect: dict[int, list[list[float]]] = {
+        k: [[] for _ in range(num_predicates + 1)] for k in ks
+    }
     without_gt = without_pred = 0
     for gt, pred in pairs:
         if len(gt.rels) == 0:

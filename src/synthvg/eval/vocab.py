@@ -192,7 +192,7 @@ def minilm_embedder() -> Embed:
         raise EmbeddingUnavailable(f"embedding step skipped: {e.name} is not installed") from None
     from pathlib import Path
 
-    base = Path(package.__file__).parent
+    base = Path(package.__file__ or ".").parent
     configs = sorted(base.rglob("config.json"))
     if not configs:
         raise EmbeddingUnavailable(

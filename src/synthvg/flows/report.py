@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 from collections.abc import Iterator, Sequence
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -25,6 +27,8 @@ from synthvg.stats import PAPER_TABLE_1, compute_stats
 from synthvg.storage import Dataset, connect, fetch_dicts
 
 REPORT_DIR = "report"
+#: Where `synthvg serve` serves the datasets, when it does (the card links to it).
+EXPLORER_URL_ENV = "SYNTHVG_EXPLORER_URL"
 #: Cost-like metrics summed per stage over every run (a resumed build's cost spreads over runs).
 COST_METRICS = (
     "requests",
@@ -44,8 +48,12 @@ def dataset_root_of(flow_run_id: str) -> str:
     from prefect.client.orchestration import get_client
 
     run_id = flow_run_id.removeprefix("prefect.flow-run.")
+    try:
+        uuid = UUID(run_id)
+    except ValueError:
+        raise ValueError(f"{flow_run_id!r} is not a flow run id") from None
     with get_client(sync_client=True) as client:
-        run = client.read_flow_run(run_id)
+        run = client.read_flow_run(uuid)
     config = run.parameters.get("config") or {}
     if "out" not in config:
         raise ValueError(
@@ -230,6 +238,8 @@ def _card(
     costs: list[dict],
     images: dict[str, str],
     spend: list[dict] | None = None,
+    explorer_url: str | None = None,
+    quality: str = "",
 ) -> str:
     """The card's markdown; ``images`` maps a figure's file name to how the card links it."""
     last = runs[-1] if runs else None
@@ -243,6 +253,13 @@ def _card(
     parts = [
         f"# Dataset card: {name}\n",
         f"Dataset at `{dataset.url}`, built by synthvg {last.synthvg_version if last else __version__}. {run_line}\n",
+        *(
+            [
+                f"Browse it (gallery, images with masks and graphs, SQL): [explorer]({explorer_url})\n"
+            ]
+            if explorer_url
+            else []
+        ),
         "## Contents\n",
         _md_table(
             [
@@ -287,6 +304,7 @@ def _card(
             if spend
             else []
         ),
+        quality,
         "## Sample scene graphs\n",
         "The images with the most relations not dropped: regions (masks, boxes, ids) and relations.\n",
         *[f"![{f}]({images[f]})\n" for f in samples],
@@ -296,13 +314,18 @@ def _card(
 
 @flow(name="dataset-report", flow_run_name="dataset-report")
 def dataset_report(
-    root: str | None = None, build_flow_run_id: str | None = None, samples: int = 4
+    root: str | None = None,
+    build_flow_run_id: str | None = None,
+    samples: int = 4,
+    explorer_url: str | None = None,
 ) -> dict:
     """Write ``ROOT/report/`` (README.md card, PNG figures, report.json) and the same as artifacts.
 
     Give ``root``, or ``build_flow_run_id`` (what the deployment trigger passes) to report on
-    the dataset that build wrote.
+    the dataset that build wrote. ``explorer_url`` (default: ``$SYNTHVG_EXPLORER_URL``), where
+    ``synthvg serve`` serves the dataset: the card and an artifact link to it.
     """
+    explorer_url = explorer_url or os.environ.get(EXPLORER_URL_ENV) or None
     logger = get_run_logger()
     if root is None:
         if build_flow_run_id is None:
@@ -315,6 +338,10 @@ def dataset_report(
     drops = drop_reasons(dataset)
     costs = stage_costs(runs)
     spend = api_spend(dataset, runs)
+    from synthvg.eval.card import quality_markdown, quality_summary
+
+    quality = quality_summary(dataset)
+    quality_md = quality_markdown(quality)
 
     figures = {
         "categories.png": histogram_png(
@@ -342,6 +369,7 @@ def dataset_report(
         "drop_reasons": drops,
         "cost": costs,
         "api_spend": spend,
+        "quality": quality,
         "figures": sorted(figures),
     }
     written.append(
@@ -349,7 +377,18 @@ def dataset_report(
             f"{REPORT_DIR}/report.json", json.dumps(summary, indent=2, default=str).encode()
         )
     )
-    card = _card(name, dataset, runs, stats, drops, costs, {f: f for f in figures}, spend)
+    card = _card(
+        name,
+        dataset,
+        runs,
+        stats,
+        drops,
+        costs,
+        {f: f for f in figures},
+        spend,
+        explorer_url,
+        quality_md,
+    )
     written.append(dataset.write_file(f"{REPORT_DIR}/README.md", card.encode()))
 
     # The artifact shows the figures inline: histograms as data URLs; sample renderings (large)
@@ -362,7 +401,9 @@ def dataset_report(
     inline |= {f: dataset.abspath(f"{REPORT_DIR}/{f}") for f in figures if f.startswith("samples/")}
     create_markdown_artifact(
         key=artifact_key(name, "dataset-card"),
-        markdown=_card(name, dataset, runs, stats, drops, costs, inline, spend),
+        markdown=_card(
+            name, dataset, runs, stats, drops, costs, inline, spend, explorer_url, quality_md
+        ),
         description=f"dataset card of {name}",
     )
     create_link_artifact(
@@ -371,6 +412,13 @@ def dataset_report(
         link_text=dataset.abspath(f"{REPORT_DIR}/README.md"),
         description=f"the dataset card of {name}, beside the data",
     )
+    if explorer_url:
+        create_link_artifact(
+            key=artifact_key(name, "explorer"),
+            link=explorer_url,
+            link_text=f"browse {name} in the explorer",
+            description=f"{name} in `synthvg serve`: gallery, images, SQL",
+        )
     create_table_artifact(
         key=artifact_key(name, "report-table1"),
         table=_table1(stats),

@@ -9,6 +9,8 @@ and files. Any OpenAI-compatible endpoint works (OpenAI, Azure OpenAI, vLLM, Oll
 ``synthvg.llm.testing`` holds a local fake server for tests and benchmarks.
 """
 
+from typing import TYPE_CHECKING
+
 from synthvg.lazy import lazy_getattr
 
 # ``redact`` shares its name with its module: bound now, so importing ``synthvg.llm.redact``
@@ -51,6 +53,29 @@ _EXPORTS = {
     "UsageTotals": "synthvg.llm.results",
 }
 
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers (tests/test_lazy_exports.py)
+    from synthvg.llm.batch import BatchJob, BatchReport
+    from synthvg.llm.cache import RequestCache, request_key
+    from synthvg.llm.client import LLMClient
+    from synthvg.llm.config import LLMConfig, ModelPrice
+    from synthvg.llm.errors import (
+        BudgetExceeded,
+        LLMConfigError,
+        LLMError,
+        LLMRequestError,
+        LLMRetryExhausted,
+        LLMUnreachable,
+        ResponseFormatRejected,
+        SendingDisabled,
+        StructuredOutputError,
+        failure_kind,
+    )
+    from synthvg.llm.ledger import BudgetAccount, SpendLedger, spend_totals
+    from synthvg.llm.limits import RateLimiter, parse_duration, parse_rate_limit_headers
+    from synthvg.llm.messages import image_part, text_part
+    from synthvg.llm.redact import RedactingFilter, install_log_redaction
+    from synthvg.llm.results import LLMResult, PreparedRequest, TokenUsage, UsageTotals
 
 __all__ = [
     "BatchJob",

@@ -258,7 +258,7 @@ class BatchJob:
     ) -> None:
         custom_id = row.get("custom_id")
         key = record["requests"].get(custom_id)
-        if key is None:
+        if key is None or custom_id is None:
             return
         answered.add(custom_id)
         response = row.get("response") or {}

@@ -7,10 +7,11 @@ itself, so a config can be logged, diffed and written next to a dataset without 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from synthvg.config.fields import SpeedOnly
 from synthvg.llm.errors import LLMConfigError
 
 
@@ -33,17 +34,27 @@ class LLMConfig(BaseModel):
 
     model: str
     base_url: str | None = Field(None, description="None: the SDK default (api.openai.com)")
-    api_key_env: str = Field("OPENAI_API_KEY", description="name of the env var holding the key")
-    api_key_secret_block: str | None = Field(
+    api_key_env: Annotated[str, SpeedOnly()] = Field(
+        "OPENAI_API_KEY", description="name of the env var holding the key"
+    )
+    api_key_secret_block: Annotated[str | None, SpeedOnly()] = Field(
         None, description="name of a Prefect Secret block; wins over api_key_env when set"
     )
-    max_concurrency: int = Field(8, ge=1, description="requests in flight at once")
-    requests_per_minute: float | None = Field(None, gt=0)
-    tokens_per_minute: float | None = Field(None, gt=0)
-    timeout_seconds: float = Field(60.0, gt=0, description="per HTTP attempt")
-    max_retries: int = Field(6, ge=0, description="re-sends after the first attempt")
-    backoff_base_seconds: float = Field(1.0, ge=0)
-    backoff_max_seconds: float = Field(60.0, ge=0, description="also caps Retry-After")
+    max_concurrency: Annotated[int, SpeedOnly()] = Field(
+        8, ge=1, description="requests in flight at once"
+    )
+    requests_per_minute: Annotated[float | None, SpeedOnly()] = Field(None, gt=0)
+    tokens_per_minute: Annotated[float | None, SpeedOnly()] = Field(None, gt=0)
+    timeout_seconds: Annotated[float, SpeedOnly()] = Field(
+        60.0, gt=0, description="per HTTP attempt"
+    )
+    max_retries: Annotated[int, SpeedOnly()] = Field(
+        6, ge=0, description="re-sends after the first attempt"
+    )
+    backoff_base_seconds: Annotated[float, SpeedOnly()] = Field(1.0, ge=0)
+    backoff_max_seconds: Annotated[float, SpeedOnly()] = Field(
+        60.0, ge=0, description="also caps Retry-After"
+    )
     temperature: float | None = None
     max_tokens: int | None = Field(None, ge=1)
     structured_output: Literal["json_schema", "prompt"] = Field(
@@ -51,14 +62,20 @@ class LLMConfig(BaseModel):
         description="how a pydantic schema reaches the model: response_format, or in the prompt "
         "(for endpoints without structured outputs; also the automatic fallback)",
     )
-    image_token_estimate: int = Field(
+    image_token_estimate: Annotated[int, SpeedOnly("rate limiting only")] = Field(
         765, ge=0, description="tokens charged per image before usage is known (rate limits)"
     )
-    prices: dict[str, ModelPrice] = Field(default_factory=dict, description="by model name")
-    batch_price_factor: float = Field(0.5, gt=0, description="Batch API price / online price")
-    budget_usd: float | None = Field(None, ge=0, description="hard stop for this client")
-    cache: bool = True
-    cache_url: str | None = Field(
+    prices: Annotated[dict[str, ModelPrice], SpeedOnly("cost")] = Field(
+        default_factory=dict, description="by model name"
+    )
+    batch_price_factor: Annotated[float, SpeedOnly("cost")] = Field(
+        0.5, gt=0, description="Batch API price / online price"
+    )
+    budget_usd: Annotated[float | None, SpeedOnly("cost")] = Field(
+        None, ge=0, description="hard stop for this client"
+    )
+    cache: Annotated[bool, SpeedOnly("a cached answer is the answer")] = True
+    cache_url: Annotated[str | None, SpeedOnly()] = Field(
         None,
         description="request cache and spend ledger (a folder or fsspec URL all workers reach); "
         "None: <dataset root>/cache/llm",
@@ -82,7 +99,8 @@ class LLMConfig(BaseModel):
             from prefect.blocks.system import Secret
 
             try:
-                value = Secret.load(self.api_key_secret_block, _sync=True).get()
+                block: Any = Secret.load(self.api_key_secret_block, _sync=True)  # type: ignore[call-arg]
+                value = block.get()
             except Exception as exc:
                 raise LLMConfigError(
                     f"cannot load Prefect Secret block {self.api_key_secret_block!r}: "

@@ -334,10 +334,10 @@ class FakeOpenAIServer:
                 ),
             )
         elif route == ("GET", "/v1/models") and self.models is not None:
-            data = [
+            models = [
                 {"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.models
             ]
-            _send(h, 200, _json({"object": "list", "data": data}))
+            _send(h, 200, _json({"object": "list", "data": models}))
         elif route == ("POST", "/v1/chat/completions"):
             self._chat(h, record.json())
         elif route == ("POST", "/v1/files"):
@@ -484,7 +484,11 @@ class FakeOpenAIServer:
         fields: dict[str, tuple[str | None, bytes]] = {}
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
-            fields[str(name)] = (part.get_filename(), part.get_payload(decode=True) or b"")
+            payload = part.get_payload(decode=True)
+            fields[str(name)] = (
+                part.get_filename(),
+                payload if isinstance(payload, bytes) else b"",
+            )
         filename, data = fields.get("file", (None, b""))
         file_id = f"file-{next(self._ids)}"
         with self._lock:

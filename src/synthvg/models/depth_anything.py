@@ -79,7 +79,7 @@ class DepthAnything:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(pixels):
             groups[tuple(p.shape)].append(i)
-        out: list[np.ndarray | None] = [None] * len(rgbs)
+        out: dict[int, np.ndarray] = {}
         with self._lock, torch.inference_mode():
             for idx in groups.values():
                 maps = self.batcher.run(
@@ -90,7 +90,7 @@ class DepthAnything:
                 )
                 for i, m in zip(idx, maps, strict=True):
                     out[i] = m
-        return out
+        return [out[i] for i in range(len(rgbs))]
 
     def raw(self, pixels: torch.Tensor) -> torch.Tensor:
         """The model's own prediction (B x h x w, float32) for preprocessed pixels."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -84,10 +85,10 @@ def requested_edits(answer: EditAnswer, graph: Graph) -> list[tuple[Edit, str | 
             out.append((Edit("rename", s, name=item.name.strip()), None))
         for rel in item.add:
             p = normalise(rel.rel)
-            action = "same_as" if p == SAME_AS else "add"
+            action: Literal["same_as", "add"] = "same_as" if p == SAME_AS else "add"
             out.extend((Edit(action, s, predicate=p, object_id=o), rel.rel) for o in rel.obj_ids)
         for rel in item.remove:
-            node = graph.get(s, {"rel": {}})
+            node: Any = graph.get(s, {"rel": {}})
             p = rel.rel.strip() if rel.rel.strip() in node["rel"] else normalise(rel.rel)
             out.extend((Edit("remove", s, predicate=p, object_id=o), rel.rel) for o in rel.obj_ids)
     return out

@@ -25,7 +25,7 @@ def jpeg_bytes(image: Image.Image, max_side: int) -> bytes:
     scale = max_side / max(image.size)
     if scale < 1:
         image = image.resize(
-            (round(image.width * scale), round(image.height * scale)), Image.LANCZOS
+            (round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS
         )
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=90)

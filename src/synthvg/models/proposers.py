@@ -37,6 +37,12 @@ class ImageItem:
     height: int
     rgb: np.ndarray | None = None
 
+    def pixels(self) -> np.ndarray:
+        """The decoded image, for proposers that read pixels (the stage decodes it for them)."""
+        if self.rgb is None:
+            raise ValueError(f"image {self.image_id} was handed over without its pixels")
+        return self.rgb
+
 
 class MaskProposer(Protocol):
     #: Written to every proposal row (labelled honestly: 'felzenszwalb-cpu' is not SAM).
@@ -78,7 +84,7 @@ class FelzenszwalbProposer:
         self.max_input_side = config.max_side
 
     def propose_batch(self, items: list[ImageItem]) -> list[list[Proposal]]:
-        return [self.propose(item.rgb, (item.height, item.width)) for item in items]
+        return [self.propose(item.pixels(), (item.height, item.width)) for item in items]
 
     def propose(self, rgb: np.ndarray, size: tuple[int, int] | None = None) -> list[Proposal]:
         """Proposals at ``size`` (height, width; default: the rgb's own), which ``rgb`` may be a
@@ -93,7 +99,7 @@ class FelzenszwalbProposer:
         if work != (rw, rh):
             from PIL import Image
 
-            small = np.asarray(Image.fromarray(rgb).resize(work, Image.BILINEAR))
+            small = np.asarray(Image.fromarray(rgb).resize(work, Image.Resampling.BILINEAR))
         labels = felzenszwalb(
             small, scale=self.config.scale, sigma=self.config.sigma, min_size=self.config.min_size
         )

@@ -202,12 +202,13 @@ class SegmentAnythingProposer:
         return [self._propose(item) for item in items]
 
     def _propose(self, item: ImageItem) -> list[Proposal]:
-        h, w = item.rgb.shape[:2]
+        pixels = item.pixels()
+        h, w = pixels.shape[:2]
         wh, ww = amg.work_size(h, w, self.config.max_side)
         rgb = (
-            item.rgb
+            pixels
             if (wh, ww) == (h, w)
-            else np.asarray(Image.fromarray(item.rgb).resize((ww, wh), Image.BILINEAR))
+            else np.asarray(Image.fromarray(pixels).resize((ww, wh), Image.Resampling.BILINEAR))
         )
         sets = {}
         with self._lock, torch.inference_mode():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -82,9 +83,9 @@ class TransformersSamProposer:
         with self._lock, torch.inference_mode():
             return self.batcher.run(self._propose, items)
 
-    def _propose(self, items: list[ImageItem]) -> list[list[Proposal]]:
-        embeddings, frames = self.encode([item.rgb for item in items])
-        sizes = [item.rgb.shape[:2] for item in items]
+    def _propose(self, items: Sequence[ImageItem]) -> list[list[Proposal]]:
+        embeddings, frames = self.encode([item.pixels() for item in items])
+        sizes = [item.pixels().shape[:2] for item in items]
         works = [amg.work_size(h, w, self.config.max_side) for h, w in sizes]
         sets = {
             name: self.decode_grid(embeddings, frames, works, params)

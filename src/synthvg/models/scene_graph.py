@@ -41,7 +41,7 @@ class Edit:
 
 
 def build_graph(
-    regions: Iterable[dict], names: dict[int, str], triples: Iterable[tuple[int, int, str]]
+    regions: Iterable[dict], names: dict[int, str | None], triples: Iterable[tuple[int, int, str]]
 ) -> Graph:
     """A normal graph over ``regions`` (rows of the regions table); triples whose ends are not
     both nodes are left out."""

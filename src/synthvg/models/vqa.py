@@ -9,6 +9,7 @@ Several verifiers combine by a configured vote.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ def mark_pair(
         draw.text((box.x1 + width + 1, box.y1 + width), str(rid), fill=color, font=text_font)
     scale = max_side / max(out.size)
     if scale < 1:
-        out = out.resize((round(out.width * scale), round(out.height * scale)), Image.LANCZOS)
+        out = out.resize(
+            (round(out.width * scale), round(out.height * scale)), Image.Resampling.LANCZOS
+        )
     return out
 
 
@@ -153,8 +156,9 @@ class OpenAIVerifier:
         return p if p is not None else p_yes_from_text(result.content)
 
     def p_yes(self, questions: list[Question]) -> list[float | None | BaseException]:
+        requests = [self._request(q) for q in questions]
         results = self.client.run_all(
-            [lambda r=self._request(q): self.client.complete(**r) for q in questions]
+            [functools.partial(self.client.complete, **r) for r in requests]
         )
         return [self._p(r) for r in results]
 

@@ -120,7 +120,7 @@ class TransformersVerifier:
             AutoModelForImageTextToText.from_pretrained(
                 config.path, dtype=resolve_dtype(config.dtype, self.device), local_files_only=True
             )
-            .to(self.device)
+            .to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
             .eval()
         )
         self._lock = (

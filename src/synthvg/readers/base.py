@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from synthvg.schemas import RegionSource
 
@@ -120,27 +120,46 @@ class ImageSeeds:
     problems: list[Problem] = field(default_factory=list)
 
 
-class Reader(Protocol):
-    """An indexed annotation source: lists its images, reads one image's annotations on demand."""
+NativeId = TypeVar("NativeId", int, str)
 
-    #: The dataset name written to ``images.sources`` and ``regions.sources.dataset``.
-    dataset: str
-    #: ``coco`` (ids are COCO image ids), ``vg`` (VG image ids) or ``ade20k`` (file names).
-    family: str
-    #: ``relations.model`` for this source's relations (``visual-genome-1.4``).
-    model: str
-    #: The type of this source's image ids (``int`` or ``str``).
-    native_type: type
-    #: Folder the image files live under (None: use the sizes the annotations give).
-    images: str | None
-    #: Faults found while indexing (plan time).
-    problems: list[Problem]
 
-    def native_ids(self) -> list[int | str]: ...
+class Reader(Protocol[NativeId]):
+    """An indexed annotation source: lists its images, reads one image's annotations on demand.
+    ``NativeId`` is the type of the source's own image ids (COCO: ``int``, ADE20K: ``str``)."""
 
-    def has(self, native_id: int | str) -> bool: ...
+    @property
+    def dataset(self) -> str:
+        """The dataset name written to ``images.sources`` and ``regions.sources.dataset``."""
+        ...
 
-    def read(self, native_id: int | str) -> ImageSeeds: ...
+    @property
+    def family(self) -> str:
+        """``coco`` (ids are COCO image ids), ``vg`` (VG image ids) or ``ade20k`` (file names)."""
+        ...
+
+    @property
+    def model(self) -> str:
+        """``relations.model`` for this source's relations (``visual-genome-1.4``)."""
+        ...
+
+    @property
+    def native_type(self) -> type[NativeId]: ...
+
+    @property
+    def images(self) -> str | None:
+        """Folder the image files live under (None: use the sizes the annotations give)."""
+        ...
+
+    @property
+    def problems(self) -> list[Problem]:
+        """Faults found while indexing (plan time)."""
+        ...
+
+    def native_ids(self) -> list[NativeId]: ...
+
+    def has(self, native_id: NativeId) -> bool: ...
+
+    def read(self, native_id: NativeId) -> ImageSeeds: ...
 
 
 def xywh_box(x: float, y: float, w: float, h: float) -> tuple[float, float, float, float]:

@@ -77,7 +77,8 @@ class CocoFile:
         seen: set[str] = set()
         try:
             for item in scan(path, descend=("images", "annotations")):
-                seen.add(item.key)
+                if item.key is not None:
+                    seen.add(item.key)
                 if item.key in ("images", "annotations") and item.index < 0:
                     raise SourceError(
                         f"{path}: '{item.key}' must be a list (is this a COCO-format file?)"

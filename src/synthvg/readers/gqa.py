@@ -28,7 +28,9 @@ from synthvg.schemas import RegionSource
 
 
 def _image_id(item: Item) -> str | NoId:
-    return item.key if isinstance(item.value, dict) else NoId("a scene graph must be a JSON object")
+    if isinstance(item.value, dict) and item.key is not None:
+        return item.key
+    return NoId("a scene graph must be a JSON object")
 
 
 def _split(path: str) -> str | None:
@@ -56,7 +58,7 @@ class GqaReader:
         # GQA files do not know COCO ids; VG's image_data.json maps them (for a build without VG).
         self.coco_ids = VgReader({"image_data": image_data}).coco_ids if image_data else {}
 
-    def native_ids(self) -> list[str]:
+    def native_ids(self) -> list[int | str]:
         return list(self.file.spans)
 
     def has(self, native_id) -> bool:

@@ -59,7 +59,7 @@ def _shown(b: tuple[float, float, float, float]) -> str:
 
 def resize_mask(rle: RLE, height: int, width: int) -> RLE:
     m = Image.fromarray(masks.decode(rle).astype(np.uint8) * 255).resize(
-        (width, height), Image.NEAREST
+        (width, height), Image.Resampling.NEAREST
     )
     return masks.encode(np.asarray(m) > 127)
 

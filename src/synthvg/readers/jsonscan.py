@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -47,7 +48,7 @@ class Item:
     index: int
     start: int
     end: int
-    value: object
+    value: Any  # decoded JSON
 
 
 class _Buffer:
@@ -81,7 +82,7 @@ class _Buffer:
 
     def peek(self) -> str:
         while True:
-            self.pos = _WS.match(self.text, self.pos).end()
+            self.pos = _WS.match(self.text, self.pos).end()  # type: ignore[union-attr]  # matches ''
             if self.pos < len(self.text):
                 return self.text[self.pos]
             if not self.more():
@@ -99,7 +100,7 @@ class _Buffer:
         self.pos += 1
         return c
 
-    def value(self, where: str) -> tuple[object, int, int]:
+    def value(self, where: str) -> tuple[Any, int, int]:
         if not self.peek():
             raise JsonFault(f"file ends inside {where} (truncated)", self.offset)
         while True:
@@ -195,7 +196,7 @@ class SpanFile:
         self.path = path
         self._fd = os.open(path, os.O_RDONLY)
 
-    def load(self, start: int, end: int) -> object:
+    def load(self, start: int, end: int) -> Any:
         """The record at ``[start, end)``; raises ``ValueError`` if it does not parse.
 
         What the scan accepted reads back the same: orjson refuses ``NaN``, ``Infinity`` and
@@ -208,7 +209,7 @@ class SpanFile:
         except orjson.JSONDecodeError:
             return json.loads(raw)
 
-    def __del__(self) -> None:
+    def __del__(self, _close=os.close) -> None:  # bound now: at exit ``os`` may be gone
         fd = getattr(self, "_fd", None)
         if fd is not None:
-            os.close(fd)
+            _close(fd)

@@ -58,7 +58,7 @@ class LvisReader(CocoFileReader):
                 continue
             if region.label:
                 region.label = region.label.replace("_", " ")
-            region.names = self._names.get(ann.get("category_id"), ())
+            region.names = self._names.get(ann.get("category_id", -1), ())
             seeds.regions.append(region)
         seeds.problems = problems
         return seeds

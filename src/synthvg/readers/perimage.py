@@ -7,7 +7,7 @@ costs a dict of ~108K spans; a shard re-reads only its images' records.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Literal
+from typing import Any, Literal
 
 from synthvg.readers.base import ProblemLog, SourceError
 from synthvg.readers.jsonscan import Item, JsonFault, SpanFile, scan
@@ -43,7 +43,7 @@ class PerImageFile:
         except OSError as e:
             raise SourceError(f"cannot read annotation file {path}: {e}") from None
         self.spans: dict[int | str, tuple[int, int]] = {}
-        self.kept: dict[str, object] = {}
+        self.kept: dict[str, Any] = {}
         #: Top-level keys met (object files).
         self.seen: set[str] = set()
         try:
@@ -71,7 +71,7 @@ class PerImageFile:
             )
         if item.key is not None:
             self.seen.add(item.key)
-        if item.key in keep:
+        if item.key is not None and item.key in keep:
             self.kept[item.key] = self.file.load(item.start, item.end)
             return
         if descend:
@@ -93,5 +93,5 @@ class PerImageFile:
     def __contains__(self, image_id: object) -> bool:
         return image_id in self.spans
 
-    def load(self, image_id: int | str) -> object:
+    def load(self, image_id: int | str) -> Any:
         return self.file.load(*self.spans[image_id])

@@ -80,11 +80,11 @@ class PsgReader:
         )
         self.predicates = _string_list(kept, "predicate_classes", annotations)
         self.test_ids = {str(i) for i in kept.get("test_image_ids") or ()}
-        self.panoptic = panoptic or images
+        self.panoptic: str = panoptic or images or ""  # one of them is given (checked above)
         self.images = images
         self.problems = self.file.problems
 
-    def native_ids(self) -> list[int]:
+    def native_ids(self) -> list[int | str]:
         return list(self.file.spans)
 
     def has(self, native_id) -> bool:

@@ -11,17 +11,12 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
-from synthvg.readers.ade20k import Ade20kReader
-from synthvg.readers.base import Problem, Reader, SourceError
-from synthvg.readers.coco import CocoReader
-from synthvg.readers.gqa import GqaReader
+from synthvg.readers.base import Problem, Reader
+from synthvg.readers.base import SourceError as SourceError
+from synthvg.readers.config import SeedSource, VgSource
 from synthvg.readers.identity import Identity
-from synthvg.readers.lvis import LvisReader
-from synthvg.readers.psg import PsgReader
-from synthvg.readers.refcoco import RefcocoReader
-from synthvg.readers.vg import VgReader, release_files
-from synthvg.schemas.config import SeedSource, VgSource
 
 #: The order in which sources describe an image: the first with an image file gives it, the
 #: first with a mask gives a merged region its geometry, the first with a name its label.
@@ -29,67 +24,27 @@ PRIORITY = ("coco", "lvis", "refcoco", "refcoco+", "refcocog", "psg", "vg", "gqa
 
 
 def vg_files(source: VgSource) -> dict[str, str]:
-    files = release_files(source.root) if source.root else {}
-    files.update(
-        {name: getattr(source, name) for name in source.FILES if getattr(source, name) is not None}
-    )
-    return files
+    return source.files()
 
 
 def main_path(source: SeedSource) -> str:
     """The file (or folder) that names a source in messages."""
-    if source.kind == "vg":
-        files = vg_files(source)
-        return files.get("image_data") or next(iter(files.values()), source.root or "")
-    if source.kind == "refcoco":
-        return source.refs
-    return source.root if source.kind == "ade20k" else source.annotations
+    return source.main_path()
 
 
 def annotation_files(source: SeedSource) -> list[str]:
     """The single files whose content decides what a source says."""
-    if source.kind == "vg":
-        return list(vg_files(source).values())
-    if source.kind == "refcoco":
-        return [
-            source.refs,
-            source.instances or os.path.join(os.path.dirname(source.refs), "instances.json"),
-        ]
-    if source.kind == "ade20k":
-        return []
-    return [p for p in (source.annotations, getattr(source, "image_data", None)) if p]
+    return source.annotation_files()
 
 
 def annotation_folders(source: SeedSource) -> list[str]:
     """Folders of per-image annotation files (fingerprinted by their listing, not their bytes)."""
-    if source.kind == "psg":
-        return [source.panoptic or source.images]
-    return [source.root] if source.kind == "ade20k" else []
+    return source.annotation_folders()
 
 
-def open_reader(source: SeedSource) -> Reader:
+def open_reader(source: SeedSource) -> Reader[Any]:
     """A new reader over ``source`` (raises :class:`SourceError` when it cannot be read)."""
-    kind = source.kind
-    if kind == "coco":
-        return CocoReader(source.annotations, source.images, source.split)
-    if kind == "lvis":
-        return LvisReader(source.annotations, source.images)
-    if kind == "refcoco":
-        return RefcocoReader(source.refs, source.instances, source.images, source.dataset)
-    if kind == "vg":
-        files = vg_files(source)
-        if not files:
-            raise SourceError(
-                f"no Visual Genome release files (image_data.json, objects.json, ...) in {source.root}"
-            )
-        return VgReader(files, source.images, source.version)
-    if kind == "gqa":
-        return GqaReader(
-            source.annotations, source.images, f"gqa-{source.version}", source.image_data
-        )
-    if kind == "psg":
-        return PsgReader(source.annotations, source.panoptic, source.images)
-    return Ade20kReader(source.root, source.images)
+    return source.open_reader()
 
 
 def _stat(path: str) -> tuple:
@@ -113,8 +68,15 @@ class Opened:
 
     config: SeedSource
     path: str
-    reader: Reader | None = None
+    reader: Reader[Any] | None = None
     failure: str | None = None
+
+    @property
+    def opened_reader(self) -> Reader[Any]:
+        """The reader of a source that opened (those :attr:`SeedSources.readers` lists)."""
+        if self.reader is None:
+            raise SourceError(self.failure or f"{self.path}: source was not opened")
+        return self.reader
 
 
 @dataclass
@@ -132,22 +94,23 @@ class SeedSources:
     def image_datasets(self) -> dict[str, set[str]]:
         """Every image id of the build, with the datasets that annotate it."""
         out: dict[str, set[str]] = {}
-        for s in self.readers:
-            r = s.reader
+        for r in (s.reader for s in self.sources if s.reader is not None):
             for native in r.native_ids():
                 out.setdefault(self.identity.image_id(r.family, native), set()).add(r.dataset)
         return out
 
     def views(self, image_id: str) -> list[tuple[Opened, int | str]]:
         """The sources that describe ``image_id`` and its native id in each, in priority order."""
-        out = []
-        for s in self.readers:
-            native = self.identity.native(s.reader.family, image_id)
+        out: list[tuple[int, Opened, int | str]] = []
+        for s in self.sources:
+            if (r := s.reader) is None:
+                continue
+            native = self.identity.native(r.family, image_id)
             if native is not None:
-                native = s.reader.native_type(native)
-                if s.reader.has(native):
-                    out.append((s, native))
-        return sorted(out, key=lambda v: PRIORITY.index(v[0].reader.dataset))
+                native = r.native_type(native)
+                if r.has(native):
+                    out.append((PRIORITY.index(r.dataset), s, native))
+        return [(s, native) for _, s, native in sorted(out, key=lambda v: v[0])]
 
 
 _CACHE: OrderedDict[tuple, Opened] = OrderedDict()

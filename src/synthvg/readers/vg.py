@@ -15,6 +15,7 @@ images: the join scales them.
 from __future__ import annotations
 
 import os
+from typing import Any, TypeGuard
 
 from synthvg.readers.base import (
     ImageSeeds,
@@ -46,7 +47,7 @@ def release_files(root: str) -> dict[str, str]:
     return {name: p for name in FILES if os.path.isfile(p := os.path.join(root, f"{name}.json"))}
 
 
-def _int(v: object) -> bool:
+def _int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -98,7 +99,7 @@ class _Image:
         self.objects: dict[int, SourceRegion] = {}
         self.alias: dict[int, int] = {}
 
-    def resolve(self, oid: object) -> int | None:
+    def resolve(self, oid: Any) -> int | None:
         if oid in self.objects:
             return oid
         return self.alias.get(oid)
@@ -121,7 +122,8 @@ class _Image:
                 a for a in _strings(o.get("attributes")) if a not in region.attributes
             )
             return known
-        w, h = o.get("w", o.get("width")), o.get("h", o.get("height"))
+        w: Any = o.get("w", o.get("width"))
+        h: Any = o.get("h", o.get("height"))
         if not _int(oid) or not are_numbers(o.get("x"), o.get("y"), w, h):
             self.problems.add(
                 "bad_annotation",
@@ -207,7 +209,7 @@ class VgReader:
             self.coco_ids[key] = v["coco_id"]
         return key
 
-    def native_ids(self) -> list[int]:
+    def native_ids(self) -> list[int | str]:
         return self._ids
 
     def has(self, native_id) -> bool:

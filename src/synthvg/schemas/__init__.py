@@ -12,6 +12,7 @@ from synthvg.schemas.records import (
     GenerationRecord,
     ImageRecord,
     ProposalRecord,
+    Record,
     RegionCheckRecord,
     RegionDepthRecord,
     RegionRecord,
@@ -25,7 +26,7 @@ from synthvg.schemas.records import (
 )
 
 #: Physical tables: name -> the record model that defines its schema.
-TABLES = {
+TABLES: dict[str, type[Record]] = {
     "images": ImageRecord,
     "regions": RegionRecord,
     "proposals": ProposalRecord,

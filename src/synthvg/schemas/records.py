@@ -333,6 +333,9 @@ class RunManifest(Record):
     version: int | None = Field(
         None, description="the dataset version the run left (read it with --as-of)"
     )
+    prefect_flow_run_id: str | None = Field(
+        None, description="the Prefect flow run that ran the build (None outside Prefect)"
+    )
 
 
 def relation_id(image_id: str, stage: str, subject_id: int, object_id: int, predicate: str) -> str:

@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from synthvg.stages.base import Stage
     from synthvg.stages.dag import StageNode
 
-#: The shard stages as declared; a build runs them in the graph's order (:func:`build_order`),
-#: which is this order unless a config makes a stage read a later one (publish follows).
+#: Stage classes importable from this package by name (each also from its module). The set of
+#: stages is not this list: every module of the package that defines a :class:`Stage` is one
+#: (:func:`_stages`), so a new stage is its module, its config section and its record types.
 _STAGE_CLASSES = {
     "SeedsStage": "synthvg.stages.seeds",
     "RegionsStage": "synthvg.stages.regions",
@@ -28,6 +29,8 @@ _STAGE_CLASSES = {
     "RobinStage": "synthvg.stages.robin",
     "EditStage": "synthvg.stages.edit",
 }
+#: Modules of the package that hold what stages share, never a stage.
+_HELPERS = frozenset({"base", "common", "dag", "images", "llm_stage"})
 _EXPORTS = {
     **{
         n: "synthvg.stages.base"
@@ -40,11 +43,33 @@ _EXPORTS = {
 
 
 def _stages() -> dict[str, type[Stage]]:
-    """Every stage class by name, in declaration order (imports them all)."""
-    classes = (
-        getattr(importlib.import_module(module), name) for name, module in _STAGE_CLASSES.items()
-    )
-    return {cls.name: cls for cls in classes}
+    """Every stage class by name, in declaration order (``Stage.order``, then name): the
+    concrete :class:`Stage` subclasses defined in this package's modules (imports them all)."""
+    import inspect
+    import pkgutil
+
+    from synthvg.stages.base import Stage
+
+    found: list[type[Stage]] = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name in _HELPERS or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found += [
+            cls
+            for cls in vars(module).values()
+            if inspect.isclass(cls)
+            and issubclass(cls, Stage)
+            and cls.__module__ == module.__name__
+            and not inspect.isabstract(cls)
+        ]
+    found.sort(key=lambda cls: (cls.order, cls.name))
+    stages: dict[str, type[Stage]] = {}
+    for cls in found:
+        if cls.name in stages:
+            raise RuntimeError(f"two stages are named {cls.name!r}: {stages[cls.name]} and {cls}")
+        stages[cls.name] = cls
+    return stages
 
 
 _lazy = lazy_getattr(__name__, _EXPORTS)

@@ -13,38 +13,22 @@ import hashlib
 import json
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
 from synthvg.schemas import TABLES, ErrorRecord, schema_of
-from synthvg.schemas.config import BuildConfig
 from synthvg.schemas.records import Record
 from synthvg.storage.dataset import Dataset
 
 #: The stage that writes relations (and descriptions) whose ``stage`` column says this.
 STAGE_OF_RELATIONS = {"seed": "seeds", "teacher": "teacher", "robin": "robin", "edit": "edit"}
-
-#: Settings that change speed or memory, never output: left out of fingerprints, so tuning a
-#: batch size or moving to a GPU does not redo a finished dataset.
-SPEED_ONLY = frozenset(
-    {"batch_size", "points_per_batch", "images_per_batch", "device", "attn_implementation"}
-)
-
-
-def output_settings(section: BaseModel) -> dict:
-    """A config section as JSON without its speed-only settings (at any depth)."""
-
-    def strip(obj):
-        return (
-            {k: strip(v) for k, v in obj.items() if k not in SPEED_ONLY}
-            if isinstance(obj, dict)
-            else obj
-        )
-
-    return strip(section.model_dump(mode="json"))
 
 
 class StageFatal(RuntimeError):
@@ -150,26 +134,14 @@ class StageInputs:
         return out
 
 
-def regions_for_later_stages(inputs: StageInputs, config: BuildConfig) -> dict[str, list[dict]]:
-    """Regions per image that later stages see: kept ones, or all (``regions.feed``).
-
-    When the regions stage did not run there are no checks, and every region is used.
-    """
-    checks = {(c["image_id"], c["region_id"]): c["kept"] for c in inputs.rows("region_checks")}
-    use_all = config.regions.feed == "all" or not checks
-    out: dict[str, list[dict]] = {}
-    for r in inputs.rows("regions"):
-        if use_all or checks.get((r["image_id"], r["region_id"]), False):
-            out.setdefault(r["image_id"], []).append(r)
-    return out
-
-
 class Stage(ABC):
     """Base class of every pipeline stage."""
 
     name: ClassVar[str]
     #: Bump when the stage's output for the same input and config changes.
     version: ClassVar[str] = "1"
+    #: Breaks ties in the build order between stages that do not read each other (lower first).
+    order: ClassVar[float] = 100
     #: Tables this stage writes (besides ``errors``).
     writes: ClassVar[tuple[str, ...]] = ()
     #: Tables this stage reads: its inputs refuse any other, and the stage graph (build order,
@@ -178,6 +150,8 @@ class Stage(ABC):
 
     def __init__(self, config: BuildConfig):
         self.config = config
+        #: the :func:`shared_model` slots this instance uses
+        self.model_slots: set[str] = set()
 
     @classmethod
     def skip_reason(cls, config: BuildConfig) -> str | None:
@@ -207,9 +181,11 @@ class Stage(ABC):
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         """What, besides the shard's image ids and upstream, decides this stage's output.
 
-        A classmethod, so fingerprints can be computed without loading any model.
+        A classmethod, so fingerprints can be computed without loading any model. By default
+        every setting of the stage's section but those marked
+        :class:`~synthvg.config.fields.SpeedOnly`: a new field counts unless marked.
         """
-        return {"config": config.stage_config(cls.name).model_dump(mode="json")}
+        return {"config": output_settings(config.stage_config(cls.name))}
 
     @abstractmethod
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
@@ -231,27 +207,65 @@ def stable_hash(obj) -> str:
 
 
 _STAGE_CACHE: dict[str, tuple[str, Stage]] = {}
-_STAGE_LOCK = threading.Lock()
+_STAGE_LOCK = threading.RLock()
+#: slot -> (key of the settings it was loaded from, model)
+_MODELS: dict[str, tuple[str, Any]] = {}
 
-#: Build settings no stage's work depends on: changing them must not reload a model.
+#: Build settings no stage's work depends on: changing them must not rebuild a stage.
 _NOT_STAGE_SETTINGS = {"name", "limit", "shard_size", "executor"}
+
+T = TypeVar("T")
+
+
+def shared_model(stage: Stage, slot: str, settings: Any, load: Callable[[], T]) -> T:
+    """The model ``stage`` keeps in ``slot``, loaded by ``load`` from ``settings`` (what the
+    model depends on: its section, its files' identity; nothing else of the build).
+
+    Reused by every later instance of the stage whose ``settings`` are the same, whatever else
+    of the config changed (the executor, another stage's settings, the dataset root); loaded
+    anew, the old one released first, when they differ. A model no cached stage instance uses
+    any more is released by :func:`load_stage`.
+    """
+    name = f"{stage.name}:{slot}"
+    key = stable_hash(to_jsonable_python(settings))  # config sections at any depth
+    stage.model_slots.add(name)
+    with _STAGE_LOCK:
+        cached = _MODELS.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        _MODELS.pop(name, None)  # drop the old model before the new one takes memory
+        model = load()
+        _MODELS[name] = (key, model)
+        return model
+
+
+def loaded_models() -> dict[str, Any]:
+    """The models this process holds, by slot (``stage:slot``)."""
+    with _STAGE_LOCK:
+        return {name: model for name, (_, model) in _MODELS.items()}
 
 
 def load_stage(stage_cls: type[Stage], config: BuildConfig) -> Stage:
     """The stage instance for this config, built once per worker process and reused.
 
-    Models load in a stage's constructor, so this is what makes "a model loads once per
-    worker, never once per task" hold, whatever executor runs the shards. The instance is kept
-    per stage under a key of the settings it can depend on (not the executor, the build's name
-    or size); a config that changes them replaces it, so a long-lived worker serving a second
-    build releases the first build's model.
+    Models load in a stage's constructor through :func:`shared_model`, so this is what makes
+    "a model loads once per worker, never once per task" hold, whatever executor runs the
+    shards. The instance is kept per stage under a key of the build settings (not the
+    executor, the build's name or size). A worker serves one build at a time: a config with
+    other settings replaces the instances built for another one, and the models no remaining
+    instance uses are released, so a long-lived worker serving a second build frees the first
+    build's models, while a model whose own settings did not change is kept.
     """
     key = config.model_dump_json(exclude=_NOT_STAGE_SETTINGS)
     with _STAGE_LOCK:
         cached = _STAGE_CACHE.get(stage_cls.name)
         if cached is not None and cached[0] == key:
             return cached[1]
-        _STAGE_CACHE.pop(stage_cls.name, None)  # drop the old instance (and its model) first
+        for name in [n for n, (k, _) in _STAGE_CACHE.items() if k != key]:
+            del _STAGE_CACHE[name]  # another build's instances (their models may be reused)
         stage = stage_cls(config)
         _STAGE_CACHE[stage_cls.name] = (key, stage)
+        used = set().union(*(s.model_slots for _, s in _STAGE_CACHE.values()))
+        for slot in [n for n in _MODELS if n not in used]:
+            del _MODELS[slot]
         return stage

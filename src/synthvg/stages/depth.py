@@ -15,22 +15,23 @@ import numpy as np
 from PIL import Image
 
 from synthvg import masks
+from synthvg.config.build import BuildConfig
+from synthvg.config.depth import DepthAnythingConfig
+from synthvg.config.fields import output_settings
 from synthvg.models.amg import work_size
-from synthvg.models.errors import ModelLoadError
+from synthvg.models.backends import DEPTH, DepthModel
 from synthvg.models.identity import path_identity
 from synthvg.schemas import DepthMapRecord, RegionDepthRecord
-from synthvg.schemas.config import BuildConfig, DepthAnythingConfig
 from synthvg.stages.base import (
     RunContext,
     ShardSpec,
     Stage,
     StageInputs,
     StageOutput,
-    output_settings,
+    shared_model,
     stable_hash,
 )
-from synthvg.stages.images import load_rgb, per_image
-from synthvg.stages.regions import region_mask
+from synthvg.stages.common import enabled, load_rgb, per_image, region_mask
 from synthvg.storage import Dataset
 
 
@@ -39,7 +40,9 @@ def depth_stats(depth: np.ndarray, mask: np.ndarray) -> tuple[float | None, floa
     A mask at another size than the map is resized to it first (nearest neighbour)."""
     if mask.shape != depth.shape:
         mask = np.asarray(
-            Image.fromarray(mask.astype(np.uint8)).resize(depth.shape[::-1], Image.NEAREST)
+            Image.fromarray(mask.astype(np.uint8)).resize(
+                depth.shape[::-1], Image.Resampling.NEAREST
+            )
         ).astype(bool)
     values = depth[mask]
     if values.size == 0:
@@ -66,6 +69,7 @@ def map_path(image_id: str, model_key: str) -> str:
 
 class DepthStage(Stage):
     name = "depth"
+    order = 30
     version = "1"
     writes = ("region_depth", "depth_maps")
     reads = ("images", "regions")
@@ -82,19 +86,18 @@ class DepthStage(Stage):
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
-        d: DepthAnythingConfig = config.depth
+        d = enabled(config.depth, DepthAnythingConfig)
         return {"config": output_settings(d), "model": path_identity(d.path)}
 
     def __init__(self, config: BuildConfig):
         super().__init__(config)
-        try:
-            from synthvg.models.depth_anything import DepthAnything
-        except ImportError as e:
-            raise ModelLoadError(
-                f"depth.backend: depth-anything needs the models extra (pip install 'synthvg[models]'): {e}"
-            ) from None
-        self.depth: DepthAnythingConfig = config.depth
-        self.model = DepthAnything(self.depth)  # loads once per worker
+        self.depth = enabled(config.depth, DepthAnythingConfig)
+        self.model: DepthModel = shared_model(  # loads once per worker, and per depth settings
+            self,
+            "model",
+            {"config": self.depth, "model": path_identity(self.depth.path)},
+            lambda: DEPTH.create(self.depth.backend, self.depth, config),
+        )
         self.dataset = Dataset(config.out)
         self.model_key = stable_hash(self.fingerprint_payload(config))[:12]
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from synthvg.config.build import BuildConfig
+from synthvg.config.edit import OpenAIEditConfig
+from synthvg.config.fields import output_settings
 from synthvg.llm import LLMResult
 from synthvg.models.llm_editor import (
     EditAnswer,
@@ -25,17 +28,9 @@ from synthvg.models.llm_editor import (
 from synthvg.models.marks import select_regions
 from synthvg.models.scene_graph import Graph, build_graph, triples
 from synthvg.schemas import DescriptionRecord, EditRecord, RelationRecord
-from synthvg.schemas.config import BuildConfig, OpenAIEditConfig
 from synthvg.schemas.records import relation_id
-from synthvg.stages.base import (
-    STAGE_OF_RELATIONS,
-    RunContext,
-    ShardSpec,
-    Stage,
-    StageInputs,
-    StageOutput,
-    regions_for_later_stages,
-)
+from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
+from synthvg.stages.common import STAGE_OF_RELATIONS, enabled, regions_for_later_stages
 from synthvg.stages.llm_stage import (
     add_metrics,
     answer,
@@ -68,6 +63,7 @@ class _Job:
 
 class EditStage(Stage):
     name = "edit"
+    order = 70
     version = "1"
     writes = ("relations", "descriptions", "edits")
     reads = ("images", "regions", "region_checks", "relations", "descriptions", "relation_verdicts")
@@ -75,7 +71,8 @@ class EditStage(Stage):
     @classmethod
     def read_from(cls, config: BuildConfig, table: str) -> tuple[str, ...] | None:
         if table == "relations":
-            return tuple(STAGE_OF_RELATIONS[s] for s in SOURCE_STAGES[config.edit.source])
+            source = enabled(config.edit, OpenAIEditConfig).source
+            return tuple(STAGE_OF_RELATIONS[s] for s in SOURCE_STAGES[source])
         if table == "descriptions":
             return tuple(STAGE_OF_RELATIONS[s] for s in NAME_STAGES)
         return None
@@ -91,7 +88,7 @@ class EditStage(Stage):
             return super().skip_reason(config)
         if (
             edit.source in ("robin", "teacher")
-            and config.stage_config(edit.source).backend == "none"
+            and getattr(config.stage_config(edit.source), "backend", "none") == "none"
         ):
             return (
                 f"edit.source is {edit.source} but {edit.source}.backend is none: there is no "
@@ -105,26 +102,13 @@ class EditStage(Stage):
 
         edit = config.edit
         assert isinstance(edit, OpenAIEditConfig)
-        # Where the key lives, budgets and rate limits do not change answers; prompts do.
+        # Where the key lives, budgets and rate limits are marked SpeedOnly; prompts count by
+        # their text. The caption prompt counts only when a caption is asked for (below).
+        settings = output_settings(edit)
+        del settings["caption_prompt"]
         payload = {
             "feed": config.regions.feed,
-            "config": edit.model_dump(
-                mode="json",
-                include={
-                    "backend",
-                    "model",
-                    "base_url",
-                    "temperature",
-                    "max_tokens",
-                    "prompt",
-                    "source",
-                    "caption",
-                    "max_regions",
-                    "image_max_side",
-                    "detail",
-                    "structured_output",
-                },
-            ),
+            "config": settings,
             "prompt_sha256": load_prompt(edit.prompt).sha256,
         }
         if edit.caption:

@@ -10,29 +10,37 @@ a verifier that failed or answered neither yes nor no). The ``relations`` view a
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from synthvg import masks
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
+from synthvg.config.filters import OpenAIVerifierConfig, RuleFiltersConfig, Verifier
+from synthvg.models.backends import VERIFIERS
 from synthvg.models.identity import path_identity
 from synthvg.models.spatial_rules import RULES, Context, Geom, check, contains, inside
 from synthvg.models.vqa import OpenAIVerifier, Question, VQAVerifier, combine, mark_pair
 from synthvg.predicates import load_synonyms, normalise
+
+if TYPE_CHECKING:
+    from PIL import Image
 from synthvg.prompts import load_prompt
 from synthvg.schemas import RLE, Box, RelationVerdictRecord
-from synthvg.schemas.config import BuildConfig, OpenAIVerifierConfig, RuleFiltersConfig
 from synthvg.stages.base import (
-    STAGE_OF_RELATIONS,
     RunContext,
     ShardSpec,
     Stage,
     StageInputs,
     StageOutput,
+    shared_model,
 )
+from synthvg.stages.common import STAGE_OF_RELATIONS, enabled
 from synthvg.stages.llm_stage import (
     add_metrics,
     begin_shard,
     estimate,
-    make_client,
     open_image,
     redact_logs,
     stop_on_failures,
@@ -41,18 +49,13 @@ from synthvg.stages.llm_stage import (
 _VERDICT = {"keep": "kept", "drop": "dropped", "abstain": "unverified"}
 
 
-def make_verifier(cfg, build: BuildConfig) -> VQAVerifier:
-    if isinstance(cfg, OpenAIVerifierConfig):
-        return OpenAIVerifier(
-            cfg, None, client=make_client(cfg, build, scope=f"filters:{cfg.model}")
-        )
-    from synthvg.models.vqa_transformers import TransformersVerifier
-
-    return TransformersVerifier(cfg)
+def make_verifier(cfg: Verifier, build: BuildConfig) -> VQAVerifier:
+    return VERIFIERS.create(cfg.kind, cfg, build)
 
 
 class FiltersStage(Stage):
     name = "filters"
+    order = 50
     version = "1"
     writes = ("relation_verdicts",)
     reads = ("images", "regions", "region_depth", "relations", "descriptions")
@@ -61,34 +64,24 @@ class FiltersStage(Stage):
     def read_from(cls, config: BuildConfig, table: str) -> tuple[str, ...] | None:
         # Relations (and their descriptions) of the stages it judges, whatever else wrote some.
         if table in ("relations", "descriptions"):
-            return tuple(STAGE_OF_RELATIONS[s] for s in config.filters.stages)
+            stages = enabled(config.filters, RuleFiltersConfig).stages
+            return tuple(STAGE_OF_RELATIONS[s] for s in stages)
         return None
 
     @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
-        f: RuleFiltersConfig = config.filters
+        f = enabled(config.filters, RuleFiltersConfig)
         verifiers = [
-            v.model_dump(
-                mode="json",
-                include={
-                    "kind",
-                    "model",
-                    "base_url",
-                    "temperature",
-                    "threshold",
-                    "logprobs",
-                    "prompt",
-                    "path",
-                    "dtype",
-                },
-            )
+            output_settings(v)
             | {"prompt_sha256": load_prompt(v.prompt).sha256}
-            | ({"weights": path_identity(v.path)} if getattr(v, "path", None) else {})
+            | ({"weights": path_identity(p)} if (p := getattr(v, "path", None)) else {})
             for v in f.verifiers
         ]
         synonyms = hashlib.sha256(Path(f.synonyms).read_bytes()).hexdigest() if f.synonyms else None
+        settings = output_settings(f)
+        del settings["verifiers"], settings["synonyms"]  # below: with their files' identity
         return {
-            "config": f.model_dump(mode="json", include={"backend", "stages", "spatial", "vote"}),
+            "config": settings,
             "verifiers": verifiers,
             "synonyms": synonyms,
         }
@@ -102,12 +95,22 @@ class FiltersStage(Stage):
 
     def __init__(self, config: BuildConfig):
         super().__init__(config)
-        self.filters: RuleFiltersConfig = config.filters
+        self.filters = enabled(config.filters, RuleFiltersConfig)
         if any(isinstance(v, OpenAIVerifierConfig) for v in self.filters.verifiers):
             redact_logs()
+        # Local models load once per worker and per their settings; an endpoint's client writes
+        # its cache under the build's root, so it belongs to this instance.
         self.verifiers = [
-            make_verifier(v, config) for v in self.filters.verifiers
-        ]  # load once per worker
+            make_verifier(v, config)
+            if isinstance(v, OpenAIVerifierConfig)
+            else shared_model(
+                self,
+                f"verifier:{i}",
+                {"config": v, "model": path_identity(v.path)},
+                partial(make_verifier, v, config),
+            )
+            for i, v in enumerate(self.filters.verifiers)
+        ]
         self.synonyms = load_synonyms(self.filters.synonyms)
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
@@ -116,7 +119,8 @@ class FiltersStage(Stage):
         self._verify(pending, names, verdict, out, ctx)
         counts = {"kept": 0.0, "dropped": 0.0, "unverified": 0.0}
         for v in out.tables.get("relation_verdicts", []):
-            counts[v.verdict] += 1
+            if isinstance(v, RelationVerdictRecord):
+                counts[v.verdict] += 1
         out.metrics = add_metrics(counts, out.metrics)
         return out
 
@@ -221,13 +225,15 @@ class FiltersStage(Stage):
             go,
             Context(image["width"], image["height"], self.filters.spatial, s_in_o, o_in_s),
         )
+        if result is None:  # RULES covers the predicate (checked above)
+            return
         verdict(rel, _VERDICT[result.decision], result.reason, f"rule:{result.rule}", result.margin)
 
     def _questions(
         self, pending, names, verdict, out: StageOutput, ctx: RunContext
     ) -> tuple[list[dict], list[Question]]:
         """(relations asked, their questions); relations whose image cannot be read get a verdict."""
-        pixels: dict[str, object] = {}
+        pixels: dict[str, Image.Image | None] = {}
         questions: list[Question] = []
         asked: list[dict] = []
         for rel, image, q in pending:
@@ -281,7 +287,7 @@ class FiltersStage(Stage):
             answers.append((v.name, v.threshold, ps))
         by = "+".join(v.name for v in self.verifiers)
         for i, rel in enumerate(asked):
-            v, score, reason = combine(
+            decision, score, reason = combine(
                 [(name, ps[i], t) for name, t, ps in answers], self.filters.vote
             )
-            verdict(rel, v, reason, by, score)
+            verdict(rel, decision, reason, by, score)

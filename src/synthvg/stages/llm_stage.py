@@ -207,7 +207,9 @@ def _run_batch(
     client: LLMClient, config: VisionLLMConfig, requests: Sequence[Request], name: str
 ) -> set[str]:
     """Answer the uncached requests through the Batch API; returns the keys it answered."""
-    todo = {k for r in requests if (k := client.prepare(**r).key) not in client.cache}
+    cache = client.cache
+    keys = {client.prepare(**r).key for r in requests}
+    todo = {k for k in keys if cache is None or k not in cache}
     if not todo:
         return set()
     report = BatchJob(client, name=name, poll_seconds=config.batch_poll_seconds).run(

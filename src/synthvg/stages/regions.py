@@ -12,28 +12,29 @@ from __future__ import annotations
 import numpy as np
 
 from synthvg import masks
-from synthvg.models.errors import ModelLoadError
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
+from synthvg.config.regions import (
+    PROPOSER_SECTIONS,
+    PrecomputedConfig,
+    SegmentAnythingConfig,
+    TransformersSamConfig,
+    UncoveredConfig,
+)
+from synthvg.models.backends import PROPOSERS
 from synthvg.models.identity import folder_identity, path_identity
-from synthvg.models.proposers import FelzenszwalbProposer, ImageItem, MaskProposer, Proposal
-from synthvg.schemas import RLE, Box, ProposalRecord, RegionCheckRecord, RegionRecord, RegionSource
-from synthvg.schemas.config import BuildConfig, UncoveredConfig
+from synthvg.models.proposers import ImageItem, MaskProposer, Proposal
+from synthvg.schemas import RLE, ProposalRecord, RegionCheckRecord, RegionRecord, RegionSource
 from synthvg.stages.base import (
     RunContext,
     ShardSpec,
     Stage,
     StageInputs,
     StageOutput,
-    output_settings,
+    shared_model,
 )
-from synthvg.stages.images import load_rgb, per_image
-
-
-def region_mask(region: dict, height: int, width: int) -> RLE:
-    """A region's mask, or its box rasterised when it only has a box."""
-    if region.get("mask") is not None:
-        return RLE(**region["mask"])
-    b = region["bbox"]
-    return masks.box_to_rle(Box(**b), height, width)
+from synthvg.stages.common import load_rgb, per_image
+from synthvg.stages.common import region_mask as region_mask
 
 
 def check_regions(
@@ -46,7 +47,7 @@ def check_regions(
     if not proposal_masks:
         return [(None, None, False) for _ in region_masks]
     ious = masks.iou_matrix(region_masks, proposal_masks)
-    out = []
+    out: list[tuple[float | None, int | None, bool]] = []
     for row in ious:
         j = int(np.argmax(row))
         best = float(row[j])
@@ -76,40 +77,24 @@ def uncovered(
 def make_proposer(config: BuildConfig) -> MaskProposer:
     """The configured proposer, loaded (the model backends need the ``models`` extra)."""
     r = config.regions
-    if r.proposer == "felzenszwalb":
-        return FelzenszwalbProposer(r.felzenszwalb)
-    if r.proposer == "precomputed":
-        from synthvg.models.precomputed import PrecomputedProposer
-
-        return PrecomputedProposer(r.precomputed)
-    try:
-        if r.proposer == "segment_anything":
-            from synthvg.models.sam_package import SegmentAnythingProposer as cls
-        elif r.proposer == "transformers_sam":
-            from synthvg.models.sam_transformers import TransformersSamProposer as cls
-        else:
-            raise ValueError(f"no proposer for {r.proposer!r}")
-    except ImportError as e:
-        raise ModelLoadError(
-            f"regions.proposer: {r.proposer} needs the models extra (pip install 'synthvg[models]'): {e}"
-        ) from None
-    return cls(r.proposer_config())
+    return PROPOSERS.create(r.proposer, r.proposer_config(), config)
 
 
 def model_identity(config: BuildConfig) -> dict | None:
     """What the proposer reads from disk, cheaply identified (see models.identity)."""
-    r = config.regions
-    if r.proposer == "segment_anything":
-        return path_identity(r.segment_anything.checkpoint)
-    if r.proposer == "transformers_sam":
-        return path_identity(r.transformers_sam.path)
-    if r.proposer == "precomputed":
-        return folder_identity(r.precomputed.path)
+    chosen = config.regions.proposer_config()
+    if isinstance(chosen, SegmentAnythingConfig):
+        return path_identity(chosen.checkpoint)
+    if isinstance(chosen, TransformersSamConfig):
+        return path_identity(chosen.path)
+    if isinstance(chosen, PrecomputedConfig):
+        return folder_identity(chosen.path)
     return None
 
 
 class RegionsStage(Stage):
     name = "regions"
+    order = 20
     version = "2"
     writes = ("proposals", "region_checks", "regions")
     reads = ("images", "regions")
@@ -132,17 +117,32 @@ class RegionsStage(Stage):
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         r = config.regions
         section = r.proposer_config()
+        # Every setting of the section but the proposers' (the chosen one's are ``params``) and
+        # ``feed``, which decides what later stages read, not what this stage writes.
+        own = {
+            k: v
+            for k, v in output_settings(r).items()
+            if k not in PROPOSER_SECTIONS and k != "feed"
+        }
         return {
-            "proposer": r.proposer,
+            **own,
             "params": output_settings(section) if section else None,
             "model": model_identity(config),
-            "iou_threshold": r.iou_threshold,
-            "uncovered": r.uncovered.model_dump(mode="json"),
         }
 
     def __init__(self, config: BuildConfig):
         super().__init__(config)
-        self.proposer = make_proposer(config)  # loads once per worker
+        r = config.regions
+        self.proposer = shared_model(  # loads once per worker, and per proposer settings
+            self,
+            "proposer",
+            {
+                "proposer": r.proposer,
+                "config": r.proposer_config(),
+                "model": model_identity(config),
+            },
+            lambda: make_proposer(config),
+        )
 
     def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
         out = StageOutput()
@@ -154,7 +154,7 @@ class RegionsStage(Stage):
             out.errors.append(ctx.error(kind, reason, image_id=item.image_id, source=item.file_uri))
 
         for start in range(0, len(images), step):
-            batch = []
+            batch: list[ImageItem] = []
             for image in images[start : start + step]:
                 rgb = (
                     load_rgb(image, out, ctx, self.proposer.max_input_side)
@@ -171,11 +171,8 @@ class RegionsStage(Stage):
                             rgb,
                         )
                     )
-            for item, proposals in zip(
-                batch,
-                per_image(self.proposer.propose_batch, batch, failed, "proposer_failed"),
-                strict=True,
-            ):
+            found = per_image(self.proposer.propose_batch, batch, failed, "proposer_failed")
+            for item, proposals in zip(batch, found, strict=True):
                 if proposals is not None:
                     self._record(item, proposals, regions_by_image.get(item.image_id, []), out, ctx)
         return out

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from typing import Any
 
 from synthvg import masks
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
+from synthvg.config.robin import RobinModelConfig
 from synthvg.models.errors import ModelLoadError
 from synthvg.models.identity import path_identity
 from synthvg.predicates import category_of, normalise
 from synthvg.schemas import DescriptionRecord, GenerationRecord, RelationRecord
-from synthvg.schemas.config import BuildConfig, RobinModelConfig
 from synthvg.schemas.records import relation_id
 from synthvg.stages.base import (
     RunContext,
@@ -24,11 +27,15 @@ from synthvg.stages.base import (
     Stage,
     StageInputs,
     StageOutput,
-    output_settings,
+    shared_model,
+)
+from synthvg.stages.common import (
+    enabled,
+    load_rgb,
+    per_image,
+    region_mask,
     regions_for_later_stages,
 )
-from synthvg.stages.images import load_rgb, per_image
-from synthvg.stages.regions import region_mask
 
 
 def _decoded_mask(region: dict, height: int, width: int):
@@ -38,6 +45,7 @@ def _decoded_mask(region: dict, height: int, width: int):
 
 class RobinStage(Stage):
     name = "robin"
+    order = 60
     version = "1"
     writes = ("relations", "descriptions", "generations")
     reads = ("images", "regions", "region_checks")
@@ -66,7 +74,7 @@ class RobinStage(Stage):
             raise ModelLoadError(
                 f"robin needs the models extra (pip install 'synthvg[models]'): {e}"
             ) from None
-        rc: RobinModelConfig = config.robin
+        rc = enabled(config.robin, RobinModelConfig)
         self.robin = rc
         device = resolve_device(rc.device)
         vision_dtype = (
@@ -74,15 +82,25 @@ class RobinStage(Stage):
             if rc.vision_dtype == "auto" and device.type == "cuda"
             else resolve_dtype(rc.vision_dtype, device)
         )
-        engine = RobinEngine(  # loads once per worker
-            rc.checkpoint,
-            device=device,
-            lm_dtype=resolve_dtype(rc.dtype, device),
-            vision_dtype=vision_dtype,
-            batch_size=rc.batch_size,
-            max_prompt_tokens=rc.max_prompt_tokens,
-            attn_implementation=rc.attn_implementation,
-            allow_unexpected_keys=rc.allow_unexpected_keys,
+        # What the loaded model depends on (not the sampling settings): another temperature
+        # or mode reuses it.
+        engine_args: dict[str, Any] = {
+            "device": device,
+            "lm_dtype": resolve_dtype(rc.dtype, device),
+            "vision_dtype": vision_dtype,
+            "batch_size": rc.batch_size,
+            "max_prompt_tokens": rc.max_prompt_tokens,
+            "attn_implementation": rc.attn_implementation,
+            "allow_unexpected_keys": rc.allow_unexpected_keys,
+        }
+        engine = shared_model(  # loads once per worker
+            self,
+            "engine",
+            {
+                "model": path_identity(rc.checkpoint),
+                **{k: str(v) for k, v in engine_args.items()},
+            },
+            lambda: RobinEngine(rc.checkpoint, **engine_args),
         )
         self.graphs = RobinGraphs(
             engine,

@@ -19,6 +19,9 @@ import math
 import os
 from dataclasses import dataclass
 
+from synthvg.config.build import BuildConfig
+from synthvg.config.fields import output_settings
+from synthvg.config.seeds import MAX_IMAGE_PIXELS, SeedsConfig
 from synthvg.image_files import ImageFileError, check_image
 from synthvg.image_files import read_image as read_image  # where stages looked for it first
 from synthvg.readers.base import ImageSeeds
@@ -34,7 +37,6 @@ from synthvg.readers.sources import (
     open_sources,
 )
 from synthvg.schemas import ErrorRecord, ImageRecord
-from synthvg.schemas.config import MAX_IMAGE_PIXELS, BuildConfig, SeedsConfig
 from synthvg.stages.base import RunContext, ShardSpec, Stage, StageInputs, StageOutput
 
 
@@ -97,7 +99,7 @@ def _plan_errors(sources: SeedSources, ctx: RunContext) -> list[ErrorRecord]:
     ]
     for opened, p in sources.problems:
         image_id = (
-            sources.identity.image_id(opened.reader.family, p.native_id)
+            sources.identity.image_id(opened.opened_reader.family, p.native_id)
             if p.native_id is not None
             else None
         )
@@ -160,7 +162,7 @@ def _emptiness(opened: Opened) -> str | None:
             if opened.path in opened.failure
             else f"{kind} source {opened.path}: {opened.failure}"
         )
-    if not opened.reader.native_ids():
+    if not opened.opened_reader.native_ids():
         return f"{kind} source {opened.path} lists no images"
     if images and _is_local(images) and not os.path.isdir(images.removeprefix("file://")):
         return f"{kind} source {opened.path}: images folder {images} not found"
@@ -207,6 +209,7 @@ def _join_path(folder: str, name: str) -> str:
 
 class SeedsStage(Stage):
     name = "seeds"
+    order = 10
     version = "2"
     writes = ("images", "regions", "relations")
 
@@ -221,16 +224,16 @@ class SeedsStage(Stage):
         # The annotation files' content decides the output, not just their paths.
         sources = [
             {
-                **s.model_dump(
-                    mode="json", exclude={"allow_empty"}
-                ),  # decides whether a build starts, not its rows
+                **output_settings(s),
                 "sha256": {p: _file_digest(p) for p in annotation_files(s)},
                 "listing": {p: _folder_digest(p) for p in annotation_folders(s)},
             }
             for s in config.seeds.sources
         ]
-        # `select` only decides which images exist, and the shards' image ids are hashed anyway.
-        seeds = config.seeds.model_dump(mode="json", exclude={"sources", "select"})
+        # `select` (SpeedOnly) only decides which images exist, and the shards' image ids are
+        # hashed anyway; the sources are above, with their files' content.
+        seeds = output_settings(config.seeds)
+        del seeds["sources"]
         if seeds["max_image_pixels"] == MAX_IMAGE_PIXELS:
             del seeds[
                 "max_image_pixels"
@@ -272,12 +275,12 @@ class SeedsStage(Stage):
         views = []
         for opened, native in listed:
             try:
-                seeds = opened.reader.read(native)
+                seeds = opened.opened_reader.read(native)
             except (ValueError, KeyError, TypeError, OSError) as e:
                 out.errors.append(
                     ctx.error(
                         "bad_annotation",
-                        f"{opened.reader.dataset} record unusable: {type(e).__name__}: {e}",
+                        f"{opened.opened_reader.dataset} record unusable: {type(e).__name__}: {e}",
                         image_id=image_id,
                         source=opened.path,
                     )
@@ -302,7 +305,11 @@ class SeedsStage(Stage):
             return
         uri, width, height, content_hash = attached
         joined = self.joiner.join(
-            image_id, [View(s, o.path, o.reader.model) for o, s in views], width, height, ctx.run_id
+            image_id,
+            [View(s, o.path, o.opened_reader.model) for o, s in views],
+            width,
+            height,
+            ctx.run_id,
         )
         out.errors.extend(
             ctx.error(p.kind, p.reason, image_id=image_id, source=p.source) for p in joined.problems
@@ -343,9 +350,9 @@ class SeedsStage(Stage):
         max_pixels = self.config.seeds.max_image_pixels
         for opened, seeds in views:
             img = seeds.image
-            if opened.reader.images is None or not img.file_name:
+            if opened.opened_reader.images is None or not img.file_name:
                 continue
-            uri = _join_path(opened.reader.images, img.file_name)
+            uri = _join_path(opened.opened_reader.images, img.file_name)
             try:
                 checked = check_image(uri, max_pixels)
             except ImageFileError as e:
@@ -366,7 +373,17 @@ class SeedsStage(Stage):
                 )
                 return None
             return uri, checked.width, checked.height, checked.sha256
-        sized = next((s.image for _, s in views if s.image.width and s.image.height), None)
+        sized = next(
+            (
+                (s.image, w, h)
+                for _, s in views
+                if (w := s.image.width) is not None
+                and (h := s.image.height) is not None
+                and w
+                and h
+            ),
+            None,
+        )
         if sized is None:
             out.errors.append(
                 ctx.error(
@@ -376,9 +393,10 @@ class SeedsStage(Stage):
                 )
             )
             return None
+        image, width, height = sized
         uri = (
             next((s.image.url for _, s in views if s.image.url), None)
-            or sized.file_name
+            or image.file_name
             or image_id
         )
-        return uri, sized.width, sized.height, ""
+        return uri, width, height, ""

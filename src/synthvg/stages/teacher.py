@@ -7,11 +7,15 @@ Both write ``relations`` rows with ``stage='teacher'``; the model also writes ``
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
+from synthvg.config.build import BuildConfig
+from synthvg.config.teacher import OpenAITeacherConfig
+from synthvg.models.backends import Registry
 from synthvg.models.llm_teacher import LLMTeacher
 from synthvg.models.marks import select_regions
 from synthvg.models.rule_teacher import RegionGeom, RuleTeacher
 from synthvg.schemas import Box, DescriptionRecord, RelationRecord
-from synthvg.schemas.config import BuildConfig, OpenAITeacherConfig
 from synthvg.schemas.records import relation_id
 from synthvg.stages.base import (
     RunContext,
@@ -19,87 +23,71 @@ from synthvg.stages.base import (
     Stage,
     StageInputs,
     StageOutput,
-    regions_for_later_stages,
 )
+from synthvg.stages.common import region_mask, regions_for_later_stages
 from synthvg.stages.llm_stage import answer, estimate, make_client, open_image, redact_logs
-from synthvg.stages.regions import region_mask
 
 
-class TeacherStage(Stage):
-    name = "teacher"
-    version = "1"
-    writes = ("relations", "descriptions")
-    reads = ("images", "regions", "region_checks")
+class TeacherBackend(Protocol):
+    """What every teacher backend does: relations (and descriptions) for a shard's images."""
 
-    @classmethod
-    def dry_run_mode(cls, config: BuildConfig) -> str:
-        return "paid" if isinstance(config.teacher, OpenAITeacherConfig) else "free"
+    def relate(
+        self, images: list[dict], regions: dict[str, list[dict]], ctx: RunContext
+    ) -> StageOutput:
+        """Rows for ``images``, given the regions later stages see, per image."""
+        ...
 
-    @classmethod
-    def fingerprint_payload(cls, config: BuildConfig) -> dict:
-        payload = {**super().fingerprint_payload(config), "feed": config.regions.feed}
-        if isinstance(config.teacher, OpenAITeacherConfig):
-            from synthvg.prompts import load_prompt
+    def estimate(
+        self, images: list[dict], regions: dict[str, list[dict]], ctx: RunContext
+    ) -> dict[str, float] | None:
+        """What :meth:`relate` would spend, without spending it (None: it costs nothing)."""
+        ...
 
-            # Where the key lives, budgets and rate limits do not change answers; the prompt does.
-            payload["config"] = config.teacher.model_dump(
-                mode="json",
-                include={
-                    "backend",
-                    "model",
-                    "base_url",
-                    "temperature",
-                    "max_tokens",
-                    "prompt",
-                    "min_subjects",
-                    "max_subjects",
-                    "max_regions",
-                    "image_max_side",
-                    "detail",
-                    "structured_output",
-                },
-            )
-            payload["prompt_sha256"] = load_prompt(config.teacher.prompt).sha256
-        return payload
 
-    def __init__(self, config: BuildConfig):
-        super().__init__(config)
-        if isinstance(config.teacher, OpenAITeacherConfig):
-            redact_logs()
-            client = make_client(config.teacher, config, scope="teacher")
-            self.llm: LLMTeacher | None = LLMTeacher(config.teacher, None, client=client)
-            self.rules = None
-        else:
-            self.llm = None
-            self.rules = RuleTeacher(config.teacher)
+#: Teacher backends by ``teacher.backend``.
+TEACHERS: Registry[TeacherBackend] = Registry("teacher.backend")
 
-    def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
-        regions = regions_for_later_stages(inputs, self.config)
-        images = inputs.rows("images")
-        if self.llm is not None:
-            return self._process_llm(images, regions, ctx)
-        return self._process_rules(images, regions, ctx)
 
-    def _relation(
-        self, ctx, image_id, s, o, predicate, raw, category, generator, score, model, prompt_version
-    ):
-        return RelationRecord(
-            relation_id=relation_id(image_id, "teacher", s, o, predicate),
-            image_id=image_id,
-            subject_id=s,
-            object_id=o,
-            predicate=predicate,
-            predicate_raw=raw,
-            category=category,
-            stage="teacher",
-            generator=generator,
-            score=score,
-            model=model,
-            prompt_version=prompt_version,
-            run_id=ctx.run_id,
-        )
+def _relation(
+    ctx: RunContext,
+    image_id: str,
+    s: int,
+    o: int,
+    predicate: str,
+    raw: str,
+    category: str,
+    generator: str,
+    score: float | None,
+    model: str | None,
+    prompt_version: str | None,
+) -> RelationRecord:
+    return RelationRecord(
+        relation_id=relation_id(image_id, "teacher", s, o, predicate),
+        image_id=image_id,
+        subject_id=s,
+        object_id=o,
+        predicate=predicate,
+        predicate_raw=raw,
+        category=category,
+        stage="teacher",
+        generator=generator,
+        score=score,
+        model=model,
+        prompt_version=prompt_version,
+        run_id=ctx.run_id,
+    )
 
-    def _process_rules(self, images, regions, ctx) -> StageOutput:
+
+@TEACHERS.register("rules")
+class RulesTeacher:
+    """Spatial relations from geometry, ``generator='rules'``."""
+
+    def __init__(self, section: Any, build: BuildConfig):
+        self.teacher = RuleTeacher(section)
+
+    def relate(
+        self, images: list[dict], regions: dict[str, list[dict]], ctx: RunContext
+    ) -> StageOutput:
         out = StageOutput()
         for image in images:
             image_id = image["image_id"]
@@ -112,10 +100,10 @@ class TeacherStage(Stage):
                 )
                 for r in regions.get(image_id, [])
             ]
-            for t in self.rules.relate(geoms):
+            for t in self.teacher.relate(geoms):
                 out.add(
                     "relations",
-                    self._relation(
+                    _relation(
                         ctx,
                         image_id,
                         t.subject_id,
@@ -125,20 +113,40 @@ class TeacherStage(Stage):
                         "spatial",
                         "rules",
                         t.score,
-                        self.rules.name,
-                        self.rules.version,
+                        self.teacher.name,
+                        self.teacher.version,
                     ),
                 )
         return out
 
-    def _llm_jobs(
-        self, images, regions, ctx, out: StageOutput
+    def estimate(
+        self, images: list[dict], regions: dict[str, list[dict]], ctx: RunContext
+    ) -> dict[str, float] | None:
+        return None
+
+
+@TEACHERS.register("openai")
+class LLMTeacherBackend:
+    """A GPT-4V-class model behind any OpenAI-compatible endpoint, ``generator='model'``."""
+
+    def __init__(self, section: OpenAITeacherConfig, build: BuildConfig):
+        redact_logs()
+        client = make_client(section, build, scope="teacher")
+        self.teacher = LLMTeacher(section, None, client=client)
+        self.build = build
+
+    def _jobs(
+        self,
+        images: list[dict],
+        regions: dict[str, list[dict]],
+        ctx: RunContext,
+        out: StageOutput,
     ) -> list[tuple[str, list[dict], dict]]:
         """(image_id, regions shown, request) per image that can be asked; the rest -> errors."""
         jobs = []
         for image in images:
             image_id = image["image_id"]
-            shown = select_regions(regions.get(image_id, []), self.llm.config.max_regions)
+            shown = select_regions(regions.get(image_id, []), self.teacher.config.max_regions)
             if len(shown) < 2:
                 out.errors.append(
                     ctx.error(
@@ -151,31 +159,29 @@ class TeacherStage(Stage):
             pixels = open_image(image, ctx, out)
             if pixels is None:
                 continue
-            jobs.append((image_id, shown, self.llm.request(pixels, shown)))
+            jobs.append((image_id, shown, self.teacher.request(pixels, shown)))
         return jobs
 
     def estimate(
-        self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext
+        self, images: list[dict], regions: dict[str, list[dict]], ctx: RunContext
     ) -> dict[str, float] | None:
-        if self.llm is None:
-            return None
-        jobs = self._llm_jobs(
-            inputs.rows("images"), regions_for_later_stages(inputs, self.config), ctx, StageOutput()
-        )
-        return estimate(self.llm.client, [req for _, _, req in jobs])
+        jobs = self._jobs(images, regions, ctx, StageOutput())
+        return estimate(self.teacher.client, [req for _, _, req in jobs])
 
-    def _process_llm(self, images, regions, ctx) -> StageOutput:
+    def relate(
+        self, images: list[dict], regions: dict[str, list[dict]], ctx: RunContext
+    ) -> StageOutput:
         out = StageOutput()
-        teacher = self.llm
-        jobs = self._llm_jobs(images, regions, ctx, out)
-        batch_name = f"teacher-{self.config.name}-shard-{ctx.shard:05d}"
+        teacher = self.teacher
+        jobs = self._jobs(images, regions, ctx, out)
+        batch_name = f"teacher-{self.build.name}-shard-{ctx.shard:05d}"
         results, out.metrics = answer(
             teacher.client,
             teacher.config,
             [req for _, _, req in jobs],
             batch_name,
             ctx,
-            self.config.out,
+            self.build.out,
         )
         version = teacher.prompt.version
         for (image_id, shown, _), result in zip(jobs, results, strict=True):
@@ -199,7 +205,7 @@ class TeacherStage(Stage):
             for rel in reply.checked.relations:
                 out.add(
                     "relations",
-                    self._relation(
+                    _relation(
                         ctx,
                         image_id,
                         rel.subject_id,
@@ -228,3 +234,42 @@ class TeacherStage(Stage):
                     ),
                 )
         return out
+
+
+class TeacherStage(Stage):
+    name = "teacher"
+    order = 40
+    version = "1"
+    writes = ("relations", "descriptions")
+    reads = ("images", "regions", "region_checks")
+
+    @classmethod
+    def dry_run_mode(cls, config: BuildConfig) -> str:
+        return "paid" if isinstance(config.teacher, OpenAITeacherConfig) else "free"
+
+    @classmethod
+    def fingerprint_payload(cls, config: BuildConfig) -> dict:
+        payload = {**super().fingerprint_payload(config), "feed": config.regions.feed}
+        if isinstance(config.teacher, OpenAITeacherConfig):
+            from synthvg.prompts import load_prompt
+
+            # Where the key lives, budgets and rate limits are marked SpeedOnly; the prompt's
+            # text counts, not only its name.
+            payload["prompt_sha256"] = load_prompt(config.teacher.prompt).sha256
+        return payload
+
+    def __init__(self, config: BuildConfig):
+        super().__init__(config)
+        self.backend: TeacherBackend = TEACHERS.create(
+            config.teacher.backend, config.teacher, config
+        )
+
+    def process(self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext) -> StageOutput:
+        regions = regions_for_later_stages(inputs, self.config)
+        return self.backend.relate(inputs.rows("images"), regions, ctx)
+
+    def estimate(
+        self, shard: ShardSpec, inputs: StageInputs, ctx: RunContext
+    ) -> dict[str, float] | None:
+        regions = regions_for_later_stages(inputs, self.config)
+        return self.backend.estimate(inputs.rows("images"), regions, ctx)

@@ -352,11 +352,12 @@ class Dataset:
     ) -> ShardFile | None:
         """Replace a table's (stage, shard) partition by one file (``blob``), or by nothing."""
         from deltalake import DeltaTable
-        from deltalake.transaction import AddAction
+        from deltalake.transaction import AddAction, RemoveAction
 
         uri = self.delta_uri("tables", table)
         schema = data_schema(schema_of(TABLES[table]))
-        actions, shard_file = [], None
+        actions: list[AddAction | RemoveAction] = []
+        shard_file = None
         if blob is not None:
             rel = f"_stage={stage}/_shard={shard}/_fingerprint={fingerprint[:16]}/part-{uuid.uuid4().hex}.parquet"
             path = self._p("tables", table, rel)

@@ -49,19 +49,20 @@ def _holder_text(info: dict | None) -> str:
 @contextlib.contextmanager
 def build_lock(dataset: Dataset, run_id: str, lease_seconds: float = 300.0) -> Iterator[str]:
     """Hold the root's writer lock; yields the fencing token that this build's commits carry."""
+    token = uuid.uuid4().hex
     info = {
         "run_id": run_id,
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started_at": utcnow().isoformat(),
-        "token": uuid.uuid4().hex,
+        "token": token,
     }
     if dataset.is_local:
         with _local_lock(dataset, info):
-            yield info["token"]
+            yield token
     else:
         with _lease_lock(dataset, info, lease_seconds):
-            yield info["token"]
+            yield token
 
 
 def lock_holder(dataset: Dataset) -> dict | None:

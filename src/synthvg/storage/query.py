@@ -131,8 +131,10 @@ def _create_source(
         con.execute(
             f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], {union}hive_partitioning = false)"
         )
-    else:
-        con.register(f"{name}__empty", schema.empty_table())
+    else:  # a table in the database, not a registered Arrow object: cursors see it too
+        con.register(f"{name}__arrow", schema.empty_table())
+        con.execute(f"CREATE OR REPLACE TABLE {name}__empty AS SELECT * FROM {name}__arrow")
+        con.unregister(f"{name}__arrow")
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}__empty")
 
 
@@ -276,15 +278,23 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 
 def run_with_timeout(
-    con: duckdb.DuckDBPyConnection, sql: str, timeout_s: float | None, params: list | None = None
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    timeout_s: float | None,
+    params: list | dict | None = None,
+    max_rows: int | None = None,
 ) -> pa.Table:
-    """Run ``sql`` to an Arrow table, cancelling it after ``timeout_s`` seconds."""
+    """Run ``sql`` to an Arrow table, cancelling it after ``timeout_s`` seconds; with
+    ``max_rows``, only that many rows are produced (the query stops there)."""
     timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
     if timer:
         timer.daemon = True
         timer.start()
     try:
-        return con.sql(sql, params=params).to_arrow_table()
+        rel = con.sql(sql, params=params)
+        if max_rows is not None:
+            rel = rel.limit(max_rows)
+        return rel.to_arrow_table()
     except duckdb.InterruptException:
         raise QueryTimeout(f"query cancelled at its time limit of {timeout_s:g} s") from None
     finally:

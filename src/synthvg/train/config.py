@@ -1,8 +1,9 @@
 """The training config (``configs/train-*.yaml``): model, data mixture, learning rates, schedule.
 
-Relative paths resolve against the YAML file's folder, as build configs do. Every source
-names a dataset root; ``version`` is the seam for a pinned dataset version once the storage
-has versions (today it must be null: the root's committed shards are read).
+Relative paths resolve against the YAML file's folder, as build configs do. Every dataset
+source names a root and optionally a pinned dataset ``version`` (that of its ``completions``
+Delta table, as ``synthvg versions`` lists them); the export's manifest records the version
+each source was read at.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ class Source(_Section):
     name: str
     task: Task
     root: str | None = Field(None, description="dataset root (not for conversations)")
-    version: str | None = Field(
-        None, description="pinned dataset version (reserved: storage has no versions yet)"
+    version: int | None = Field(
+        None,
+        ge=0,
+        description="read the root as of this dataset version (`synthvg versions`); None: the "
+        "latest, whose number the manifest records",
     )
     view: str | None = Field(
         None,
@@ -63,6 +67,11 @@ class Source(_Section):
     path: str | None = Field(None, description="conversations: LLaVA/Osprey JSON file")
     image_root: str | None = Field(
         None, description="conversations: folder the 'image' names are relative to"
+    )
+    regions: Literal["listed", "inline"] | None = Field(
+        None,
+        description="conversations: Osprey-724K region turns from each record's `annotation` "
+        "masks; listed: conversation/short-form/part-level files, inline: LVIS positive/negative",
     )
     weight: float = Field(
         1.0, gt=0, description="copies of each example (fractions sample); after cap"
@@ -85,10 +94,10 @@ class Source(_Section):
                 raise ValueError(f"source {self.name}: give exactly one of view or sql")
             if self.view is not None and not _IDENTIFIER.fullmatch(self.view):
                 raise ValueError(f"source {self.name}: view {self.view!r} is not a view name")
-        if self.version is not None:
-            raise ValueError(
-                f"source {self.name}: dataset versions are not supported yet (version must be null)"
-            )
+        if self.regions is not None and self.task != "conversations":
+            raise ValueError(f"source {self.name}: regions is for conversations (Osprey files)")
+        if self.version is not None and self.task == "conversations":
+            raise ValueError(f"source {self.name}: version pins a dataset root, not a JSON file")
         return self
 
 

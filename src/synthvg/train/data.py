@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,7 @@ class SourceCounts:
     examples: int = 0  # after splitting, before cap and weight
     taken: int = 0  # in the mixture, after cap and weight
     splits: int = 0  # examples split by regions to fit max_length
+    version: int | None = None  # the dataset version read (dataset sources)
     dropped: Counter = field(default_factory=Counter)
 
 
@@ -286,16 +288,30 @@ def grounding_turns(
 # -- reading sources ----------------------------------------------------------------------------
 
 
-def read_rows(source: Source) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
-    """(a read-only connection to the root, the source's rows); a bad view or SELECT is a one-line ConfigError."""
-    from synthvg.storage import connect
+def read_rows(
+    source: Source, counts: SourceCounts | None = None
+) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
+    """(a read-only connection to the root at the source's version, the source's rows); a bad
+    view or SELECT, or a version the root does not have, is a one-line ConfigError. ``counts``
+    gets the dataset version read."""
+    counts = counts if counts is not None else SourceCounts(source.task)
+    from synthvg.storage import Dataset, connect
+    from synthvg.storage.dataset import LegacyLayout, UnknownVersion
     from synthvg.storage.query import ReadOnlyError, check_read_only, fetch_dicts
 
+    assert source.root is not None  # validated: a dataset task names a root
     if not os.path.isdir(source.root) and "://" not in source.root:
         raise ConfigError(f"source {source.name}: dataset root {source.root} does not exist")
-    con = connect(
-        source.root
-    )  # TODO(versions): connect at source.version once the storage has versions
+    dataset = Dataset(source.root, as_of=source.version)
+    try:
+        latest = dataset.version()
+        if source.version is not None and (latest is None or source.version > latest):
+            raise UnknownVersion(f"no version {source.version} (latest: {latest})")
+        con = connect(dataset)
+    except (UnknownVersion, LegacyLayout, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"source {source.name}: {source.root}: {first}") from None
+    counts.version = source.version if source.version is not None else latest
     sql = source.sql if source.sql is not None else f"SELECT * FROM {source.view}"
     try:
         check_read_only(con, sql)
@@ -435,7 +451,7 @@ def dataset_examples(
     source: Source, data: DataSection, tok: Tokeniser, counts: SourceCounts, images_ok: dict
 ) -> list[Example]:
     """A dataset source's examples, one (or, split, more) per image."""
-    con, rows = read_rows(source)
+    con, rows = read_rows(source, counts)
     try:
         counts.rows = len(rows)
         per_image: dict[str, list] = defaultdict(list)
@@ -518,26 +534,97 @@ def _conversation(rec, source: Source, tok: Tokeniser, images_ok: dict) -> Examp
             user = None
     if not turns:
         raise Dropped("no_assistant_turn")
-    if any(t in text for turn in turns for text in turn for t in (MASK, POS)):
-        raise Dropped(
-            "region_masks_not_read"
-        )  # Osprey's region turns need its masks: not read here
+    masks: list[RLE] = []
+    size = None
+    if source.regions is not None:
+        turns, masks = _osprey_regions(rec, turns, source.regions)
+        size = (rec["width"], rec["height"])
+    elif any(t in text for turn in turns for text in turn for t in (MASK, POS)):
+        raise Dropped("region_masks_not_read")  # a region source needs `regions:` set
     image = None
-    if name := rec.get("image"):
-        uri = (
-            name
-            if os.path.isabs(name) or "://" in name
-            else os.path.join(source.image_root or "", name)
-        )
-        image = ImageRef(str(rec.get("id", name)), uri)
+    if name := rec.get("image") or rec.get("file_name"):
+        uri = _image_uri(name, source, osprey=source.regions is not None)
+        image = ImageRef(str(rec.get("id", name)), uri, *(size or (None, None)))
         if reason := _check_image(image, images_ok):
             raise Dropped(reason)
         first = turns[0][0].replace(IMAGE, "").strip()
         turns[0] = (f"{IMAGE}\n{first}", turns[0][1])
+    elif masks:
+        raise Dropped("regions_without_image")
     elif any(IMAGE in text for turn in turns for text in turn):
         raise Dropped("image_token_without_image")
-    ids, labels, length = tok.encode(turns, 0, image is not None)
-    return Example(source.name, "conversations", image, [], ids, labels, length)
+    ids, labels, length = tok.encode(turns, len(masks), image is not None)
+    return Example(source.name, "conversations", image, masks, ids, labels, length)
+
+
+def _image_uri(name: str, source: Source, *, osprey: bool) -> str:
+    if os.path.isabs(name) or "://" in name:
+        return name
+    uri = os.path.join(source.image_root or "", name)
+    if osprey and not os.path.exists(
+        uri
+    ):  # Osprey's loader: COCO_train2014_000000xxx.jpg -> 000000xxx.jpg
+        return os.path.join(source.image_root or "", name.split("_")[-1])
+    return uri
+
+
+#: Osprey's own wording (osprey/datasets/osprey_724k.py, typo included: the released Robin
+#: was trained on it).
+OSPREY_OVERVIEW = "This provides an overview of the picture.\n"
+_REGION_REF = re.compile(r"<region(\d+)>")
+
+
+def _osprey_regions(
+    rec: dict, turns: list[tuple[str, str]], style: str
+) -> tuple[list[tuple[str, str]], list[RLE]]:
+    """Osprey-724K region turns: the record's ``annotation`` masks become ``<mask><pos>`` features.
+
+    ``listed`` (Osprey's conversation, short-form and part-level files): the first question is
+    prefixed with the region list ``region1<mask><pos>,region2<mask><pos>`` and the turns lose
+    their angle brackets (``<region1>`` -> ``region1``), as Osprey's loader does. ``inline``
+    (its LVIS positive/negative file): each ``<regionN>`` of a question becomes ``<mask><pos>``
+    of annotation N, in order of appearance.
+    """
+    anns, h, w = rec.get("annotation"), rec.get("height"), rec.get("width")
+    if not isinstance(anns, list) or not anns:
+        raise Dropped("regions_without_annotation")
+    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        raise Dropped("regions_without_image_size")
+    all_masks = []
+    for a in anns:
+        try:
+            rle = mask_ops.segmentation_to_rle((a or {}).get("segmentation"), h, w)
+        except (ValueError, TypeError):
+            raise Dropped("bad_region_mask") from None
+        if not mask_ops.decode(rle).any():
+            raise Dropped("empty_mask_region")
+        all_masks.append(rle)
+    clean = [(q.replace(MASK, "").replace(POS, ""), a) for q, a in turns]
+    if style == "listed":
+        n = len(all_masks)
+        listing = ",".join(f"region{i + 1}{MASK}{POS}" for i in range(n))
+        intro = f"Ther are {n} part region{'s' if n > 1 else ''} in the picture: {listing}. "  # sic
+
+        def strip(text: str) -> str:
+            return text.replace(IMAGE, "").replace("<", "").replace(">", "")
+
+        out = [(strip(q), strip(a)) for q, a in clean]
+        out[0] = (OSPREY_OVERVIEW + intro + out[0][0].strip(), out[0][1])
+        return out, all_masks
+    order: list[int] = []
+
+    def sub(m: re.Match) -> str:
+        k = int(m.group(1))
+        if not 1 <= k <= len(all_masks):
+            raise Dropped("region_reference_out_of_range")
+        order.append(k - 1)
+        return MASK + POS
+
+    out = [(_REGION_REF.sub(sub, q), a) for q, a in clean]
+    if not order:
+        raise Dropped("no_region_reference")
+    out[0] = (OSPREY_OVERVIEW + out[0][0].replace(IMAGE, "").strip(), out[0][1])
+    return out, [all_masks[k] for k in order]
 
 
 def build_mixture(data: DataSection, tok: Tokeniser) -> Mixture:

@@ -25,6 +25,7 @@ from synthvg.models.robin.inference import Generation, RobinCall, RobinEngine, R
 from synthvg.models.robin.parse import parse_description, parse_relationships, parse_scene_graph
 from synthvg.models.robin.prompt import (
     HOLISTIC_QUESTION,
+    Answer,
     description_question,
     first_message,
     relationships_question,
@@ -94,6 +95,7 @@ class RobinGraphs:
     def _fits(self, job: ImageJob, regions: list[RegionInput]) -> bool:
         height, width = job.rgb.shape[:2]
         boxes = [r.box for r in regions]
+        turns: list[tuple[str, Answer | None]]
         if self.mode == "holistic":
             turns, reserve = [(first_message(boxes, width, height, HOLISTIC_QUESTION), None)], 0
         else:  # the longer, second turn, with room for the longest description
@@ -136,7 +138,9 @@ class RobinGraphs:
 
     # -- running -----------------------------------------------------------------------------
     def run(self, jobs: list[ImageJob]) -> list[ImageGraph]:
-        images, graphs, units = [], [], []  # units: (graph, image index, group)
+        images: list = []
+        graphs: list[ImageGraph] = []
+        units: list = []  # units: (graph, image index, group)
         for job in jobs:
             graph = ImageGraph(job.image_id)
             graphs.append(graph)
@@ -204,7 +208,10 @@ class RobinGraphs:
                 continue
             if text := parse_description(result.text, k):
                 graph.descriptions[g[k - 1].region_id] = text
-            turns = [(msg, result.token_ids), (relationships_question(k), None)]
+            turns: list[tuple[str, Answer | None]] = [
+                (msg, result.token_ids),
+                (relationships_question(k), None),
+            ]
             seconds.append((graph, g, k, RobinCall(index, slots, turns, self.max_new_tokens)))
         results = self.engine.generate(images, [c for *_, c in seconds], self.sampling)
         for (graph, g, k, _), result in zip(seconds, results, strict=True):

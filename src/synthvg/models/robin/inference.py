@@ -92,7 +92,7 @@ class RobinEngine:
             allow_unexpected_keys=allow_unexpected_keys,
         )
         model.config._attn_implementation = attn_implementation
-        self.model = model.to(device)
+        self.model = model.to(device)  # type: ignore[arg-type]  # transformers types .to oddly
         self.device, self.lm_dtype, self.vision_dtype = device, lm_dtype, vision_dtype
         self.config = model.config
         self.max_prompt_tokens = max_prompt_tokens or self.config.tokenizer_model_max_length

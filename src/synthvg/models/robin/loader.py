@@ -21,6 +21,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -146,7 +147,7 @@ def load_robin(
     lm_dtype: torch.dtype = torch.float32,
     vision_dtype: torch.dtype = torch.float32,
     allow_unexpected_keys: bool = False,
-) -> tuple[RobinForCausalLM, object, LoadReport]:
+) -> tuple[RobinForCausalLM, Any, LoadReport]:
     """(model on the CPU, tokenizer, report) from a released-layout directory; the vision
     tower, projector and mask extractor in ``vision_dtype``, the LM in ``lm_dtype``."""
     config = read_config(path)

@@ -100,6 +100,8 @@ def preprocess_image(rgb: np.ndarray, size: int) -> Preprocessed:
     side = max(width, height)
     square = Image.new("RGB", (side, side), PAD_COLOUR)
     square.paste(Image.fromarray(rgb), ((side - width) // 2, (side - height) // 2))
-    resized = np.asarray(square.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+    resized = (
+        np.asarray(square.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    )
     normalised = (resized - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
     return Preprocessed(torch.from_numpy(normalised).permute(2, 0, 1).contiguous(), width, height)
