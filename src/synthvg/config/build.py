@@ -37,7 +37,7 @@ class BuildConfig(Section):
     name: str = Field("synthvg", pattern=r"^[A-Za-z0-9_.-]+$")
     out: OutputPath = Field(description="dataset root: a folder or an fsspec URL")
     shard_size: int = Field(
-        256,
+        500,
         ge=1,
         description="images per shard (one Prefect task and one commit per stage each); each costs "
         "~0.1-0.3 s, so cheap CPU stages want hundreds of images per shard (benchmarks/RESULTS.md)",
