@@ -13,17 +13,22 @@ Sections (``--only`` picks some; all by default):
   prefect  a cheap build (seeds from a synthetic COCO file without image files, rule teacher,
            rule filters) of ``--build-images`` images, plain (``run_build``: the same stage
            functions, no Prefect) against the ``build-dataset`` flow on a ``prefect server
-           start`` of its own, at several shard sizes; and the flow's fixed cost (a build of
-           one small shard, flow minus plain).
-  import   ``synthvg import`` (``import_svg``) of SVG-format Parquet files (exported from a
-           slice of the paper-scale root) against DuckDB flattening the same files into the
-           same three tables (images, regions, relations) as Parquet.
+           start`` of its own (``--workers`` flow threads; 1 makes the flow as sequential as
+           the plain build), at ``--shard-sizes``; a ``--default-images`` build at the config's
+           default shard size; and the fixed cost (one 8-image shard). Also the server's CPU
+           and the build process's API requests.
+  import   ``synthvg import`` (``import_svg``) of SVG-format Parquet files that the script
+           writes in the release's layout (20 boxes, 38 relations per image) against DuckDB
+           flattening the same files into images, regions and relations Parquet.
 
 The paper-scale root (146,000 images, 2.92M regions, 5.55M relations in shards of 500) is built
 once through the storage's own commit path (benchmarks/bench_query.py) and cached in --root.
 
 Usage: PYTHONPATH=src python benchmarks/bench_fixed_costs.py [--only cli,views,prefect,import]
-       [--root DIR] [--runs 7] [--build-images 10000] [--shard-sizes 16,50,200,500]
+       [--root DIR] [--runs 7] [--build-images 10000] [--shard-sizes 100,500] [--workers 1]
+       [--default-images 2000] [--import-images 20000]
+The Robin CPU re-measurement is its own script (torch): benchmarks/bench_robin.py --threads 1
+--repeat 7 (see RESULTS.md).
 """
 
 from __future__ import annotations
