@@ -110,7 +110,8 @@ class WithdrawalRefused(RuntimeError):
         hint = (
             f"--limit {limit} builds a subset of a root that holds more: build it into another --out"
             if limit is not None
-            else "build into another --out"
+            else "keep the shard_size the root was built with (the default was 16 before it "
+            "became 500), build into another --out"
         )
         lines.append(f"{hint}, or pass --replace to withdraw them")
         super().__init__("\n".join(lines))
