@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -98,6 +101,11 @@ PROGRESS_EVERY_S = 2.0
 _LAST_UPDATE: dict[object, float] = {}
 
 
+def _progress_artifact(**fields: Any) -> UUID:
+    """A progress artifact's id (called from sync code, where Prefect returns it directly)."""
+    return cast(UUID, create_progress_artifact(**fields))
+
+
 def _due(artifact_id: object, final: bool) -> bool:
     """Whether a progress artifact is due an update now (always when ``final``)."""
     now = time.monotonic()
@@ -115,7 +123,7 @@ class _Progress:
 
         self.total = max(total, 1)
         self.done = 0
-        self.artifact_id = create_progress_artifact(
+        self.artifact_id = _progress_artifact(
             progress=0.0,
             key=artifact_key(config.name, "build-progress"),
             description=f"build {config.name}: shards done over all stages",
@@ -257,7 +265,7 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
         with placement(ex, stage):
             future = task.with_options(
                 refresh_cache=not shard_done(dataset, config, stage, shard)
-            ).submit(
+            ).submit(  # type: ignore[call-overload]  # Prefect's overloads miss wait_for with positionals
                 config,
                 stage,
                 shard,
@@ -287,7 +295,7 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
     results: dict[str, list[ShardResult]] = {stage: [] for stage in active}
     finished: dict[str, float] = {}
     stage_progress = {
-        stage: create_progress_artifact(
+        stage: _progress_artifact(
             progress=0.0,
             key=artifact_key(config.name, "stage", stage, "progress"),
             description=f"{stage}: shards done",
@@ -425,7 +433,9 @@ def build_dataset(
     with build_lock(dataset, run_id) as fence:
         plan = plan_task(config, run_id, replace)
         if isinstance(plan, WithdrawalRefused):
-            return Failed(message=str(plan), data=plan)  # the caller gets the refusal raised
+            # A flow may return a state: the caller gets the refusal raised (or, with
+            # return_state=True, this Failed state).
+            return Failed(message=str(plan), data=plan)  # type: ignore[return-value]
         logger.info(
             "run %s: %d images in %d shards of <= %d -> %s",
             run_id,
@@ -444,11 +454,12 @@ def build_dataset(
         _PROGRESS[run_id] = progress
         try:
             # A build whose stages are all skipped submits nothing: it needs no cluster.
-            with (
+            runners: AbstractContextManager[Callable[[], Any]] = (
                 task_runners(config.executor)
                 if active
-                else nullcontext(lambda: ThreadPoolTaskRunner(max_workers=1)) as runner
-            ):
+                else nullcontext(lambda: ThreadPoolTaskRunner(max_workers=1))
+            )
+            with runners as runner:
                 summaries = shards_flow.with_options(task_runner=runner())(config, run_id, fence)
         finally:
             progress.close()

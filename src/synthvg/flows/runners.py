@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -88,7 +89,7 @@ def _ray(executor: ExecutorConfig) -> Iterator[Callable[[], TaskRunner]]:
     # (and lets callers bring their own ray.init, with its resources, before the build).
     owned = not ray.is_initialized()
     if owned:
-        local = (
+        local: dict[str, Any] = (
             {} if executor.address else {"num_cpus": executor.workers, "include_dashboard": False}
         )
         ray.init(address=executor.address, namespace="synthvg", **local)
