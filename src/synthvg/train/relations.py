@@ -191,7 +191,7 @@ def write_llava_json(
         for answer in q.answers:
             ask, reply = q.choice_turn(answer) if form == "choice" else (q.question, answer)
             uri = q.image.uri
-            if image_root and not ("://" in uri):
+            if image_root and "://" not in uri:
                 uri = os.path.relpath(uri, image_root)
             records.append(
                 {

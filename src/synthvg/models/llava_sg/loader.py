@@ -155,7 +155,7 @@ def _materialise_buffers(model: LlavaSGForCausalLM) -> None:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, attr, fresh)
-    for name, module in model.named_modules():
+    for module in model.modules():
         for bname, b in list(module.named_buffers(recurse=False)):
             if b.is_meta:  # a plain index buffer (CLIP position ids): arange over its length
                 if b.dtype in (torch.int64, torch.int32) and b.ndim == 2 and b.shape[0] == 1:
