@@ -5,8 +5,10 @@ predicate``: seed relations of VG/GQA/PSG, a closed vocabulary, or SVG relations
 one) the question "What is the relationship between <subject> and <object>?" is answered with
 the predicate (``relation_qa``), or with the letter of the predicate among shuffled choices
 drawn from the source's vocabulary (``relation_choice``). A pair with several predicates has
-them all as answers (training: one example each). The entities are the image's regions as the
-robin stage takes them (non-empty masks, largest first, capped), the pair always among them.
+them all as answers (training: one example each). The entities are the subject, the object,
+then the image's other regions as the robin stage takes them (non-empty masks, largest first),
+``max_regions`` in all: the first two graph tokens are the pair, which tells two regions of
+one name apart (the filters' verifier passes the pair in the same order).
 Names: the region's label, else its best description, else "object".
 
 The held-out split is by image: an image is ``test`` when its id's sha256 falls in the
@@ -56,7 +58,7 @@ class RelationQuestion:
     subject: str
     object: str
     answers: list[str]  # every predicate the pair has, sorted
-    regions: list[Region]  # the entities, the pair among them
+    regions: list[Region]  # the entities: subject, object, then the others
     vocabulary: list[str] = field(default_factory=list)  # the source's predicates
 
     @property
@@ -121,13 +123,8 @@ def relation_questions(
             if s not in by_id or o not in by_id:
                 counts.dropped["pair_region_missing_or_empty"] += 1
                 continue
-            listed = every[:max_regions]
-            for needed in (s, o):  # the pair is always among the entities
-                if by_id[needed] not in listed:
-                    others = [r for r in listed if r.region_id not in (s, o)]
-                    listed = others[: max(0, max_regions - 2)]
-                    listed += [by_id[s], by_id[o]]
-                    break
+            others = [r for r in every if r.region_id not in (s, o)]
+            listed = [by_id[s], by_id[o], *others[: max(0, max_regions - 2)]]
             out.append(
                 RelationQuestion(
                     image,
