@@ -479,3 +479,141 @@ def test_training_configs_validate_and_the_stages_train_what_the_paper_says():
             load_train_config(bad)
     finally:
         bad.unlink(missing_ok=True)
+
+
+# -- entities: the dataset's regions, or tagger -> open-vocabulary detector -> SAM boxes ------
+
+
+def _tiny_owlv2(path: Path) -> None:
+    """A random OWLv2 with a character-level CLIP tokenizer (index 0 unused: OWL masks it)."""
+    from transformers import (
+        CLIPTokenizerFast,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+    )
+
+    vocab = {"!": 0, "<|startoftext|>": 1, "<|endoftext|>": 2}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    path.mkdir(parents=True)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizerFast(
+        vocab_file=str(path / "vocab.json"),
+        merges_file=str(path / "merges.txt"),
+        model_max_length=16,
+    )
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    cfg = Owlv2Config(
+        text_config=dict(
+            vocab_size=len(vocab),
+            max_position_embeddings=16,
+            bos_token_id=1,
+            eos_token_id=2,
+            **small,
+        ),
+        vision_config=dict(image_size=64, patch_size=16, **small),
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    Owlv2ForObjectDetection(cfg).save_pretrained(path)
+    Owlv2Processor(
+        image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tok
+    ).save_pretrained(path)
+
+
+def _tiny_sam(path: Path) -> None:
+    from transformers import (
+        SamConfig,
+        SamImageProcessor,
+        SamMaskDecoderConfig,
+        SamModel,
+        SamProcessor,
+        SamPromptEncoderConfig,
+        SamVisionConfig,
+    )
+
+    torch.manual_seed(0)
+    sam = SamConfig(
+        vision_config=SamVisionConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=256,
+            patch_size=16,
+            output_channels=32,
+            mlp_dim=64,
+            global_attn_indexes=[1],
+            window_size=4,
+            num_pos_feats=16,
+        ),
+        prompt_encoder_config=SamPromptEncoderConfig(
+            hidden_size=32, image_size=256, patch_size=16, mask_input_channels=4
+        ),
+        mask_decoder_config=SamMaskDecoderConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            mlp_dim=64,
+            iou_head_hidden_dim=32,
+        ),
+    )
+    SamModel(sam).save_pretrained(path)
+    SamProcessor(
+        image_processor=SamImageProcessor(
+            size={"longest_edge": 256}, pad_size={"height": 256, "width": 256}
+        )
+    ).save_pretrained(path)
+
+
+def test_entities_from_regions_and_from_the_perception_chain_feed_the_model(
+    demo_root, model_dir, tmp_path
+):
+    from PIL import Image
+
+    from synthvg.models.llava_sg.entities import (
+        LabelTagger,
+        OpenVocabDetector,
+        PerceptionChain,
+        SamBoxSegmenter,
+        dataset_entities,
+    )
+    from synthvg.models.llava_sg.inference import LlavaSGEngine
+    from synthvg.stages.images import to_rgb
+    from synthvg.stages.seeds import read_image
+    from synthvg.storage import connect
+
+    image_id, uri = (
+        connect(demo_root)
+        .execute("SELECT image_id, file_uri FROM images ORDER BY image_id LIMIT 1")
+        .fetchone()
+    )
+    regions = dataset_entities(demo_root, image_id)
+    proposals = dataset_entities(demo_root, image_id, table="proposals")
+    assert regions and proposals and all(e.mask.size for e in regions)
+    with pytest.raises(ValueError, match="regions or proposals"):
+        dataset_entities(demo_root, image_id, table="relations")
+    image = Image.fromarray(to_rgb(read_image(uri)[1]))
+    _tiny_owlv2(tmp_path / "owl")
+    _tiny_sam(tmp_path / "sam")
+    tagger = LabelTagger.from_root(demo_root)
+    assert tagger.tags(image, image_id) == sorted({e.label for e in regions})
+    detector = OpenVocabDetector(str(tmp_path / "owl"), threshold=0.0)
+    chain = PerceptionChain(
+        tagger, detector, SamBoxSegmenter(str(tmp_path / "sam")), max_entities=5
+    )
+    found = chain.entities(image, image_id)
+    assert 0 < len(found) <= 5 and {e.label for e in found} <= set(tagger.tags(image, image_id))
+    for e in found:
+        assert tuple(e.mask.size) == (image.height, image.width)
+        assert 0 <= e.box.x1 <= e.box.x2 <= image.width
+    assert chain.entities(image, "not-an-image") == []  # no tags, no entities
+    with pytest.raises(ModelLoadError, match="not SAM"):
+        SamBoxSegmenter(str(tmp_path / "owl"))
+    engine = LlavaSGEngine(model_dir)
+    answer = engine.answer(
+        image, [e.mask for e in found], "What is the relationship between a and b?", ["on", "near"]
+    )
+    assert answer in ("on", "near")
