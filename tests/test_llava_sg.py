@@ -462,9 +462,9 @@ def test_training_configs_validate_and_the_stages_train_what_the_paper_says():
         "graph_projector": 2e-5,
         "lm": 2e-5,
     }
-    tiny = load_train_config(REPO / "configs" / "train-llava-sg-tiny.yaml")
+    tiny = load_train_config(REPO / "configs" / "train-llava-sg-tiny-stage2.yaml")
     assert tiny.model.kind == "llava_sg" and tiny.train.device == "cpu"
-    raw = yaml.safe_load((REPO / "configs" / "train-llava-sg-tiny.yaml").read_text())
+    raw = yaml.safe_load((REPO / "configs" / "train-llava-sg-tiny-stage2.yaml").read_text())
     raw["data"]["sources"][0]["task"] = "scene_graph"
     bad = Path(REPO / "build" / "_bad_llava.yaml")
     bad.parent.mkdir(exist_ok=True)

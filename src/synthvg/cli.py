@@ -871,8 +871,9 @@ def train(
         typer.Option("--config", "-c", help="training configuration (YAML, configs/train-*.yaml)"),
     ],
 ) -> None:
-    """Train Robin on a data mixture from dataset roots and export it in the released layout
-    (docs/TRAINING.md); the same command resumes from the newest checkpoint in train.output_dir."""
+    """Train Robin or LLaVA-SG (model.kind) on a data mixture from dataset roots and export it
+    (docs/TRAINING.md, docs/LLAVA_SG.md); the same command resumes from the newest checkpoint in
+    train.output_dir."""
     from synthvg.schemas.config import ConfigError
 
     try:
@@ -890,7 +891,7 @@ def train(
         raise _fail(str(e)) from None
     typer.echo(
         f"trained {result.steps} steps; final loss {result.final_loss}; "
-        f"{result.tokens_per_s:,.0f} tokens/s; robin checkpoint: {result.export_dir}"
+        f"{result.tokens_per_s:,.0f} tokens/s; checkpoint: {result.export_dir}"
     )
 
 

@@ -111,19 +111,29 @@ class LlavaSGConfig(PretrainedConfig):
         return (self.image_size // int(self.vision_config.get("patch_size", 32))) ** 2
 
 
-def mask_points(mask: torch.Tensor, limit: int) -> torch.Tensor:
-    """At most ``limit`` points of a [H, W] mask as (x, y) in [-1, 1] of the *padded square*
-    the image was preprocessed into (centred, as ``preprocess_image`` pads): evenly strided
-    over the mask's pixels, each at its pixel centre. [P, 2]; P = 0 for an empty mask."""
-    h, w = mask.shape
-    ys, xs = mask.nonzero(as_tuple=True)
-    if ys.numel() > limit:
-        pick = torch.linspace(0, ys.numel() - 1, limit, device=ys.device).round().long()
-        ys, xs = ys[pick], xs[pick]
+def mask_points(masks: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most ``limit`` points per mask of [N, H, W] masks, as (x, y) in [-1, 1] of the
+    *padded square* the image was preprocessed into (centred, as ``preprocess_image`` pads):
+    evenly strided over each mask's pixels (row-major), each at its pixel centre. Returns
+    (points [N, P, 2], valid [N, P]); an empty mask has no valid point. One ``nonzero`` for
+    all masks."""
+    n, h, w = masks.shape
+    hits = masks.reshape(n, h * w).nonzero()  # (mask, pixel), grouped by mask, pixels ascending
+    counts = torch.bincount(hits[:, 0], minlength=n)  # (a bool sum is far slower on the CPU)
+    width = max(1, min(limit, int(counts.max()) if n else 0))
+    offsets = torch.cumsum(counts, 0) - counts
+    k = torch.arange(width, device=masks.device)[None].float()
+    c = counts[:, None].float()
+    rank = torch.where(  # the k-th of ``width`` evenly spread ranks among a mask's c pixels
+        c > width, (k * (c - 1) / max(width - 1, 1)).round(), k
+    ).long()
+    valid = k < c
+    index = (offsets[:, None] + rank).clamp(max=max(len(hits) - 1, 0))
+    pixel = hits[index.flatten(), 1].reshape(n, width) if len(hits) else index
     side = max(h, w)
-    x = (xs.float() + 0.5 + (side - w) // 2) / side
-    y = (ys.float() + 0.5 + (side - h) // 2) / side
-    return torch.stack([x, y], dim=-1) * 2 - 1
+    x = ((pixel % w).float() + 0.5 + (side - w) // 2) / side
+    y = ((pixel // w).float() + 0.5 + (side - h) // 2) / side
+    return torch.stack([x, y], dim=-1) * 2 - 1, valid
 
 
 def node_features(feature_map: torch.Tensor, masks: torch.Tensor, limit: int) -> torch.Tensor:
@@ -132,15 +142,14 @@ def node_features(feature_map: torch.Tensor, masks: torch.Tensor, limit: int) ->
     n, c = masks.shape[0], feature_map.shape[0]
     if n == 0:
         return feature_map.new_zeros((0, c))
-    points = [mask_points(m, limit) for m in masks]
-    width = max(1, max(p.shape[0] for p in points))
-    grid = feature_map.new_zeros((1, n, width, 2))
-    weight = feature_map.new_zeros((n, width))
-    for i, p in enumerate(points):
-        grid[0, i, : p.shape[0]] = p.to(grid.dtype)
-        weight[i, : p.shape[0]] = 1
+    points, valid = mask_points(masks, limit)
+    weight = valid.to(feature_map.dtype)
     sampled = F.grid_sample(
-        feature_map[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+        feature_map[None],
+        points[None].to(feature_map.dtype),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
     )[0]  # [C, N, P]
     total = torch.einsum("cnp,np->nc", sampled, weight)
     return total / weight.sum(1, keepdim=True).clamp(min=1)
