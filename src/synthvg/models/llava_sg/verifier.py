@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from synthvg.config.llava_sg import LlavaSGVerifierConfig
 from synthvg.models.llava_sg.inference import LlavaSGEngine
 from synthvg.models.vqa_transformers import NO, YES, answer_token_ids, resolve_device, resolve_dtype
 from synthvg.prompts import load_prompt
-from synthvg.config.llava_sg import LlavaSGVerifierConfig
 
 if TYPE_CHECKING:
     from synthvg.models.vqa import Question
