@@ -121,16 +121,20 @@ class LlavaSGEngine:
                 torch.tensor(lab),
                 1,
             )
-        pixels = self._pixels(image)[None].expand(len(rows), -1, -1, -1)
         m = _mask_tensor(regions)
         with self._lock:
+            (shared,) = self.model.encode(  # the image once, for every row
+                self._pixels(image)[None].to(self.device),
+                [m.to(self.device) if m is not None else None],
+            )
             embeds, att, wide = self.model.embed_batch(
                 input_ids.to(self.device),
                 attention.to(self.device),
                 labels.to(self.device),
-                pixels.to(self.device),
-                [m.to(self.device) if m is not None else None] * len(rows),
                 None,
+                None,
+                None,
+                encoded=[shared] * len(rows),
             )
             logits = self.model.language_model(inputs_embeds=embeds, attention_mask=att).logits
         return logits.cpu(), wide.cpu()

@@ -319,9 +319,11 @@ class LlavaSGForCausalLM(PreTrainedModel):
         pixel_values: torch.Tensor | None,
         region_masks: list | None,
         has_image: list | torch.Tensor | None,
+        encoded: list[Encoded | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Right-padded (embeddings, attention mask, labels widened with -100 on the image and
-        graph tokens) for a right-padded batch of ids."""
+        graph tokens) for a right-padded batch of ids; ``encoded`` (per row, from
+        :meth:`encode`) skips the vision tower, e.g. for rows that share one image."""
         rows = input_ids.shape[0]
         lengths = (
             attention_mask.sum(1).tolist()
@@ -333,8 +335,11 @@ class LlavaSGForCausalLM(PreTrainedModel):
             if has_image is not None
             else [pixel_values is not None] * rows
         )
-        encoded: list[Encoded | None] = [None] * rows
         picked = [j for j in range(rows) if with_image[j]]
+        if encoded is not None:
+            picked = []
+        else:
+            encoded = [None] * rows
         if picked:
             masks = [region_masks[j] if region_masks is not None else None for j in picked]
             for j, e in zip(picked, self.encode(pixel_values[picked], masks), strict=True):
