@@ -327,7 +327,7 @@ def train(cfg: TrainConfig, *, emit: Callable[[str], None] = print) -> TrainResu
             + (f", dropped {c['dropped']}" if c["dropped"] else "")
             + (f", {c['splits']} split" if c["splits"] else "")
         )
-    if hasattr(model, "set_attn_implementation") and cfg.model.kind == "llava_sg":
+    if cfg.model.kind == "llava_sg":  # the wrapped LM's attention
         model.set_attn_implementation(cfg.model.attn_implementation)
     else:
         model.config._attn_implementation = cfg.model.attn_implementation
