@@ -329,7 +329,7 @@ def test_held_out_relation_accuracy_by_cli(trained, demo_root, tmp_path):
     report = json.loads((tmp_path / "eval" / "relations-qa.json").read_text())
     assert report["questions"] > 0 and 0 <= report["accuracy"] <= 1
     assert report["correct"] == sum(c["correct"] for c in report["per_predicate"].values())
-    assert "majority baseline" in res.output
+    assert "majority baseline" in res.output and "chance" in res.output
     bad = CliRunner().invoke(
         app, ["evaluate", "relations", "--model", str(tmp_path), "--root", demo_root]
     )

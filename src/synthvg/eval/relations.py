@@ -10,8 +10,9 @@ relations, on the ``test`` side of the split by image. A model is anything with
 - ``choice``: the multiple-choice question with lettered options (as in training), the model
   picks a letter; right when it is the answer's.
 
-Reported: accuracy, per-predicate recall and their mean (mean accuracy over classes), and the
-majority baseline (always the most frequent predicate of the questions' train side).
+Reported: accuracy, per-predicate recall and their mean (mean accuracy over classes), the
+majority baseline (always the most frequent predicate of the questions' train side; in the
+choice form, when it is offered, else the first option) and chance (mean 1 / choices).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class RelationReport:
     mean_class_accuracy: float
     majority_baseline: float
     majority_predicate: str | None
+    chance: float  # the mean of 1 / number of choices
     per_predicate: dict[str, dict] = field(default_factory=dict)
 
 
@@ -95,7 +97,10 @@ def evaluate_relations(
         raise ValueError(f"form must be qa or choice, not {form!r}")
     vocabulary = sorted({p for q in questions for p in q.vocabulary})
     per: dict[str, Counter] = defaultdict(Counter)
-    correct = 0
+    base = Counter(a for q in (train_questions or questions) for a in q.answers)
+    majority = base.most_common(1)[0][0] if base else None
+    correct = by_majority = 0
+    chance = 0.0
     images: dict[str, Image.Image] = {}
     for q in questions:
         if q.image.uri not in images:
@@ -105,10 +110,16 @@ def evaluate_relations(
         if form == "qa":
             picked = model.answer(image, regions, q.question, vocabulary)
             right = picked in q.answers
+            by_majority += majority in q.answers
+            chance += 1 / len(vocabulary)
         else:
             ask, letter = q.choice_turn(truth)
-            letters = [chr(65 + i) for i in range(len(q.choices(truth)))]
+            options = q.choices(truth)
+            letters = [chr(65 + i) for i in range(len(options))]
             right = model.answer(image, regions, ask, letters) == letter
+            # the baseline picks the majority predicate when offered, else the first option
+            by_majority += (majority if majority in options else options[0]) == truth
+            chance += 1 / len(options)
         correct += right
         per[truth]["questions"] += 1
         per[truth]["correct"] += right
@@ -116,8 +127,6 @@ def evaluate_relations(
     per_predicate = {
         p: {**c, "accuracy": c["correct"] / c["questions"]} for p, c in sorted(per.items())
     }
-    base = Counter(a for q in (train_questions or questions) for a in q.answers)
-    majority = base.most_common(1)[0][0] if base else None
     return RelationReport(
         model=getattr(model, "name", type(model).__name__),
         root=root,
@@ -131,10 +140,9 @@ def evaluate_relations(
             if per_predicate
             else 0.0
         ),
-        majority_baseline=(
-            sum(majority in q.answers for q in questions) / n if n and majority else 0.0
-        ),
+        majority_baseline=by_majority / n if n else 0.0,
         majority_predicate=majority,
+        chance=chance / n if n else 0.0,
         per_predicate=per_predicate,
     )
 
@@ -146,6 +154,7 @@ def format_relations_table(report: RelationReport) -> str:
         f"{'accuracy':<28}{report.accuracy:>10.4f}",
         f"{'mean class accuracy':<28}{report.mean_class_accuracy:>10.4f}",
         f"{'majority baseline':<28}{report.majority_baseline:>10.4f}  ({report.majority_predicate})",
+        f"{'chance':<28}{report.chance:>10.4f}",
         "",
         f"{'predicate':<20}{'questions':>10}{'correct':>10}{'accuracy':>10}",
     ]
