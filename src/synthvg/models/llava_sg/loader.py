@@ -20,6 +20,7 @@ from synthvg.models.hf_dir import read_config_json
 from synthvg.models.llava_sg.modeling import LlavaSGConfig, LlavaSGForCausalLM
 from synthvg.models.llava_sg.prompt import SPECIAL_TOKENS
 from synthvg.models.robin.loader import read_state_dict, weight_files
+from synthvg.models.robin.writer import write_shards
 
 log = logging.getLogger("synthvg")
 KEY = "llava_sg.path"
@@ -39,8 +40,6 @@ def save_llava_sg(
     shards: int = 1,
     state_dict: dict | None = None,
 ) -> None:
-    from safetensors.torch import save_file
-
     os.makedirs(path, exist_ok=True)
     state = {
         k: v.detach().cpu().contiguous().clone()
@@ -48,15 +47,7 @@ def save_llava_sg(
     }
     if _tied(model):
         state.pop("language_model.lm_head.weight", None)
-    keys = sorted(state)
-    weight_map = {}
-    for i in range(shards):
-        name = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = {k: state[k] for k in keys[i::shards]}
-        save_file(part, os.path.join(path, name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(part, name))
-    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {}, "weight_map": weight_map}, f)
+    write_shards(state, path, shards)
     config = model.config.to_dict()
     config["architectures"] = [ARCHITECTURE]
     with open(os.path.join(path, "config.json"), "w") as f:
