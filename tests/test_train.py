@@ -499,7 +499,7 @@ def test_training_configs_validate_and_the_recipes_freeze_as_the_paper_says(name
             and cfg.groups.lm
         )
     elif name != "train-tiny":
-        assert all(lr for lr in cfg.groups.model_dump().values())
+        assert all(lr for lr in cfg.learning_rates().values())
     if cfg.stage == 2:
         views = {s.view for s in cfg.data.sources}
         assert (

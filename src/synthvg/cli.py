@@ -908,8 +908,9 @@ def train(
         typer.Option("--config", "-c", help="training configuration (YAML, configs/train-*.yaml)"),
     ],
 ) -> None:
-    """Train Robin on a data mixture from dataset roots and export it in the released layout
-    (docs/TRAINING.md); the same command resumes from the newest checkpoint in train.output_dir."""
+    """Train Robin or LLaVA-SG (model.kind) on a data mixture from dataset roots and export it
+    (docs/TRAINING.md, docs/LLAVA_SG.md); the same command resumes from the newest checkpoint in
+    train.output_dir."""
     from synthvg.schemas.config import ConfigError
 
     try:
@@ -927,7 +928,7 @@ def train(
         raise _fail(str(e)) from None
     typer.echo(
         f"trained {result.steps} steps; final loss {result.final_loss}; "
-        f"{result.tokens_per_s:,.0f} tokens/s; robin checkpoint: {result.export_dir}"
+        f"{result.tokens_per_s:,.0f} tokens/s; checkpoint: {result.export_dir}"
     )
 
 
@@ -1250,6 +1251,65 @@ def evaluate_checkpoint_command(
         raise _fail(str(e).splitlines()[0]) from None
     typer.echo(format_table(report))
     typer.echo(f"wrote {', '.join(str(f) for f in files)}")
+
+
+@evaluate_app.command("relations")
+def evaluate_relations_command(
+    model: Annotated[str, typer.Option("--model", help="a LLaVA-SG directory (training's export)")],
+    root: Annotated[str, typer.Option("--root", help="dataset root whose relations are asked")],
+    sql: Annotated[
+        str | None,
+        typer.Option(
+            "--sql",
+            help="read-only SELECT of image_id, subject_id, object_id, predicate (default: svg_relations)",
+        ),
+    ] = None,
+    holdout_percent: Annotated[
+        float, typer.Option("--holdout-percent", help="the held-out share of images, as trained")
+    ] = 10.0,
+    form: Annotated[
+        str, typer.Option("--form", help="qa (pick a predicate) or choice (a letter)")
+    ] = "qa",
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda")] = "cpu",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="results folder (default: MODEL/eval)")
+    ] = None,
+) -> None:
+    """Relation classification accuracy of a LLaVA-SG on the held-out images (docs/EVALUATION.md)."""
+    if form not in ("qa", "choice"):
+        raise _fail(f"--form must be qa or choice, not {form!r}")
+    if not 0 < holdout_percent < 100:
+        raise _fail("--holdout-percent must be between 0 and 100")
+    _check_root(root)
+    from synthvg.eval.relations import (
+        evaluate_relations,
+        format_relations_table,
+        held_out_questions,
+        write_relations_results,
+    )
+    from synthvg.models.errors import ModelLoadError
+    from synthvg.models.llava_sg.inference import LlavaSGEngine
+    from synthvg.schemas.config import ConfigError
+
+    try:
+        engine = LlavaSGEngine(model, device=device)
+        args = dict(sql=sql, holdout_percent=holdout_percent)
+        test = held_out_questions(root, split="test", **args)
+        if not test:
+            raise _fail(f"no relation questions on the held-out images of {root}")
+        report = evaluate_relations(
+            engine,
+            test,
+            form=form,
+            train_questions=held_out_questions(root, split="train", **args),
+            root=root,
+            holdout_percent=holdout_percent,
+        )
+    except (ModelLoadError, ConfigError, ValueError) as e:
+        raise _fail(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    typer.echo(format_relations_table(report))
+    files = write_relations_results(report, str(out or Path(model) / "eval"))
+    typer.echo(f"wrote {', '.join(files)}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pydantic import Field, Tag
 
 from synthvg.config.base import Section, backend_tag
 from synthvg.config.fields import InputPath, SpeedOnly
+from synthvg.config.llava_sg import LlavaSGVerifierConfig
 from synthvg.llm.config import LLMConfig
 
 
@@ -82,7 +83,10 @@ class TransformersVerifierConfig(Section):
     prompt: str = "verify/v1"
 
 
-Verifier = Annotated[OpenAIVerifierConfig | TransformersVerifierConfig, Field(discriminator="kind")]
+Verifier = Annotated[
+    OpenAIVerifierConfig | TransformersVerifierConfig | LlavaSGVerifierConfig,
+    Field(discriminator="kind"),
+]
 
 
 class RuleFiltersConfig(Section):

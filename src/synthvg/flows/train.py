@@ -29,9 +29,9 @@ def train_robin(config: str) -> str:
     key = artifact_key("train", cfg.name)
     create_link_artifact(
         Path(result.export_dir).resolve().as_uri(),
-        link_text=f"Robin checkpoint ({cfg.name})",
+        link_text=f"{cfg.model.kind} checkpoint ({cfg.name})",
         key=f"{key}-checkpoint",
-        description="the export: robin: {checkpoint: DIR}",
+        description="the export (docs/TRAINING.md, docs/LLAVA_SG.md)",
     )
     mixture = [
         {

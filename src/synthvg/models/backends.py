@@ -127,3 +127,10 @@ def _transformers_verifier(section: Any, build: BuildConfig) -> Any:
     from synthvg.models.vqa_transformers import TransformersVerifier
 
     return TransformersVerifier(section)
+
+
+@VERIFIERS.register("llava_sg")
+def _llava_sg_verifier(section: Any, build: BuildConfig) -> Any:
+    from synthvg.models.llava_sg.verifier import LlavaSGVerifier
+
+    return LlavaSGVerifier(section)

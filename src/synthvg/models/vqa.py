@@ -35,6 +35,7 @@ class Question:
     subject: str
     predicate: str
     object: str
+    masks: tuple = ()  # the subject's and the object's masks (RLE), for verifiers that take entities
 
 
 class VQAVerifier(Protocol):

@@ -20,7 +20,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from synthvg.schemas.config import ConfigError, format_validation_error
 
-Task = Literal["scene_graph", "region_relations", "region_caption", "grounding", "conversations"]
+Task = Literal[
+    "scene_graph",
+    "region_relations",
+    "region_caption",
+    "grounding",
+    "conversations",
+    "relation_qa",
+    "relation_choice",
+]
+#: The tasks each model kind renders (LLaVA-SG: docs/LLAVA_SG.md).
+KIND_TASKS = {
+    "robin": ("scene_graph", "region_relations", "region_caption", "grounding", "conversations"),
+    "llava_sg": ("relation_qa", "relation_choice", "conversations"),
+}
+#: The groups of ``Groups`` a model kind does not have.
+FOREIGN_GROUPS = {"robin": ("sge", "graph_projector"), "llava_sg": ("mask_extractor",)}
 #: Parameter groups by module prefix (the first match wins; ``lm`` is everything else).
 GROUP_PREFIXES = {
     "vision": ("model.vision_tower.",),
@@ -35,8 +50,15 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
+    kind: Literal["robin", "llava_sg"] = Field(
+        "robin", description="the model trained: Robin or LLaVA-SG (docs/LLAVA_SG.md)"
+    )
     checkpoint: str = Field(
-        description="the Robin to start from (released layout); stage 2: the stage-1 export"
+        description="the model to start from (its saved layout); a later stage: the previous export"
+    )
+    sge_mode: Literal["off", "graph", "message", "prompt"] | None = Field(
+        None,
+        description="llava_sg: the SGE module's mode for this run (off: no graph tokens, stage 1); None keeps the checkpoint's",
     )
     gradient_checkpointing: bool = False
     bf16: bool = Field(False, description="bf16 autocast (GPU)")
@@ -77,6 +99,12 @@ class Source(_Section):
         1.0, gt=0, description="copies of each example (fractions sample); after cap"
     )
     cap: int | None = Field(None, ge=1, description="at most this many examples (a seeded sample)")
+    split: Literal["train", "test"] | None = Field(
+        None, description="only the images of this side of the held-out split (by image id hash)"
+    )
+    holdout_percent: float = Field(
+        10.0, gt=0, lt=100, description="the held-out (test) share of images for split"
+    )
 
     @model_validator(mode="after")
     def _where_from(self):
@@ -117,7 +145,9 @@ class Groups(_Section):
 
     vision: float | None = None
     projector: float | None = 2e-5
-    mask_extractor: float | None = 2e-5
+    mask_extractor: float | None = Field(2e-5, description="Robin only")
+    sge: float | None = Field(None, description="LLaVA-SG only: the SGE module")
+    graph_projector: float | None = Field(None, description="LLaVA-SG only: W_g")
     lm: float | None = 2e-5
 
 
@@ -145,13 +175,31 @@ class TrainSection(_Section):
 
 class TrainConfig(_Section):
     name: str
-    stage: Literal[0, 1, 2] | None = Field(
+    stage: Literal[0, 1, 2, 3] | None = Field(
         None, description="the paper's stage this recipe is (informational)"
     )
     model: ModelSection
     data: DataSection
     groups: Groups = Groups()
     train: TrainSection
+
+    @model_validator(mode="after")
+    def _fits_the_model(self):
+        kind = self.model.kind
+        if bad := [s.name for s in self.data.sources if s.task not in KIND_TASKS[kind]]:
+            raise ValueError(
+                f"model kind {kind} trains on tasks {list(KIND_TASKS[kind])}; source(s) {bad} are not one"
+            )
+        if bad := [g for g in FOREIGN_GROUPS[kind] if g in self.groups.model_fields_set]:
+            raise ValueError(f"groups {bad} are not parameter groups of a {kind} model")
+        if self.model.sge_mode is not None and kind != "llava_sg":
+            raise ValueError("model.sge_mode is a llava_sg setting")
+        return self
+
+    def learning_rates(self) -> dict[str, float | None]:
+        """The learning rate of each of this model kind's parameter groups."""
+        lrs = self.groups.model_dump()
+        return {g: v for g, v in lrs.items() if g not in FOREIGN_GROUPS[self.model.kind]}
 
     def digest(self) -> str:
         """sha256 of the config as validated (what the export manifest records)."""

@@ -24,6 +24,7 @@ or dropped and counted when one region alone is too long; a target is never cut.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -67,6 +68,8 @@ TASK_COLUMNS = {
     "region_relations": ("image_id", "subject_id", "object_id", "predicate"),
     "region_caption": ("image_id", "region_id", "description"),
     "grounding": ("image_id", "region_id", "description"),
+    "relation_qa": ("image_id", "subject_id", "object_id", "predicate"),
+    "relation_choice": ("image_id", "subject_id", "object_id", "predicate"),
 }
 #: Which stage's description names a region's object, best first (then the region's own text).
 DESCRIPTION_STAGES = ("edit", "robin", "teacher")
@@ -185,6 +188,34 @@ class Tokeniser:
         return ids, labels, length
 
 
+class LlavaSGTokeniser:
+    """LLaVA-SG's conversation layout (:mod:`synthvg.models.llava_sg.prompt`), labels on the
+    answers and their end-of-sequence; the spliced length counts the image tokens and one graph
+    token per entity (none when the SGE is off)."""
+
+    def __init__(self, tokenizer, image_tokens: int, max_length: int, graph_tokens: bool):
+        from synthvg.models.llava_sg.prompt import IMAGE as LLAVA_IMAGE
+
+        self.tokenizer, self.image_tokens, self.max_length = tokenizer, image_tokens, max_length
+        self.graph_tokens = graph_tokens
+        self.image_id = tokenizer.convert_tokens_to_ids(LLAVA_IMAGE)
+
+    def encode(
+        self, turns: list[tuple[str, str]], n_regions: int, with_image: bool
+    ) -> tuple[list[int], list[int], int]:
+        from synthvg.models.llava_sg.prompt import encode
+
+        ids, labels = encode(self.tokenizer, turns, with_image)
+        if ids.count(self.image_id) != int(with_image):
+            raise Dropped("feature_tokens_mismatch")
+        length = len(ids)
+        if with_image:
+            length += self.image_tokens - 1 + (n_regions if self.graph_tokens else 0)
+        if length > self.max_length:
+            raise Dropped("too_long")
+        return ids, labels, length
+
+
 # -- templates ----------------------------------------------------------------------------------
 
 #: A template turns (image, the regions a prompt lists, the image's payload rows) into turns.
@@ -288,6 +319,13 @@ def grounding_turns(
 # -- reading sources ----------------------------------------------------------------------------
 
 
+def split_of(image_id: str, holdout_percent: float) -> str:
+    """``test`` for the images whose id's sha256 falls in the held-out share, else ``train``:
+    a split by image that no other row changes."""
+    h = int(hashlib.sha256(str(image_id).encode()).hexdigest()[:8], 16) % 10_000
+    return "test" if h < holdout_percent * 100 else "train"
+
+
 def read_rows(
     source: Source, counts: SourceCounts | None = None
 ) -> tuple[duckdb.DuckDBPyConnection, list[dict]]:
@@ -324,6 +362,8 @@ def read_rows(
         raise ConfigError(
             f"source {source.name}: task {source.task} needs columns {list(need)}, missing {missing}"
         )
+    if source.split is not None:
+        rows = [r for r in rows if split_of(r["image_id"], source.holdout_percent) == source.split]
     return con, rows
 
 
@@ -638,6 +678,10 @@ def build_mixture(data: DataSection, tok: Tokeniser) -> Mixture:
         c = counts[source.name] = SourceCounts(source.task)
         if source.task == "conversations":
             got = conversation_examples(source, tok, c, images_ok)
+        elif source.task in ("relation_qa", "relation_choice"):
+            from synthvg.train.relations import relation_examples
+
+            got = relation_examples(source, data, tok, c)
         else:
             got = dataset_examples(source, data, tok, c, images_ok)
         c.examples = len(got)

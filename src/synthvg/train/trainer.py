@@ -28,7 +28,7 @@ from synthvg.models.robin.loader import load_robin
 from synthvg.models.robin.prompt import preprocess_image
 from synthvg.schemas.config import ConfigError
 from synthvg.train.config import GROUP_PREFIXES, TrainConfig
-from synthvg.train.data import Example, Tokeniser, build_mixture
+from synthvg.train.data import Example, LlavaSGTokeniser, Tokeniser, build_mixture
 
 log = logging.getLogger("synthvg")
 MANIFEST = "training.json"
@@ -111,10 +111,9 @@ def parameter_groups(model, lrs: dict[str, float | None], weight_decay: float) -
     learning rate; a group whose rate is None is frozen (requires_grad False), as is the
     vision trunk's unused head."""
     by_group: dict[tuple[str, bool], list] = {}
+    prefixes_of = getattr(model, "PARAMETER_GROUPS", GROUP_PREFIXES)  # the model's own groups
     for name, p in model.named_parameters():
-        group = next(
-            (g for g, prefixes in GROUP_PREFIXES.items() if name.startswith(prefixes)), "lm"
-        )
+        group = next((g for g, prefixes in prefixes_of.items() if name.startswith(prefixes)), "lm")
         lr = lrs[group]
         # the ConvNeXt's own head is never run: frozen, or DDP would wait for its gradients
         p.requires_grad_(lr is not None and lr > 0 and ".trunk.head." not in name)
@@ -255,14 +254,30 @@ def last_checkpoint(output_dir: str, emit: Callable[[str], None] = print) -> str
     return None
 
 
+def load_model(cfg: TrainConfig):
+    """(model, tokenizer, tokeniser) of the config's model kind, from its checkpoint."""
+    if cfg.model.kind == "llava_sg":
+        from synthvg.models.llava_sg.loader import load_llava_sg
+
+        model, tokenizer = load_llava_sg(cfg.model.checkpoint, key="model.checkpoint")
+        if cfg.model.sge_mode is not None:
+            model.config.sge_mode = cfg.model.sge_mode
+        max_length = cfg.data.max_length or model.config.tokenizer_model_max_length
+        tok = LlavaSGTokeniser(
+            tokenizer, model.config.image_tokens, max_length, model.config.sge_mode != "off"
+        )
+        return model, tokenizer, tok
+    model, tokenizer, _ = load_robin(cfg.model.checkpoint)
+    max_length = cfg.data.max_length or model.config.tokenizer_model_max_length
+    return model, tokenizer, Tokeniser(tokenizer, model.config.image_tokens, max_length)
+
+
 def prepare(cfg: TrainConfig):
     """Load the model and build the mixture; every bad input is a ConfigError here, before training."""
     try:
-        model, tokenizer, _ = load_robin(cfg.model.checkpoint)
+        model, tokenizer, tok = load_model(cfg)
     except ModelLoadError as e:
         raise ConfigError(str(e)) from None
-    max_length = cfg.data.max_length or model.config.tokenizer_model_max_length
-    tok = Tokeniser(tokenizer, model.config.image_tokens, max_length)
     mixture = build_mixture(cfg.data, tok)
     if not mixture.examples:
         raise ConfigError(f"the data mixture is empty: {json.dumps(mixture.summary()['sources'])}")
@@ -312,10 +327,13 @@ def train(cfg: TrainConfig, *, emit: Callable[[str], None] = print) -> TrainResu
             + (f", dropped {c['dropped']}" if c["dropped"] else "")
             + (f", {c['splits']} split" if c["splits"] else "")
         )
-    model.config._attn_implementation = cfg.model.attn_implementation
+    if cfg.model.kind == "llava_sg":  # the wrapped LM's attention
+        model.set_attn_implementation(cfg.model.attn_implementation)
+    else:
+        model.config._attn_implementation = cfg.model.attn_implementation
     model.config.use_cache = False
     model.train()
-    lrs = cfg.groups.model_dump()
+    lrs = cfg.learning_rates()
     t = cfg.train
     args = TrainingArguments(
         output_dir=t.output_dir,
@@ -343,12 +361,15 @@ def train(cfg: TrainConfig, *, emit: Callable[[str], None] = print) -> TrainResu
         disable_tqdm=True,
         save_only_model=False,
     )
-    dataset = RobinDataset(mixture.examples, model.config.vision_image_size)
+    image_size = (
+        model.config.image_size if cfg.model.kind == "llava_sg" else model.config.vision_image_size
+    )
+    dataset = RobinDataset(mixture.examples, image_size)
     trainer = _trainer_class()(
         model=model,
         args=args,
         train_dataset=dataset,
-        data_collator=RobinCollator(tokenizer.pad_token_id, model.config.vision_image_size),
+        data_collator=RobinCollator(tokenizer.pad_token_id, image_size),
         lrs=lrs,
         lengths=[e.length for e in mixture.examples],
         group_by_length=t.group_by_length,
@@ -409,11 +430,18 @@ def export(
 ) -> None:
     """The model in the released layout, its manifest, and a check that the loader reads it."""
     from synthvg.models.identity import path_identity
-    from synthvg.models.robin.loader import read_config, weight_files
-    from synthvg.models.robin.writer import save_released
 
     model.config.use_cache = True
-    save_released(model, cfg.export_dir, tokenizer=tokenizer)
+    if cfg.model.kind == "llava_sg":
+        from synthvg.models.llava_sg.loader import read_config, save_llava_sg
+        from synthvg.models.robin.loader import weight_files
+
+        save_llava_sg(model, cfg.export_dir, tokenizer=tokenizer)
+    else:
+        from synthvg.models.robin.loader import read_config, weight_files
+        from synthvg.models.robin.writer import save_released
+
+        save_released(model, cfg.export_dir, tokenizer=tokenizer)
     manifest = {
         "synthvg_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),

@@ -68,7 +68,7 @@ def read_config(path: str) -> RobinConfig:
         raise ModelLoadError(f"robin.checkpoint: bad config {config_path}: {e}") from None
 
 
-def weight_files(path: str) -> list[str]:
+def weight_files(path: str, key: str = "robin.checkpoint") -> list[str]:
     """The safetensors files of a checkpoint; every shard the index names must exist."""
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
@@ -76,22 +76,18 @@ def weight_files(path: str) -> list[str]:
             with open(index) as f:
                 names = sorted(set(json.load(f)["weight_map"].values()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ModelLoadError(f"robin.checkpoint: cannot read {index}: {e}") from None
+            raise ModelLoadError(f"{key}: cannot read {index}: {e}") from None
         files = [os.path.join(path, n) for n in names]
         if missing := [n for n, f in zip(names, files, strict=True) if not os.path.isfile(f)]:
-            raise ModelLoadError(
-                f"robin.checkpoint: {path} misses shard(s) named by its index: {missing}"
-            )
+            raise ModelLoadError(f"{key}: {path} misses shard(s) named by its index: {missing}")
         return files
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(single):
         return [single]
-    raise ModelLoadError(
-        f"robin.checkpoint: {path} has no model.safetensors or model.safetensors.index.json"
-    )
+    raise ModelLoadError(f"{key}: {path} has no model.safetensors or model.safetensors.index.json")
 
 
-def read_state_dict(files: list[str]) -> dict[str, torch.Tensor]:
+def read_state_dict(files: list[str], key: str = "robin.checkpoint") -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -100,7 +96,7 @@ def read_state_dict(files: list[str]) -> dict[str, torch.Tensor]:
         try:
             state.update(load_file(f))
         except (OSError, SafetensorError) as e:
-            raise ModelLoadError(f"robin.checkpoint: cannot read {f}: {e}") from None
+            raise ModelLoadError(f"{key}: cannot read {f}: {e}") from None
     return state
 
 

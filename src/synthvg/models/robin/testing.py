@@ -75,13 +75,22 @@ def robin_3b_config(vocab_size: int = 151936, **overrides) -> RobinConfig:
     return RobinConfig(**{**base, **overrides})
 
 
-def build_tokenizer(path: str, vocab_size: int = 400):
-    """A byte-level BPE tokenizer trained on Robin's prompt vocabulary, with its special
-    tokens, saved to ``path`` (so AutoTokenizer loads it as it loads Qwen2's)."""
+def build_tokenizer(
+    path: str,
+    vocab_size: int = 400,
+    *,
+    special: list[str] | None = None,
+    corpus: list[str] | None = None,
+    eos_token: str = IM_END,
+):
+    """A byte-level BPE tokenizer trained on Robin's prompt vocabulary (or ``corpus``), with
+    its special tokens (or ``special``: the first is the padding token), saved to ``path`` (so
+    AutoTokenizer loads it as it loads Qwen2's)."""
+    special = special or _SPECIAL
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    corpus = [
+    corpus = corpus or [
         chatml([(first_message([(0, 0, 10, 10)] * 3, 100, 100, HOLISTIC_QUESTION), None)]),
         "Objects:\nregion1: a man in a red shirt\nregion2: a wooden table\n\nRelations:\nregion1: region2 sitting at, region3 next to",
         "Generate a description for: region1. Generate list of relationships for: region2.",
@@ -92,15 +101,15 @@ def build_tokenizer(path: str, vocab_size: int = 400):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=_SPECIAL,
+        special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus * 4, trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        eos_token=IM_END,
-        pad_token="<|endoftext|>",
-        additional_special_tokens=_SPECIAL[1:],
+        eos_token=eos_token,
+        pad_token=special[0],
+        additional_special_tokens=special[1:],
     )
     fast.save_pretrained(path)
     return fast

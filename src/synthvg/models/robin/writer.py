@@ -24,8 +24,6 @@ def save_released(
 ) -> None:
     """Write ``model`` (and ``tokenizer``) as the release is written. ``layer_scale='weight'``
     spells ConvNeXt's layer scale as transformers 4.43 did (for loader tests)."""
-    from safetensors.torch import save_file
-
     os.makedirs(path, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
@@ -35,6 +33,20 @@ def save_released(
             (k[: -len("gamma")] + "weight" if k.endswith(".gamma") else k): v
             for k, v in state.items()
         }
+    write_shards(state, path, shards)
+    config = model.config.to_dict()
+    config["architectures"] = ["RobinQwenForCausalLM"]
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+def write_shards(state: dict, path: str, shards: int = 1) -> None:
+    """``state`` as ``shards`` safetensors files (keys dealt round-robin in sorted order) and
+    the ``model.safetensors.index.json`` that lists them."""
+    from safetensors.torch import save_file
+
     keys = sorted(state)
     weight_map = {}
     for i in range(shards):
@@ -44,9 +56,3 @@ def save_released(
         weight_map.update(dict.fromkeys(part, name))
     with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": weight_map}, f)
-    config = model.config.to_dict()
-    config["architectures"] = ["RobinQwenForCausalLM"]
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(path)
