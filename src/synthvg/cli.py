@@ -1293,15 +1293,16 @@ def evaluate_relations_command(
 
     try:
         engine = LlavaSGEngine(model, device=device)
-        args = dict(sql=sql, holdout_percent=holdout_percent)
-        test = held_out_questions(root, split="test", **args)
+        test = held_out_questions(root, split="test", sql=sql, holdout_percent=holdout_percent)
         if not test:
             raise _fail(f"no relation questions on the held-out images of {root}")
         report = evaluate_relations(
             engine,
             test,
             form=form,
-            train_questions=held_out_questions(root, split="train", **args),
+            train_questions=held_out_questions(
+                root, split="train", sql=sql, holdout_percent=holdout_percent
+            ),
             root=root,
             holdout_percent=holdout_percent,
         )

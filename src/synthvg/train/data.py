@@ -90,6 +90,13 @@ class ImageRef:
     width: int | None = None
     height: int | None = None
 
+    def dims(self) -> tuple[int, int]:
+        """(width, height): known for a dataset's images; a template that needs them drops an
+        example whose image has none."""
+        if self.width is None or self.height is None:
+            raise Dropped("image_size_unknown")
+        return self.width, self.height
+
 
 @dataclass
 class Region:
@@ -223,7 +230,7 @@ Template = Callable[[ImageRef, list[Region], list], list[tuple[str, str]]]
 
 
 def _first(image: ImageRef, regions: list[Region], question: str) -> str:
-    return first_message([r.box for r in regions], image.width, image.height, question)
+    return first_message([r.box for r in regions], *image.dims(), question)
 
 
 def _graph(
@@ -265,7 +272,7 @@ def region_relations_turns(
     image: ImageRef, regions: list[Region], relations: list
 ) -> list[tuple[str, str]]:
     objects, rels = _graph(regions, relations)
-    turns = []
+    turns: list[tuple[str, str]] = []
     for k in objects:
         if parse_description(objects[k], k) != objects[k]:
             raise Dropped("target_not_parseable")
@@ -286,7 +293,7 @@ def region_caption_turns(
     image: ImageRef, regions: list[Region], captions: list
 ) -> list[tuple[str, str]]:
     number = {r.region_id: k for k, r in enumerate(regions, 1)}
-    turns = []
+    turns: list[tuple[str, str]] = []
     for region_id, text in captions:
         if (k := number.get(region_id)) is None:
             continue
@@ -303,7 +310,7 @@ def grounding_turns(
     image: ImageRef, regions: list[Region], captions: list
 ) -> list[tuple[str, str]]:
     boxes = {r.region_id: r.box for r in regions}
-    turns = []
+    turns: list[tuple[str, str]] = []
     for region_id, text in captions:
         if region_id not in boxes:
             continue
@@ -312,7 +319,7 @@ def grounding_turns(
             if not turns
             else grounding_question(" ".join(text.split()))
         )
-        turns.append((ask, box_text(boxes[region_id], image.width, image.height)))
+        turns.append((ask, box_text(boxes[region_id], *image.dims())))
     return turns
 
 
@@ -396,9 +403,9 @@ def _context(
         "SELECT image_id, region_id, stage, description FROM descriptions WHERE list_contains(?, image_id)",
         [image_ids],
     ):
-        key, r = (d["image_id"], d["region_id"]), rank.get(d["stage"], len(rank))
-        if d["description"] and (key not in best or r < best[key][0]):
-            best[key] = (r, d["description"])
+        key, order = (d["image_id"], d["region_id"]), rank.get(d["stage"], len(rank))
+        if d["description"] and (key not in best or order < best[key][0]):
+            best[key] = (order, d["description"])
     return images, regions, {k: v for k, (_, v) in best.items()}
 
 
@@ -406,11 +413,12 @@ def _regions(
     image: ImageRef, rows: list[dict], described: dict, max_regions: int, dropped: Counter
 ) -> list[Region]:
     """The regions a prompt lists, as the robin stage takes them: non-empty masks, largest first."""
-    from synthvg.stages.regions import region_mask
+    from synthvg.stages.common import region_mask
 
+    width, height = image.dims()
     out = []
     for r in rows:
-        rle = region_mask(r, image.height, image.width)
+        rle = region_mask(r, height, width)
         if not mask_ops.decode(rle).any():
             dropped["empty_mask_region"] += 1
             continue
@@ -539,6 +547,8 @@ def conversation_examples(
     source: Source, tok: Tokeniser, counts: SourceCounts, images_ok: dict
 ) -> list[Example]:
     """LLaVA/Osprey JSON conversations, read as they are; ``<image>`` goes first, as LLaVA puts it."""
+    if source.path is None:
+        raise ConfigError(f"source {source.name}: a conversations source needs a path")
     try:
         with open(source.path) as f:
             records = json.load(f)

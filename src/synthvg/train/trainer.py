@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +89,7 @@ class RobinCollator:
                 torch.tensor(x["labels"]),
                 1,
             )
-        batch = {
+        batch: dict[str, Any] = {
             "input_ids": ids,
             "labels": labels,
             "attention_mask": attention,
@@ -267,9 +268,9 @@ def load_model(cfg: TrainConfig):
             tokenizer, model.config.image_tokens, max_length, model.config.sge_mode != "off"
         )
         return model, tokenizer, tok
-    model, tokenizer, _ = load_robin(cfg.model.checkpoint)
-    max_length = cfg.data.max_length or model.config.tokenizer_model_max_length
-    return model, tokenizer, Tokeniser(tokenizer, model.config.image_tokens, max_length)
+    robin, tokenizer, _ = load_robin(cfg.model.checkpoint)
+    max_length = cfg.data.max_length or robin.config.tokenizer_model_max_length
+    return robin, tokenizer, Tokeniser(tokenizer, robin.config.image_tokens, max_length)
 
 
 def prepare(cfg: TrainConfig):
@@ -433,15 +434,19 @@ def export(
 
     model.config.use_cache = True
     if cfg.model.kind == "llava_sg":
-        from synthvg.models.llava_sg.loader import read_config, save_llava_sg
+        from synthvg.models.llava_sg.loader import read_config as read_llava_sg_config
+        from synthvg.models.llava_sg.loader import save_llava_sg
         from synthvg.models.robin.loader import weight_files
 
         save_llava_sg(model, cfg.export_dir, tokenizer=tokenizer)
+        check_export: Callable[[str], object] = read_llava_sg_config
     else:
         from synthvg.models.robin.loader import read_config, weight_files
         from synthvg.models.robin.writer import save_released
 
         save_released(model, cfg.export_dir, tokenizer=tokenizer)
+        check_export = read_config
+    loss_curve = [{"step": h["step"], "loss": h["loss"]} for h in log_history if "loss" in h]
     manifest = {
         "synthvg_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
@@ -469,13 +474,13 @@ def export(
         "tokens_per_s": result.tokens_per_s,
         "examples_per_s": result.examples_per_s,
         "resumed_from": result.resumed_from,
-        "loss_curve": [{"step": h["step"], "loss": h["loss"]} for h in log_history if "loss" in h],
+        "loss_curve": loss_curve,
     }
     with open(os.path.join(cfg.export_dir, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1, default=str)
     with open(os.path.join(cfg.train.output_dir, LOSS_PNG), "wb") as f:
-        f.write(loss_png(manifest["loss_curve"]))
-    read_config(cfg.export_dir)
+        f.write(loss_png(loss_curve))
+    check_export(cfg.export_dir)
     weight_files(cfg.export_dir)
 
 

@@ -170,7 +170,9 @@ class SamBoxSegmenter:
         if (kind := model_type_of(path, key)) != "sam":
             raise ModelLoadError(f"{key}: {path} holds a {kind!r} model, not SAM")
         self.processor = SamProcessor.from_pretrained(path, local_files_only=True)
-        self.model = SamModel.from_pretrained(path, local_files_only=True).to(device).eval()
+        self.model = (
+            SamModel.from_pretrained(path, local_files_only=True).to(device).eval()  # type: ignore[arg-type]
+        )
         self.device = torch.device(device)
 
     @torch.inference_mode()

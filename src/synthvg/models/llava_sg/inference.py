@@ -33,7 +33,7 @@ class LlavaSGEngine:
     def __init__(self, path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
         self.model, self.tokenizer = load_llava_sg(path, dtype=dtype)
         self.device = torch.device(device)
-        self.model.to(self.device)
+        self.model.to(self.device)  # type: ignore[arg-type]  # transformers types .to oddly
         self.name = path.rstrip("/").rsplit("/", 1)[-1]
         self._lock = threading.Lock()
 
@@ -137,4 +137,5 @@ class LlavaSGEngine:
                 encoded=[shared] * len(rows),
             )
             logits = self.model.language_model(inputs_embeds=embeds, attention_mask=att).logits
+        assert wide is not None  # labels were given
         return logits.cpu(), wide.cpu()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Any
 
 import torch
 
@@ -99,7 +100,7 @@ def load_tokenizer(path: str, key: str = KEY):
 
 def load_llava_sg(
     path: str, *, dtype: torch.dtype = torch.float32, key: str = KEY
-) -> tuple[LlavaSGForCausalLM, object]:
+) -> tuple[LlavaSGForCausalLM, Any]:
     """(model on the CPU in eval mode, tokenizer) from a local directory, keys checked."""
     from synthvg.models.llava_sg.prompt import token_ids
 

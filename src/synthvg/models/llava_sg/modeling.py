@@ -243,7 +243,7 @@ class LlavaSGForCausalLM(PreTrainedModel):
     def gradient_checkpointing_disable(self):
         self.language_model.gradient_checkpointing_disable()
 
-    def set_attn_implementation(self, name: str) -> None:
+    def set_attn_implementation(self, name: str) -> None:  # type: ignore[override]  # the LM's only
         self.language_model.config._attn_implementation = name
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
@@ -340,10 +340,10 @@ class LlavaSGForCausalLM(PreTrainedModel):
             picked = []
         else:
             encoded = [None] * rows
-        if picked:
+        if picked and pixel_values is not None:
             masks = [region_masks[j] if region_masks is not None else None for j in picked]
-            for j, e in zip(picked, self.encode(pixel_values[picked], masks), strict=True):
-                encoded[j] = e
+            for j, row in zip(picked, self.encode(pixel_values[picked], masks), strict=True):
+                encoded[j] = row
         embeds, row_labels = [], []
         for j in range(rows):
             ids = input_ids[j, : lengths[j]]

@@ -7,6 +7,8 @@ on the answers and their end-of-sequence token only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 IMAGE, SG, TEXT = "<image>", "<sg>", "<text>"
 SPECIAL_TOKENS = (IMAGE, SG, TEXT)
 SYSTEM = (
@@ -21,7 +23,7 @@ def token_ids(tokenizer) -> tuple[int, int, int]:
     return ids(IMAGE), ids(SG), ids(TEXT)
 
 
-def segments(turns: list[tuple[str, str | None]], with_image: bool) -> list[tuple[str, bool]]:
+def segments(turns: Sequence[tuple[str, str | None]], with_image: bool) -> list[tuple[str, bool]]:
     """(text, is_answer) pieces of a conversation; the last answer may be None (a prompt)."""
     out: list[tuple[str, bool]] = []
     for i, (question, answer) in enumerate(turns):
@@ -37,7 +39,7 @@ def segments(turns: list[tuple[str, str | None]], with_image: bool) -> list[tupl
 
 
 def encode(
-    tokenizer, turns: list[tuple[str, str | None]], with_image: bool
+    tokenizer, turns: Sequence[tuple[str, str | None]], with_image: bool
 ) -> tuple[list[int], list[int]]:
     """(ids, labels): labels on answers and the end-of-sequence after each, -100 elsewhere."""
     ids: list[int] = []

@@ -7,6 +7,7 @@ unpadded; only the image is padded to a square (``pad`` aspect ratio).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +71,7 @@ def first_message(
 Answer = str | list[int]
 
 
-def chatml_segments(turns: list[tuple[str, Answer | None]]) -> list[Answer]:
+def chatml_segments(turns: Sequence[tuple[str, Answer | None]]) -> list[Answer]:
     """A conversation ending with an open assistant turn, as text pieces; an earlier answer
     may be token ids (what the model generated), kept as they are rather than re-tokenised
     from decoded text, which need not give the same tokens or the same length."""
