@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import REPO, demo_config
+from helpers import REPO, build_with_verifier, demo_config, save_tiny_sam
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -368,63 +368,11 @@ def test_accuracy_counts_right_answers_of_any_model_through_the_protocol(demo_ro
         evaluate_relations(Oracle(), questions, form="essay")
 
 
-def _teacher(request: dict) -> str:
-    """One interactional relation per subject (the VQA verifier's) and one spatial (the rules')."""
-    from synthvg.llm.testing import last_user_text
-
-    ids = [int(m) for m in re.findall(r"^(\d+): ", last_user_text(request), re.M)][:5]
-    return json.dumps(
-        {
-            "subjects": [
-                {
-                    "subject_id": s,
-                    "description": f"thing {s}",
-                    "interactional": [{"object_id": o, "predicate": "holding"}],
-                    "spatial": [{"object_id": o, "predicate": "left of"}],
-                    "functional": [],
-                    "social": [],
-                    "emotional": [],
-                }
-                for s, o in zip(ids, ids[1:] + ids[:1], strict=True)
-            ]
-        }
-    )
-
-
 @needs_accelerate
 def test_a_trained_llava_sg_verifies_relations_in_a_build(trained, tmp_path, monkeypatch):
-    from synthvg.llm.testing import FakeOpenAIServer
-    from synthvg.pipeline import run_build
-    from synthvg.storage import connect
-
     export = trained[3][1]
-    monkeypatch.setenv("SYNTHVG_TEST_KEY", "sk-test")
-    with FakeOpenAIServer(responder=_teacher) as server:
-        cfg = demo_config(
-            tmp_path / "root",
-            limit=2,
-            shard_size=2,
-            teacher={
-                "backend": "openai",
-                "model": "m",
-                "base_url": server.base_url,
-                "api_key_env": "SYNTHVG_TEST_KEY",
-            },
-            filters={
-                "backend": "rules",
-                "verifiers": [{"kind": "llava_sg", "path": export, "device": "cpu"}],
-            },
-        )
-        run = run_build(cfg)
-    assert run.status == "completed"
-    rows = (
-        connect(cfg.out)
-        .sql(
-            "SELECT verdict, verdict_score, verified_by, verdict_reason FROM relations "
-            "WHERE stage = 'teacher' AND category = 'interactional'"
-        )
-        .fetchall()
-    )
+    verifier = {"kind": "llava_sg", "path": export, "device": "cpu"}
+    _, rows = build_with_verifier(tmp_path / "root", verifier, monkeypatch)
     assert rows
     name = f"vqa:{Path(export).name}"
     for verdict, score, by, reason in rows:
@@ -517,50 +465,6 @@ def _tiny_owlv2(path: Path) -> None:
     ).save_pretrained(path)
 
 
-def _tiny_sam(path: Path) -> None:
-    from transformers import (
-        SamConfig,
-        SamImageProcessor,
-        SamMaskDecoderConfig,
-        SamModel,
-        SamProcessor,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
-    )
-
-    torch.manual_seed(0)
-    sam = SamConfig(
-        vision_config=SamVisionConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=256,
-            patch_size=16,
-            output_channels=32,
-            mlp_dim=64,
-            global_attn_indexes=[1],
-            window_size=4,
-            num_pos_feats=16,
-        ),
-        prompt_encoder_config=SamPromptEncoderConfig(
-            hidden_size=32, image_size=256, patch_size=16, mask_input_channels=4
-        ),
-        mask_decoder_config=SamMaskDecoderConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            mlp_dim=64,
-            iou_head_hidden_dim=32,
-        ),
-    )
-    SamModel(sam).save_pretrained(path)
-    SamProcessor(
-        image_processor=SamImageProcessor(
-            size={"longest_edge": 256}, pad_size={"height": 256, "width": 256}
-        )
-    ).save_pretrained(path)
-
-
 def test_entities_from_regions_and_from_the_perception_chain_feed_the_model(
     demo_root, model_dir, tmp_path
 ):
@@ -590,7 +494,7 @@ def test_entities_from_regions_and_from_the_perception_chain_feed_the_model(
         dataset_entities(demo_root, image_id, table="relations")
     image = Image.fromarray(to_rgb(read_image(uri)[1]))
     _tiny_owlv2(tmp_path / "owl")
-    _tiny_sam(tmp_path / "sam")
+    save_tiny_sam(tmp_path / "sam")
     tagger = LabelTagger.from_root(demo_root)
     assert tagger.tags(image, image_id) == sorted({e.label for e in regions})
     detector = OpenVocabDetector(str(tmp_path / "owl"), threshold=0.0)

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 segment_anything = pytest.importorskip("segment_anything")
 
-from helpers import TINYCOCO, demo_config  # noqa: E402
+from helpers import TINYCOCO, demo_config, save_tiny_sam  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from synthvg.models.depth_anything import DepthAnything  # noqa: E402
@@ -69,16 +69,11 @@ def models(tmp_path_factory):
         Sam2Model,
         Sam2PromptEncoderConfig,
         Sam2VisionConfig,
-        SamConfig,
-        SamImageProcessor,
-        SamMaskDecoderConfig,
-        SamModel,
-        SamPromptEncoderConfig,
-        SamVisionConfig,
     )
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("models")
+    save_tiny_sam(root / "sam")
     decoder = {
         "hidden_size": 32,
         "num_hidden_layers": 2,
@@ -87,26 +82,6 @@ def models(tmp_path_factory):
         "iou_head_hidden_dim": 32,
     }
     prompt = {"hidden_size": 32, "image_size": 256, "patch_size": 16, "mask_input_channels": 4}
-    sam = SamConfig(
-        vision_config=SamVisionConfig(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=256,
-            patch_size=16,
-            output_channels=32,
-            mlp_dim=64,
-            global_attn_indexes=[1],
-            window_size=4,
-            num_pos_feats=16,
-        ),
-        prompt_encoder_config=SamPromptEncoderConfig(**prompt),
-        mask_decoder_config=SamMaskDecoderConfig(**decoder),
-    )
-    SamModel(sam).save_pretrained(root / "sam")
-    SamImageProcessor(
-        size={"longest_edge": 256}, pad_size={"height": 256, "width": 256}
-    ).save_pretrained(root / "sam")
     hiera = Sam2HieraDetConfig(
         hidden_size=16,
         num_attention_heads=1,

@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from helpers import demo_config  # noqa: E402
+from helpers import build_with_verifier  # noqa: E402
 from PIL import Image  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import (  # noqa: E402
@@ -30,10 +30,8 @@ from transformers import (  # noqa: E402
     PreTrainedTokenizerFast,
 )
 
-from synthvg.llm.testing import FakeOpenAIServer, last_user_text  # noqa: E402
 from synthvg.models.vqa import Question  # noqa: E402
 from synthvg.models.vqa_transformers import TransformersVerifier, build_prompt  # noqa: E402
-from synthvg.pipeline import run_build  # noqa: E402
 from synthvg.prompts import load_prompt  # noqa: E402
 from synthvg.schemas.config import TransformersVerifierConfig  # noqa: E402
 from synthvg.storage import connect  # noqa: E402
@@ -202,51 +200,12 @@ def test_a_tokenizer_without_yes_no_tokens_fails_at_load(model_dir, tmp_path):
         _verifier(copy, 2)
 
 
-def _teacher(request: dict) -> str:
-    """Per subject one interactional (for the verifier) and one spatial (for the rules) relation."""
-    ids = [int(m) for m in re.findall(r"^(\d+): ", last_user_text(request), re.M)][:5]
-    subjects = [
-        {
-            "subject_id": s,
-            "description": f"thing {s}",
-            "interactional": [{"object_id": o, "predicate": "holding"}],
-            "spatial": [{"object_id": o, "predicate": "left of"}],
-            "functional": [],
-            "social": [],
-            "emotional": [],
-        }
-        for s, o in zip(ids, ids[1:] + ids[:1], strict=True)
-    ]
-    return json.dumps({"subjects": subjects})
-
-
 def test_filters_stage_verifies_non_spatial_relations_with_the_local_model(
     model_dir, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("SYNTHVG_TEST_KEY", "sk-test")
-    with FakeOpenAIServer(responder=_teacher) as server:
-        cfg = demo_config(
-            tmp_path / "root",
-            limit=2,
-            shard_size=2,
-            teacher={
-                "backend": "openai",
-                "model": "m",
-                "base_url": server.base_url,
-                "api_key_env": "SYNTHVG_TEST_KEY",
-            },
-            filters={
-                "backend": "rules",
-                "verifiers": [{"kind": "transformers", "path": str(model_dir), "threshold": 0.5}],
-            },
-        )
-        run = run_build(cfg)
-    assert run.status == "completed"
+    verifier = {"kind": "transformers", "path": str(model_dir), "threshold": 0.5}
+    cfg, rows = build_with_verifier(tmp_path / "root", verifier, monkeypatch)
     con = connect(cfg.out)
-    rows = con.sql(
-        "SELECT verdict, verdict_score, verified_by, verdict_reason FROM relations "
-        "WHERE stage = 'teacher' AND category = 'interactional'"
-    ).fetchall()
     assert rows
     for verdict, score, by, reason in rows:
         assert by == f"vqa:{model_dir.name}"
