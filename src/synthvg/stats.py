@@ -20,6 +20,18 @@ PAPER_TABLE_1 = [
 ]
 
 
+#: The counts a build's stats artifact and the dataset card show first.
+HEADLINE_COUNTS = (
+    "images",
+    "regions",
+    "regions_kept",
+    "proposals",
+    "relations",
+    "relations_not_dropped",
+    "errors",
+)
+
+
 def compute_stats(root: str | Dataset) -> dict:
     con = connect(root)
     try:

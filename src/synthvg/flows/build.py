@@ -49,7 +49,7 @@ from synthvg.pipeline import (
 from synthvg.schemas import RunManifest, StageSummary
 from synthvg.schemas.config import BuildConfig
 from synthvg.stages import ShardSpec, graph
-from synthvg.stats import compute_stats
+from synthvg.stats import HEADLINE_COUNTS, compute_stats
 from synthvg.storage import Dataset, LockLost, StorageRefused, StorageWriteError, build_lock
 from synthvg.tasks import plan_task, shard_task
 
@@ -384,18 +384,7 @@ def publish_flow(config: BuildConfig) -> dict:
     t = stats["table1"]
     create_table_artifact(
         key=artifact_key(config.name, "stats"),
-        table=[
-            {"metric": k, "value": stats[k]}
-            for k in (
-                "images",
-                "regions",
-                "regions_kept",
-                "proposals",
-                "relations",
-                "relations_not_dropped",
-                "errors",
-            )
-        ]
+        table=[{"metric": k, "value": stats[k]} for k in HEADLINE_COUNTS]
         + [{"metric": k, "value": v} for k, v in t.items()],
         description=f"dataset statistics of {config.name}",
     )

@@ -23,7 +23,7 @@ from synthvg import __version__
 from synthvg.flows.build import artifact_key, output_link
 from synthvg.render import render_image_from_dataset
 from synthvg.schemas import RunManifest
-from synthvg.stats import PAPER_TABLE_1, compute_stats
+from synthvg.stats import HEADLINE_COUNTS, PAPER_TABLE_1, compute_stats
 from synthvg.storage import Dataset, connect, fetch_dicts
 
 REPORT_DIR = "report"
@@ -261,22 +261,7 @@ def _card(
             else []
         ),
         "## Contents\n",
-        _md_table(
-            [
-                {
-                    k: stats[k]
-                    for k in (
-                        "images",
-                        "regions",
-                        "regions_kept",
-                        "proposals",
-                        "relations",
-                        "relations_not_dropped",
-                        "errors",
-                    )
-                }
-            ]
-        ),
+        _md_table([{k: stats[k] for k in HEADLINE_COUNTS}]),
         "## Table 1 (the SVG paper's columns)\n",
         "objects/image: regions per image; triplets/image: relations not dropped, per image; "
         "predicates/region: those relations per region.\n",
