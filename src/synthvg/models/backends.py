@@ -7,12 +7,14 @@ backends (``teacher.backend``: rules and an LLM behind one protocol) register in
 :mod:`synthvg.stages.teacher` through the same :class:`Registry`. A backend is a factory
 ``(section, build config) -> backend``; its module is imported only when it is created, so a
 config check or a CPU build never imports torch, and a missing extra is a one-line
-:class:`~synthvg.models.errors.ModelLoadError`. A new backend is one function here (or in its
-stage's module) and its config section, nothing else.
+:class:`~synthvg.models.errors.ModelLoadError`. A new backend is one line here (a class that
+takes its section) or one factory function (here or in its stage's module), and its config
+section, nothing else.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -54,6 +56,16 @@ class Registry(Generic[B]):
 
         return add
 
+    def register_class(self, tag: str, target: str) -> None:
+        """Register a backend class that takes its config section, as ``"module:Class"`` (imported
+        only when a build creates it)."""
+
+        def factory(section: Any, build: BuildConfig) -> Any:
+            module, name = target.split(":")
+            return getattr(importlib.import_module(module), name)(section)
+
+        self.register(tag)(factory)
+
     def tags(self) -> list[str]:
         return list(self._factories)
 
@@ -77,39 +89,16 @@ DEPTH: Registry[DepthModel] = Registry("depth.backend")
 VERIFIERS: Registry[VQAVerifier] = Registry("filters.verifiers[].kind")
 
 
-@PROPOSERS.register("felzenszwalb")
-def _felzenszwalb(section: Any, build: BuildConfig) -> Any:
-    from synthvg.models.proposers import FelzenszwalbProposer
-
-    return FelzenszwalbProposer(section)
-
-
-@PROPOSERS.register("precomputed")
-def _precomputed(section: Any, build: BuildConfig) -> Any:
-    from synthvg.models.precomputed import PrecomputedProposer
-
-    return PrecomputedProposer(section)
-
-
-@PROPOSERS.register("segment_anything")
-def _segment_anything(section: Any, build: BuildConfig) -> Any:
-    from synthvg.models.sam_package import SegmentAnythingProposer
-
-    return SegmentAnythingProposer(section)
-
-
-@PROPOSERS.register("transformers_sam")
-def _transformers_sam(section: Any, build: BuildConfig) -> Any:
-    from synthvg.models.sam_transformers import TransformersSamProposer
-
-    return TransformersSamProposer(section)
-
-
-@DEPTH.register("depth-anything")
-def _depth_anything(section: Any, build: BuildConfig) -> Any:
-    from synthvg.models.depth_anything import DepthAnything
-
-    return DepthAnything(section)
+for _registry, _tag, _target in (
+    (PROPOSERS, "felzenszwalb", "synthvg.models.proposers:FelzenszwalbProposer"),
+    (PROPOSERS, "precomputed", "synthvg.models.precomputed:PrecomputedProposer"),
+    (PROPOSERS, "segment_anything", "synthvg.models.sam_package:SegmentAnythingProposer"),
+    (PROPOSERS, "transformers_sam", "synthvg.models.sam_transformers:TransformersSamProposer"),
+    (DEPTH, "depth-anything", "synthvg.models.depth_anything:DepthAnything"),
+    (VERIFIERS, "transformers", "synthvg.models.vqa_transformers:TransformersVerifier"),
+    (VERIFIERS, "llava_sg", "synthvg.models.llava_sg.verifier:LlavaSGVerifier"),
+):
+    _registry.register_class(_tag, _target)
 
 
 @VERIFIERS.register("openai")
@@ -120,17 +109,3 @@ def _openai_verifier(section: Any, build: BuildConfig) -> Any:
     return OpenAIVerifier(
         section, None, client=make_client(section, build, scope=f"filters:{section.model}")
     )
-
-
-@VERIFIERS.register("transformers")
-def _transformers_verifier(section: Any, build: BuildConfig) -> Any:
-    from synthvg.models.vqa_transformers import TransformersVerifier
-
-    return TransformersVerifier(section)
-
-
-@VERIFIERS.register("llava_sg")
-def _llava_sg_verifier(section: Any, build: BuildConfig) -> Any:
-    from synthvg.models.llava_sg.verifier import LlavaSGVerifier
-
-    return LlavaSGVerifier(section)
