@@ -34,6 +34,7 @@ from urllib.parse import quote, urlencode
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO / "benchmarks")]  # this checkout's synthvg
 
+from _results import append_results  # noqa: E402
 from bench_query import build_root  # noqa: E402
 
 
@@ -202,12 +203,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(
-                "\n## The explorer on an SVG-scale root (benchmarks/bench_explorer.py)\n\n"
-                + table
-                + "\n"
-            )
+        append_results(table, "The explorer on an SVG-scale root (benchmarks/bench_explorer.py)")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+from _results import append_results  # noqa: E402
+
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -139,10 +141,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(
-                "\n## Overlapped shard execution (benchmarks/bench_overlap.py)\n\n" + table + "\n"
-            )
+        append_results(table, "Overlapped shard execution (benchmarks/bench_overlap.py)")
 
 
 if __name__ == "__main__":

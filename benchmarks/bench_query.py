@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import append_results
+
 REPO = Path(__file__).resolve().parents[1]
 
 # (name, SQL over the views, SQL over raw files: {relations} {regions} {images} are file lists)
@@ -232,12 +234,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(
-                "\n## Opening and querying a paper-scale root (benchmarks/bench_query.py)\n\n"
-                + table
-                + "\n"
-            )
+        append_results(table, "Opening and querying a paper-scale root (benchmarks/bench_query.py)")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "tests"))
+from _results import append_results  # noqa: E402
 
 
 def noop_flows():
@@ -186,8 +187,7 @@ def main() -> int:
     lines = _report(args, demo, noop, (load_before, os.getloadavg()[0]))
     print("\n".join(lines))
     if args.write:
-        with open(REPO / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write("\n" + "\n".join(lines) + "\n")
+        append_results("\n".join(lines))
     return 0
 
 
