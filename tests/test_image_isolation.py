@@ -18,7 +18,7 @@ from synthvg.pipeline import run_build
 from synthvg.readers.join import Joiner
 from synthvg.schemas.config import MAX_IMAGE_PIXELS, FelzenszwalbConfig
 from synthvg.stages.base import RunContext, StageOutput
-from synthvg.stages.images import load_rgb
+from synthvg.stages.common import load_rgb
 from synthvg.storage import connect
 
 BIG_ID = 999_000_001

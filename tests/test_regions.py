@@ -27,8 +27,8 @@ from synthvg.models.proposers import Proposal, to_proposals
 from synthvg.pipeline import fingerprints, run_build
 from synthvg.schemas.config import ConfigError, MergeParams, UncoveredConfig, load_config
 from synthvg.stages import ShardSpec
+from synthvg.stages.common import per_image, to_rgb
 from synthvg.stages.depth import depth_png, depth_stats
-from synthvg.stages.images import per_image, to_rgb
 from synthvg.stages.regions import check_regions, uncovered
 from synthvg.storage import connect
 
