@@ -24,14 +24,21 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_prefect import BIN, REPO, child_env, local_server, started, wait_until  # noqa: E402
+from local_prefect import (  # noqa: E402
+    BIN,
+    REPO,
+    child_env,
+    local_server,
+    run_check,
+    started,
+    wait_until,
+)
 
 BUILD = "build-dataset/demo-build"
 REPORT = "dataset-report/dataset-report"
@@ -171,15 +178,7 @@ def check(tmp: Path) -> None:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory(prefix="synthvg-deploy-check-") as tmp:
-        try:
-            check(Path(tmp))
-        except Exception:
-            for log in sorted(Path(tmp).rglob("*.log")):
-                print(f"--- {log.name} (tail)", file=sys.stderr)
-                print(log.read_text(errors="replace")[-4000:], file=sys.stderr)
-            raise
-    return 0
+    return run_check(check, "synthvg-deploy-check-")
 
 
 if __name__ == "__main__":

@@ -119,3 +119,19 @@ def local_server(home: Path, port: int | None = None) -> Iterator[str]:
                 f"prefect server exited with {proc.returncode}; see {home / 'server.log'}"
             )
         yield url
+
+
+def run_check(check, prefix: str) -> int:
+    """Run ``check(tmp)`` in a fresh temporary folder; on failure print the tail of every log it
+    left there (server, worker) before re-raising."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        try:
+            check(Path(tmp))
+        except Exception:
+            for log in sorted(Path(tmp).rglob("*.log")):
+                print(f"--- {log.name} (tail)", file=sys.stderr)
+                print(log.read_text(errors="replace")[-6000:], file=sys.stderr)
+            raise
+    return 0
