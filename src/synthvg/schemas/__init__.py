@@ -1,6 +1,6 @@
 """Records (pydantic) and the tables (Arrow schemas) they define."""
 
-from synthvg.schemas.arrow import schema_of, to_table
+from synthvg.schemas.arrow import schema_of, table_from_columns, to_table
 from synthvg.schemas.records import (
     CATEGORIES,
     RLE,
@@ -64,5 +64,6 @@ __all__ = [
     "ShardManifest",
     "StageSummary",
     "schema_of",
+    "table_from_columns",
     "to_table",
 ]

@@ -87,6 +87,54 @@ def to_table(model: type[BaseModel], records: Iterable[BaseModel]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema_of(model))
 
 
+def _repeat(scalar: pa.Scalar, rows: int) -> pa.Array:
+    """``scalar`` on ``rows`` rows (``pa.repeat`` refuses an empty list)."""
+    if not scalar.is_valid:
+        return pa.nulls(rows, scalar.type)
+    if pa.types.is_list(scalar.type):
+        values = scalar.values
+        offsets = pa.array(range(0, len(values) * rows + 1, len(values) or 1), pa.int32())
+        if not len(values):
+            offsets = pa.array([0] * (rows + 1), pa.int32())
+        tiled = values.take(
+            pa.array([i % len(values) for i in range(len(values) * rows)], pa.int64())
+        )
+        return pa.ListArray.from_arrays(offsets, tiled, type=scalar.type)
+    return pa.repeat(scalar, rows)
+
+
+def table_from_columns(
+    model: type[BaseModel], columns: dict[str, typing.Any], rows: int
+) -> pa.Table:
+    """Columns -> Arrow table with exactly the model's schema, without records in between (the
+    vectorised writers' :func:`to_table`). A column is an Arrow array or a list of values; a
+    ``pa.Scalar`` or plain scalar is repeated on every row; a field left out takes its default,
+    as ``model_dump`` would write it (a required field left out is an error)."""
+    schema = schema_of(model)
+    arrays = []
+    for f in schema:
+        if f.name in columns:
+            value = columns[f.name]
+        else:
+            info = model.model_fields[f.name]
+            if info.is_required():
+                raise ValueError(f"{model.__name__}.{f.name} is required")
+            value = pa.scalar(info.get_default(call_default_factory=True), type=f.type)
+        if isinstance(value, (pa.Array, pa.ChunkedArray)):
+            if isinstance(value, pa.ChunkedArray):
+                value = value.combine_chunks()
+            array = value if value.type == f.type else value.cast(f.type)
+        elif isinstance(value, list):
+            array = pa.array(value, type=f.type)
+        else:
+            scalar = value if isinstance(value, pa.Scalar) else pa.scalar(value, type=f.type)
+            array = _repeat(scalar.cast(f.type), rows)
+        if len(array) != rows:
+            raise ValueError(f"{model.__name__}.{f.name}: {len(array)} values for {rows} rows")
+        arrays.append(array)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
 def from_table(model: type[BaseModel], table: pa.Table) -> list[BaseModel]:
     """Arrow table -> validated records (used where a stage wants typed rows back)."""
     return [model.model_validate(row) for row in table.to_pylist()]

@@ -1,0 +1,305 @@
+"""The vectorised `synthvg import` writes exactly what the per-row path writes, shard by shard.
+
+The oracle is the per-row path itself (the import as it was, record by record), forced for
+every file; the vectorised import of the same files must give the same rows in the same order
+in the same shards (run ids and timestamps aside)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from synthvg import masks
+from synthvg.export import svg_import
+from synthvg.export.svg_import import import_svg
+from synthvg.pipeline import PLAN_FILE
+from synthvg.storage import Dataset
+
+RLE = masks.encode(np.pad(np.ones((2, 3), dtype=bool), ((1, 1), (1, 2)))).counts  # 4 x 6 image
+
+
+def _region(bbox, segmentation=None, area=None):
+    return {"bbox": bbox, "segmentation": segmentation, "area": area}
+
+
+def _graph(objects, relations=None, **extra):
+    graph = {"objects": objects, **extra}
+    if relations is not None:
+        graph["relations"] = relations
+    return json.dumps(graph)
+
+
+def _rows() -> list[dict]:
+    box = [0.0, 0.0, 2.0, 2.0]
+    seg = {"size": [4, 6], "counts": RLE}
+    two = [_region(box, seg, 7.0), _region([1.0, 1.0, 3.0, 2.0])]
+    meta = {"width": 6, "height": 4}
+    rows = [
+        # fine, with masks, a file name, duplicate triples after normalisation
+        dict(
+            image_id="a.jpg",
+            file_name="a.jpg",
+            metadata=meta,
+            regions=two,
+            scene_graph=_graph(
+                ["a man", "a kite"],
+                [[0, 1, "Holding"], [0, 1, "ÀB"], [0, 1, "holding"], [1, 0, "Under "]],
+            ),
+        ),
+        # no file name (the image file is found by id), no relations key, a kept ':' id
+        dict(
+            image_id="coco:7",
+            file_name=None,
+            metadata=meta,
+            regions=two,
+            scene_graph=_graph(["x", "y"]),
+        ),
+        dict(  # the same id again
+            image_id="a.jpg", file_name="a.jpg", metadata=meta, regions=two, scene_graph="{}"
+        ),
+        # a Python-literal graph: tuples, a bad relation shown as Python writes it
+        dict(
+            image_id="lit",
+            file_name="",
+            metadata=meta,
+            regions=two,
+            scene_graph="{'objects': ['man', 'kite'], 'relations': [(0, 1, 'on'), (0, 0, 'near'), (1, 0, 'by')]}",
+        ),
+        dict(image_id="bad-graph", metadata=meta, regions=two, scene_graph="not a graph"),
+        dict(image_id="null-graph", metadata=meta, regions=two, scene_graph=None),
+        dict(image_id="no-objects", metadata=meta, regions=two, scene_graph='{"relations": []}'),
+        dict(image_id="list-graph", metadata=meta, regions=two, scene_graph="[1, 2]"),
+        dict(
+            image_id="no-width",
+            metadata={"width": None, "height": 4},
+            regions=two,
+            scene_graph=_graph(["a", "b"]),
+        ),
+        dict(image_id="no-meta", metadata=None, regions=two, scene_graph=_graph(["a", "b"])),
+        # three objects, two regions; relations to the third object are bad
+        dict(
+            image_id="mismatch",
+            metadata=meta,
+            regions=two,
+            scene_graph=_graph(["a", "b", "c"], [[0, 2, "on"], [1, 0, "on"]]),
+        ),
+        dict(image_id="no-regions", metadata=meta, regions=None, scene_graph=_graph(["a"])),
+        # masks that do not fit the image, or whose counts are not ASCII
+        dict(
+            image_id="bad-masks",
+            metadata=meta,
+            regions=[
+                _region(box, {"size": [5, 6], "counts": RLE}),
+                _region(box, {"size": [4, 6], "counts": "é" + RLE}),
+                _region([0.0, 0.0, -2.0, 3.0], None, None),
+                _region([0.5, 0.25, 1.5, 3.0], None, 0.0),
+            ],
+            scene_graph=_graph(["a", "b", "c", "d"], [[2, 3, "near"]]),
+        ),
+        # every kind of bad relation item, and odd ones the per-row path takes
+        dict(
+            image_id="relations",
+            metadata=meta,
+            regions=two,
+            scene_graph='{"objects": ["a", "b"], "relations": [[0, 0, "on"], [0, 5, "on"], '
+            '[-1, 0, "on"], [0.0, 1, "on"], ["0", 1, "on"], [0, 1], {"s": 0, "o": 1, "p": 2}, '
+            '[0, 1, "!!!"], 7, null, [0, 1, null, 3], [1e400, 0, "x"], '
+            '[18446744073709551616, 0, "x"], [0, 1, "à côté de"], [0, NaN, "on"]]}',
+        ),
+        dict(
+            image_id="odd-predicate",
+            metadata=meta,
+            regions=two,
+            scene_graph='{"objects": ["a", "b"], "relations": [[0, 1, 5], [1, 0, "on"]]}',
+        ),
+        dict(
+            image_id="odd-id",
+            metadata=meta,
+            regions=two,
+            scene_graph='{"objects": ["a", "b"], "relations": [[true, 0, "on"]]}',
+        ),
+        dict(
+            image_id="dict-objects",
+            metadata=meta,
+            regions=two,
+            scene_graph='{"objects": [{"name": "a"}, 3], "relations": [[0, 1, "on"]]}',
+        ),
+        dict(
+            image_id="repeated-key",
+            metadata=meta,
+            regions=two,
+            scene_graph='{"objects": ["a"], "objects": ["b", "c"], "relations": [[0, 1, "on"]]}',
+        ),
+        dict(
+            image_id="falsy-relations",
+            metadata=meta,
+            regions=two,
+            scene_graph='{"objects": ["a", "b"], "relations": ""}',
+        ),
+        dict(
+            image_id="string-relations",
+            metadata=meta,
+            regions=two,
+            scene_graph='{"objects": ["a", "b"], "relations": "ab"}',
+        ),
+        dict(  # JSON that DuckDB reads but Python does not (a trailing comma): a Python literal
+            image_id="trailing-comma",
+            metadata=meta,
+            regions=two,
+            scene_graph='{"objects": ["a", "b"], "relations": [[0, 1, "on"],],}',
+        ),
+        dict(
+            image_id="null-box",
+            metadata=meta,
+            regions=[_region(box), None],
+            scene_graph=_graph(["a"], [[0, 1, "on"]]),
+        ),
+        dict(
+            image_id="emoji 😀",
+            metadata=meta,
+            regions=two,
+            scene_graph=_graph(["😀 face", "b"], [[0, 1, "Next-To"], [1, 0, "next to"]]),
+        ),
+    ]
+    for row in rows:
+        row.setdefault("file_name", None)
+    return rows
+
+
+def _write(tmp_path) -> list[str]:
+    """A fast-layout file, a file with flat metadata columns and integer ids, and files whose
+    segmentations are polygons or uncompressed RLE (those go the per-row way as a whole)."""
+    first = tmp_path / "a.parquet"
+    pq.write_table(pa.Table.from_pylist(_rows()), first)
+    flat = tmp_path / "flat.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "image_id": i,
+                    "metadata/width": 6,
+                    "metadata/height": 4 if i != 3 else None,
+                    "regions": [{"bbox": [0, 0, 1, i]}, {"bbox": [1, 1, 2, 2]}],
+                    "scene_graph": _graph(["p", "q"], [[0, 1, f"pred{i % 3}"]]),
+                }
+                for i in range(1, 9)
+            ]
+        ),
+        flat,
+    )
+    polygons = tmp_path / "polygons.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "image_id": "poly",
+                    "metadata": {"width": 6, "height": 4},
+                    "regions": [
+                        {"bbox": [0.0, 0.0, 2.0, 2.0], "segmentation": [[0, 0, 2, 0, 2, 2]]},
+                        {"bbox": [0.0, 0.0, 2.0, 2.0], "segmentation": [[0, 0, 2]]},
+                    ],
+                    "scene_graph": _graph(["a", "b"], [[0, 1, "on"]]),
+                },
+                {"image_id": "a.jpg", "metadata": {"width": 6, "height": 4}, "scene_graph": "{}"},
+            ]
+        ),
+        polygons,
+    )
+    counts = tmp_path / "uncompressed.parquet"
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "image_id": "sam",
+                    "metadata": {"width": 6, "height": 4},
+                    "regions": [
+                        {
+                            "bbox": [0.0, 0.0, 2.0, 2.0],
+                            "segmentation": {"size": [4, 6], "counts": [2, 3, 19]},
+                        }
+                    ],
+                    "scene_graph": _graph(["a"]),
+                }
+            ]
+        ),
+        counts,
+    )
+    return [str(first), str(flat), str(polygons), str(counts), str(first)]
+
+
+def _shards(root: str) -> tuple[dict, dict]:
+    """Every committed (stage, shard, table)'s rows, run ids and timestamps left out; the plan."""
+    dataset = Dataset(root)
+    out = {}
+    for m in dataset.manifests():
+        for f in m.files:
+            rows = pq.read_table(dataset.abspath(f.path)).to_pylist()
+            for row in rows:
+                row.pop("run_id", None)
+                row.pop("created_at", None)
+            out[(m.stage, m.shard, f.table)] = (m.image_count, rows)
+    return out, dataset.read_json(dataset.abspath(PLAN_FILE))
+
+
+@pytest.mark.parametrize("shard_size,batch_rows", [(1000, 5000), (3, 4)])
+def test_vectorised_import_writes_what_the_per_row_import_writes(
+    tmp_path, monkeypatch, shard_size, batch_rows
+):
+    files = _write(tmp_path)
+    images = tmp_path / "img"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"jpeg-ish")
+    (images / "coco:7").write_bytes(b"another")
+    monkeypatch.setattr(svg_import, "BATCH_ROWS", batch_rows)
+    for images_dir in (str(images), None):
+        tag = "img" if images_dir else "noimg"
+        fast = import_svg(
+            files, str(tmp_path / f"fast-{tag}"), images_dir=images_dir, shard_size=shard_size
+        )
+        with monkeypatch.context() as m:
+            m.setattr(svg_import, "_fast_layout", lambda schema: False)
+            slow = import_svg(
+                files, str(tmp_path / f"slow-{tag}"), images_dir=images_dir, shard_size=shard_size
+            )
+        assert fast == slow.__class__(**{**slow.__dict__, "root": fast.root})
+        got, got_plan = _shards(str(tmp_path / f"fast-{tag}"))
+        want, want_plan = _shards(str(tmp_path / f"slow-{tag}"))
+        assert got.keys() == want.keys()
+        for key in want:
+            assert got[key][0] == want[key][0], key
+            assert len(got[key][1]) == len(want[key][1]), key
+            for a, b in zip(got[key][1], want[key][1], strict=True):
+                assert a == b, key
+        assert got_plan == want_plan
+    kinds = {
+        r["kind"] for (_, _, table), (_, rows) in want.items() if table == "errors" for r in rows
+    }
+    assert kinds == {
+        "svg_bad_scene_graph",
+        "svg_bad_metadata",
+        "svg_objects_regions_mismatch",
+        "svg_bad_relation",
+        "svg_duplicate_image",
+        "bad_segmentation",
+    }
+    assert fast.images > 20 and fast.relations > 10
+
+
+def test_vectorised_path_takes_the_usual_rows_itself(tmp_path, monkeypatch):
+    """The per-row path is the exception: on clean rows it is not called at all."""
+    path = tmp_path / "clean.parquet"
+    rows = [_rows()[i] for i in (0, 1, 10, 12)]  # fine, fine, mismatched, bad masks
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    called = []
+    original = svg_import._per_row
+    monkeypatch.setattr(
+        svg_import,
+        "_per_row",
+        lambda importer, rows: called.append(len(rows)) or original(importer, rows),
+    )
+    report = import_svg([str(path)], str(tmp_path / "root"))
+    assert report.images == 4 and called == []
