@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -470,6 +471,11 @@ class _Vectorised:
             if slow[i]:
                 continue
             try:
+                orjson.loads(text)  # strict JSON: what it reads, json.loads reads the same
+                continue
+            except Exception:
+                pass
+            try:
                 json.loads(text)
                 continue
             except json.JSONDecodeError:
@@ -503,53 +509,59 @@ class _Vectorised:
             }
         )
         con = self.con
-        con.register("b", rows)
+        con.register("batch_rows", rows)
         # a scene graph the vectorised path reads as Python would: a JSON object without
-        # repeated keys, ``objects`` a list of strings, ``relations`` a list or absent/null
-        clean = (
-            con.sql(
-                f"""SELECT coalesce(CASE WHEN eligible AND json_valid(sg) AND json_type(sg) = 'OBJECT' THEN
-                  len(json_keys(sg)) = len(list_distinct(json_keys(sg)))
-                  AND json_type(sg, '$.objects') = 'ARRAY'
-                  AND coalesce(json_type(sg, '$.relations'), 'NULL') IN ('ARRAY', 'NULL')
-                  AND coalesce(list_bool_and(list_transform(json_type(sg, '$.objects[*]'),
-                                                            lambda t: t = 'VARCHAR')), true)
-                  AND coalesce(list_bool_and(list_transform(regions, lambda r: {region_ok})), true)
-                END, false) AS clean FROM b ORDER BY idx"""
-            )
-            .to_arrow_table()
-            .column(0)
-            .to_numpy(zero_copy_only=False)
+        # repeated keys, ``objects`` a list of strings, ``relations`` a list or absent/null;
+        # regions with a 4-number box and a segmentation that is null or a {size, counts}
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE rows AS
+            SELECT idx, image_id, width, height, sg, coalesce(regions, []) AS regions,
+              coalesce(CASE WHEN eligible AND json_valid(sg) AND json_type(sg) = 'OBJECT' THEN
+                len(json_keys(sg)) = len(list_distinct(json_keys(sg)))
+                AND json_type(sg, '$.objects') = 'ARRAY'
+                AND coalesce(json_type(sg, '$.relations'), 'NULL') IN ('ARRAY', 'NULL')
+                AND coalesce(list_bool_and(list_transform(json_type(sg, '$.objects[*]'),
+                                                          lambda t: t = 'VARCHAR')), true)
+                AND coalesce(list_bool_and(list_transform(regions, lambda r: {region_ok})), true)
+              END, false) AS clean,
+              width IS NOT NULL AND height IS NOT NULL AS meta_ok
+            FROM batch_rows"""
         )
+        con.unregister("batch_rows")
+        clean = con.sql("SELECT clean FROM rows ORDER BY idx").to_arrow_table().column(0).to_numpy()
         slow |= ~clean
         meta_ok = ~(width.is_null().to_numpy(zero_copy_only=False)) & ~(
             height.is_null().to_numpy(zero_copy_only=False)
         )
-        usable = ~slow & meta_ok
-        con.register("b", rows.append_column("usable", pa.array(usable)))
-        # relations: every item of a usable row, classified; 'odd' sends its row the per-row way
+        # relations: every item of a usable row, classified from its elements' JSON text
+        # (integers as DuckDB writes them back, strings quoted); 'odd' items (booleans as ids,
+        # predicates that are not strings) send their row the per-row way
         con.execute(
             """CREATE OR REPLACE TEMP TABLE rel AS
             SELECT idx, image_id, n, k, CASE
-                WHEN json_type(item) <> 'ARRAY' OR json_array_length(item) <> 3 THEN 'bad'
-                WHEN json_type(item, '$[0]') = 'BOOLEAN' OR json_type(item, '$[1]') = 'BOOLEAN' THEN 'odd'
+                WHEN NOT starts_with(item, '[') OR x[3] IS NULL OR x[4] IS NOT NULL THEN 'bad'
+                WHEN x[1] IN ('true', 'false') OR x[2] IN ('true', 'false') THEN 'odd'
                 WHEN s IS NULL OR o IS NULL THEN 'bad'
                 WHEN s < 0 OR s >= n OR o < 0 OR o >= n OR s = o THEN 'bad'
-                WHEN json_type(item, '$[2]') <> 'VARCHAR' THEN 'odd'
-                ELSE 'ok' END AS status, s, o, raw
+                WHEN NOT starts_with(x[3], '"') THEN 'odd'
+                ELSE 'ok' END AS status, s, o,
+              CASE WHEN starts_with(x[3], '"') THEN x[3] ->> '$' END AS raw
             FROM (
                 SELECT *,
-                  CASE WHEN json_type(item, '$[0]') IN ('BIGINT', 'UBIGINT')
-                       THEN TRY_CAST(json_extract_string(item, '$[0]') AS BIGINT) END AS s,
-                  CASE WHEN json_type(item, '$[1]') IN ('BIGINT', 'UBIGINT')
-                       THEN TRY_CAST(json_extract_string(item, '$[1]') AS BIGINT) END AS o,
-                  json_extract_string(item, '$[2]') AS raw
+                  CASE WHEN CAST(TRY_CAST(x[1] AS BIGINT) AS VARCHAR) = x[1]
+                       THEN TRY_CAST(x[1] AS BIGINT) END AS s,
+                  CASE WHEN CAST(TRY_CAST(x[2] AS BIGINT) AS VARCHAR) = x[2]
+                       THEN TRY_CAST(x[2] AS BIGINT) END AS o
                 FROM (
-                    SELECT idx, image_id, n, unnest(rels) AS item, unnest(range(len(rels))) AS k
+                    SELECT idx, image_id, n, k, item,
+                      json_extract(item, ['$[0]', '$[1]', '$[2]', '$[3]'])::VARCHAR[] AS x
                     FROM (
-                        SELECT idx, image_id, json_extract(sg, '$.relations[*]') AS rels,
-                          least(json_array_length(sg, '$.objects'), len(coalesce(regions, []))) AS n
-                        FROM b WHERE usable
+                        SELECT idx, image_id, n, unnest(rels) AS item, unnest(range(len(rels))) AS k
+                        FROM (
+                            SELECT idx, image_id, json_extract(sg, '$.relations[*]') AS rels,
+                              least(json_array_length(sg, '$.objects'), len(regions)) AS n
+                            FROM rows WHERE clean AND meta_ok
+                        )
                     )
                 )
             )"""
@@ -560,20 +572,26 @@ class _Vectorised:
         ]
         if odd:
             slow[np.asarray(odd, dtype=np.int64) - idx0] = True
-            usable = ~slow & meta_ok
-            con.register("b", rows.append_column("usable", pa.array(usable)))
-            con.execute("DELETE FROM rel WHERE idx NOT IN (SELECT idx FROM b WHERE usable)")
+            con.execute(
+                "UPDATE rows SET clean = false WHERE idx IN (SELECT idx FROM rel WHERE status = 'odd')"
+            )
+            con.execute("DELETE FROM rel WHERE idx NOT IN (SELECT idx FROM rows WHERE clean)")
+        usable = ~slow & meta_ok
         raws = [
             r[0] for r in con.execute("SELECT DISTINCT raw FROM rel WHERE status = 'ok'").fetchall()
         ]
         con.register(
             "m", pa.table({"raw": pa.array(raws, pa.string()), "p": [normalise(r) for r in raws]})
         )
+        # the first of each (subject, object, predicate) after normalisation, in item order
         relations = con.sql(
             """SELECT idx, k, sha256(image_id || '|edit|' || s || '|' || o || '|' || p)[1:20] AS relation_id,
                  image_id, s, o, p, raw
-               FROM rel JOIN m USING (raw) WHERE status = 'ok' AND p <> ''
-               QUALIFY row_number() OVER (PARTITION BY idx, s, o, p ORDER BY k) = 1"""
+               FROM (SELECT idx, min(k) AS k, any_value(image_id) AS image_id, s, o, p,
+                       arg_min(raw, k) AS raw
+                     FROM rel JOIN m USING (raw) WHERE status = 'ok' AND p <> ''
+                     GROUP BY idx, s, o, p)
+               ORDER BY idx, k"""
         ).to_arrow_table()
         bad_relations = con.execute(
             """SELECT idx, k, n FROM rel LEFT JOIN m USING (raw)
@@ -585,19 +603,19 @@ class _Vectorised:
                   reg.bbox[3]::DOUBLE AS w, reg.bbox[4]::DOUBLE AS h,
                   {size_sql} AS seg_size, {counts_sql} AS counts, {area_sql} AS area
                FROM (
-                 SELECT idx, image_id, width, height, least(len(regs), len(objs)) AS m,
-                   unnest(regs) AS reg, unnest(objs) AS name,
-                   unnest(range(greatest(len(regs), len(objs)))) AS i
-                 FROM (SELECT idx, image_id, width, height, coalesce(regions, []) AS regs,
-                         json_extract_string(sg, '$.objects[*]') AS objs FROM b WHERE usable)
+                 SELECT idx, image_id, width, height, least(len(regions), len(objs)) AS m,
+                   unnest(regions) AS reg, unnest(objs) AS name,
+                   unnest(range(greatest(len(regions), len(objs)))) AS i
+                 FROM (SELECT idx, image_id, width, height, regions,
+                         json_extract_string(sg, '$.objects[*]') AS objs
+                       FROM rows WHERE clean AND meta_ok)
                ) WHERE i < m ORDER BY idx, i"""
         ).to_arrow_table()
         mismatched = con.execute(
-            """SELECT idx, json_array_length(sg, '$.objects') AS objects,
-                 len(coalesce(regions, [])) AS regions FROM b
-               WHERE usable AND json_array_length(sg, '$.objects') <> len(coalesce(regions, []))"""
+            """SELECT idx, json_array_length(sg, '$.objects') AS objects, len(regions) AS regions
+               FROM rows WHERE clean AND meta_ok AND json_array_length(sg, '$.objects') <> len(regions)
+               ORDER BY idx"""
         ).fetchall()
-        con.unregister("b")
         con.unregister("m")
 
         errors: list[tuple[int, int, str, str]] = []  # (idx, seq, kind, reason)
@@ -873,10 +891,7 @@ def import_svg(
     seen: set[str] = set()
 
     def commit(pending: _Pending) -> None:
-        tables = {
-            name: pa.concat_tables(parts).sort_by(_ORDER).drop_columns(["_idx", "_seq"])
-            for name, parts in pending.parts.items()
-        }
+        tables = {name: _in_order(pa.concat_tables(parts)) for name, parts in pending.parts.items()}
         _commit(
             dataset,
             len(plan),
@@ -956,6 +971,16 @@ def _distribute(
             commit(pending)
             pending = _Pending()
     return pending
+
+
+def _in_order(table: pa.Table) -> pa.Table:
+    """``table`` sorted by (``_idx``, ``_seq``), without them (sorting only when needed: the
+    vectorised path's parts come in order, the per-row path's rows are mixed in)."""
+    idx, seq = table["_idx"].to_numpy(), table["_seq"].to_numpy()
+    step, sub = np.diff(idx), np.diff(seq)
+    if not np.all((step > 0) | ((step == 0) & (sub > 0))):
+        table = table.sort_by(_ORDER)
+    return table.drop_columns(["_idx", "_seq"])
 
 
 def _commit(

@@ -14,6 +14,7 @@ import typing
 from collections.abc import Iterable, Sequence
 from functools import cache
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel
 
@@ -93,12 +94,8 @@ def _repeat(scalar: pa.Scalar, rows: int) -> pa.Array:
         return pa.nulls(rows, scalar.type)
     if pa.types.is_list(scalar.type):
         values = scalar.values
-        offsets = pa.array(range(0, len(values) * rows + 1, len(values) or 1), pa.int32())
-        if not len(values):
-            offsets = pa.array([0] * (rows + 1), pa.int32())
-        tiled = values.take(
-            pa.array([i % len(values) for i in range(len(values) * rows)], pa.int64())
-        )
+        offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * len(values))
+        tiled = values.take(pa.array(np.tile(np.arange(len(values)), rows)))
         return pa.ListArray.from_arrays(offsets, tiled, type=scalar.type)
     return pa.repeat(scalar, rows)
 
