@@ -331,6 +331,41 @@ def _tag(table: pa.Table, idx, seq) -> pa.Table:
 # ---- the vectorised path --------------------------------------------------------------------
 
 
+def _parse(text) -> tuple[object, bool]:
+    """(the graph as :func:`_scene_graph` reads it, whether it was a Python literal); (None,
+    False) when it reads none (the per-row path then says why)."""
+    try:
+        return orjson.loads(text), False  # strict JSON: what it reads, json.loads reads the same
+    except Exception:
+        pass
+    try:
+        return json.loads(text), False
+    except json.JSONDecodeError:
+        pass
+    except Exception:  # None, nesting too deep, ...
+        return None, False
+    try:
+        return ast.literal_eval(text), True
+    except Exception:
+        return None, False
+
+
+def _plain(graph) -> bytes | None:
+    """``graph`` as JSON that DuckDB reads as the per-row path reads ``graph`` (a mapping with
+    ``objects``, a list of strings, and ``relations``, a list or absent/None), or None."""
+    if type(graph) is not dict:
+        return None
+    objects, relations = graph.get("objects"), graph.get("relations")
+    if type(objects) is not list or not all(type(o) is str for o in objects):
+        return None
+    if relations is not None and type(relations) is not list:
+        return None
+    try:  # items that are not JSON-able (sets, big integers, lone surrogates): per row
+        return orjson.dumps({"objects": objects, "relations": relations or []})
+    except (TypeError, orjson.JSONEncodeError):
+        return None
+
+
 def _is_int(t: pa.DataType) -> bool:
     return pa.types.is_integer(t)
 
@@ -465,30 +500,17 @@ class _Vectorised:
             else:
                 seen.add(raw)
         slow = duplicate.copy()  # duplicates are one error row: the per-row path writes it
-        graphs = batch.column("scene_graph").to_pylist()
+        texts = batch.column("scene_graph").to_pylist()
+        plain: list[bytes | None] = [None] * n
         literal: dict[int, object] = {}
-        for i, text in enumerate(graphs):
-            if slow[i]:
-                continue
-            try:
-                orjson.loads(text)  # strict JSON: what it reads, json.loads reads the same
-                continue
-            except Exception:
-                pass
-            try:
-                json.loads(text)
-                continue
-            except json.JSONDecodeError:
-                pass
-            except Exception:  # None, too deep, ...: the per-row path says what it is
-                slow[i] = True
-                continue
-            try:  # a Python-literal graph: as JSON it reads the same, when it can be JSON
-                value = ast.literal_eval(text)
-                graphs[i] = json.dumps(value, allow_nan=False)
-                literal[i] = value
-            except Exception:
-                slow[i] = True
+        for i, text in enumerate(texts):
+            if not slow[i]:
+                graph, is_literal = _parse(text)
+                plain[i] = _plain(graph)
+                if plain[i] is None:
+                    slow[i] = True
+                elif is_literal:
+                    literal[i] = graph
         ids = [_image_id(r) for r in raw_ids]
         width, height = _dimension(batch, "width"), _dimension(batch, "height")
         regions = (
@@ -503,29 +525,28 @@ class _Vectorised:
                 "image_id": pa.array(ids, pa.string()),
                 "width": width,
                 "height": height,
-                "sg": pa.array(graphs, pa.string()),
+                "sg": pa.array(plain, pa.string()),
                 "regions": regions,
                 "eligible": pa.array(~slow),
             }
         )
         con = self.con
         con.register("batch_rows", rows)
-        # a scene graph the vectorised path reads as Python would: a JSON object without
-        # repeated keys, ``objects`` a list of strings, ``relations`` a list or absent/null;
-        # regions with a 4-number box and a segmentation that is null or a {size, counts}
+        # each graph parsed once: names as strings, relation items as lists of their
+        # elements' JSON text (NULL for an item that is not a list); regions with a 4-number
+        # box and a segmentation that is null or a {size, counts}
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE rows AS
-            SELECT idx, image_id, width, height, sg, coalesce(regions, []) AS regions,
-              coalesce(CASE WHEN eligible AND json_valid(sg) AND json_type(sg) = 'OBJECT' THEN
-                len(json_keys(sg)) = len(list_distinct(json_keys(sg)))
-                AND json_type(sg, '$.objects') = 'ARRAY'
-                AND coalesce(json_type(sg, '$.relations'), 'NULL') IN ('ARRAY', 'NULL')
-                AND coalesce(list_bool_and(list_transform(json_type(sg, '$.objects[*]'),
-                                                          lambda t: t = 'VARCHAR')), true)
-                AND coalesce(list_bool_and(list_transform(regions, lambda r: {region_ok})), true)
-              END, false) AS clean,
+            SELECT idx, image_id, width, height, regions, g.objects AS objs,
+              g.relations::VARCHAR[][] AS rels,
+              eligible AND coalesce(list_bool_and(list_transform(regions, lambda r: {region_ok})), true)
+                AS clean,
               width IS NOT NULL AND height IS NOT NULL AS meta_ok
-            FROM batch_rows"""
+            FROM (
+              SELECT idx, image_id, width, height, coalesce(regions, []) AS regions, eligible,
+                from_json(sg, '{{"objects": ["VARCHAR"], "relations": [["JSON"]]}}') AS g
+              FROM batch_rows
+            )"""
         )
         con.unregister("batch_rows")
         clean = con.sql("SELECT clean FROM rows ORDER BY idx").to_arrow_table().column(0).to_numpy()
@@ -533,17 +554,17 @@ class _Vectorised:
         meta_ok = ~(width.is_null().to_numpy(zero_copy_only=False)) & ~(
             height.is_null().to_numpy(zero_copy_only=False)
         )
-        # relations: every item of a usable row, classified from its elements' JSON text
-        # (integers as DuckDB writes them back, strings quoted); 'odd' items (booleans as ids,
+        # relation items classified from their elements' JSON text (integers as written back,
+        # strings quoted): 'bad' is what the per-row path rejects; 'odd' items (booleans as ids,
         # predicates that are not strings) send their row the per-row way
         con.execute(
             """CREATE OR REPLACE TEMP TABLE rel AS
             SELECT idx, image_id, n, k, CASE
-                WHEN NOT starts_with(item, '[') OR x[3] IS NULL OR x[4] IS NOT NULL THEN 'bad'
+                WHEN x IS NULL OR len(x) <> 3 THEN 'bad'
                 WHEN x[1] IN ('true', 'false') OR x[2] IN ('true', 'false') THEN 'odd'
                 WHEN s IS NULL OR o IS NULL THEN 'bad'
                 WHEN s < 0 OR s >= n OR o < 0 OR o >= n OR s = o THEN 'bad'
-                WHEN NOT starts_with(x[3], '"') THEN 'odd'
+                WHEN NOT coalesce(starts_with(x[3], '"'), false) THEN 'odd'
                 ELSE 'ok' END AS status, s, o,
               CASE WHEN starts_with(x[3], '"') THEN x[3] ->> '$' END AS raw
             FROM (
@@ -553,16 +574,9 @@ class _Vectorised:
                   CASE WHEN CAST(TRY_CAST(x[2] AS BIGINT) AS VARCHAR) = x[2]
                        THEN TRY_CAST(x[2] AS BIGINT) END AS o
                 FROM (
-                    SELECT idx, image_id, n, k, item,
-                      json_extract(item, ['$[0]', '$[1]', '$[2]', '$[3]'])::VARCHAR[] AS x
-                    FROM (
-                        SELECT idx, image_id, n, unnest(rels) AS item, unnest(range(len(rels))) AS k
-                        FROM (
-                            SELECT idx, image_id, json_extract(sg, '$.relations[*]') AS rels,
-                              least(json_array_length(sg, '$.objects'), len(regions)) AS n
-                            FROM rows WHERE clean AND meta_ok
-                        )
-                    )
+                    SELECT idx, image_id, least(len(objs), len(regions)) AS n,
+                      unnest(rels) AS x, unnest(range(len(rels))) AS k
+                    FROM rows WHERE clean AND meta_ok
                 )
             )"""
         )
@@ -580,17 +594,28 @@ class _Vectorised:
         raws = [
             r[0] for r in con.execute("SELECT DISTINCT raw FROM rel WHERE status = 'ok'").fetchall()
         ]
+        normalised = [normalise(r) for r in raws]
+        # predicates as numbers (the same number for the same normalised predicate): the
+        # duplicate check compares integers
+        number = {p: j for j, p in enumerate(dict.fromkeys(normalised))}
         con.register(
-            "m", pa.table({"raw": pa.array(raws, pa.string()), "p": [normalise(r) for r in raws]})
+            "m",
+            pa.table(
+                {
+                    "raw": pa.array(raws, pa.string()),
+                    "p": pa.array(normalised, pa.string()),
+                    "pid": pa.array([number[p] for p in normalised], pa.int64()),
+                }
+            ),
         )
         # the first of each (subject, object, predicate) after normalisation, in item order
         relations = con.sql(
-            """SELECT idx, k, sha256(image_id || '|edit|' || s || '|' || o || '|' || p)[1:20] AS relation_id,
+            """SELECT idx, k, sha256(concat_ws('|', image_id, 'edit', s, o, p))[1:20] AS relation_id,
                  image_id, s, o, p, raw
-               FROM (SELECT idx, min(k) AS k, any_value(image_id) AS image_id, s, o, p,
-                       arg_min(raw, k) AS raw
+               FROM (SELECT idx, min(k) AS k, any_value(image_id) AS image_id, s, o,
+                       any_value(p) AS p, arg_min(raw, k) AS raw
                      FROM rel JOIN m USING (raw) WHERE status = 'ok' AND p <> ''
-                     GROUP BY idx, s, o, p)
+                     GROUP BY idx, s, o, pid)
                ORDER BY idx, k"""
         ).to_arrow_table()
         bad_relations = con.execute(
@@ -606,15 +631,12 @@ class _Vectorised:
                  SELECT idx, image_id, width, height, least(len(regions), len(objs)) AS m,
                    unnest(regions) AS reg, unnest(objs) AS name,
                    unnest(range(greatest(len(regions), len(objs)))) AS i
-                 FROM (SELECT idx, image_id, width, height, regions,
-                         json_extract_string(sg, '$.objects[*]') AS objs
-                       FROM rows WHERE clean AND meta_ok)
+                 FROM rows WHERE clean AND meta_ok
                ) WHERE i < m ORDER BY idx, i"""
         ).to_arrow_table()
         mismatched = con.execute(
-            """SELECT idx, json_array_length(sg, '$.objects') AS objects, len(regions) AS regions
-               FROM rows WHERE clean AND meta_ok AND json_array_length(sg, '$.objects') <> len(regions)
-               ORDER BY idx"""
+            """SELECT idx, len(objs), len(regions) FROM rows
+               WHERE clean AND meta_ok AND len(objs) <> len(regions) ORDER BY idx"""
         ).fetchall()
         con.unregister("m")
 
@@ -627,7 +649,7 @@ class _Vectorised:
         for idx, k, nn in bad_relations:
             if idx not in parsed:
                 i = idx - idx0
-                graph = literal[i] if i in literal else json.loads(graphs[i])
+                graph = literal[i] if i in literal else json.loads(texts[i])
                 parsed[idx] = list(graph.get("relations") or [])  # type: ignore[union-attr]
             errors.append(
                 (idx, _RELATION_SEQ + k, "svg_bad_relation", _relation_error(parsed[idx][k], nn))

@@ -97,6 +97,11 @@ def _repeat(scalar: pa.Scalar, rows: int) -> pa.Array:
         offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * len(values))
         tiled = values.take(pa.array(np.tile(np.arange(len(values)), rows)))
         return pa.ListArray.from_arrays(offsets, tiled, type=scalar.type)
+    if pa.types.is_string(scalar.type) and len(scalar.as_py().encode()) * rows < 2**31:
+        # pa.repeat copies the string value by value: build the buffers at once
+        data = scalar.as_py().encode()
+        offsets = np.arange(rows + 1, dtype=np.int32) * len(data)
+        return pa.StringArray.from_buffers(rows, pa.py_buffer(offsets), pa.py_buffer(data * rows))
     return pa.repeat(scalar, rows)
 
 
