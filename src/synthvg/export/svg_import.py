@@ -356,7 +356,7 @@ def _plain(graph) -> bytes | None:
     if type(graph) is not dict:
         return None
     objects, relations = graph.get("objects"), graph.get("relations")
-    if type(objects) is not list or not all(type(o) is str for o in objects):
+    if type(objects) is not list or (objects and set(map(type, objects)) != {str}):
         return None
     if relations is not None and type(relations) is not list:
         return None
@@ -565,7 +565,7 @@ class _Vectorised:
                 WHEN s IS NULL OR o IS NULL THEN 'bad'
                 WHEN s < 0 OR s >= n OR o < 0 OR o >= n OR s = o THEN 'bad'
                 WHEN NOT coalesce(starts_with(x[3], '"'), false) THEN 'odd'
-                ELSE 'ok' END AS status, s, o,
+                ELSE 'ok' END AS status, s, o, x[1] AS s_text, x[2] AS o_text,
               CASE WHEN starts_with(x[3], '"') THEN x[3] ->> '$' END AS raw
             FROM (
                 SELECT *,
@@ -610,9 +610,10 @@ class _Vectorised:
         )
         # the first of each (subject, object, predicate) after normalisation, in item order
         relations = con.sql(
-            """SELECT idx, k, sha256(concat_ws('|', image_id, 'edit', s, o, p))[1:20] AS relation_id,
-                 image_id, s, o, p, raw
+            """SELECT idx, k, sha256(concat(image_id, '|edit|', s_text, '|', o_text, '|', p))[1:20]
+                 AS relation_id, image_id, s, o, p, raw
                FROM (SELECT idx, min(k) AS k, any_value(image_id) AS image_id, s, o,
+                       any_value(s_text) AS s_text, any_value(o_text) AS o_text,
                        any_value(p) AS p, arg_min(raw, k) AS raw
                      FROM rel JOIN m USING (raw) WHERE status = 'ok' AND p <> ''
                      GROUP BY idx, s, o, pid)
