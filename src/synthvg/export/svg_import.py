@@ -608,17 +608,21 @@ class _Vectorised:
                 }
             ),
         )
-        # the first of each (subject, object, predicate) after normalisation, in item order
+        # the first of each (subject, object, predicate) after normalisation, in item order:
+        # repeats are found on integers (rare, they are few), the rest is an ordered scan
+        repeats = con.execute(
+            """SELECT idx, list(k ORDER BY k) FROM rel JOIN m USING (raw)
+               WHERE status = 'ok' AND p <> '' GROUP BY idx, s, o, pid HAVING count(*) > 1"""
+        ).fetchall()
         relations = con.sql(
             """SELECT idx, k, sha256(concat(image_id, '|edit|', s_text, '|', o_text, '|', p))[1:20]
                  AS relation_id, image_id, s, o, p, raw
-               FROM (SELECT idx, min(k) AS k, any_value(image_id) AS image_id, s, o,
-                       any_value(s_text) AS s_text, any_value(o_text) AS o_text,
-                       any_value(p) AS p, arg_min(raw, k) AS raw
-                     FROM rel JOIN m USING (raw) WHERE status = 'ok' AND p <> ''
-                     GROUP BY idx, s, o, pid)
-               ORDER BY idx, k"""
+               FROM rel JOIN m USING (raw) WHERE status = 'ok' AND p <> '' ORDER BY idx, k"""
         ).to_arrow_table()
+        if repeats:
+            drop = np.array([(idx << 32) + k for idx, ks in repeats for k in ks[1:]], np.int64)
+            key = (relations["idx"].to_numpy() << 32) + relations["k"].to_numpy()
+            relations = relations.filter(pa.array(~np.isin(key, drop)))
         bad_relations = con.execute(
             """SELECT idx, k, n FROM rel LEFT JOIN m USING (raw)
                WHERE status = 'bad' OR (status = 'ok' AND p = '') ORDER BY idx, k"""
