@@ -769,7 +769,12 @@ def import_(
             "--images", help="folder holding the image files (named by file_name, else image_id)"
         ),
     ] = None,
-    shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="images per shard")] = 1000,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            "--shard-size", min=1, help="images per shard (each shard costs two Delta commits)"
+        ),
+    ] = 10_000,
 ) -> None:
     """Read SVG-format Parquet files into a new dataset root, so `synthvg sql` and `export` work on them."""
     from synthvg.export import import_svg
