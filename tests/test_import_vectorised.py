@@ -162,7 +162,9 @@ def _rows() -> list[dict]:
             image_id="emoji 😀",
             metadata=meta,
             regions=two,
-            scene_graph=_graph(["😀 face", "b"], [[0, 1, "Next-To"], [1, 0, "next to"]]),
+            scene_graph=_graph(
+                ["😀 face", "b"], [[0, 1, "Next-To"], [1, 0, "next to"], [1, 0, 'back\\slash "q"/']]
+            ),
         ),
     ]
     for row in rows:
