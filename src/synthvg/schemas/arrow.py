@@ -123,8 +123,8 @@ def table_from_columns(
                 raise ValueError(f"{model.__name__}.{f.name} is required")
             value = pa.scalar(info.get_default(call_default_factory=True), type=f.type)
         if isinstance(value, (pa.Array, pa.ChunkedArray)):
-            if isinstance(value, pa.ChunkedArray):
-                value = value.combine_chunks()
+            if isinstance(value, pa.ChunkedArray):  # one chunk (a query's result): no copy
+                value = value.chunk(0) if value.num_chunks == 1 else value.combine_chunks()
             array = value if value.type == f.type else value.cast(f.type)
         elif isinstance(value, list):
             array = pa.array(value, type=f.type)
