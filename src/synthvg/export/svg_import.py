@@ -554,79 +554,72 @@ class _Vectorised:
         meta_ok = ~(width.is_null().to_numpy(zero_copy_only=False)) & ~(
             height.is_null().to_numpy(zero_copy_only=False)
         )
-        # relation items classified from their elements' JSON text (integers as written back,
-        # strings quoted): 'bad' is what the per-row path rejects; 'odd' items (booleans as ids,
-        # predicates that are not strings) send their row the per-row way
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE rel AS
-            SELECT idx, image_id, n, k, CASE
-                WHEN x IS NULL OR len(x) <> 3 THEN 'bad'
-                WHEN x[1] IN ('true', 'false') OR x[2] IN ('true', 'false') THEN 'odd'
-                WHEN s IS NULL OR o IS NULL THEN 'bad'
-                WHEN s < 0 OR s >= n OR o < 0 OR o >= n OR s = o THEN 'bad'
-                WHEN NOT coalesce(starts_with(x[3], '"'), false) THEN 'odd'
-                ELSE 'ok' END AS status, s, o, x[1] AS s_text, x[2] AS o_text,
-              CASE WHEN starts_with(x[3], '"') THEN x[3] ->> '$' END AS raw
-            FROM (
-                SELECT *,
-                  CASE WHEN CAST(TRY_CAST(x[1] AS BIGINT) AS VARCHAR) = x[1]
-                       THEN TRY_CAST(x[1] AS BIGINT) END AS s,
-                  CASE WHEN CAST(TRY_CAST(x[2] AS BIGINT) AS VARCHAR) = x[2]
-                       THEN TRY_CAST(x[2] AS BIGINT) END AS o
-                FROM (
-                    SELECT idx, image_id, least(len(objs), len(regions)) AS n,
-                      unnest(rels) AS x, unnest(range(len(rels))) AS k
-                    FROM rows WHERE clean AND meta_ok
-                )
-            )"""
-        )
-        odd = [
-            r[0]
-            for r in con.execute("SELECT DISTINCT idx FROM rel WHERE status = 'odd'").fetchall()
-        ]
-        if odd:
-            slow[np.asarray(odd, dtype=np.int64) - idx0] = True
-            con.execute(
-                "UPDATE rows SET clean = false WHERE idx IN (SELECT idx FROM rel WHERE status = 'odd')"
-            )
-            con.execute("DELETE FROM rel WHERE idx NOT IN (SELECT idx FROM rows WHERE clean)")
-        usable = ~slow & meta_ok
-        raws = [
-            r[0] for r in con.execute("SELECT DISTINCT raw FROM rel WHERE status = 'ok'").fetchall()
-        ]
-        normalised = [normalise(r) for r in raws]
-        # predicates as numbers (the same number for the same normalised predicate): the
-        # duplicate check compares integers
+        # each distinct predicate once: its JSON text, the text, the normalised predicate and a
+        # number (the same for the same normalised predicate: repeats compare integers)
+        con.execute("UPDATE rows SET clean = false WHERE NOT meta_ok")
+        texts_raws = con.execute(
+            """SELECT DISTINCT t, t ->> '$' FROM (
+                 SELECT unnest(rels)[3] AS t FROM rows WHERE clean) WHERE starts_with(t, '"')"""
+        ).fetchall()
+        normalised = [normalise(r) for _, r in texts_raws]
         number = {p: j for j, p in enumerate(dict.fromkeys(normalised))}
         con.register(
             "m",
             pa.table(
                 {
-                    "raw": pa.array(raws, pa.string()),
+                    "t": pa.array([t for t, _ in texts_raws], pa.string()),
+                    "raw": pa.array([r for _, r in texts_raws], pa.string()),
                     "p": pa.array(normalised, pa.string()),
                     "pid": pa.array([number[p] for p in normalised], pa.int64()),
                 }
             ),
         )
-        # the first of each (subject, object, predicate) after normalisation, in item order:
-        # repeats are found on integers (rare, they are few), the rest is an ordered scan
-        repeats = con.execute(
-            """SELECT idx, list(k ORDER BY k) FROM rel JOIN m USING (raw)
-               WHERE status = 'ok' AND p <> '' GROUP BY idx, s, o, pid HAVING count(*) > 1"""
-        ).fetchall()
-        relations = con.sql(
-            """SELECT idx, k, sha256(concat(image_id, '|edit|', s_text, '|', o_text, '|', p))[1:20]
-                 AS relation_id, image_id, s, o, p, raw
-               FROM rel JOIN m USING (raw) WHERE status = 'ok' AND p <> '' ORDER BY idx, k"""
+        # relation items classified from their elements' JSON text (integers as written back,
+        # strings quoted): 'bad' is what the per-row path rejects (an empty predicate too);
+        # 'odd' items (booleans as ids, predicates that are not strings) send their row the
+        # per-row way; ids are hashed for the good ones
+        items = con.sql(
+            """SELECT idx, k, n, status, image_id, s, o, p, raw, pid,
+                 CASE WHEN status = 'ok' THEN
+                   sha256(concat(image_id, '|edit|', x[1], '|', x[2], '|', p))[1:20] END AS relation_id
+               FROM (
+                 SELECT idx, k, n, image_id, x, s, o, m.p, m.raw, m.pid, CASE
+                     WHEN x IS NULL OR len(x) <> 3 THEN 'bad'
+                     WHEN x[1] IN ('true', 'false') OR x[2] IN ('true', 'false') THEN 'odd'
+                     WHEN s IS NULL OR o IS NULL THEN 'bad'
+                     WHEN s < 0 OR s >= n OR o < 0 OR o >= n OR s = o THEN 'bad'
+                     WHEN NOT coalesce(starts_with(x[3], '"'), false) THEN 'odd'
+                     WHEN m.p = '' THEN 'bad'
+                     ELSE 'ok' END AS status
+                 FROM (
+                   SELECT *,
+                     CASE WHEN CAST(TRY_CAST(x[1] AS BIGINT) AS VARCHAR) = x[1]
+                          THEN TRY_CAST(x[1] AS BIGINT) END AS s,
+                     CASE WHEN CAST(TRY_CAST(x[2] AS BIGINT) AS VARCHAR) = x[2]
+                          THEN TRY_CAST(x[2] AS BIGINT) END AS o
+                   FROM (
+                     SELECT idx, image_id, least(len(objs), len(regions)) AS n,
+                       unnest(rels) AS x, unnest(range(len(rels))) AS k
+                     FROM rows WHERE clean
+                   )
+                 ) LEFT JOIN m ON x[3] = m.t
+               ) ORDER BY idx, k"""
         ).to_arrow_table()
-        if repeats:
-            drop = np.array([(idx << 32) + k for idx, ks in repeats for k in ks[1:]], np.int64)
-            key = (relations["idx"].to_numpy() << 32) + relations["k"].to_numpy()
-            relations = relations.filter(pa.array(~np.isin(key, drop)))
-        bad_relations = con.execute(
-            """SELECT idx, k, n FROM rel LEFT JOIN m USING (raw)
-               WHERE status = 'bad' OR (status = 'ok' AND p = '') ORDER BY idx, k"""
-        ).fetchall()
+        status = items["status"].to_numpy(zero_copy_only=False)
+        odd = np.unique(items["idx"].to_numpy()[status == "odd"])
+        if len(odd):
+            slow[odd - idx0] = True
+            con.execute(
+                "UPDATE rows SET clean = false WHERE idx IN (SELECT unnest(?::BIGINT[]))",
+                [odd.tolist()],
+            )
+            items = items.filter(pa.array(~np.isin(items["idx"].to_numpy(), odd)))
+            status = items["status"].to_numpy(zero_copy_only=False)
+        usable = ~slow & meta_ok
+        bad_relations = (
+            items.filter(pa.array(status == "bad")).select(["idx", "k", "n"]).to_pylist()
+        )
+        relations = _first_of_each(items.filter(pa.array(status == "ok")))
         region_rows = con.sql(
             f"""SELECT idx, image_id, width, height, i AS region_id, name,
                   reg.bbox[1]::DOUBLE AS x, reg.bbox[2]::DOUBLE AS y,
@@ -651,7 +644,8 @@ class _Vectorised:
         for idx, objects, regs in mismatched:
             errors.append((idx, 0, "svg_objects_regions_mismatch", _mismatch_error(objects, regs)))
         parsed: dict[int, list] = {}
-        for idx, k, nn in bad_relations:
+        for bad in bad_relations:
+            idx, k, nn = bad["idx"], bad["k"], bad["n"]
             if idx not in parsed:
                 i = idx - idx0
                 graph = literal[i] if i in literal else json.loads(texts[i])
@@ -998,6 +992,20 @@ def _distribute(
             commit(pending)
             pending = _Pending()
     return pending
+
+
+def _first_of_each(relations: pa.Table) -> pa.Table:
+    """The first of each (image, subject, object, predicate number) in (``idx``, ``k``) order."""
+    idx, s, o, pid = (relations[c].to_numpy() for c in ("idx", "s", "o", "pid"))
+    order = np.lexsort((pid, o, s, idx))  # stable: equal keys keep their item order
+    keys = np.stack([idx[order], s[order], o[order], pid[order]])
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = np.any(keys[:, 1:] != keys[:, :-1], axis=0)
+    if first.all():
+        return relations
+    keep = np.zeros(len(order), dtype=bool)
+    keep[order[first]] = True
+    return relations.filter(pa.array(keep))
 
 
 def _in_order(table: pa.Table) -> pa.Table:
