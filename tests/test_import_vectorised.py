@@ -305,3 +305,25 @@ def test_vectorised_path_takes_the_usual_rows_itself(tmp_path, monkeypatch):
     )
     report = import_svg([str(path)], str(tmp_path / "root"))
     assert report.images == 4 and called == []
+
+
+def test_first_of_each_keeps_the_first_of_every_repeated_triple():
+    rng = np.random.default_rng(0)
+    for scale in (3, 2**40):  # one packed integer key, and four sort keys
+        n = 500
+        table = pa.table(
+            {
+                "idx": rng.integers(0, 5, n) + 7,
+                "k": np.arange(n),
+                "s": rng.integers(0, 3, n) * scale,
+                "o": rng.integers(0, 3, n),
+                "pid": rng.integers(0, 3, n) * scale,
+            }
+        ).sort_by([("idx", "ascending"), ("k", "ascending")])
+        seen, want = set(), []
+        for row in table.to_pylist():
+            key = (row["idx"], row["s"], row["o"], row["pid"])
+            if key not in seen:
+                seen.add(key)
+                want.append(row)
+        assert svg_import._first_of_each(table).to_pylist() == want

@@ -68,6 +68,9 @@ _TABLES: dict[str, type[BaseModel]] = {
     "errors": ErrorRecord,
 }
 _ORDER = [("_idx", "ascending"), ("_seq", "ascending")]
+#: A relation item's status in the vectorised path: kept, rejected (an error), or sending its
+#: row the per-row way.
+_OK, _BAD, _ODD = 0, 1, 2
 #: ``_seq`` of a bad relation's error: after the row's region errors, in relation order.
 _RELATION_SEQ = 1 << 40
 
@@ -575,22 +578,22 @@ class _Vectorised:
             ),
         )
         # relation items classified from their elements' JSON text (integers as written back,
-        # strings quoted): 'bad' is what the per-row path rejects (an empty predicate too);
-        # 'odd' items (booleans as ids, predicates that are not strings) send their row the
-        # per-row way; ids are hashed for the good ones
+        # strings quoted): _BAD is what the per-row path rejects (an empty predicate too);
+        # _ODD items (booleans as ids, predicates that are not strings) send their row the
+        # per-row way; ids are hashed for the good ones (_OK)
         items = con.sql(
             """SELECT idx, k, n, status, image_id, s, o, p, raw, pid,
-                 CASE WHEN status = 'ok' THEN
+                 CASE WHEN status = 0 THEN
                    sha256(concat(image_id, '|edit|', x[1], '|', x[2], '|', p))[1:20] END AS relation_id
                FROM (
                  SELECT idx, k, n, image_id, x, s, o, m.p, m.raw, m.pid, CASE
-                     WHEN x IS NULL OR len(x) <> 3 THEN 'bad'
-                     WHEN x[1] IN ('true', 'false') OR x[2] IN ('true', 'false') THEN 'odd'
-                     WHEN s IS NULL OR o IS NULL THEN 'bad'
-                     WHEN s < 0 OR s >= n OR o < 0 OR o >= n OR s = o THEN 'bad'
-                     WHEN NOT coalesce(starts_with(x[3], '"'), false) THEN 'odd'
-                     WHEN m.p = '' THEN 'bad'
-                     ELSE 'ok' END AS status
+                     WHEN x IS NULL OR len(x) <> 3 THEN 1
+                     WHEN x[1] IN ('true', 'false') OR x[2] IN ('true', 'false') THEN 2
+                     WHEN s IS NULL OR o IS NULL THEN 1
+                     WHEN s < 0 OR s >= n OR o < 0 OR o >= n OR s = o THEN 1
+                     WHEN NOT coalesce(starts_with(x[3], '"'), false) THEN 2
+                     WHEN m.p = '' THEN 1
+                     ELSE 0 END::TINYINT AS status
                  FROM (
                    SELECT *,
                      CASE WHEN CAST(TRY_CAST(x[1] AS BIGINT) AS VARCHAR) = x[1]
@@ -605,8 +608,8 @@ class _Vectorised:
                  ) LEFT JOIN m ON x[3] = m.t
                ) ORDER BY idx, k"""
         ).to_arrow_table()
-        status = items["status"].to_numpy(zero_copy_only=False)
-        odd = np.unique(items["idx"].to_numpy()[status == "odd"])
+        status = items["status"].to_numpy()
+        odd = np.unique(items["idx"].to_numpy()[status == _ODD])
         if len(odd):
             slow[odd - idx0] = True
             con.execute(
@@ -614,12 +617,12 @@ class _Vectorised:
                 [odd.tolist()],
             )
             items = items.filter(pa.array(~np.isin(items["idx"].to_numpy(), odd)))
-            status = items["status"].to_numpy(zero_copy_only=False)
+            status = items["status"].to_numpy()
         usable = ~slow & meta_ok
-        bad_relations = (
-            items.filter(pa.array(status == "bad")).select(["idx", "k", "n"]).to_pylist()
+        bad_relations = items.filter(pa.array(status == _BAD)).select(["idx", "k", "n"]).to_pylist()
+        relations = _first_of_each(
+            items if (status == _OK).all() else items.filter(pa.array(status == _OK))
         )
-        relations = _first_of_each(items.filter(pa.array(status == "ok")))
         region_rows = con.sql(
             f"""SELECT idx, image_id, width, height, i AS region_id, name,
                   reg.bbox[1]::DOUBLE AS x, reg.bbox[2]::DOUBLE AS y,
@@ -997,10 +1000,22 @@ def _distribute(
 def _first_of_each(relations: pa.Table) -> pa.Table:
     """The first of each (image, subject, object, predicate number) in (``idx``, ``k``) order."""
     idx, s, o, pid = (relations[c].to_numpy() for c in ("idx", "s", "o", "pid"))
-    order = np.lexsort((pid, o, s, idx))  # stable: equal keys keep their item order
-    keys = np.stack([idx[order], s[order], o[order], pid[order]])
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = np.any(keys[:, 1:] != keys[:, :-1], axis=0)
+    if not len(idx):
+        return relations
+    idx = idx - idx.min()
+    bits = [int(v.max()).bit_length() for v in (idx, s, o, pid)]
+    if sum(bits) <= 62:  # one integer key: a single stable sort
+        key = np.zeros(len(idx), dtype=np.int64)
+        for v, b in zip((idx, s, o, pid), bits, strict=True):
+            key = (key << b) | v
+        order = np.argsort(key, kind="stable")
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = key[order][1:] != key[order][:-1]
+    else:
+        order = np.lexsort((pid, o, s, idx))  # stable: equal keys keep their item order
+        keys = np.stack([idx[order], s[order], o[order], pid[order]])
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = np.any(keys[:, 1:] != keys[:, :-1], axis=0)
     if first.all():
         return relations
     keep = np.zeros(len(order), dtype=bool)
