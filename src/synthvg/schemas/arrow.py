@@ -122,9 +122,7 @@ def table_from_columns(
             if info.is_required():
                 raise ValueError(f"{model.__name__}.{f.name} is required")
             value = pa.scalar(info.get_default(call_default_factory=True), type=f.type)
-        if isinstance(value, (pa.Array, pa.ChunkedArray)):
-            if isinstance(value, pa.ChunkedArray):  # one chunk (a query's result): no copy
-                value = value.chunk(0) if value.num_chunks == 1 else value.combine_chunks()
+        if isinstance(value, (pa.Array, pa.ChunkedArray)):  # chunks are kept, not copied
             array = value if value.type == f.type else value.cast(f.type)
         elif isinstance(value, list):
             array = pa.array(value, type=f.type)
@@ -133,7 +131,7 @@ def table_from_columns(
             array = _repeat(scalar.cast(f.type), rows)
         if len(array) != rows:
             raise ValueError(f"{model.__name__}.{f.name}: {len(array)} values for {rows} rows")
-        arrays.append(array)
+        arrays.append(array if isinstance(array, pa.ChunkedArray) else pa.chunked_array([array]))
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
