@@ -230,7 +230,27 @@ def _write(tmp_path) -> list[str]:
         ),
         counts,
     )
-    return [str(first), str(flat), str(polygons), str(counts), str(first)]
+    boxes = tmp_path / "boxes.parquet"  # segmentations and areas all None: typed null
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "image_id": f"box{i}",
+                    "file_name": None,
+                    "metadata": {"width": 6, "height": None if i == 2 else 4},
+                    "regions": [_region([0.0, 0.0, 1.0, i]), _region([1.0, 1.0, 2.0, 2.0])],
+                    "scene_graph": _graph(["p", "q"], [[1, 0, "on"]]),
+                }
+                for i in range(4)
+            ]
+        ),
+        boxes,
+    )
+    assert (
+        pq.read_schema(boxes).field("regions").type.value_type.field("segmentation").type
+        == pa.null()
+    )
+    return [str(first), str(flat), str(polygons), str(counts), str(boxes), str(first)]
 
 
 def _shards(root: str) -> tuple[dict, dict]:
@@ -296,6 +316,7 @@ def test_vectorised_path_takes_the_usual_rows_itself(tmp_path, monkeypatch):
     path = tmp_path / "clean.parquet"
     rows = [_rows()[i] for i in (0, 1, 10, 12)]  # fine, fine, mismatched, bad masks
     pq.write_table(pa.Table.from_pylist(rows), path)
+    files = [str(path), _write(tmp_path)[4]]  # and a file whose segmentations are all None
     called = []
     original = svg_import._per_row
     monkeypatch.setattr(
@@ -303,8 +324,8 @@ def test_vectorised_path_takes_the_usual_rows_itself(tmp_path, monkeypatch):
         "_per_row",
         lambda importer, rows: called.append(len(rows)) or original(importer, rows),
     )
-    report = import_svg([str(path)], str(tmp_path / "root"))
-    assert report.images == 4 and called == []
+    report = import_svg(files, str(tmp_path / "root"))
+    assert report.images == 7 and called == []
 
 
 def test_first_of_each_keeps_the_first_of_every_repeated_triple():

@@ -370,11 +370,16 @@ def _plain(graph) -> bytes | None:
 
 
 def _is_int(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t)
+    return pa.types.is_integer(t) or pa.types.is_null(t)  # null: a column of Nones
 
 
 def _is_str(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _present(struct: pa.DataType, name: str) -> bool:
+    """``struct`` has a field ``name`` that is not all-null by type (a column of Nones)."""
+    return struct.get_field_index(name) >= 0 and not pa.types.is_null(struct.field(name).type)
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -387,11 +392,15 @@ def _fast_layout(schema: pa.Schema) -> bool:
     names = set(schema.names)
     if "image_id" not in names or "scene_graph" not in names:
         return False
-    if not (_is_str(schema.field("image_id").type) or _is_int(schema.field("image_id").type)):
+    if not (
+        _is_str(schema.field("image_id").type) or pa.types.is_integer(schema.field("image_id").type)
+    ):
         return False
     if not _is_str(schema.field("scene_graph").type):
         return False
-    if "file_name" in names and not _is_str(schema.field("file_name").type):
+    if "file_name" in names and not (
+        _is_str(schema.field("file_name").type) or pa.types.is_null(schema.field("file_name").type)
+    ):
         return False
     for key in ("width", "height"):
         for flat in (f"metadata/{key}", f"metadata.{key}"):
@@ -416,7 +425,7 @@ def _fast_layout(schema: pa.Schema) -> bool:
             pa.types.is_floating(bbox.value_type) or _is_int(bbox.value_type)
         ):
             return False
-        if region.get_field_index("segmentation") >= 0:
+        if _present(region, "segmentation"):
             seg = region.field("segmentation").type
             if not pa.types.is_struct(seg) or {
                 seg.field(i).name for i in range(seg.num_fields)
@@ -431,7 +440,7 @@ def _fast_layout(schema: pa.Schema) -> bool:
                 return False
             if not _is_str(seg.field("counts").type):
                 return False
-        if region.get_field_index("area") >= 0:
+        if _present(region, "area"):
             area = region.field("area").type
             if not (pa.types.is_floating(area) or _is_int(area)):
                 return False
@@ -458,8 +467,8 @@ def _region_sql(schema: pa.Schema) -> tuple[str, str, str, str]:
     """SQL for a region ``r`` the vectorised path reads exactly, and a region ``reg``'s
     segmentation size, counts and area."""
     region = schema.field("regions").type.value_type if "regions" in schema.names else None
-    has_seg = region is not None and region.get_field_index("segmentation") >= 0
-    has_area = region is not None and region.get_field_index("area") >= 0
+    has_seg = region is not None and _present(region, "segmentation")
+    has_area = region is not None and _present(region, "area")
     seg = "r.segmentation" if has_seg else "NULL"
     check = (
         "r IS NOT NULL AND r.bbox IS NOT NULL AND len(r.bbox) = 4 AND list_count(r.bbox) = 4"
