@@ -72,3 +72,11 @@ def test_box_rle_and_clip():
     rle = masks.box_to_rle(Box(x1=2, y1=3, x2=7, y2=9), 12, 10)
     assert masks.area(rle) == 30
     assert masks.clip_box(Box(x1=-5, y1=2, x2=50, y2=8), 10, 12) == Box(x1=0, y1=2, x2=10, y2=8)
+
+
+def test_areas_in_one_call_match_area_one_by_one():
+    """pycocotools' batched area breaks past 255 masks: areas() splits the calls."""
+    rng = np.random.default_rng(1)
+    rles = [masks.encode(rng.random((7, 9)) > 0.5) for _ in range(600)]
+    got = masks.areas([masks.to_coco(r) for r in rles])
+    assert got.tolist() == [masks.area(r) for r in rles]

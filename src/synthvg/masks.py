@@ -77,6 +77,19 @@ def area(rle: RLE) -> float:
     return float(mask_utils.area(to_coco(rle)))
 
 
+#: pycocotools' batched ``area`` overflows (uint8) past 255 masks a call under numpy 2.
+_AREA_BATCH = 255
+
+
+def areas(rles: list[dict]) -> np.ndarray:
+    """The areas of many COCO RLE dicts (``counts`` as bytes) at once: :func:`area`'s numbers
+    without an :class:`RLE` each, in calls of at most 255 masks."""
+    out = np.empty(len(rles), dtype=np.float64)
+    for k in range(0, len(rles), _AREA_BATCH):
+        out[k : k + _AREA_BATCH] = mask_utils.area(rles[k : k + _AREA_BATCH])
+    return out
+
+
 def bbox(rle: RLE) -> Box:
     x, y, w, h = (float(v) for v in mask_utils.toBbox(to_coco(rle)))
     return Box(x1=x, y1=y, x2=x + w, y2=y + h)

@@ -834,7 +834,7 @@ class _Vectorised:
                 has_mask[row] = True
             if coco:
                 happy_rows = seg_rows[happy]
-                area[happy_rows] = np.asarray(masks.mask_utils.area(coco), dtype=np.float64)
+                area[happy_rows] = masks.areas(coco)
                 has_mask[happy_rows] = True
         mask_size = pa.ListArray.from_arrays(
             pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)),
