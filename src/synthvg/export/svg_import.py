@@ -463,28 +463,91 @@ def _dimension(batch: pa.Table, key: str) -> pa.Array:
     return pc.if_else(meta.is_valid(), pc.struct_field(meta, key).cast(pa.int64()), flat)
 
 
-def _region_sql(schema: pa.Schema) -> tuple[str, str, str, str]:
-    """SQL for a region ``r`` the vectorised path reads exactly, and a region ``reg``'s
-    segmentation size, counts and area."""
-    region = schema.field("regions").type.value_type if "regions" in schema.names else None
-    has_seg = region is not None and _present(region, "segmentation")
-    has_area = region is not None and _present(region, "area")
-    seg = "r.segmentation" if has_seg else "NULL"
-    check = (
-        "r IS NOT NULL AND r.bbox IS NOT NULL AND len(r.bbox) = 4 AND list_count(r.bbox) = 4"
-        + (
-            f" AND ({seg} IS NULL OR ({seg}.size IS NOT NULL AND len({seg}.size) = 2 "
-            f"AND list_count({seg}.size) = 2 AND {seg}.counts IS NOT NULL))"
-            if has_seg
-            else ""
+class _Regions:
+    """A batch's regions flattened with pyarrow (no copy of their masks): the row each belongs
+    to, its position there, and the checks that keep a row on the vectorised path."""
+
+    def __init__(self, regions: pa.Array):
+        self.flat = pc.list_flatten(regions)  # a null list holds no region
+        self.parent = pc.list_parent_indices(regions).to_numpy()
+        self.lengths = pc.list_value_length(regions).fill_null(0).to_numpy().astype(np.int64)
+        starts = np.cumsum(self.lengths) - self.lengths
+        self.position = np.arange(len(self.parent)) - starts[self.parent]
+        region = self.flat.type
+        self.bbox = pc.struct_field(self.flat, "bbox")
+        self.seg = (
+            pc.struct_field(self.flat, "segmentation") if _present(region, "segmentation") else None
         )
-    )
-    return (
-        check,
-        "reg.segmentation.size" if has_seg else "NULL::BIGINT[]",
-        "reg.segmentation.counts" if has_seg else "NULL::VARCHAR",
-        "reg.area::DOUBLE" if has_area else "NULL::DOUBLE",
-    )
+        self.area = pc.struct_field(self.flat, "area") if _present(region, "area") else None
+
+    @staticmethod
+    def _full(lists: pa.Array, length: int) -> np.ndarray:
+        """Each list is valid, ``length`` long and holds no null."""
+        nulls = np.bincount(
+            pc.list_parent_indices(lists).to_numpy()[
+                pc.list_flatten(lists).is_null().to_numpy(zero_copy_only=False)
+            ],
+            minlength=len(lists),
+        )
+        counts = pc.list_value_length(lists).fill_null(-1).to_numpy()
+        return lists.is_valid().to_numpy(zero_copy_only=False) & (counts == length) & (nulls == 0)
+
+    def odd_rows(self, rows: int) -> np.ndarray:
+        """Rows holding a region the per-row path reads another way (a null region, a box that
+        is not 4 numbers, a segmentation without a 2-number size or counts): it takes them."""
+        ok = self.flat.is_valid().to_numpy(zero_copy_only=False) & self._full(self.bbox, 4)
+        if self.seg is not None:
+            present = self.seg.is_valid().to_numpy(zero_copy_only=False)
+            size = pc.struct_field(self.seg, "size")
+            counts = pc.struct_field(self.seg, "counts")
+            ok &= ~present | (
+                self._full(size, 2) & counts.is_valid().to_numpy(zero_copy_only=False)
+            )
+        return np.bincount(self.parent[~ok], minlength=rows) > 0
+
+    def zipped(
+        self,
+        usable: np.ndarray,
+        objects: list[list[str]],
+        idx0: int,
+        ids: pa.Array,
+        width: pa.Array,
+        height: pa.Array,
+    ) -> dict[str, pa.Array]:
+        """The regions of usable rows that have an object (``zip(objects, regions)``), with
+        their row's id and size and their object's name."""
+        names = pa.array(objects, pa.list_(pa.string()))
+        count = pc.list_value_length(names).to_numpy().astype(np.int64)
+        parent = self.parent
+        sel = np.flatnonzero(usable[parent] & (self.position < count[parent]))
+        rows = pa.array(parent[sel])
+        position = self.position[sel]
+        bbox = pc.list_flatten(self.bbox.take(pa.array(sel))).cast(pa.float64(), safe=False)
+        bbox = bbox.to_numpy()
+        bbox = bbox.reshape(-1, 4)
+        name_at = np.asarray(names.offsets)[:-1][parent[sel]] + position
+        none = pa.nulls(len(sel))
+        return {
+            "idx": pa.array(parent[sel] + idx0),
+            "image_id": ids.take(rows),
+            "width": width.take(rows),
+            "height": height.take(rows),
+            "region_id": pa.array(position),
+            "name": pc.list_flatten(names).take(pa.array(name_at)),
+            "x": pa.array(bbox[:, 0]),
+            "y": pa.array(bbox[:, 1]),
+            "w": pa.array(bbox[:, 2]),
+            "h": pa.array(bbox[:, 3]),
+            "seg_size": pc.struct_field(self.seg, "size").take(pa.array(sel))
+            if self.seg is not None
+            else none.cast(pa.list_(pa.int64())),
+            "counts": pc.struct_field(self.seg, "counts").take(pa.array(sel))
+            if self.seg is not None
+            else none.cast(pa.string()),
+            "area": self.area.take(pa.array(sel)).cast(pa.float64(), safe=False)
+            if self.area is not None
+            else none.cast(pa.float64()),
+        }
 
 
 class _Vectorised:
@@ -514,6 +577,7 @@ class _Vectorised:
         slow = duplicate.copy()  # duplicates are one error row: the per-row path writes it
         texts = batch.column("scene_graph").to_pylist()
         plain: list[bytes | None] = [None] * n
+        objects: list[list[str]] = [[]] * n  # the names of the rows the vectorised path takes
         literal: dict[int, object] = {}
         for i, text in enumerate(texts):
             if not slow[i]:
@@ -521,7 +585,9 @@ class _Vectorised:
                 plain[i] = _plain(graph)
                 if plain[i] is None:
                     slow[i] = True
-                elif is_literal:
+                    continue
+                objects[i] = graph["objects"]  # type: ignore[index]
+                if is_literal:
                     literal[i] = graph
         ids = [_image_id(r) for r in raw_ids]
         width, height = _dimension(batch, "width"), _dimension(batch, "height")
@@ -530,7 +596,8 @@ class _Vectorised:
             if "regions" in batch.column_names
             else pa.nulls(n, pa.list_(pa.struct([("bbox", pa.list_(pa.float64()))])))
         )
-        region_ok, size_sql, counts_sql, area_sql = _region_sql(batch.schema)
+        flat = _Regions(regions)
+        slow |= flat.odd_rows(n)
         rows = pa.table(
             {
                 "idx": pa.array(np.arange(idx0, idx0 + n, dtype=np.int64)),
@@ -538,25 +605,21 @@ class _Vectorised:
                 "width": width,
                 "height": height,
                 "sg": pa.array(plain, pa.string()),
-                "regions": regions,
+                "nreg": pa.array(flat.lengths),
                 "eligible": pa.array(~slow),
             }
         )
         con = self.con
         con.register("batch_rows", rows)
-        # each graph parsed once: names as strings, relation items as lists of their
-        # elements' JSON text (NULL for an item that is not a list); regions with a 4-number
-        # box and a segmentation that is null or a {size, counts}
+        # each graph parsed once: relation items as lists of their elements' JSON text (NULL
+        # for an item that is not a list)
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE rows AS
-            SELECT idx, image_id, width, height, regions, g.objects AS objs,
-              g.relations::VARCHAR[][] AS rels,
-              eligible AND coalesce(list_bool_and(list_transform(regions, lambda r: {region_ok})), true)
-                AS clean,
+            """CREATE OR REPLACE TEMP TABLE rows AS
+            SELECT idx, image_id, least(len(g.objects), nreg) AS n,
+              g.relations::VARCHAR[][] AS rels, eligible AS clean,
               width IS NOT NULL AND height IS NOT NULL AS meta_ok
             FROM (
-              SELECT idx, image_id, width, height, coalesce(regions, []) AS regions, eligible,
-                from_json(sg, '{{"objects": ["VARCHAR"], "relations": [["JSON"]]}}') AS g
+              SELECT *, from_json(sg, '{"objects": ["VARCHAR"], "relations": [["JSON"]]}') AS g
               FROM batch_rows
             )"""
         )
@@ -610,8 +673,7 @@ class _Vectorised:
                      CASE WHEN CAST(TRY_CAST(x[2] AS BIGINT) AS VARCHAR) = x[2]
                           THEN TRY_CAST(x[2] AS BIGINT) END AS o
                    FROM (
-                     SELECT idx, image_id, least(len(objs), len(regions)) AS n,
-                       unnest(rels) AS x, unnest(range(len(rels))) AS k
+                     SELECT idx, image_id, n, unnest(rels) AS x, unnest(range(len(rels))) AS k
                      FROM rows WHERE clean
                    )
                  ) LEFT JOIN m ON x[3] = m.t
@@ -632,29 +694,22 @@ class _Vectorised:
         relations = _first_of_each(
             items if (status == _OK).all() else items.filter(pa.array(status == _OK))
         )
-        region_rows = con.sql(
-            f"""SELECT idx, image_id, width, height, i AS region_id, name,
-                  reg.bbox[1]::DOUBLE AS x, reg.bbox[2]::DOUBLE AS y,
-                  reg.bbox[3]::DOUBLE AS w, reg.bbox[4]::DOUBLE AS h,
-                  {size_sql} AS seg_size, {counts_sql} AS counts, {area_sql} AS area
-               FROM (
-                 SELECT idx, image_id, width, height, least(len(regions), len(objs)) AS m,
-                   unnest(regions) AS reg, unnest(objs) AS name,
-                   unnest(range(greatest(len(regions), len(objs)))) AS i
-                 FROM rows WHERE clean AND meta_ok
-               ) WHERE i < m ORDER BY idx, i"""
-        ).to_arrow_table()
-        mismatched = con.execute(
-            """SELECT idx, len(objs), len(regions) FROM rows
-               WHERE clean AND meta_ok AND len(objs) <> len(regions) ORDER BY idx"""
-        ).fetchall()
         con.unregister("m")
 
         errors: list[tuple[int, int, str, str]] = []  # (idx, seq, kind, reason)
         for row in np.flatnonzero(~slow & ~meta_ok).tolist():
             errors.append((idx0 + row, 0, "svg_bad_metadata", BAD_METADATA))
-        for idx, objects, regs in mismatched:
-            errors.append((idx, 0, "svg_objects_regions_mismatch", _mismatch_error(objects, regs)))
+        names = [len(o) for o in objects]
+        for row in np.flatnonzero(usable).tolist():
+            if names[row] != flat.lengths[row]:
+                errors.append(
+                    (
+                        idx0 + row,
+                        0,
+                        "svg_objects_regions_mismatch",
+                        _mismatch_error(names[row], int(flat.lengths[row])),
+                    )
+                )
         parsed: dict[int, list] = {}
         for bad in bad_relations:
             idx, k, nn = bad["idx"], bad["k"], bad["n"]
@@ -665,6 +720,7 @@ class _Vectorised:
             errors.append(
                 (idx, _RELATION_SEQ + k, "svg_bad_relation", _relation_error(parsed[idx][k], nn))
             )
+        region_rows = flat.zipped(usable, objects, idx0, pa.array(ids, pa.string()), width, height)
         region_table, region_errors = self._regions(region_rows)
         errors += region_errors
 
@@ -701,7 +757,7 @@ class _Vectorised:
                         "model": RELEASE_MODEL,
                         "run_id": run_id,
                     },
-                    region_rows.num_rows,
+                    len(region_rows["idx"]),
                 ),
                 region_rows["idx"],
                 region_rows["region_id"],
@@ -772,10 +828,9 @@ class _Vectorised:
         )
         return zip((int(i) for i in keep), names, strict=True)
 
-    def _regions(self, table: pa.Table) -> tuple[pa.Table, list[tuple[int, int, str, str]]]:
-        """The regions table of the flattened rows, and their segmentation errors."""
-        n = table.num_rows
-        r = {name: table.column(name).combine_chunks() for name in table.column_names}
+    def _regions(self, r: dict[str, pa.Array]) -> tuple[pa.Table, list[tuple[int, int, str, str]]]:
+        """The regions table of the zipped regions, and their segmentation errors."""
+        n = len(r["idx"])
         x, y = r["x"].to_numpy(), r["y"].to_numpy()
         x2, y2 = x + r["w"].to_numpy(), y + r["h"].to_numpy()
         dx, dy = x2 - x, y2 - y
@@ -787,7 +842,7 @@ class _Vectorised:
         has_mask = np.zeros(n, dtype=bool)
         errors = []
         seg_rows = np.flatnonzero(has_seg)
-        counts: list = [""] * n  # under a null mask: the field is not nullable
+        converted: dict[int, str] = {}  # counts segmentation_to_rle gave a region
         if len(seg_rows):
             sizes = pc.list_flatten(r["seg_size"].take(seg_rows)).to_numpy().reshape(-1, 2)
             heights = r["height"].take(seg_rows).to_numpy()
@@ -800,21 +855,19 @@ class _Vectorised:
                 & (sizes[:, 1] == widths)
                 & pc.string_is_ascii(seg_counts).to_numpy(zero_copy_only=False)
             )
-            texts = seg_counts.to_pylist()
-            coco = []
-            for j, row in enumerate(seg_rows):
-                if happy[j]:
-                    counts[row] = texts[j]
-                    coco.append(
-                        {
-                            "size": [int(heights[j]), int(widths[j])],
-                            "counts": texts[j].encode("ascii"),
-                        }
-                    )
-                    continue
+            happy_rows = seg_rows[happy]
+            if len(happy_rows):  # their masks are their own counts at the image's size
+                encoded = r["counts"].take(happy_rows).cast(pa.binary()).to_pylist()
+                hw = zip(heights[happy].tolist(), widths[happy].tolist(), strict=True)
+                area[happy_rows] = masks.areas(
+                    [{"size": [h, w], "counts": c} for (h, w), c in zip(hw, encoded, strict=True)]
+                )
+                has_mask[happy_rows] = True
+            for j in np.flatnonzero(~happy).tolist():
+                row = int(seg_rows[j])
                 try:
                     rle = masks.segmentation_to_rle(
-                        {"size": sizes[j].tolist(), "counts": texts[j]},
+                        {"size": sizes[j].tolist(), "counts": seg_counts[j].as_py()},
                         int(heights[j]),
                         int(widths[j]),
                     )
@@ -829,13 +882,15 @@ class _Vectorised:
                         )
                     )
                     continue
-                counts[row] = rle.counts
+                converted[row] = rle.counts
                 area[row] = masks.area(rle)
                 has_mask[row] = True
-            if coco:
-                happy_rows = seg_rows[happy]
-                area[happy_rows] = masks.areas(coco)
-                has_mask[happy_rows] = True
+        counts = pc.if_else(pa.array(has_mask), r["counts"].fill_null(""), "")
+        if converted:  # not reached with a compressed RLE: kept so the rule has one place
+            patched = counts.to_pylist()
+            for row, text in converted.items():
+                patched[row] = text
+            counts = pa.array(patched, pa.string())
         mask_size = pa.ListArray.from_arrays(
             pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)),
             pa.array(
@@ -846,7 +901,7 @@ class _Vectorised:
             ),
         )
         mask = pa.StructArray.from_arrays(
-            [mask_size, pa.array(counts, pa.string())],
+            [mask_size, counts],
             fields=list(schema_of(RegionRecord).field("mask").type),
             mask=pa.array(~has_mask),
         )
