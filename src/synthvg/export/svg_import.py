@@ -377,6 +377,14 @@ def _is_str(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
 
+def _pick(array, rows: np.ndarray):
+    """``array.take(rows)``, or ``array`` itself when ``rows`` is every row in order (large
+    mask strings are not copied for nothing)."""
+    if len(rows) == len(array) and (not len(rows) or (rows[0] == 0 and rows[-1] == len(rows) - 1)):
+        return array  # rows are increasing and distinct: all of them
+    return array.take(pa.array(rows))
+
+
 def _present(struct: pa.DataType, name: str) -> bool:
     """``struct`` has a field ``name`` that is not all-null by type (a column of Nones)."""
     return struct.get_field_index(name) >= 0 and not pa.types.is_null(struct.field(name).type)
@@ -522,7 +530,7 @@ class _Regions:
         sel = np.flatnonzero(usable[parent] & (self.position < count[parent]))
         rows = pa.array(parent[sel])
         position = self.position[sel]
-        bbox = pc.list_flatten(self.bbox.take(pa.array(sel))).cast(pa.float64(), safe=False)
+        bbox = pc.list_flatten(_pick(self.bbox, sel)).cast(pa.float64(), safe=False)
         bbox = bbox.to_numpy()
         bbox = bbox.reshape(-1, 4)
         name_at = np.asarray(names.offsets)[:-1][parent[sel]] + position
@@ -538,13 +546,13 @@ class _Regions:
             "y": pa.array(bbox[:, 1]),
             "w": pa.array(bbox[:, 2]),
             "h": pa.array(bbox[:, 3]),
-            "seg_size": pc.struct_field(self.seg, "size").take(pa.array(sel))
+            "seg_size": _pick(pc.struct_field(self.seg, "size"), sel)
             if self.seg is not None
             else none.cast(pa.list_(pa.int64())),
-            "counts": pc.struct_field(self.seg, "counts").take(pa.array(sel))
+            "counts": _pick(pc.struct_field(self.seg, "counts"), sel)
             if self.seg is not None
             else none.cast(pa.string()),
-            "area": self.area.take(pa.array(sel)).cast(pa.float64(), safe=False)
+            "area": _pick(self.area, sel).cast(pa.float64(), safe=False)
             if self.area is not None
             else none.cast(pa.float64()),
         }
@@ -844,10 +852,10 @@ class _Vectorised:
         seg_rows = np.flatnonzero(has_seg)
         converted: dict[int, str] = {}  # counts segmentation_to_rle gave a region
         if len(seg_rows):
-            sizes = pc.list_flatten(r["seg_size"].take(seg_rows)).to_numpy().reshape(-1, 2)
-            heights = r["height"].take(seg_rows).to_numpy()
-            widths = r["width"].take(seg_rows).to_numpy()
-            seg_counts = r["counts"].take(seg_rows)
+            sizes = pc.list_flatten(_pick(r["seg_size"], seg_rows)).to_numpy().reshape(-1, 2)
+            heights = _pick(r["height"], seg_rows).to_numpy()
+            widths = _pick(r["width"], seg_rows).to_numpy()
+            seg_counts = _pick(r["counts"], seg_rows)
             # segmentation_to_rle's compressed-RLE case, when it cannot fail: the size is the
             # image's and the counts are ASCII; any other segmentation is handed to it below
             happy = (
@@ -857,7 +865,7 @@ class _Vectorised:
             )
             happy_rows = seg_rows[happy]
             if len(happy_rows):  # their masks are their own counts at the image's size
-                encoded = r["counts"].take(happy_rows).cast(pa.binary()).to_pylist()
+                encoded = _pick(r["counts"], happy_rows).cast(pa.binary()).to_pylist()
                 hw = zip(heights[happy].tolist(), widths[happy].tolist(), strict=True)
                 area[happy_rows] = masks.areas(
                     [{"size": [h, w], "counts": c} for (h, w), c in zip(hw, encoded, strict=True)]
