@@ -1,17 +1,20 @@
 """``synthvg import``: SVG-format Parquet files (see :mod:`synthvg.export.svg`) into a new root.
 
 Two paths write the same rows. The vectorised one reads each file in batches of
-:data:`BATCH_ROWS` rows with pyarrow, flattens regions and relations in DuckDB (the scene graph
-JSON parsed in SQL), normalises each distinct predicate once, hashes relation ids in SQL,
-computes mask areas in one pycocotools call per batch and builds the tables' Arrow columns
-directly (:func:`synthvg.schemas.table_from_columns`), no record per row. The per-row path
+:data:`BATCH_ROWS` rows with pyarrow; parses each scene graph once in Python (``orjson``: the
+strict reading ``json.loads`` agrees with) and hands it to DuckDB as plain JSON, which unnests
+the relation items, classifies them, joins each distinct raw predicate (normalised once in
+Python) and hashes relation ids; regions are flattened and checked with pyarrow (masks stay
+in Arrow), mask areas come from batched pycocotools calls, repeated triples are dropped with
+one numpy sort, and the tables are built as Arrow columns
+(:func:`synthvg.schemas.table_from_columns`), no record per row. The per-row path
 (:class:`_Importer`, pydantic records) takes the rows whose output the vectorised path could
-not reproduce exactly: a scene graph that is not clean JSON (Python-literal graphs are turned
-into JSON when that keeps their meaning), non-string object names, booleans as ids or
-non-string predicates, regions without a 4-number box, odd segmentations, and whole files
-whose columns have other types (polygon or uncompressed-RLE segmentations, a ``scene_graph``
-struct). Both paths share the rules' messages: a vectorised check only decides that a row is
-fine, every fault it finds is described by the same code the per-row path runs.
+not reproduce exactly: a scene graph that is no JSON object of string names and a relation
+list (Python-literal graphs are turned into JSON when that keeps their meaning), booleans as
+ids or non-string predicates, regions without a 4-number box, odd segmentations, and whole
+files whose columns have other types (polygon or uncompressed-RLE segmentations, a
+``scene_graph`` struct). The faults the vectorised path finds are described by the same
+messages (one function each) and segmentation faults by the same code the per-row path runs.
 
 A row's outputs (image, regions, names, relations, errors) go to the shard it would reach in
 a row-by-row import: row ``r`` belongs to shard ``(usable images before r) // shard_size``, and
