@@ -175,3 +175,24 @@ def test_progress_artifacts_are_updated_at_most_every_interval_and_always_at_the
             updates.append(k)
     assert updates[0] == 1 and updates[-1] == 100
     assert len(updates) <= 10 / build.PROGRESS_EVERY_S + 2
+
+
+def test_only_the_build_flow_sends_heartbeats_its_subflows_run_without(
+    prefect_server, tmp_path, monkeypatch
+):
+    """Subflows run in the build's process, so the build's heartbeat covers them; their own
+    would cost up to 1 s each at their end (Prefect joins the heartbeat thread)."""
+    from prefect.flow_engine import BaseFlowRunEngine
+    from prefect.settings import get_current_settings
+
+    beats: list[str] = []
+    monkeypatch.setattr(
+        BaseFlowRunEngine,
+        "_emit_flow_run_heartbeat",
+        lambda self, resource, related: beats.append(self.flow.name),
+    )
+    before = get_current_settings()
+    run = build_dataset(demo_config(tmp_path / "root", limit=2, shard_size=2))
+    assert run.status == "completed"
+    assert beats == ["build-dataset"]
+    assert get_current_settings() is before  # the subflows' settings did not leak out
