@@ -170,9 +170,10 @@ def build(
         _print_dry_run(cfg, replace)
         return
     from synthvg.flows import BuildIncomplete, build_dataset
+    from synthvg.flows.build import published_stats
     from synthvg.pipeline import WithdrawalRefused
     from synthvg.prefect_server import flow_api
-    from synthvg.stats import compute_stats, format_stats
+    from synthvg.stats import format_stats
     from synthvg.storage import LockLost, StorageWriteError
 
     typer.echo(f"building {cfg.name} -> {cfg.out}", err=True)
@@ -209,7 +210,7 @@ def build(
             for note in s.redone:
                 typer.echo(f"           redone {note}")
     typer.echo("")
-    typer.echo(format_stats(compute_stats(cfg.out)))
+    typer.echo(format_stats(published_stats(Dataset(cfg.out))))
     from synthvg.pipeline import up_to_date
 
     if up_to_date(run):

@@ -384,6 +384,17 @@ def _subflow() -> Iterator[None]:
 _PROGRESS: dict[str, _Progress] = {}
 
 
+#: Where publish writes the statistics, beside the dataset (what ``synthvg stats --json`` prints).
+STATS_FILE = "stats.json"
+
+
+def published_stats(dataset: Dataset) -> dict:
+    """The statistics publish wrote: a build's last step, so after a build they are current, and
+    reading them spares computing them again (1.4 s on a paper-scale root)."""
+    stats = dataset.read_json(dataset.abspath(STATS_FILE))
+    return stats if stats is not None else compute_stats(dataset)
+
+
 @flow(name="publish", flow_run_name="publish")
 def publish_flow(config: BuildConfig) -> dict:
     """Statistics over the whole dataset, as a file beside it and as Prefect artifacts."""
@@ -391,7 +402,7 @@ def publish_flow(config: BuildConfig) -> dict:
 
     dataset = Dataset(config.out)
     stats = compute_stats(dataset)
-    dataset.write_file("stats.json", json.dumps(stats, indent=2, default=str).encode())
+    dataset.write_file(STATS_FILE, json.dumps(stats, indent=2, default=str).encode())
     create_link_artifact(
         key=artifact_key(config.name, "dataset"),
         link=output_link(dataset),
