@@ -51,6 +51,11 @@ def _main(
     pass
 
 
+def _note(message: str) -> None:
+    """A line for the user about what is happening (stderr, so piped output stays clean)."""
+    typer.echo(message, err=True)
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.secho(message, fg=typer.colors.RED, err=True)
     return typer.Exit(code)
@@ -179,7 +184,7 @@ def build(
     typer.echo(f"building {cfg.name} -> {cfg.out}", err=True)
     try:
         Dataset(cfg.out).init()  # a root that cannot be written says so before Prefect starts
-        with flow_api():
+        with flow_api(announce=_note):
             run = build_dataset(cfg, replace=replace)
         code = 0
     except KeyboardInterrupt:
@@ -360,7 +365,7 @@ def report(
     from synthvg.prefect_server import flow_api
 
     _check_root(root)
-    with flow_api():
+    with flow_api(announce=_note):
         out = dataset_report(root=root, samples=samples)
     typer.echo(f"wrote {len(out['files'])} files under {root.rstrip('/')}/report/")
 
