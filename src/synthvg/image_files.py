@@ -14,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import re
 import threading
 import warnings
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -53,6 +53,11 @@ class CheckedImage:
 
 def read_bytes(uri: str) -> bytes:
     try:
+        if "://" not in uri and "::" not in uri:  # a local path: fsspec's import is not needed
+            with open(os.path.expanduser(uri), "rb") as f:
+                return f.read()
+        import fsspec
+
         with fsspec.open(uri, "rb") as f:
             return f.read()
     except FileNotFoundError:
