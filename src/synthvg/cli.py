@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -498,6 +497,8 @@ def sql(
     if format is Format.json:
         typer.echo(json.dumps(rows, indent=2, default=str))
     elif format is Format.csv:
+        import csv
+
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         for r in rows:
