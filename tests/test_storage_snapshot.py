@@ -237,3 +237,25 @@ def test_local_paths_match_fsspec(tmp_path, monkeypatch):
     for root in ("memory://x", "s3://b/k", "simplecache::file:///x"):
         assert not light.is_local(root)
     assert os.getcwd() == str(tmp_path)
+
+
+def test_multi_part_checkpoints_count_only_when_complete(tmp_path):
+    names = [
+        f"{0:020}.json",
+        f"{1:020}.json",
+        f"{2:020}.checkpoint.0000000001.0000000002.parquet",
+        f"{2:020}.checkpoint.0000000002.0000000002.parquet",
+        f"{4:020}.checkpoint.0000000001.0000000003.parquet",  # parts 2 and 3 missing
+        f"{5:020}.checkpoint.parquet",
+        "_last_checkpoint",
+        f"_commit_{'0' * 32}.json.tmp",
+    ]
+    for name in names:
+        (tmp_path / name).write_text("")
+    commits, checkpoints = light._listing(str(tmp_path))
+    assert commits == {0: names[0], 1: names[1]}
+    assert checkpoints == {2: names[2:4], 5: [names[5]]}
+    assert light._plan(commits, checkpoints, 1) == (None, [0, 1])
+    assert light._plan(commits, checkpoints, 2) == (2, [])
+    with pytest.raises(light._Gap):
+        light._plan(commits, checkpoints, 3)  # no commit 3 after checkpoint 2

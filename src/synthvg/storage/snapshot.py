@@ -108,20 +108,18 @@ def _listing(log_dir: str) -> tuple[dict[int, str], dict[int, list[str]]] | None
     except (FileNotFoundError, NotADirectoryError):
         return None
     commits: dict[int, str] = {}
-    parts: dict[int, dict[int, str]] = {}
-    counts: dict[int, int] = {}
+    parts: dict[tuple[int, int], dict[int, str]] = {}  # (version, parts of the set) -> part -> name
     for name in names:
         if m := _COMMIT.fullmatch(name):
             commits[int(m.group(1))] = name
         elif m := _CHECKPOINT.fullmatch(name):
             version, part, of = int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 1)
-            parts.setdefault(version, {})[part] = name
-            counts[version] = of
-    checkpoints = {
-        v: [p[k] for k in sorted(p)]
-        for v, p in parts.items()
-        if sorted(p) == list(range(1, counts[v] + 1))
-    }
+            parts.setdefault((version, of), {})[part] = name
+    checkpoints: dict[int, list[str]] = {}
+    # sorted so that a single-file checkpoint (of 1) is assigned last: it wins over parts
+    for (version, of), found in sorted(parts.items(), reverse=True):
+        if sorted(found) == list(range(1, of + 1)):
+            checkpoints[version] = [found[k] for k in sorted(found)]
     return commits, checkpoints
 
 
@@ -235,6 +233,8 @@ def latest_records(
         ).fetchall()
     except duckdb.IOException as e:
         raise FileNotFoundError(f"{what}: {str(e).splitlines()[0]}") from None
+    except duckdb.Error:  # files of differing schemas, say: delta-rs reads those
+        raise Unsupported(f"{what}: not one schema") from None
     return {(stage, shard): json.loads(record) for stage, shard, record in rows if record}
 
 
