@@ -9,29 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import image_table
 
-from synthvg.schemas import ImageRecord, RelationRecord, to_table
+from synthvg.schemas import RelationRecord, to_table
 from synthvg.storage import Dataset, Snapshot, connect
 from synthvg.storage import snapshot as light
 from synthvg.storage.dataset import CorruptLog, LegacyLayout, UnknownVersion, utcnow
 from synthvg.storage.versions import compact, vacuum
-
-
-def _images(*ids: str):
-    return to_table(
-        ImageRecord,
-        [
-            ImageRecord(
-                image_id=i,
-                sources=["coco"],
-                file_uri=f"/x/{i}.jpg",
-                width=4,
-                height=3,
-                content_hash="h",
-            )
-            for i in ids
-        ],
-    )
 
 
 def _relations(image_id: str):
@@ -61,7 +45,7 @@ def _commit(ds: Dataset, shard: int, fp: str, *ids: str, stage: str = "seeds", t
         stage,
         shard,
         fp,
-        tables or {"images": _images(*ids)},
+        tables or {"images": image_table(*ids)},
         run_id="r",
         image_count=len(ids),
         started_at=utcnow(),

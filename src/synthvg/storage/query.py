@@ -428,27 +428,31 @@ def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = 
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def query(
-    root: str | os.PathLike | Dataset | Snapshot, sql: str, *, limits: SqlLimits | None = None
-) -> pa.Table:
-    """Run one read-only query (see :func:`check_read_only`) and return its result as Arrow."""
+def _sandboxed(
+    root: str | os.PathLike | Dataset | Snapshot,
+    sql: str,
+    limits: SqlLimits | None,
+    run: Callable[[duckdb.DuckDBPyConnection, str, float | None], T],
+) -> T:
+    """Open ``root``, refuse a statement that could write (:func:`check_read_only`), run it."""
     limits = limits or SqlLimits()
     con = connect(root, limits=limits)
     try:
         check_read_only(con, sql)
-        return run_with_timeout(con, sql, limits.timeout_s)
+        return run(con, sql, limits.timeout_s)
     finally:
         con.close()
+
+
+def query(
+    root: str | os.PathLike | Dataset | Snapshot, sql: str, *, limits: SqlLimits | None = None
+) -> pa.Table:
+    """Run one read-only query (see :func:`check_read_only`) and return its result as Arrow."""
+    return _sandboxed(root, sql, limits, run_with_timeout)
 
 
 def query_rows(
     root: str | os.PathLike | Dataset | Snapshot, sql: str, *, limits: SqlLimits | None = None
 ) -> tuple[list[str], list[dict]]:
     """:func:`query`, returning (column names, rows as dicts) as :func:`run_rows` does."""
-    limits = limits or SqlLimits()
-    con = connect(root, limits=limits)
-    try:
-        check_read_only(con, sql)
-        return run_rows(con, sql, limits.timeout_s)
-    finally:
-        con.close()
+    return _sandboxed(root, sql, limits, run_rows)
