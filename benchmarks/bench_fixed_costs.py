@@ -17,6 +17,8 @@ Sections (``--only`` picks some; all by default):
            the plain build), at ``--shard-sizes``; a ``--default-images`` build at the config's
            default shard size; and the fixed cost (one 8-image shard). Also the server's CPU
            and the build process's API requests.
+  fixed-ab the fixed cost of a build (8 images, one shard), plain and flow, in this tree and in
+           ``--baseline`` (another checkout's ``src/``, e.g. a worktree of main), interleaved.
   import   ``synthvg import`` (``import_svg``) of SVG-format Parquet files that the script
            writes in the release's layout (20 boxes, 38 relations per image) against DuckDB
            flattening the same files into images, regions and relations Parquet.
@@ -24,7 +26,7 @@ Sections (``--only`` picks some; all by default):
 The paper-scale root (146,000 images, 2.92M regions, 5.55M relations in shards of 500) is built
 once through the storage's own commit path (benchmarks/bench_query.py) and cached in --root.
 
-Usage: PYTHONPATH=src python benchmarks/bench_fixed_costs.py [--only cli,views,prefect,import]
+Usage: PYTHONPATH=src python benchmarks/bench_fixed_costs.py [--only cli,views,prefect,import,fixed-ab]
        [--root DIR] [--runs 7] [--build-images 10000] [--shard-sizes 100,500] [--workers 1]
        [--default-images 2000] [--import-images 20000]
 The Robin CPU re-measurement is its own script (torch): benchmarks/bench_robin.py --threads 1
@@ -148,11 +150,14 @@ def bench_views(paper_root: str, runs: int, heavy_runs: int = 1) -> list[str]:
     for con in (raw, cached):
         con.execute("SET enable_progress_bar = false")
     held = connect(ds)
-    times: dict[str, list[float]] = {"connect": []}
+    times: dict[str, list[float]] = {"connect": [], "connect path": []}
     for rep in range(runs):
         t0 = time.perf_counter()
         connect(ds).close()
         times["connect"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        connect(paper_root).close()  # what sql/stats/show do: the commit log read each time
+        times["connect path"].append(time.perf_counter() - t0)
         for name, view_sql, raw_sql in QUERIES:
             if rep >= heavy_runs and name in HEAVY:
                 continue
@@ -168,7 +173,8 @@ def bench_views(paper_root: str, runs: int, heavy_runs: int = 1) -> list[str]:
     lines = [
         f"Views on the paper-scale root, held connection, medians of {runs} interleaved runs "
         f"({heavy_runs} for the two big joins); "
-        f"`connect()` {med['connect']:.3f} s",
+        f"`connect(Dataset)` {med['connect']:.3f} s, `connect(path)` (the commit log read "
+        f"through DuckDB each time, as sql/stats/show do) {med['connect path']:.3f} s",
         "",
         "| query | views s | raw DuckDB s (defaults) | raw DuckDB s (metadata cache) | views / raw | views / raw cached |",
         "|---|---:|---:|---:|---:|---:|",
@@ -220,6 +226,72 @@ def _timed_child(code: str, env: dict) -> tuple[float, float]:
     return _run_process([PY, "-c", code], env)
 
 
+def server_cpu() -> float:
+    """CPU seconds of the Prefect server this script started (its process tree)."""
+    import psutil
+
+    total = 0.0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _prefect_env(home: Path, api: str, src: Path) -> dict:
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(src), str(REPO / "benchmarks")]),
+        "PREFECT_API_URL": api,
+        "PREFECT_HOME": str(home),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def bench_fixed_against(tmp: Path, baseline: Path, runs: int) -> list[str]:
+    """The fixed cost of a build (8 images, one shard), this tree against ``baseline`` (another
+    checkout's ``src``), plain and flow, all four interleaved on one server."""
+    from local_prefect import local_server
+
+    coco = tmp / "coco" / "fixed.json"
+    write_coco(coco, 8, seed=1)
+    home = tmp / "prefect-home-ab"
+    trees = {"this tree": REPO / "src", "baseline": baseline}
+    t: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    with local_server(home) as api:
+        for rep in range(runs):
+            for tree, src in trees.items():
+                for kind in ("plain", "flow"):
+                    out = tmp / f"ab-{kind}-{tree.replace(' ', '-')}-{rep}"
+                    code = (
+                        "from bench_fixed_costs import cheap_config, run_variant; "
+                        f"run_variant({kind!r}, cheap_config({str(coco)!r}, {str(out)!r}, 8, 1))"
+                    )
+                    s0 = server_cpu()
+                    wall, cpu = _timed_child(code, _prefect_env(home, api, src))
+                    t.setdefault((tree, kind), []).append((wall, cpu, server_cpu() - s0))
+    rows = []
+    for tree in trees:
+        plain, flow = t[(tree, "plain")], t[(tree, "flow")]
+        pw, fw = _med([x[0] for x in plain]), _med([x[0] for x in flow])
+        pc, fc = _med([x[1] for x in plain]), _med([x[1] for x in flow])
+        sc = _med([x[2] for x in flow])
+        rows.append(
+            f"| {tree} | {pw:.2f} | {fw:.2f} | {fw - pw:+.2f} | {pc:.2f} | {fc:.2f} | {sc:.2f} | {fc + sc - pc:+.2f} |"
+        )
+    return [
+        f"Fixed cost of a build (8 images, 1 shard; seeds, rule teacher, rule filters), this tree "
+        f"against {baseline}, each a fresh process, plain and flow, medians of {runs} interleaved rounds",
+        "",
+        "| tree | plain wall s | flow wall s | flow - plain wall s | plain CPU s | flow CPU s | server CPU s | Prefect CPU s (flow + server - plain) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
+
+
 def bench_prefect(
     tmp: Path, images: int, shard_sizes: list[int], runs: int, default_images: int, workers: int
 ) -> list[str]:
@@ -232,34 +304,13 @@ def bench_prefect(
     home = tmp / "prefect-home"
     lines = []
     with local_server(home) as api:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "benchmarks")]),
-            "PREFECT_API_URL": api,
-            "PREFECT_HOME": str(home),
-            "PREFECT_LOGGING_LEVEL": "WARNING",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
+        env = _prefect_env(home, api, REPO / "src")
 
         def code(kind: str, src: Path, out: Path, shard_size: int) -> str:
             return (
                 "from bench_fixed_costs import cheap_config, run_variant; "
                 f"run_variant({kind!r}, cheap_config({str(src)!r}, {str(out)!r}, {shard_size}, {workers}))"
             )
-
-        def server_cpu() -> float:
-            """CPU seconds of the Prefect server this script started (its process tree)."""
-            import psutil
-
-            me = psutil.Process()
-            total = 0.0
-            for p in me.children(recursive=True):
-                try:
-                    t = p.cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-            return total
 
         rows = []
         from synthvg.schemas.config import BuildConfig
@@ -523,6 +574,12 @@ def main() -> None:
         "--no-per-row", action="store_true", help="leave out the slow per-row import variant"
     )
     ap.add_argument("--import-masks", action="store_true", help="every region with an RLE mask")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout's src/: section fixed-ab times a build's fixed cost in both trees",
+    )
+    ap.add_argument("--ab-runs", type=int, default=5)
     args = ap.parse_args()
     only = set(args.only.split(","))
 
@@ -559,7 +616,10 @@ def main() -> None:
                 tmp, args.import_images, args.import_runs, not args.no_per_row, args.import_masks
             ),
         ),
+        ("fixed-ab", lambda: bench_fixed_against(tmp, args.baseline, args.ab_runs)),
     ]
+    if "fixed-ab" in only and args.baseline is None:
+        ap.error("section fixed-ab needs --baseline OTHER_CHECKOUT/src")
     for name, fn in sections:
         if name in only:
             lines = fn()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from synthvg.schemas import ImageRecord, to_table
 from synthvg.schemas.config import BuildConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,3 +148,21 @@ def save_tiny_sam(path: Path) -> None:
             size={"longest_edge": 256}, pad_size={"height": 256, "width": 256}
         )
     ).save_pretrained(path)
+
+
+def image_table(*ids: str):
+    """An ``images`` table of tiny 4x3 COCO images with these ids (storage tests' rows)."""
+    return to_table(
+        ImageRecord,
+        [
+            ImageRecord(
+                image_id=i,
+                sources=["coco"],
+                file_uri=f"/x/{i}.jpg",
+                width=4,
+                height=3,
+                content_hash="h",
+            )
+            for i in ids
+        ],
+    )

@@ -175,3 +175,34 @@ def test_progress_artifacts_are_updated_at_most_every_interval_and_always_at_the
             updates.append(k)
     assert updates[0] == 1 and updates[-1] == 100
     assert len(updates) <= 10 / build.PROGRESS_EVERY_S + 2
+
+
+def test_only_the_build_flow_sends_heartbeats_and_the_cli_prints_the_published_stats(
+    prefect_server, tmp_path, monkeypatch
+):
+    """Subflows run in the build's process, so the build's heartbeat covers them; their own
+    would cost up to 1 s each at their end (Prefect joins the heartbeat thread). The CLI prints
+    the statistics publish wrote, not a second computation of them."""
+    from prefect.flow_engine import BaseFlowRunEngine
+    from prefect.settings import get_current_settings
+    from typer.testing import CliRunner
+
+    from synthvg.cli import app
+    from synthvg.stats import compute_stats, format_stats
+
+    beats: list[str] = []
+    monkeypatch.setattr(
+        BaseFlowRunEngine,
+        "_emit_flow_run_heartbeat",
+        lambda self, resource, related: beats.append(self.flow.name),
+    )
+    before = get_current_settings()
+    root = tmp_path / "root"
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    result = CliRunner().invoke(
+        app, ["build", "--config", str(config), "--out", str(root), "--limit", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert beats == ["build-dataset"]
+    assert get_current_settings() is before  # the subflows' settings did not leak out
+    assert format_stats(compute_stats(str(root))) in result.output

@@ -14,14 +14,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import REPO, dataset_rows, demo_config
+from helpers import REPO, dataset_rows, demo_config, image_table
 from typer.testing import CliRunner
 
 import synthvg.storage.dataset as dataset_module
 import synthvg.storage.lock as lock_module
 from synthvg.cli import app
 from synthvg.pipeline import run_build
-from synthvg.schemas import ImageRecord, to_table
 from synthvg.storage import Dataset, LockLost, StorageRefused, build_lock
 from synthvg.storage.dataset import file_digest, utcnow
 from synthvg.storage.verify import verify_dataset
@@ -29,29 +28,12 @@ from synthvg.storage.verify import verify_dataset
 runner = CliRunner()
 
 
-def _images(*ids: str):
-    return to_table(
-        ImageRecord,
-        [
-            ImageRecord(
-                image_id=i,
-                sources=["coco"],
-                file_uri=f"/x/{i}.jpg",
-                width=4,
-                height=3,
-                content_hash="h",
-            )
-            for i in ids
-        ],
-    )
-
-
 def _commit(ds: Dataset, shard: int, fp: str, *ids: str, fence: str | None = None):
     return ds.commit_shard(
         "seeds",
         shard,
         fp,
-        {"images": _images(*ids)},
+        {"images": image_table(*ids)},
         run_id="r",
         image_count=len(ids),
         started_at=utcnow(),

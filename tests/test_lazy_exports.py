@@ -19,7 +19,14 @@ def _type_checking_imports(module) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("package", ["synthvg.llm"])
+@pytest.mark.parametrize("package", ["synthvg.llm", "synthvg.storage", "synthvg.schemas"])
 def test_type_checking_imports_match_lazy_exports(package):
     module = importlib.import_module(package)
     assert _type_checking_imports(module) == module._EXPORTS
+
+
+@pytest.mark.parametrize("package", ["synthvg.llm", "synthvg.storage", "synthvg.schemas"])
+def test_every_exported_name_resolves(package):
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert getattr(module, name) is not None, name

@@ -470,6 +470,7 @@ def test_entities_from_regions_and_from_the_perception_chain_feed_the_model(
 ):
     from PIL import Image
 
+    from synthvg.image_files import to_rgb
     from synthvg.models.llava_sg.entities import (
         LabelTagger,
         OpenVocabDetector,
@@ -478,7 +479,6 @@ def test_entities_from_regions_and_from_the_perception_chain_feed_the_model(
         dataset_entities,
     )
     from synthvg.models.llava_sg.inference import LlavaSGEngine
-    from synthvg.stages.common import to_rgb
     from synthvg.stages.seeds import read_image
     from synthvg.storage import connect
 

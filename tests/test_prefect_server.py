@@ -16,13 +16,15 @@ import synthvg
 from synthvg.prefect_server import LOCAL_URL_ENV, running_local_server
 
 SRC = str(Path(synthvg.__file__).resolve().parents[1])
-# Holds the API open and prints its URL and how long getting it took.
+# Holds the API open and prints its URL, how long getting it took and whether it said it had to
+# start a temporary server.
 HOLD = """
 import os, sys, time
 from synthvg.prefect_server import flow_api
 t0 = time.perf_counter()
-with flow_api() as url:
-    print(url, round(time.perf_counter() - t0, 2), flush=True)
+said = []
+with flow_api(announce=said.append) as url:
+    print(url, round(time.perf_counter() - t0, 2), int(any("temporary" in m for m in said)), flush=True)
     time.sleep(float(sys.argv[1]))
 """
 
@@ -37,15 +39,17 @@ def _env(tmp_path: Path, local_url: str) -> dict:
     }
 
 
-def _hold(tmp_path: Path, local_url: str, seconds: float) -> tuple[subprocess.Popen, str, float]:
+def _hold(
+    tmp_path: Path, local_url: str, seconds: float
+) -> tuple[subprocess.Popen, str, float, bool]:
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(seconds)],
         env=_env(tmp_path, local_url),
         stdout=subprocess.PIPE,
         text=True,
     )
-    url, took = proc.stdout.readline().split()
-    return proc, url, float(took)
+    url, took, announced = proc.stdout.readline().split()
+    return proc, url, float(took), announced == "1"
 
 
 def _gone(url: str, within: float = 15.0) -> bool:
@@ -63,17 +67,18 @@ def _gone(url: str, within: float = 15.0) -> bool:
 
 @pytest.mark.slow
 def test_running_server_is_reused_and_a_killed_owner_takes_its_server_along(tmp_path):
-    owner, url, _ = _hold(tmp_path, "", 300)  # no local server configured: a temporary one
+    owner, url, _, announced = _hold(tmp_path, "", 300)  # no local server: a temporary one
     try:
         assert url.startswith("http://127.0.0.1:") and url.endswith("/api")
+        assert announced  # the slow case is worth a line to the user
         os.environ[LOCAL_URL_ENV] = url
         assert running_local_server() == url
         os.environ[LOCAL_URL_ENV] = ""
         # a second command finds it running: it uses it (a server of its own would have its own port)
         (tmp_path / "second").mkdir()
-        reuser, reused, _ = _hold(tmp_path / "second", url, 0)
+        reuser, reused, _, announced = _hold(tmp_path / "second", url, 0)
         assert reuser.wait(timeout=60) == 0
-        assert reused == url
+        assert reused == url and not announced
     finally:
         owner.send_signal(signal.SIGKILL)
         owner.wait()

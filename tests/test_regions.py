@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from synthvg import masks
+from synthvg.image_files import to_rgb
 from synthvg.models.amg import (
     merge_whole_part,
     point_grid,
@@ -27,7 +28,7 @@ from synthvg.models.proposers import Proposal, to_proposals
 from synthvg.pipeline import fingerprints, run_build
 from synthvg.schemas.config import ConfigError, MergeParams, UncoveredConfig, load_config
 from synthvg.stages import ShardSpec
-from synthvg.stages.common import per_image, to_rgb
+from synthvg.stages.common import per_image
 from synthvg.stages.depth import depth_png, depth_stats
 from synthvg.stages.regions import check_regions, uncovered
 from synthvg.storage import connect

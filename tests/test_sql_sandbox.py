@@ -200,6 +200,15 @@ def test_limits_apply_and_a_slow_query_is_cancelled(root):
         query(str(root), slow, limits=SqlLimits(timeout_s=0.5))
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [{"threads": 0}, {"threads": 1.5}, {"timeout_s": 0}, {"timeout_s": -1.0}, {"memory_limit": 2}],
+)
+def test_limits_refuse_nonsense(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        SqlLimits(**bad)
+
+
 def test_the_cli_refuses_in_one_line(root):
     cmd = [
         sys.executable,

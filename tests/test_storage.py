@@ -9,8 +9,8 @@ import sys
 import textwrap
 
 import pytest
+from helpers import image_table
 
-from synthvg.schemas import ImageRecord, to_table
 from synthvg.storage import (
     BuildLocked,
     Dataset,
@@ -23,29 +23,12 @@ from synthvg.storage import (
 from synthvg.storage.dataset import utcnow
 
 
-def _images(*ids: str):
-    return to_table(
-        ImageRecord,
-        [
-            ImageRecord(
-                image_id=i,
-                sources=["coco"],
-                file_uri=f"/x/{i}.jpg",
-                width=4,
-                height=3,
-                content_hash="h",
-            )
-            for i in ids
-        ],
-    )
-
-
 def _commit(ds: Dataset, shard: int, fp: str, *ids: str, stage: str = "seeds"):
     return ds.commit_shard(
         stage,
         shard,
         fp,
-        {"images": _images(*ids)},
+        {"images": image_table(*ids)},
         run_id="r",
         image_count=len(ids),
         started_at=utcnow(),
@@ -254,13 +237,13 @@ def test_files_of_one_schema_are_read_without_unifying_and_older_files_still_are
     ds.init()
     m0 = _commit(ds, 0, "fp0", "a")
     _commit(ds, 1, "fp1", "b")
-    assert m0.files[0].schema_id == schema_id(_images("x").schema)
+    assert m0.files[0].schema_id == schema_id(image_table("x").schema)
     con = connect(ds)
     assert "union_by_name" not in _view_sql(con, "_images")
     assert con.execute("SELECT count(*) FROM images").fetchone() == (2,)
 
     # Shard 1 rewritten as an older synthvg wrote it: without content_hash, no schema id.
-    old = _images("b").drop_columns(["content_hash"])
+    old = image_table("b").drop_columns(["content_hash"])
     buf = io.BytesIO()
     pq.write_table(old, buf)
     (f1,) = ds.read_manifest("seeds", 1).files

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -15,6 +14,9 @@ import typer
 
 from synthvg import prefect_env
 from synthvg.prefect_env import WORK_POOL
+
+if typing.TYPE_CHECKING:
+    from synthvg.storage import Dataset, Snapshot
 
 # Environment only: Prefect itself is imported by the commands that run a flow (build, report,
 # setup-prefect), so sql, stats, show, export and ingest start fast and never start a server.
@@ -51,29 +53,39 @@ def _main(
     pass
 
 
+def _note(message: str) -> None:
+    """A line for the user about what is happening (stderr, so piped output stays clean)."""
+    typer.echo(message, err=True)
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     typer.secho(message, fg=typer.colors.RED, err=True)
     return typer.Exit(code)
 
 
-def _check_root(root: str, as_of: int | None = None):
+def _check_root(root: str, as_of: int | None = None, *, light: bool = False) -> Any:
     """The dataset at ``root`` (as of a version), or a one-line error: not a dataset, the old
-    layout (naming `synthvg migrate`), an unknown or vacuumed version."""
-    from synthvg.storage import Dataset
-    from synthvg.storage.dataset import LegacyLayout, UnknownVersion
+    layout (naming `synthvg migrate`), an unknown or vacuumed version. With ``light``, a
+    read-only :class:`~synthvg.storage.Snapshot` (no pyarrow, deltalake or record models for a
+    local root: what sql, stats and show need), else a :class:`~synthvg.storage.Dataset`."""
+    from synthvg.storage.snapshot import LegacyLayout, UnknownVersion
 
-    ds = Dataset(root, as_of=as_of)
-    if not ds.fs.exists(ds.abspath("synthvg.json")):
+    ds: Snapshot | Dataset
+    if light:
+        from synthvg.storage import Snapshot
+
+        ds = Snapshot(root, as_of=as_of)
+    else:
+        from synthvg.storage import Dataset
+
+        ds = Dataset(root, as_of=as_of)
+    if not ds.exists("synthvg.json"):
         raise _fail(
             f"{root} is not a synthvg dataset (no synthvg.json); build one with `synthvg build`"
         )
     try:
         ds.check_layout()
-        ds.records()  # a commit log that cannot be read says so here, in one line
-        if as_of is not None:
-            from synthvg.storage.versions import check_readable
-
-            check_readable(ds)
+        ds.check_readable()  # a commit log that cannot be read says so here, in one line
     except (LegacyLayout, UnknownVersion, ValueError) as e:
         raise _fail(str(e)) from None
     return ds
@@ -170,15 +182,16 @@ def build(
         _print_dry_run(cfg, replace)
         return
     from synthvg.flows import BuildIncomplete, build_dataset
+    from synthvg.flows.build import published_stats
     from synthvg.pipeline import WithdrawalRefused
     from synthvg.prefect_server import flow_api
-    from synthvg.stats import compute_stats, format_stats
+    from synthvg.stats import format_stats
     from synthvg.storage import LockLost, StorageWriteError
 
     typer.echo(f"building {cfg.name} -> {cfg.out}", err=True)
     try:
         Dataset(cfg.out).init()  # a root that cannot be written says so before Prefect starts
-        with flow_api():
+        with flow_api(announce=_note):
             run = build_dataset(cfg, replace=replace)
         code = 0
     except KeyboardInterrupt:
@@ -209,7 +222,7 @@ def build(
             for note in s.redone:
                 typer.echo(f"           redone {note}")
     typer.echo("")
-    typer.echo(format_stats(compute_stats(cfg.out)))
+    typer.echo(format_stats(published_stats(Dataset(cfg.out))))
     from synthvg.pipeline import up_to_date
 
     if up_to_date(run):
@@ -359,7 +372,7 @@ def report(
     from synthvg.prefect_server import flow_api
 
     _check_root(root)
-    with flow_api():
+    with flow_api(announce=_note):
         out = dataset_report(root=root, samples=samples)
     typer.echo(f"wrote {len(out['files'])} files under {root.rstrip('/')}/report/")
 
@@ -468,12 +481,11 @@ def sql(
     """
     import duckdb
 
-    from synthvg.storage import QueryTimeout, ReadOnlyError, SqlLimits
-    from synthvg.storage import query as run_query
+    from synthvg.storage.query import QueryTimeout, ReadOnlyError, SqlLimits, query_rows
 
-    dataset = _check_root(root, as_of)
+    dataset = _check_root(root, as_of, light=True)
     try:
-        table = run_query(
+        columns, rows = query_rows(
             dataset,
             query,
             limits=SqlLimits(memory_limit=memory_limit, threads=threads, timeout_s=timeout),
@@ -482,26 +494,33 @@ def sql(
         raise _fail(str(e)) from None
     except (ValueError, duckdb.Error) as e:
         raise _fail(f"query failed: {e}") from None
-    rows = table.to_pylist()
     if format is Format.json:
         typer.echo(json.dumps(rows, indent=2, default=str))
     elif format is Format.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(table.column_names)
-        for r in rows:
-            writer.writerow([r[c] for c in table.column_names])
-    else:
-        from rich.console import Console
-        from rich.table import Table
+        import csv
 
-        t = Table(show_lines=False)
-        for c in table.column_names:
-            t.add_column(c)
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
         for r in rows:
-            t.add_row(*("NULL" if r[c] is None else str(r[c]) for c in table.column_names))
-        Console(
-            width=max(100, os.get_terminal_size().columns if sys.stdout.isatty() else 160)
-        ).print(t)
+            writer.writerow([r[c] for c in columns])
+    else:
+        from synthvg.text_table import plain_output, render
+
+        cells = [["NULL" if r[c] is None else str(r[c]) for c in columns] for r in rows]
+        width = max(100, os.get_terminal_size().columns if sys.stdout.isatty() else 160)
+        text = render(columns, cells, width) if plain_output(sys.stdout) else None
+        if text is not None:  # rich's table, drawn without importing rich
+            sys.stdout.write(text)
+        else:
+            from rich.console import Console
+            from rich.table import Table
+
+            t = Table(show_lines=False)
+            for c in columns:
+                t.add_column(c)
+            for line in cells:
+                t.add_row(*line)
+            Console(width=width).print(t)
         typer.echo(f"{len(rows)} row(s)", err=True)
 
 
@@ -573,8 +592,7 @@ def stats(
     """Images, regions, relations; the paper's Table 1 columns; counts per category, stage and verdict."""
     from synthvg.stats import compute_stats, format_stats
 
-    _check_root(root)
-    s = compute_stats(root)
+    s = compute_stats(_check_root(root, light=True))
     typer.echo(json.dumps(s, indent=2, default=str) if as_json else format_stats(s))
 
 
@@ -594,9 +612,9 @@ def show(
         raise _fail(
             f"--out {out} is a folder; give the PNG file to write, e.g. {out / 'scene.png'}"
         )
-    _check_root(root)
+    dataset = _check_root(root, light=True)
     try:
-        img = render_image_from_dataset(root, image_id, stage=stage)
+        img = render_image_from_dataset(dataset, image_id, stage=stage)
     except (KeyError, ValueError) as e:
         raise _fail(str(e).strip("\"'")) from None
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import re
 import threading
 import warnings
 from dataclasses import dataclass
 
-import fsspec
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 #: Pillow refuses images above twice its ``MAX_IMAGE_PIXELS`` (178,956,970 pixels by default)
@@ -52,6 +53,11 @@ class CheckedImage:
 
 def read_bytes(uri: str) -> bytes:
     try:
+        if "://" not in uri and "::" not in uri:  # a local path: fsspec's import is not needed
+            with open(os.path.expanduser(uri), "rb") as f:
+                return f.read()
+        import fsspec
+
         with fsspec.open(uri, "rb") as f:
             return f.read()
     except FileNotFoundError:
@@ -168,3 +174,17 @@ def check_image(uri: str, max_pixels: int | None) -> CheckedImage:
     else:
         decode(img, uri, max(w, h) // 8 if img.format in ("JPEG", "MPO") else None)
     return CheckedImage(w, h, hashlib.sha256(data).hexdigest())
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """H x W x 3 uint8 from any mode: grayscale is repeated, alpha dropped, 16-bit and float
+    images scaled down (PIL alone would clip them to white). EXIF orientation is not applied:
+    annotations are in the file's stored orientation."""
+    if img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        img = Image.fromarray(((a - lo) / (hi - lo or 1.0) * 255).astype(np.uint8))
+    elif img.mode.startswith("I"):
+        a = np.asarray(img, dtype=np.int64)
+        img = Image.fromarray(np.clip(a // 257 if a.max() > 255 else a, 0, 255).astype(np.uint8))
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert() would copy

@@ -250,3 +250,11 @@ def clip_box(box: Box, width: int, height: int) -> Box:
         x2=min(max(box.x2, 0.0), width),
         y2=min(max(box.y2, 0.0), height),
     )
+
+
+def region_mask(region: dict, height: int, width: int) -> RLE:
+    """A region's mask, or its box rasterised when it only has a box."""
+    if region.get("mask") is not None:
+        return RLE(**region["mask"])
+    b = region["bbox"]
+    return box_to_rle(Box(**b), height, width)

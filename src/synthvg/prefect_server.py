@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -95,9 +95,18 @@ def _owned_server_class():
     return OwnedServer
 
 
+#: What a command says when it has to start a temporary server (to stderr, once).
+TEMPORARY_SERVER_HINT = (
+    "no Prefect server found (PREFECT_API_URL, or one on {local}): starting a temporary one, "
+    "which takes 10-25 s; `prefect server start --host 127.0.0.1 --port 4200 --analytics-off` "
+    "once keeps one for every later command (and its UI)"
+)
+
+
 @contextmanager
-def flow_api() -> Iterator[str]:
-    """Point Prefect at the API a flow should use for the duration; yields its URL."""
+def flow_api(announce: Callable[[str], object] | None = None) -> Iterator[str]:
+    """Point Prefect at the API a flow should use for the duration; yields its URL. ``announce``
+    is told when a temporary server has to start (the one slow case, worth a line to the user)."""
     configured = configured_api_url()
     if configured:
         yield configured
@@ -109,6 +118,10 @@ def flow_api() -> Iterator[str]:
         with temporary_settings({PREFECT_API_URL: url}):
             yield url
         return
+    if announce is not None:
+        announce(
+            TEMPORARY_SERVER_HINT.format(local=os.environ.get(LOCAL_URL_ENV, DEFAULT_LOCAL_URL))
+        )
     server = _owned_server_class()()
     server.start()
     try:

@@ -16,7 +16,7 @@ from synthvg import masks
 from synthvg.image_files import read_image
 from synthvg.schemas import RLE, Box
 from synthvg.schemas.records import RelationStage
-from synthvg.storage import Dataset, connect, fetch_dicts
+from synthvg.storage import Snapshot, connect, fetch_dicts
 
 
 def palette(i: int) -> tuple[int, int, int]:
@@ -150,13 +150,15 @@ def relation_legend(relations: list[dict], dropped: int) -> list[str]:
     ]
 
 
-def render_image_from_dataset(root: str, image_id: str, stage: str | None = None) -> Image.Image:
-    """Look an image up in a built dataset and render it with its regions and relations."""
+def render_image_from_dataset(
+    root: str | Snapshot, image_id: str, stage: str | None = None
+) -> Image.Image:
+    """Look an image up in a built dataset (a path, or a :class:`~synthvg.storage.Snapshot`)
+    and render it with its regions and relations."""
     stages = typing.get_args(RelationStage)
     if stage is not None and stage not in stages:
         raise ValueError(f"unknown stage {stage!r}: relations come from {', '.join(stages)}")
-    dataset = Dataset(root)
-    con = connect(dataset)
+    con = connect(root)
     try:
         images = fetch_dicts(con, "SELECT * FROM images WHERE image_id = ?", [image_id])
         if not images:
@@ -164,7 +166,8 @@ def render_image_from_dataset(root: str, image_id: str, stage: str | None = None
                 r["image_id"]
                 for r in fetch_dicts(con, "SELECT image_id FROM images ORDER BY image_id LIMIT 5")
             ]
-            raise KeyError(f"no image {image_id!r} in {root}; ids look like {sample}")
+            url = root.url if isinstance(root, Snapshot) else root
+            raise KeyError(f"no image {image_id!r} in {url}; ids look like {sample}")
         image = images[0]
         regions = fetch_dicts(
             con, "SELECT * FROM regions WHERE image_id = ? ORDER BY region_id", [image_id]

@@ -8,7 +8,12 @@ Definitions (also in docs/SCHEMA.md):
 
 from __future__ import annotations
 
-from synthvg.storage import Dataset, connect, fetch_dicts
+from typing import TYPE_CHECKING
+
+from synthvg.storage import Snapshot, connect, fetch_dicts
+
+if TYPE_CHECKING:
+    from synthvg.storage import Dataset
 
 # The paper's Table 1, to hold a build against.
 PAPER_TABLE_1 = [
@@ -32,7 +37,7 @@ HEADLINE_COUNTS = (
 )
 
 
-def compute_stats(root: str | Dataset) -> dict:
+def compute_stats(root: str | Dataset | Snapshot) -> dict:
     con = connect(root)
     try:
         (images,) = con.sql("SELECT count(*) FROM images").fetchall()[0]

@@ -90,7 +90,7 @@ def evaluate_relations(
     root: str = "",
     holdout_percent: float = 10.0,
 ) -> RelationReport:
-    from synthvg.stages.common import to_rgb
+    from synthvg.image_files import to_rgb
     from synthvg.stages.seeds import read_image
 
     if form not in ("qa", "choice"):

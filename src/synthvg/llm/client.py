@@ -25,9 +25,8 @@ import posixpath
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import openai
 from pydantic import BaseModel
 
 from synthvg.llm.cache import RequestCache, request_key
@@ -69,6 +68,9 @@ from synthvg.llm.structured import (
     schema_of,
     with_schema_instruction,
 )
+
+if TYPE_CHECKING:  # the SDK (~0.5 s of imports) loads only when a client connects
+    import openai
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -185,6 +187,8 @@ class LLMClient:
         self._key_error = None
         if self._sdk is not None:
             self._old_sdks.append(self._sdk)
+        import openai
+
         self._sdk = openai.AsyncOpenAI(
             base_url=self.config.base_url,
             api_key=key,
@@ -611,6 +615,8 @@ class LLMClient:
     async def _with_retries(
         self, what: str, call: Callable[[], Awaitable[T]], chat: bool
     ) -> tuple[T, int]:
+        import openai
+
         cfg = self.config
         attempt, reason = 0, ""
         unreachable = False

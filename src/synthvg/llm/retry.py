@@ -7,11 +7,13 @@ import email.utils
 import math
 import random
 from collections.abc import Mapping
-
-import openai
+from typing import TYPE_CHECKING
 
 from synthvg.llm.errors import LLMRequestError, ResponseFormatRejected
 from synthvg.llm.redact import redact
+
+if TYPE_CHECKING:
+    import openai
 
 RETRY_STATUSES = frozenset({408, 429})
 

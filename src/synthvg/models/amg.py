@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from scipy import ndimage
 
 from synthvg import masks
 from synthvg.models.proposers import Proposal, to_proposals
@@ -35,6 +34,8 @@ def work_size(height: int, width: int, max_side: int) -> tuple[int, int]:
 def remove_small_regions(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, bool]:
     """Fill holes and drop islands smaller than ``min_area`` pixels (8-connected), keeping the
     largest island when all are small: SAM's ``min_mask_region_area`` without OpenCV."""
+    from scipy import ndimage  # ~0.5 s of imports: only when masks are cleaned
+
     changed = False
     holes, n = ndimage.label(~mask, structure=_EIGHT_CONNECTED)
     if n:

@@ -1,6 +1,8 @@
 """Records (pydantic) and the tables (Arrow schemas) they define."""
 
-from synthvg.schemas.arrow import schema_of, table_from_columns, to_table
+from typing import TYPE_CHECKING
+
+from synthvg.lazy import lazy_getattr
 from synthvg.schemas.records import (
     CATEGORIES,
     RLE,
@@ -24,6 +26,19 @@ from synthvg.schemas.records import (
     ShardManifest,
     StageSummary,
 )
+
+# The Arrow names resolve on first use (PEP 562): the records alone do not need pyarrow, so
+# `synthvg show` (masks and boxes) does not pay for it.
+_EXPORTS = {
+    "schema_of": "synthvg.schemas.arrow",
+    "table_from_columns": "synthvg.schemas.arrow",
+    "to_table": "synthvg.schemas.arrow",
+}
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers (tests/test_lazy_exports.py)
+    from synthvg.schemas.arrow import schema_of, table_from_columns, to_table
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 #: Physical tables: name -> the record model that defines its schema.
 TABLES: dict[str, type[Record]] = {

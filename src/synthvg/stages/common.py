@@ -13,13 +13,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
-from PIL import Image
 
-from synthvg import masks
 from synthvg.config.build import BuildConfig
-from synthvg.image_files import ImageFileError, decode, open_header, read_bytes
+from synthvg.image_files import ImageFileError, decode, open_header, read_bytes, to_rgb
 from synthvg.models.errors import ImageError
-from synthvg.schemas import RLE, Box
 from synthvg.stages.base import STAGE_OF_RELATIONS as STAGE_OF_RELATIONS
 from synthvg.stages.base import RunContext, StageInputs, StageOutput
 
@@ -34,20 +31,6 @@ def enabled(section: object, kind: type[S]) -> S:
     if not isinstance(section, kind):
         raise TypeError(f"expected a {kind.__name__} section, got {type(section).__name__}")
     return section
-
-
-def to_rgb(img: Image.Image) -> np.ndarray:
-    """H x W x 3 uint8 from any mode: grayscale is repeated, alpha dropped, 16-bit and float
-    images scaled down (PIL alone would clip them to white). EXIF orientation is not applied:
-    annotations are in the file's stored orientation."""
-    if img.mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        img = Image.fromarray(((a - lo) / (hi - lo or 1.0) * 255).astype(np.uint8))
-    elif img.mode.startswith("I"):
-        a = np.asarray(img, dtype=np.int64)
-        img = Image.fromarray(np.clip(a // 257 if a.max() > 255 else a, 0, 255).astype(np.uint8))
-    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert() would copy
 
 
 def load_rgb(
@@ -102,14 +85,6 @@ def per_image(
             on_error(item, kind, f"{type(e).__name__}: {e}")
             out.append(None)
     return out
-
-
-def region_mask(region: dict, height: int, width: int) -> RLE:
-    """A region's mask, or its box rasterised when it only has a box."""
-    if region.get("mask") is not None:
-        return RLE(**region["mask"])
-    b = region["bbox"]
-    return masks.box_to_rle(Box(**b), height, width)
 
 
 def regions_for_later_stages(inputs: StageInputs, config: BuildConfig) -> dict[str, list[dict]]:

@@ -31,7 +31,7 @@ from synthvg.stages.base import (
     shared_model,
     stable_hash,
 )
-from synthvg.stages.common import enabled, load_rgb, per_image, region_mask
+from synthvg.stages.common import enabled, load_rgb, per_image
 from synthvg.storage import Dataset
 
 
@@ -140,7 +140,7 @@ class DepthStage(Stage):
         image_id = image["image_id"]
         for r in regions:
             median, spread = depth_stats(
-                depth, masks.decode(region_mask(r, image["height"], image["width"]))
+                depth, masks.decode(masks.region_mask(r, image["height"], image["width"]))
             )
             out.add(
                 "region_depth",

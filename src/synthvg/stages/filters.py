@@ -36,7 +36,7 @@ from synthvg.stages.base import (
     StageOutput,
     shared_model,
 )
-from synthvg.stages.common import STAGE_OF_RELATIONS, enabled, region_mask
+from synthvg.stages.common import STAGE_OF_RELATIONS, enabled
 from synthvg.stages.llm_stage import (
     add_metrics,
     begin_shard,
@@ -254,7 +254,9 @@ class FiltersStage(Stage):
                     subject=names[(rel["image_id"], s["region_id"])],
                     predicate=q["predicate"],
                     object=names[(rel["image_id"], o["region_id"])],
-                    masks=tuple(region_mask(r, image["height"], image["width"]) for r in (s, o)),
+                    masks=tuple(
+                        masks.region_mask(r, image["height"], image["width"]) for r in (s, o)
+                    ),
                 )
             )
             asked.append(rel)

@@ -34,7 +34,6 @@ from synthvg.stages.base import (
     shared_model,
 )
 from synthvg.stages.common import load_rgb, per_image
-from synthvg.stages.common import region_mask as region_mask
 
 
 def check_regions(
@@ -201,7 +200,7 @@ class RegionsStage(Stage):
                 for i, p in enumerate(proposals)
             ),
         )
-        region_masks = [region_mask(r, item.height, item.width) for r in regions]
+        region_masks = [masks.region_mask(r, item.height, item.width) for r in regions]
         try:
             checks = check_regions(
                 region_masks, [p.mask for p in proposals], self.config.regions.iou_threshold

@@ -33,14 +33,13 @@ from synthvg.stages.common import (
     enabled,
     load_rgb,
     per_image,
-    region_mask,
     regions_for_later_stages,
 )
 
 
 def _decoded_mask(region: dict, height: int, width: int):
     """A region's full-size mask; decoded lazily, since regions beyond ``max_regions`` never need one."""
-    return masks.decode(region_mask(region, height, width)).astype(bool)
+    return masks.decode(masks.region_mask(region, height, width)).astype(bool)
 
 
 class RobinStage(Stage):

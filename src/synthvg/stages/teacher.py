@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from synthvg import masks
 from synthvg.config.build import BuildConfig
 from synthvg.config.teacher import OpenAITeacherConfig
 from synthvg.models.backends import Registry
@@ -24,7 +25,7 @@ from synthvg.stages.base import (
     StageInputs,
     StageOutput,
 )
-from synthvg.stages.common import region_mask, regions_for_later_stages
+from synthvg.stages.common import regions_for_later_stages
 from synthvg.stages.llm_stage import answer, estimate, make_client, open_image, redact_logs
 
 
@@ -95,7 +96,7 @@ class RulesTeacher:
                 RegionGeom(
                     r["region_id"],
                     Box(**r["bbox"]),
-                    region_mask(r, image["height"], image["width"]),
+                    masks.region_mask(r, image["height"], image["width"]),
                     r["area"],
                 )
                 for r in regions.get(image_id, [])

@@ -50,33 +50,13 @@ from synthvg.storage.delta import (
     data_schema,
     retry_conflicts,
 )
-
-FORMAT = {"format": "synthvg-dataset", "version": 2, "layout": "delta"}
-
+from synthvg.storage.snapshot import FORMAT, CorruptLog, LegacyLayout, UnknownVersion
 
 #: URL schemes of the object stores delta-rs reads and writes (their credentials come from the
 #: environment, as delta-rs reads them).
 DELTA_PROTOCOLS = frozenset(
     {"file", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "azure"}
 )
-
-
-class LegacyLayout(RuntimeError):
-    """The root is in the layout before Delta tables; ``synthvg migrate`` converts it."""
-
-    def __init__(self, url: str):
-        super().__init__(
-            f"{url} is a dataset in the old layout (JSON manifests, before Delta tables): "
-            f"convert it once with `synthvg migrate --root {url}`, then run the command again"
-        )
-
-
-class CorruptLog(ValueError):
-    """The commit log cannot be read."""
-
-
-class UnknownVersion(LookupError):
-    """A dataset version that does not exist (or whose files vacuum removed)."""
 
 
 #: What :meth:`Dataset._write_atomic` names its temporaries: ``<final name>.<uuid4 hex>.tmp``.
@@ -234,7 +214,21 @@ class Dataset:
         ):
             raise LegacyLayout(self.url)
 
+    def exists(self, rel: str) -> bool:
+        """Whether a path under the root exists."""
+        return bool(self.fs.exists(self._p(rel)))
+
     # ----------------------------------------------------------------- records
+    def check_readable(self) -> None:
+        """Read the commit log (a corrupt one says so here) and, for an older version, refuse
+        one whose files vacuum removed."""
+        if self.as_of is None:
+            self.records()
+        else:
+            from synthvg.storage.versions import check_readable
+
+            check_readable(self)
+
     def records(self) -> dict[tuple[str, int], ShardManifest]:
         """The commit record of every complete (stage, shard), at ``as_of`` or the latest."""
         self.check_layout()

@@ -20,8 +20,16 @@ from typing import TypeVar
 
 import pyarrow as pa
 
-PARTITION = ("_stage", "_shard", "_fingerprint")
-COMPLETIONS = "completions"
+# The commit log's name and the partition columns live with the light reader (snapshot.py).
+from synthvg.storage.snapshot import COMPLETIONS, PARTITION
+
+__all__ = [
+    "COMPLETIONS",
+    "COMPLETION_SCHEMA",
+    "PARTITION",
+    "data_schema",
+    "retry_conflicts",
+]
 
 #: The commit records' table: an append-only log of what each (stage, shard) holds. The latest
 #: row of a (stage, shard) is its state: a record (the ShardManifest as JSON) or, with a NULL

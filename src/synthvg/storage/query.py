@@ -14,15 +14,24 @@ DuckDB could still ``COPY`` into the dataset root itself.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
-import pyarrow as pa
-from pydantic import BaseModel, Field
 
-from synthvg.schemas import TABLES, schema_of
-from synthvg.storage.dataset import Dataset
+from synthvg.storage.columns import COLUMNS
+from synthvg.storage.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from synthvg.storage.dataset import Dataset
+
+T = TypeVar("T")
 
 #: Functions refused in user SQL even inside a query: they change settings or write files.
 #: (The locked configuration refuses them too; this names them in the error.)
@@ -103,48 +112,70 @@ class QueryTimeout(RuntimeError):
     """A query ran past its time limit and was cancelled."""
 
 
-class SqlLimits(BaseModel):
-    """Resources one query connection may take (None: DuckDB's default)."""
+@dataclass(frozen=True)
+class SqlLimits:
+    """Resources one query connection may take (None: DuckDB's default).
 
-    memory_limit: str | None = Field(None, description="DuckDB memory_limit, e.g. '2GB'")
-    threads: int | None = Field(None, ge=1)
-    timeout_s: float | None = Field(None, gt=0, description="cancel a query that runs longer")
+    A dataclass, not a pydantic model: building a model class costs ``synthvg sql`` about 10 ms
+    of start-up (3% of its budget), for three fields checked here."""
+
+    #: DuckDB memory_limit, e.g. '2GB'
+    memory_limit: str | None = None
+    #: DuckDB threads (at least 1)
+    threads: int | None = None
+    #: cancel a query that runs longer (seconds, more than 0)
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.memory_limit is not None and not isinstance(self.memory_limit, str):
+            raise ValueError(f"memory_limit must be a string like '2GB', not {self.memory_limit!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise ValueError(f"threads must be an integer of at least 1, not {self.threads!r}")
+        if self.timeout_s is not None and (
+            isinstance(self.timeout_s, bool)
+            or not isinstance(self.timeout_s, int | float)
+            or not self.timeout_s > 0
+        ):
+            raise ValueError(
+                f"timeout_s must be a number of seconds above 0, not {self.timeout_s!r}"
+            )
 
 
 def _sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _create_source(
-    con: duckdb.DuckDBPyConnection,
-    name: str,
-    files: list[tuple[str, str | None]],
-    schema: pa.Schema,
-) -> None:
-    """A view over a table's files. Files that all record one schema id are read as they are;
-    otherwise (files written by an older synthvg, or before schema ids were recorded) DuckDB
-    unifies their columns by name, which reads every file's footer whenever a query binds."""
+def _source(
+    name: str, files: list[tuple[str, str | None]], columns: tuple[tuple[str, str], ...]
+) -> list[str]:
+    """The statements of a view over a table's files. Files that all record one schema id are
+    read as they are; otherwise (files written by an older synthvg, or before schema ids were
+    recorded) DuckDB unifies their columns by name, which reads every file's footer whenever a
+    query binds. A table without files is an empty table of its columns (``columns``)."""
     if files:
         listing = ", ".join(_sql_str(f) for f, _ in files)
         ids = {i for _, i in files}
         union = "" if len(ids) == 1 and None not in ids else "union_by_name = true, "
-        con.execute(
+        return [
             f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet([{listing}], {union}hive_partitioning = false)"
-        )
-    else:  # a table in the database, not a registered Arrow object: cursors see it too
-        con.register(f"{name}__arrow", schema.empty_table())
-        con.execute(f"CREATE OR REPLACE TABLE {name}__empty AS SELECT * FROM {name}__arrow")
-        con.unregister(f"{name}__arrow")
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}__empty")
+        ]
+    # a table in the database (cursors see it too), typed as the table's files read
+    ddl = ", ".join(f'"{column}" {kind}' for column, kind in columns)
+    return [
+        f"CREATE OR REPLACE TABLE {name}__empty ({ddl})",
+        f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM {name}__empty",
+    ]
 
 
-def _null_as(con: duckdb.DuckDBPyConnection, source: str, column: str) -> str:
-    """``CAST(NULL AS <column's type>) AS column``: a missing join's column, typed as if joined."""
-    ((_, kind, *_),) = con.execute(f"DESCRIBE SELECT {column} FROM {source}").fetchall()
-    return f"CAST(NULL AS {kind}) AS {column}"
+def _null_as(table: str, column: str) -> str:
+    """``CAST(NULL AS <column's type>) AS column``: the column of a table without files (so
+    without a join), typed as if joined."""
+    return f"CAST(NULL AS {dict(COLUMNS[table])[column]}) AS {column}"
 
 
-def _create_joined_view(con: duckdb.DuckDBPyConnection, view: str, present: set[str]) -> None:
+def _joined_view(view: str, present: set[str]) -> str:
     alias, joins = _JOINED_VIEWS[view]
     columns, clauses = [f"{alias}.*"], [f"FROM _{view} {alias}"]
     for table, j, using, cols in joins:
@@ -152,11 +183,13 @@ def _create_joined_view(con: duckdb.DuckDBPyConnection, view: str, present: set[
             clauses.append(f"LEFT JOIN _{table} {j} USING ({using})")
             columns += [f"{expr} AS {name}" for name, expr in cols]
         else:
-            columns += [_null_as(con, f"_{table}", name) for name, _ in cols]
-    con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(columns)} {' '.join(clauses)}")
+            columns += [_null_as(table, name) for name, _ in cols]
+    return f"CREATE OR REPLACE VIEW {view} AS SELECT {', '.join(columns)} {' '.join(clauses)}"
 
 
-def _lock_down(con: duckdb.DuckDBPyConnection, dataset: Dataset, limits: SqlLimits) -> None:
+def _lock_down(
+    con: duckdb.DuckDBPyConnection, dataset: Dataset | Snapshot, limits: SqlLimits
+) -> None:
     """No file outside the root, no extension, no further configuration (see the module doc)."""
     root = dataset.uri("").rstrip("/") + "/"
     # DuckDB spells a registered filesystem's URL with three slashes (memory:///root/...).
@@ -171,11 +204,12 @@ def _lock_down(con: duckdb.DuckDBPyConnection, dataset: Dataset, limits: SqlLimi
         settings.append(f"SET memory_limit = {_sql_str(limits.memory_limit)}")
     if limits.threads:
         settings.append(f"SET threads = {int(limits.threads)}")
-    for statement in [*settings, "SET lock_configuration = true"]:
-        con.execute(statement)
+    con.execute(";\n".join([*settings, "SET lock_configuration = true"]))
 
 
-def connect(root: str | Dataset, *, limits: SqlLimits | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    root: str | os.PathLike | Dataset | Snapshot, *, limits: SqlLimits | None = None
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the dataset's views registered, locked down.
 
     Views: ``images`` (with the depth map's ``depth_uri``), ``regions`` (with the regions and
@@ -187,32 +221,41 @@ def connect(root: str | Dataset, *, limits: SqlLimits | None = None) -> duckdb.D
     The connection reads only files under the dataset root and cannot change its settings
     (``limits`` apply before the lock). It still runs whatever statement it is given, so send
     untrusted SQL through :func:`query` (or :func:`check_read_only` first).
+
+    ``root`` is a path or URL (the latest version), a :class:`~synthvg.storage.snapshot.Snapshot`
+    or a :class:`~synthvg.storage.dataset.Dataset` (either one at its ``as_of`` version). A path
+    is read through a Snapshot: a local root's commit log is read without pyarrow or deltalake.
     """
-    dataset = root if isinstance(root, Dataset) else Dataset(root)
-    con = duckdb.connect(":memory:")
+    dataset = Snapshot(root) if isinstance(root, str | os.PathLike) else root
+    files = dataset.committed_file_schemas()
+    # A Snapshot read its log through a DuckDB connection: the views take it over (a second
+    # database would cost as much CPU as binding all the views).
+    con = dataset.take_connection() if isinstance(dataset, Snapshot) else None
+    if con is None:
+        con = duckdb.connect(":memory:")
     # Committed files never change (each commit writes new names), so their Parquet footers are
     # read once per connection: binding the views and every later query reuse them.
-    con.execute("SET parquet_metadata_cache = true")
+    statements = ["SET parquet_metadata_cache = true"]
     if not dataset.is_local:
         con.register_filesystem(dataset.fs)
-    files = dataset.committed_file_schemas()
-    for table, model in TABLES.items():
-        _create_source(con, f"_{table}", files.get(table, []), schema_of(model))
-    for table in TABLES:
+    for table, columns in COLUMNS.items():
+        statements += _source(f"_{table}", files.get(table, []), columns)
+    for table in COLUMNS:
         if table not in ("images", "regions", "relations"):
-            con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _{table}")
+            statements.append(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _{table}")
     present = {t for t, f in files.items() if f}
-    for view in _JOINED_VIEWS:
-        _create_joined_view(con, view, present)
+    statements += [_joined_view(view, present) for view in _JOINED_VIEWS]
     if "relation_verdicts" in present:
-        con.execute(_RELATIONS_VIEW)
+        statements.append(_RELATIONS_VIEW)
     else:
         nulls = ", ".join(
-            _null_as(con, "_relation_verdicts", c) for c in ("verdict_score", "verified_by")
+            _null_as("relation_verdicts", c) for c in ("verdict_score", "verified_by")
         )
-        con.execute(f"CREATE OR REPLACE VIEW relations AS SELECT r.*, {nulls} FROM _relations r")
-    con.execute(_SVG_RELATIONS_VIEW)
-    con.execute(_SVG_FULL_VIEW)
+        statements.append(
+            f"CREATE OR REPLACE VIEW relations AS SELECT r.*, {nulls} FROM _relations r"
+        )
+    statements += [_SVG_RELATIONS_VIEW, _SVG_FULL_VIEW]
+    con.execute(";\n".join(s.strip().rstrip(";") for s in statements))
     _lock_down(con, dataset, limits or SqlLimits())
     return con
 
@@ -277,6 +320,23 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         )
 
 
+def _with_timeout(
+    con: duckdb.DuckDBPyConnection, timeout_s: float | None, run: Callable[[], T]
+) -> T:
+    """``run()``, cancelled (:class:`QueryTimeout`) after ``timeout_s`` seconds."""
+    timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    try:
+        return run()
+    except duckdb.InterruptException:
+        raise QueryTimeout(f"query cancelled at its time limit of {timeout_s:g} s") from None
+    finally:
+        if timer:
+            timer.cancel()
+
+
 def run_with_timeout(
     con: duckdb.DuckDBPyConnection,
     sql: str,
@@ -286,20 +346,79 @@ def run_with_timeout(
 ) -> pa.Table:
     """Run ``sql`` to an Arrow table, cancelling it after ``timeout_s`` seconds; with
     ``max_rows``, only that many rows are produced (the query stops there)."""
-    timer = threading.Timer(timeout_s, con.interrupt) if timeout_s else None
-    if timer:
-        timer.daemon = True
-        timer.start()
-    try:
+
+    def run() -> pa.Table:
         rel = con.sql(sql, params=params)
         if max_rows is not None:
             rel = rel.limit(max_rows)
         return rel.to_arrow_table()
-    except duckdb.InterruptException:
-        raise QueryTimeout(f"query cancelled at its time limit of {timeout_s:g} s") from None
-    finally:
-        if timer:
-            timer.cancel()
+
+    return _with_timeout(con, timeout_s, run)
+
+
+#: DuckDB types whose Python values (``fetchall``) are the values Arrow gives (``to_pylist`` of
+#: the same result); lists and structs of them too. Others (MAP, INTERVAL, HUGEINT, UUID,
+#: fixed-size ARRAY, BIT, TIMETZ, ...) convert differently, so their results go through Arrow.
+#: tests/test_query_rows.py holds the two conversions equal.
+PLAIN_TYPES = frozenset(
+    {
+        "null",
+        "boolean",
+        "tinyint",
+        "smallint",
+        "integer",
+        "bigint",
+        "utinyint",
+        "usmallint",
+        "uinteger",
+        "ubigint",
+        "float",
+        "double",
+        "decimal",
+        "varchar",
+        "blob",
+        "enum",
+        "date",
+        "time",
+        "timestamp",
+        "timestamp_s",
+        "timestamp_ms",
+        "timestamp with time zone",
+    }
+)
+
+
+def _plain(kind: duckdb.sqltypes.DuckDBPyType) -> bool:
+    if kind.id in ("list", "struct"):
+        return all(
+            isinstance(child, duckdb.sqltypes.DuckDBPyType) and _plain(child)
+            for _, child in kind.children
+        )
+    return kind.id in PLAIN_TYPES
+
+
+def run_rows(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    timeout_s: float | None,
+    params: list | dict | None = None,
+    max_rows: int | None = None,
+) -> tuple[list[str], list[dict]]:
+    """:func:`run_with_timeout`'s result as (column names, rows as dicts), with the values Arrow
+    gives, but fetched without Arrow (pyarrow is not imported) when every column is of a
+    :data:`PLAIN_TYPES` type."""
+
+    def run() -> tuple[list[str], list[dict]]:
+        rel = con.sql(sql, params=params)
+        if max_rows is not None:
+            rel = rel.limit(max_rows)
+        names = list(rel.columns)
+        if all(_plain(kind) for kind in rel.types):
+            return names, [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
+        table = rel.to_arrow_table()
+        return table.column_names, table.to_pylist()
+
+    return _with_timeout(con, timeout_s, run)
 
 
 def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict]:
@@ -309,12 +428,31 @@ def fetch_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = 
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def query(root: str | Dataset, sql: str, *, limits: SqlLimits | None = None) -> pa.Table:
-    """Run one read-only query (see :func:`check_read_only`) and return its result as Arrow."""
+def _sandboxed(
+    root: str | os.PathLike | Dataset | Snapshot,
+    sql: str,
+    limits: SqlLimits | None,
+    run: Callable[[duckdb.DuckDBPyConnection, str, float | None], T],
+) -> T:
+    """Open ``root``, refuse a statement that could write (:func:`check_read_only`), run it."""
     limits = limits or SqlLimits()
     con = connect(root, limits=limits)
     try:
         check_read_only(con, sql)
-        return run_with_timeout(con, sql, limits.timeout_s)
+        return run(con, sql, limits.timeout_s)
     finally:
         con.close()
+
+
+def query(
+    root: str | os.PathLike | Dataset | Snapshot, sql: str, *, limits: SqlLimits | None = None
+) -> pa.Table:
+    """Run one read-only query (see :func:`check_read_only`) and return its result as Arrow."""
+    return _sandboxed(root, sql, limits, run_with_timeout)
+
+
+def query_rows(
+    root: str | os.PathLike | Dataset | Snapshot, sql: str, *, limits: SqlLimits | None = None
+) -> tuple[list[str], list[dict]]:
+    """:func:`query`, returning (column names, rows as dicts) as :func:`run_rows` does."""
+    return _sandboxed(root, sql, limits, run_rows)

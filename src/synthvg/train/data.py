@@ -413,7 +413,7 @@ def _regions(
     image: ImageRef, rows: list[dict], described: dict, max_regions: int, dropped: Counter
 ) -> list[Region]:
     """The regions a prompt lists, as the robin stage takes them: non-empty masks, largest first."""
-    from synthvg.stages.common import region_mask
+    from synthvg.masks import region_mask
 
     width, height = image.dims()
     out = []

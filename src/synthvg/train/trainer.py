@@ -48,7 +48,7 @@ class RobinDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, i: int) -> dict:
-        from synthvg.stages.common import to_rgb
+        from synthvg.image_files import to_rgb
         from synthvg.stages.seeds import read_image
 
         ex = self.examples[i]

@@ -67,7 +67,7 @@ class LabelTagger:
 def dataset_entities(root: str, image_id: str, *, table: str = "regions") -> list[Entity]:
     """The image's regions (seed annotations merged with what later stages added) or the
     regions stage's ``proposals`` as entities; a region with only a box gets its box as mask."""
-    from synthvg.stages.common import region_mask
+    from synthvg.masks import region_mask
     from synthvg.storage import connect
     from synthvg.storage.query import fetch_dicts
 
