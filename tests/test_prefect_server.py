@@ -83,3 +83,34 @@ def test_running_server_is_reused_and_a_killed_owner_takes_its_server_along(tmp_
         owner.send_signal(signal.SIGKILL)
         owner.wait()
     assert _gone(url), "the temporary server outlived the process that started it"
+
+
+@pytest.mark.parametrize(
+    ("local_url", "names"),
+    [
+        ("", "(PREFECT_API_URL)"),
+        ("http://127.0.0.1:4299/api", "or one on http://127.0.0.1:4299/api"),
+    ],
+)
+def test_a_command_says_in_one_line_that_it_starts_a_temporary_server(
+    monkeypatch, local_url, names
+):
+    import synthvg.prefect_server as ps
+
+    class Stop(Exception):
+        pass
+
+    class NoServer:
+        def start(self):
+            raise Stop
+
+    monkeypatch.setenv(LOCAL_URL_ENV, local_url)
+    monkeypatch.setattr(ps, "configured_api_url", lambda: None)
+    monkeypatch.setattr(ps, "running_local_server", lambda: None)
+    monkeypatch.setattr(ps, "_owned_server_class", lambda: NoServer)
+    said: list[str] = []
+    with pytest.raises(Stop), ps.flow_api(announce=said.append):
+        pass
+    assert len(said) == 1 and "\n" not in said[0]
+    assert "starting a temporary one" in said[0] and names in said[0]
+    assert "prefect server start --host 127.0.0.1 --port 4200" in said[0]

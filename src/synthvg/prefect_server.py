@@ -97,7 +97,7 @@ def _owned_server_class():
 
 #: What a command says when it has to start a temporary server (to stderr, once).
 TEMPORARY_SERVER_HINT = (
-    "no Prefect server found (PREFECT_API_URL, or one on {local}): starting a temporary one, "
+    "no Prefect server found ({where}): starting a temporary one, "
     "which takes 10-25 s; `prefect server start --host 127.0.0.1 --port 4200 --analytics-off` "
     "once keeps one for every later command (and its UI)"
 )
@@ -119,9 +119,9 @@ def flow_api(announce: Callable[[str], object] | None = None) -> Iterator[str]:
             yield url
         return
     if announce is not None:
-        announce(
-            TEMPORARY_SERVER_HINT.format(local=os.environ.get(LOCAL_URL_ENV, DEFAULT_LOCAL_URL))
-        )
+        local = os.environ.get(LOCAL_URL_ENV, DEFAULT_LOCAL_URL)
+        where = f"PREFECT_API_URL, or one on {local}" if local else "PREFECT_API_URL"
+        announce(TEMPORARY_SERVER_HINT.format(where=where))
     server = _owned_server_class()()
     server.start()
     try:
