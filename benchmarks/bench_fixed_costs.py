@@ -17,6 +17,9 @@ Sections (``--only`` picks some; all by default):
            the plain build), at ``--shard-sizes``; a ``--default-images`` build at the config's
            default shard size; and the fixed cost (one 8-image shard). Also the server's CPU
            and the build process's API requests.
+  parts    the parts of that fixed cost one by one: the OpenAI SDK's and scipy's imports (which
+           every build used to pay), Prefect's, a temporary server's start, the statistics
+           computed against read from publish's file.
   fixed-ab the fixed cost of a build (8 images, one shard), plain and flow, in this tree and in
            ``--baseline`` (another checkout's ``src/``, e.g. a worktree of main), interleaved.
   import   ``synthvg import`` (``import_svg``) of SVG-format Parquet files that the script
@@ -26,7 +29,7 @@ Sections (``--only`` picks some; all by default):
 The paper-scale root (146,000 images, 2.92M regions, 5.55M relations in shards of 500) is built
 once through the storage's own commit path (benchmarks/bench_query.py) and cached in --root.
 
-Usage: PYTHONPATH=src python benchmarks/bench_fixed_costs.py [--only cli,views,prefect,import,fixed-ab]
+Usage: PYTHONPATH=src python benchmarks/bench_fixed_costs.py [--only cli,views,prefect,import,fixed-ab,parts]
        [--root DIR] [--runs 7] [--build-images 10000] [--shard-sizes 100,500] [--workers 1]
        [--default-images 2000] [--import-images 20000]
 The Robin CPU re-measurement is its own script (torch): benchmarks/bench_robin.py --threads 1
@@ -249,6 +252,85 @@ def _prefect_env(home: Path, api: str, src: Path) -> dict:
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
+
+
+PARTS_IMPORTS = {
+    "bare `python -c pass`": "pass",
+    "`import openai` (the SDK the LLM stages use)": "import openai",
+    "`from scipy import ndimage` (mask cleaning)": "from scipy import ndimage",
+    "`import prefect, prefect.flows`": "import prefect, prefect.flows",
+    "`import prefect.server.api.server` (what a temporary server imports first)": (
+        "import prefect.server.api.server"
+    ),
+}
+# Times getting a flow API with no server configured or running: a temporary server's start.
+TEMPORARY_SERVER = """
+import time
+t0 = time.perf_counter()
+from synthvg.prefect_server import flow_api
+with flow_api() as url:
+    print(round(time.perf_counter() - t0, 2), flush=True)
+"""
+
+
+def bench_parts(paper_root: str, tmp: Path, runs: int) -> list[str]:
+    """The parts of a build's fixed cost measured one by one: what a build process used to import
+    for every build (the OpenAI SDK, scipy), Prefect's own imports, a temporary server's start,
+    and the statistics ``synthvg build`` now reads from publish's file instead of computing."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in PARTS_IMPORTS}
+    for _ in range(runs):
+        for name, code in PARTS_IMPORTS.items():
+            times[name].append(_run_process([PY, "-c", code], env))
+    bare_wall = _med([w for w, _ in times[next(iter(PARTS_IMPORTS))]])
+    bare_cpu = _med([c for _, c in times[next(iter(PARTS_IMPORTS))]])
+    rows = [
+        f"| {name} | {_med([w for w, _ in t]) - bare_wall:.2f} | {_med([c for _, c in t]) - bare_cpu:.2f} |"
+        for name, t in times.items()
+    ][1:]
+    home = tmp / "prefect-home-temporary"
+    server_env = {
+        **{k: v for k, v in env.items() if not k.startswith("PREFECT_API")},
+        "PREFECT_HOME": str(home),
+        "SYNTHVG_PREFECT_LOCAL_URL": "",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    starts = []
+    for _ in range(2):  # the first start also creates the server's database
+        proc = subprocess.run(
+            [PY, "-c", TEMPORARY_SERVER], env=server_env, capture_output=True, text=True
+        )
+        starts.append(float(proc.stdout.split()[0]))
+    rows.append(
+        f"| a temporary Prefect server, until its API answers (first start / a later one) | "
+        f"{starts[0]:.1f} / {starts[1]:.1f} | - |"
+    )
+
+    import json
+
+    from synthvg.stats import compute_stats
+
+    computed, read = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        stats = compute_stats(paper_root)
+        computed.append(time.perf_counter() - t0)
+        text = json.dumps(stats, default=str)
+        t0 = time.perf_counter()
+        json.loads(text)
+        read.append(time.perf_counter() - t0)
+    rows.append(
+        f"| statistics of the paper-scale root: computed / read from publish's file | "
+        f"{_med(computed):.2f} / {_med(read):.4f} | - |"
+    )
+    return [
+        f"Parts of a build's fixed cost, each a fresh process (imports: seconds over a bare "
+        f"interpreter, medians of {runs} interleaved runs)",
+        "",
+        "| part | wall s | CPU s |",
+        "|---|---:|---:|",
+        *rows,
+    ]
 
 
 def bench_fixed_against(tmp: Path, baseline: Path, runs: int) -> list[str]:
@@ -617,6 +699,7 @@ def main() -> None:
             ),
         ),
         ("fixed-ab", lambda: bench_fixed_against(tmp, args.baseline, args.ab_runs)),
+        ("parts", lambda: bench_parts(args.root, tmp, args.runs)),
     ]
     if "fixed-ab" in only and args.baseline is None:
         ap.error("section fixed-ab needs --baseline OTHER_CHECKOUT/src")

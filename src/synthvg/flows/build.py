@@ -390,7 +390,7 @@ STATS_FILE = "stats.json"
 
 def published_stats(dataset: Dataset) -> dict:
     """The statistics publish wrote: a build's last step, so after a build they are current, and
-    reading them spares computing them again (1.4 s on a paper-scale root)."""
+    reading them spares computing them again (~1 s on a paper-scale root)."""
     stats = dataset.read_json(dataset.abspath(STATS_FILE))
     return stats if stats is not None else compute_stats(dataset)
 
