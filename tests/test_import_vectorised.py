@@ -7,6 +7,7 @@ in the same shards (run ids and timestamps aside)."""
 from __future__ import annotations
 
 import json
+import threading
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +18,7 @@ from synthvg import masks
 from synthvg.export import svg_import
 from synthvg.export.svg_import import import_svg
 from synthvg.pipeline import PLAN_FILE
+from synthvg.schemas.records import relation_id
 from synthvg.storage import Dataset
 
 RLE = masks.encode(np.pad(np.ones((2, 3), dtype=bool), ((1, 1), (1, 2)))).counts  # 4 x 6 image
@@ -348,3 +350,77 @@ def test_first_of_each_keeps_the_first_of_every_repeated_triple():
                 seen.add(key)
                 want.append(row)
         assert svg_import._first_of_each(table).to_pylist() == want
+
+
+def test_relation_ids_hashed_on_every_thread_are_relation_id_row_by_row():
+    """DuckDB hashes the ids over an Arrow table split across its threads: each row gets its own
+    triple's ``relation_id``, whatever order the threads finish in."""
+    rng = np.random.default_rng(1)
+    n = 60_000
+    s, o = rng.integers(0, 40, n), rng.integers(0, 40, n)
+    table = pa.table(
+        {
+            "idx": np.arange(n) // 7,
+            "k": np.arange(n) % 7,
+            "image_id": [f"svg:{i // 7}" for i in range(n)],
+            "xs": [str(v) for v in s],
+            "xo": [str(v) for v in o],
+            "p": [f"pred {v}" for v in rng.integers(0, 500, n)],
+        }
+    )
+    vectorised = svg_import._Vectorised(svg_import._Importer("run", None))
+    try:
+        vectorised.con.execute("SET threads = 4")
+        vectorised.threads = 4
+        got = vectorised._relation_ids(table).to_pylist()
+    finally:
+        vectorised.close()
+    want = [
+        relation_id(i, "edit", int(a), int(b), p)
+        for i, a, b, p in zip(
+            table["image_id"].to_pylist(), s, o, table["p"].to_pylist(), strict=True
+        )
+    ]
+    assert got == want
+
+
+def _import_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("synthvg-import")]
+
+
+def test_a_failed_commit_is_raised_and_stops_the_reading(tmp_path, monkeypatch):
+    """Shards are committed on a thread of their own and batches are read one ahead on
+    another: a commit's failure reaches the caller and neither thread outlives the import."""
+    files = _write(tmp_path)
+    monkeypatch.setattr(svg_import, "BATCH_ROWS", 2)
+    commits = []
+    original = Dataset.commit_shard
+
+    def commit_shard(self, stage, shard, *args, **kwargs):
+        commits.append(shard)
+        if shard == 2:
+            raise OSError(28, "No space left on device")
+        return original(self, stage, shard, *args, **kwargs)
+
+    monkeypatch.setattr(Dataset, "commit_shard", commit_shard)
+    with pytest.raises(OSError, match="No space left"):
+        import_svg(files, str(tmp_path / "root"), shard_size=3)
+    assert max(commits) == 2 and _import_threads() == []
+
+
+def test_a_failed_read_is_raised_and_nothing_waits_for_it(tmp_path, monkeypatch):
+    files = _write(tmp_path)
+    monkeypatch.setattr(svg_import, "BATCH_ROWS", 2)
+    calls = []
+    original = svg_import._plain
+
+    def plain(graph):
+        calls.append(1)
+        if len(calls) == 9:
+            raise MemoryError("parsing ran out of memory")
+        return original(graph)
+
+    monkeypatch.setattr(svg_import, "_plain", plain)
+    with pytest.raises(MemoryError, match="ran out"):
+        import_svg(files, str(tmp_path / "root"), shard_size=3)
+    assert _import_threads() == []

@@ -3,8 +3,8 @@
 Two paths write the same rows. The vectorised one reads each file in batches of
 :data:`BATCH_ROWS` rows with pyarrow; parses each scene graph once in Python (``orjson``: the
 strict reading ``json.loads`` agrees with) and hands it to DuckDB as plain JSON, which unnests
-the relation items, classifies them, joins each distinct raw predicate (normalised once in
-Python) and hashes relation ids; regions are flattened and checked with pyarrow (masks stay
+the relation items and classifies them (each distinct raw predicate is normalised once in
+Python and looked up with Arrow) and hashes relation ids on every thread; regions are flattened and checked with pyarrow (masks stay
 in Arrow), mask areas come from batched pycocotools calls, repeated triples are dropped with
 one numpy sort, and the tables are built as Arrow columns
 (:func:`synthvg.schemas.table_from_columns`), no record per row. The per-row path
@@ -24,11 +24,16 @@ each shard's rows are written in input order.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -71,6 +76,7 @@ _TABLES: dict[str, type[BaseModel]] = {
     "errors": ErrorRecord,
 }
 _ORDER = [("_idx", "ascending"), ("_seq", "ascending")]
+T = TypeVar("T")
 #: A relation item's status in the vectorised path: kept, rejected (an error), or sending its
 #: row the per-row way.
 _OK, _BAD, _ODD = 0, 1, 2
@@ -569,37 +575,28 @@ class _Vectorised:
 
         self.importer = importer
         self.con = duckdb.connect()
+        self.threads = int(self.con.execute("SELECT current_setting('threads')").fetchall()[0][0])
 
     def close(self) -> None:
         self.con.close()
 
-    def batch(
-        self, batch: pa.Table, path: str, idx0: int, seen: set[str]
-    ) -> tuple[dict[str, pa.Table], np.ndarray]:
-        """The tables of ``batch``'s rows (``_idx``/``_seq`` tagged) and which rows gave an image."""
+    def batch(self, read: _Read) -> tuple[dict[str, pa.Table], np.ndarray]:
+        """The tables of a batch's rows (``_idx``/``_seq`` tagged) and which rows gave an image."""
+        batch, path, idx0, raw_ids, duplicate = (
+            read.batch,
+            read.path,
+            read.idx0,
+            read.raw_ids,
+            read.duplicate,
+        )
+        slow, texts, plain, objects, literal = (
+            read.slow,
+            read.texts,
+            read.plain,
+            read.objects,
+            read.literal,
+        )
         n = batch.num_rows
-        raw_ids = [str(v) for v in batch.column("image_id").to_pylist()]
-        duplicate = np.zeros(n, dtype=bool)
-        for i, raw in enumerate(raw_ids):
-            if raw in seen:
-                duplicate[i] = True
-            else:
-                seen.add(raw)
-        slow = duplicate.copy()  # duplicates are one error row: the per-row path writes it
-        texts = batch.column("scene_graph").to_pylist()
-        plain: list[bytes | None] = [None] * n
-        objects: list[list[str]] = [[]] * n  # the names of the rows the vectorised path takes
-        literal: dict[int, object] = {}
-        for i, text in enumerate(texts):
-            if not slow[i]:
-                graph, is_literal = _parse(text)
-                plain[i] = _plain(graph)
-                if plain[i] is None:
-                    slow[i] = True
-                    continue
-                objects[i] = graph["objects"]  # type: ignore[index]
-                if is_literal:
-                    literal[i] = graph
         ids = [_image_id(r) for r in raw_ids]
         width, height = _dimension(batch, "width"), _dimension(batch, "height")
         regions = (
@@ -609,95 +606,24 @@ class _Vectorised:
         )
         flat = _Regions(regions)
         slow |= flat.odd_rows(n)
-        rows = pa.table(
-            {
-                "idx": pa.array(np.arange(idx0, idx0 + n, dtype=np.int64)),
-                "image_id": pa.array(ids, pa.string()),
-                "width": width,
-                "height": height,
-                "sg": pa.array(plain, pa.string()),
-                "nreg": pa.array(flat.lengths),
-                "eligible": pa.array(~slow),
-            }
-        )
-        con = self.con
-        con.register("batch_rows", rows)
-        # each graph parsed once: relation items as lists of their elements' JSON text (NULL
-        # for an item that is not a list)
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE rows AS
-            SELECT idx, image_id, least(len(g.objects), nreg) AS n,
-              g.relations::VARCHAR[][] AS rels, eligible AS clean,
-              width IS NOT NULL AND height IS NOT NULL AS meta_ok
-            FROM (
-              SELECT *, from_json(sg, '{"objects": ["VARCHAR"], "relations": [["JSON"]]}') AS g
-              FROM batch_rows
-            )"""
-        )
-        con.unregister("batch_rows")
-        clean = con.sql("SELECT clean FROM rows ORDER BY idx").to_arrow_table().column(0).to_numpy()
-        slow |= ~clean
         meta_ok = ~(width.is_null().to_numpy(zero_copy_only=False)) & ~(
             height.is_null().to_numpy(zero_copy_only=False)
         )
-        # each distinct predicate once: its JSON text, the text, the normalised predicate and a
-        # number (the same for the same normalised predicate: repeats compare integers)
-        con.execute("UPDATE rows SET clean = false WHERE NOT meta_ok")
-        texts_raws = con.execute(
-            """SELECT DISTINCT t, t ->> '$' FROM (
-                 SELECT unnest(rels)[3] AS t FROM rows WHERE clean) WHERE starts_with(t, '"')"""
-        ).fetchall()
-        normalised = [normalise(r) for _, r in texts_raws]
-        number = {p: j for j, p in enumerate(dict.fromkeys(normalised))}
-        con.register(
-            "m",
+        clean = np.flatnonzero(~slow & meta_ok)
+        items = self._items(
             pa.table(
                 {
-                    "t": pa.array([t for t, _ in texts_raws], pa.string()),
-                    "raw": pa.array([r for _, r in texts_raws], pa.string()),
-                    "p": pa.array(normalised, pa.string()),
-                    "pid": pa.array([number[p] for p in normalised], pa.int64()),
+                    "idx": pa.array(clean + idx0),
+                    "image_id": pa.array([ids[i] for i in clean], pa.string()),
+                    "sg": pa.array([plain[i] for i in clean], pa.string()),
+                    "nreg": pa.array(flat.lengths[clean]),
                 }
-            ),
+            )
         )
-        # relation items classified from their elements' JSON text (integers as written back,
-        # strings quoted): _BAD is what the per-row path rejects (an empty predicate too);
-        # _ODD items (booleans as ids, predicates that are not strings) send their row the
-        # per-row way; ids are hashed for the good ones (_OK)
-        items = con.sql(
-            """SELECT idx, k, n, status, image_id, s, o, p, raw, pid,
-                 CASE WHEN status = 0 THEN
-                   sha256(concat(image_id, '|edit|', x[1], '|', x[2], '|', p))[1:20] END AS relation_id
-               FROM (
-                 SELECT idx, k, n, image_id, x, s, o, m.p, m.raw, m.pid, CASE
-                     WHEN x IS NULL OR len(x) <> 3 THEN 1
-                     WHEN x[1] IN ('true', 'false') OR x[2] IN ('true', 'false') THEN 2
-                     WHEN s IS NULL OR o IS NULL THEN 1
-                     WHEN s < 0 OR s >= n OR o < 0 OR o >= n OR s = o THEN 1
-                     WHEN NOT coalesce(starts_with(x[3], '"'), false) THEN 2
-                     WHEN m.p = '' THEN 1
-                     ELSE 0 END::TINYINT AS status
-                 FROM (
-                   SELECT *,
-                     CASE WHEN CAST(TRY_CAST(x[1] AS BIGINT) AS VARCHAR) = x[1]
-                          THEN TRY_CAST(x[1] AS BIGINT) END AS s,
-                     CASE WHEN CAST(TRY_CAST(x[2] AS BIGINT) AS VARCHAR) = x[2]
-                          THEN TRY_CAST(x[2] AS BIGINT) END AS o
-                   FROM (
-                     SELECT idx, image_id, n, unnest(rels) AS x, unnest(range(len(rels))) AS k
-                     FROM rows WHERE clean
-                   )
-                 ) LEFT JOIN m ON x[3] = m.t
-               ) ORDER BY idx, k"""
-        ).to_arrow_table()
         status = items["status"].to_numpy()
         odd = np.unique(items["idx"].to_numpy()[status == _ODD])
         if len(odd):
             slow[odd - idx0] = True
-            con.execute(
-                "UPDATE rows SET clean = false WHERE idx IN (SELECT unnest(?::BIGINT[]))",
-                [odd.tolist()],
-            )
             items = items.filter(pa.array(~np.isin(items["idx"].to_numpy(), odd)))
             status = items["status"].to_numpy()
         usable = ~slow & meta_ok
@@ -705,7 +631,7 @@ class _Vectorised:
         relations = _first_of_each(
             items if (status == _OK).all() else items.filter(pa.array(status == _OK))
         )
-        con.unregister("m")
+        relations = relations.append_column("relation_id", self._relation_ids(relations))
 
         errors: list[tuple[int, int, str, str]] = []  # (idx, seq, kind, reason)
         for row in np.flatnonzero(~slow & ~meta_ok).tolist():
@@ -829,6 +755,87 @@ class _Vectorised:
             for idx, ok in gave.items():
                 usable[idx - idx0] = ok
         return tables, usable
+
+    def _items(self, rows: pa.Table) -> pa.Table:
+        """The relation items of ``rows`` (their scene graphs as plain JSON, ``sg``) in
+        (``idx``, ``k``) order with their ``status`` and predicate: ``p`` (normalised), ``raw``
+        and ``pid`` (equal for equal ``p``: repeats compare integers)."""
+        # One query on every thread (DuckDB scans an Arrow table's batches in parallel and keeps
+        # their order through parsing, unnesting and projections: no join, no sort). Each graph
+        # is parsed once; relation items are classified from their elements' JSON text
+        # (integers as written back, strings quoted): _BAD is what the per-row path rejects (an
+        # empty predicate too, below); _ODD items (booleans as ids, predicates that are not
+        # strings) send their row the per-row way.
+        self.con.register("batch_rows", _parts(rows, self.threads))
+        try:
+            items = self.con.sql(
+                """SELECT idx, k, n, image_id, s, o, x[1] AS xs, x[2] AS xo, x[3] AS t, CASE
+                     WHEN x IS NULL OR len(x) <> 3 THEN 1
+                     WHEN x[1] IN ('true', 'false') OR x[2] IN ('true', 'false') THEN 2
+                     WHEN s IS NULL OR o IS NULL THEN 1
+                     WHEN s < 0 OR s >= n OR o < 0 OR o >= n OR s = o THEN 1
+                     WHEN NOT coalesce(starts_with(x[3], '"'), false) THEN 2
+                     ELSE 0 END::TINYINT AS status
+                   FROM (
+                     SELECT *,
+                       CASE WHEN CAST(TRY_CAST(x[1] AS BIGINT) AS VARCHAR) = x[1]
+                            THEN TRY_CAST(x[1] AS BIGINT) END AS s,
+                       CASE WHEN CAST(TRY_CAST(x[2] AS BIGINT) AS VARCHAR) = x[2]
+                            THEN TRY_CAST(x[2] AS BIGINT) END AS o
+                     FROM (
+                       SELECT idx, image_id, n, unnest(rels) AS x, unnest(range(len(rels))) AS k
+                       FROM (
+                         SELECT idx, image_id, least(len(g.objects), nreg) AS n,
+                           g.relations::VARCHAR[][] AS rels
+                         FROM (
+                           SELECT *, from_json(
+                             sg, '{"objects": ["VARCHAR"], "relations": [["JSON"]]}') AS g
+                           FROM batch_rows
+                         )
+                       )
+                     )
+                   )"""
+            ).to_arrow_table()
+        finally:
+            self.con.unregister("batch_rows")
+        if not _ordered(items["idx"].to_numpy(), items["k"].to_numpy()):
+            items = items.sort_by([("idx", "ascending"), ("k", "ascending")])
+        # each distinct predicate (a JSON string) once: its text, normalised in Python
+        texts = pc.unique(items["t"].combine_chunks())
+        texts = texts.filter(pc.starts_with(texts, '"').fill_null(False))
+        raws = [orjson.loads(t) for t in texts.to_pylist()]
+        normalised = [normalise(r) for r in raws]
+        number = {p: j for j, p in enumerate(dict.fromkeys(normalised))}
+        at = pc.index_in(items["t"], value_set=texts)
+        p = pa.array(normalised, pa.string()).take(at)
+        status = items["status"].to_numpy().copy()
+        status[(status == _OK) & pc.equal(p, "").fill_null(False).to_numpy()] = _BAD
+        return (
+            items.drop_columns(["t", "status"])
+            .append_column("status", pa.array(status))
+            .append_column("p", p)
+            .append_column("raw", pa.array(raws, pa.string()).take(at))
+            .append_column("pid", pa.array([number[q] for q in normalised], pa.int64()).take(at))
+        )
+
+    def _relation_ids(self, relations: pa.Table) -> pa.ChunkedArray:
+        """Each relation's ``relation_id`` (sha256 in DuckDB, on every thread: an Arrow scan's
+        projection keeps the row order, and the echoed ``idx``/``k`` prove it)."""
+        self.con.register(
+            "hashed",
+            _parts(relations.select(["idx", "k", "image_id", "xs", "xo", "p"]), self.threads),
+        )
+        try:
+            out = self.con.sql(
+                "SELECT idx, k, sha256(concat(image_id, '|edit|', xs, '|', xo, '|', p))[1:20] "
+                "FROM hashed"
+            ).to_arrow_table()
+        finally:
+            self.con.unregister("hashed")
+        for column in ("idx", "k"):
+            if not out[column].equals(relations[column]):
+                raise RuntimeError("DuckDB returned relation ids out of order")
+        return out.column(2)
 
     @staticmethod
     def _file_names(batch: pa.Table, keep: np.ndarray) -> Iterator[tuple[int, str | None]]:
@@ -961,6 +968,105 @@ class _Pending:
     rows: int = 0
 
 
+@dataclass
+class _Read:
+    """A batch as :func:`_read` hands it over: its rows, their ids as read (``duplicate``: the
+    id came before) and, for a file the vectorised path reads, each scene graph parsed once in
+    Python: ``plain`` JSON for DuckDB and the ``objects`` names, or ``slow`` (the per-row path
+    takes the row: duplicates too, one error row)."""
+
+    path: str
+    idx0: int
+    batch: pa.Table
+    fast: bool
+    raw_ids: list[str]
+    duplicate: np.ndarray
+    slow: np.ndarray
+    texts: list = field(default_factory=list)
+    plain: list[bytes | None] = field(default_factory=list)
+    objects: list[list[str]] = field(default_factory=list)
+    literal: dict[int, object] = field(default_factory=dict)
+
+
+def _read(paths: list[str]) -> Iterator[_Read]:
+    """Each file's batches in order, their ids checked against the ones before, their graphs
+    parsed (the Python half of the vectorised path, which :func:`_ahead` runs on a thread of
+    its own while the batch before is flattened)."""
+    seen: set[str] = set()
+    idx0 = 0
+    for path in paths:
+        parquet = pq.ParquetFile(path)
+        fast = _fast_layout(parquet.schema_arrow)
+        for record_batch in parquet.iter_batches(batch_size=BATCH_ROWS):
+            batch = pa.Table.from_batches([record_batch])
+            n = batch.num_rows
+            raw_ids = [str(v) for v in batch.column("image_id").to_pylist()]
+            duplicate = np.zeros(n, dtype=bool)
+            for i, raw in enumerate(raw_ids):
+                if raw in seen:
+                    duplicate[i] = True
+                else:
+                    seen.add(raw)
+            read = _Read(path, idx0, batch, fast, raw_ids, duplicate, duplicate.copy())
+            if fast:
+                read.texts = batch.column("scene_graph").to_pylist()
+                read.plain = [None] * n
+                read.objects = [[]] * n  # the names of the rows the vectorised path takes
+                for i, text in enumerate(read.texts):
+                    if read.slow[i]:
+                        continue
+                    graph, is_literal = _parse(text)
+                    read.plain[i] = _plain(graph)
+                    if read.plain[i] is None:
+                        read.slow[i] = True
+                        continue
+                    read.objects[i] = graph["objects"]  # type: ignore[index]
+                    if is_literal:
+                        read.literal[i] = graph
+            yield read
+            idx0 += n
+
+
+def _ahead(items: Iterator[T], depth: int = 1) -> Generator[T, None, None]:
+    """``items``, produced on a thread of its own at most ``depth`` ahead of the consumer (its
+    errors are raised here; closing this generator stops the thread)."""
+    done = object()
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put((item, None))
+                if stop.is_set():
+                    return
+            put((done, None))
+        except BaseException as e:  # handed to the consumer
+            put((done, e))
+
+    thread = threading.Thread(target=produce, name="synthvg-import-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = out.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def import_svg(
     paths: list[str],
     root: str,
@@ -987,46 +1093,40 @@ def import_svg(
     importer = _Importer(run_id, images_dir)
     report = ImportReport(root=root)
     plan: list[dict] = []
-    seen: set[str] = set()
 
-    def commit(pending: _Pending) -> None:
+    def write(index: int, pending: _Pending) -> None:
         tables = {name: _in_order(pa.concat_tables(parts)) for name, parts in pending.parts.items()}
         _commit(
-            dataset,
-            len(plan),
-            tables,
-            len(pending.image_ids),
-            run_id,
-            stable_hash([run_id, len(plan)]),
+            dataset, index, tables, len(pending.image_ids), run_id, stable_hash([run_id, index])
         )
-        plan.append({"index": len(plan), "image_ids": pending.image_ids})
         for name in ("images", "regions", "relations", "errors"):
             setattr(report, name, getattr(report, name) + tables[name].num_rows)
 
+    writer = _Writer()
+
+    def commit(pending: _Pending) -> None:
+        writer.submit(write, len(plan), pending)
+        plan.append({"index": len(plan), "image_ids": pending.image_ids})
+
     vectorised = _Vectorised(importer)
     try:
-        with build_lock(dataset, run_id):
+        with build_lock(dataset, run_id), writer:
             pending = _Pending()
-            idx0 = 0
-            for path in paths:
-                parquet = pq.ParquetFile(path)
-                fast = _fast_layout(parquet.schema_arrow)
-                for record_batch in parquet.iter_batches(batch_size=BATCH_ROWS):
-                    batch = pa.Table.from_batches([record_batch])
-                    if fast:
-                        tables, usable = vectorised.batch(batch, path, idx0, seen)
+            with contextlib.closing(_ahead(_read(paths))) as reads:
+                for read in reads:
+                    if read.fast:
+                        tables, usable = vectorised.batch(read)
                     else:
-                        rows = []
-                        for i, row in enumerate(batch.to_pylist()):
-                            raw = str(row["image_id"])
-                            rows.append((idx0 + i, _row_dict(row, path), raw in seen))
-                            seen.add(raw)
+                        rows = [
+                            (read.idx0 + i, _row_dict(row, read.path), bool(read.duplicate[i]))
+                            for i, row in enumerate(read.batch.to_pylist())
+                        ]
                         tables, gave = _per_row(importer, rows)
                         usable = np.array([gave[idx] for idx, _, _ in rows], dtype=bool)
-                    pending = _distribute(tables, usable, idx0, pending, shard_size, commit)
-                    idx0 += batch.num_rows
+                    pending = _distribute(tables, usable, read.idx0, pending, shard_size, commit)
             if pending.rows:
                 commit(pending)
+            writer.wait()
             dataset.write_json(dataset.abspath(PLAN_FILE), {"shards": plan})
             from synthvg.storage.versions import compact
 
@@ -1035,6 +1135,36 @@ def import_svg(
         vectorised.close()
     report.shards = len(plan)
     return report
+
+
+class _Writer:
+    """Commits shards one at a time, in order, on a thread of its own: Parquet encoding and
+    Delta transactions (which let go of the GIL) overlap the next batches' flattening. One
+    shard at most waits for it (memory stays bounded); its failure is raised on the next
+    ``submit`` or ``wait``, and leaving the ``with`` waits for the commit in flight."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="synthvg-import-commit")
+        self._pending: Future[None] | None = None
+
+    def submit(self, fn: Callable[..., None], *args: object) -> None:
+        self.wait()
+        self._pending = self._pool.submit(fn, *args)
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> _Writer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._pending is not None:
+                self._pending.exception()  # waits; the caller's error is the one raised
+        finally:
+            self._pool.shutdown()
 
 
 def _distribute(
@@ -1098,12 +1228,24 @@ def _first_of_each(relations: pa.Table) -> pa.Table:
     return relations.filter(pa.array(keep))
 
 
+def _ordered(major: np.ndarray, minor: np.ndarray) -> bool:
+    """Whether the keys (``major``, ``minor``) strictly increase."""
+    step = np.diff(major)
+    return bool(np.all((step > 0) | ((step == 0) & (np.diff(minor) > 0))))
+
+
+def _parts(table: pa.Table, parts: int) -> pa.Table:
+    """``table`` in ``parts`` record batches: DuckDB scans an Arrow table's batches in parallel."""
+    size = max(1, -(-table.num_rows // parts))
+    return pa.Table.from_batches(
+        table.combine_chunks().to_batches(max_chunksize=size), table.schema
+    )
+
+
 def _in_order(table: pa.Table) -> pa.Table:
     """``table`` sorted by (``_idx``, ``_seq``), without them (sorting only when needed: the
     vectorised path's parts come in order, the per-row path's rows are mixed in)."""
-    idx, seq = table["_idx"].to_numpy(), table["_seq"].to_numpy()
-    step, sub = np.diff(idx), np.diff(seq)
-    if not np.all((step > 0) | ((step == 0) & (sub > 0))):
+    if not _ordered(table["_idx"].to_numpy(), table["_seq"].to_numpy()):
         table = table.sort_by(_ORDER)
     return table.drop_columns(["_idx", "_seq"])
 

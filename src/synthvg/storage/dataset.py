@@ -346,6 +346,7 @@ class Dataset:
     ) -> ShardFile | None:
         """Replace a table's (stage, shard) partition by one file (``blob``), or by nothing."""
         from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
         from deltalake.transaction import AddAction, RemoveAction
 
         uri = self.delta_uri("tables", table)
@@ -381,8 +382,13 @@ class Dataset:
 
         def transaction() -> None:
             with writing(uri):
-                DeltaTable.create(uri, schema, partition_by=list(PARTITION), mode="ignore")
-                DeltaTable(uri).create_write_transaction(
+                try:  # the log loaded once: ``create`` loads it twice even when it exists
+                    delta = DeltaTable(uri)
+                except TableNotFoundError:
+                    delta = DeltaTable.create(
+                        uri, schema, partition_by=list(PARTITION), mode="ignore"
+                    )
+                delta.create_write_transaction(
                     actions,
                     mode="overwrite",
                     schema=schema,
