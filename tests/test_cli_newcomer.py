@@ -293,9 +293,10 @@ def test_commands_without_a_flow_import_no_heavy_module(built, tmp_path, args):
         assert "synthvg.schemas.records" not in modules
         assert args[0] == "--help" or "rich" not in imported(proc)
     if args[0] == "show":
-        # Drawing masks needs numpy, Pillow, pycocotools and the RLE/Box records; not pyarrow,
-        # fsspec (a local image file) or deltalake.
+        # Drawing masks needs numpy, Pillow and pycocotools; not pyarrow, fsspec (a local image
+        # file), deltalake or the record models (the rows' masks and boxes are drawn as read).
         assert not imported(proc) & {"pyarrow", "fsspec", "deltalake"}
+        assert "synthvg.schemas.records" not in modules
 
 
 REAL_DATA = REPO / "configs" / "real_data.example.yaml"

@@ -618,7 +618,7 @@ def show(
     except (KeyError, ValueError) as e:
         raise _fail(str(e).strip("\"'")) from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, format="PNG")
+    img.save(out, format="PNG", compress_level=1)  # 2x faster than level 6, ~5% larger
     typer.echo(f"wrote {out} ({img.width}x{img.height})")
 
 

@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from synthvg.schemas import RLE, Box
+from synthvg import schemas  # RLE and Box resolve on first use: `synthvg show` needs no pydantic
+
+if TYPE_CHECKING:
+    from synthvg.schemas import RLE, Box
+
+
+def _coco(size: Sequence[int], counts: str) -> dict:
+    return {"size": list(size), "counts": counts.encode("ascii")}
 
 
 def to_coco(rle: RLE) -> dict:
-    return {"size": list(rle.size), "counts": rle.counts.encode("ascii")}
+    return _coco(rle.size, rle.counts)
 
 
 def from_coco(rle: dict) -> RLE:
     counts = rle["counts"]
     if isinstance(counts, bytes):
         counts = counts.decode("ascii")
-    return RLE(size=[int(rle["size"][0]), int(rle["size"][1])], counts=counts)
+    return schemas.RLE(size=[int(rle["size"][0]), int(rle["size"][1])], counts=counts)
 
 
 def _check_polygon(k: int, polygon: object) -> None:
@@ -92,11 +100,16 @@ def areas(rles: list[dict]) -> np.ndarray:
 
 def bbox(rle: RLE) -> Box:
     x, y, w, h = (float(v) for v in mask_utils.toBbox(to_coco(rle)))
-    return Box(x1=x, y1=y, x2=x + w, y2=y + h)
+    return schemas.Box(x1=x, y1=y, x2=x + w, y2=y + h)
 
 
 def decode(rle: RLE) -> np.ndarray:
     return mask_utils.decode(to_coco(rle)).astype(bool)
+
+
+def decode_row(mask: Mapping[str, Any]) -> np.ndarray:
+    """A mask as a table row holds it (``size``, ``counts``), decoded without an :class:`RLE`."""
+    return mask_utils.decode(_coco(mask["size"], mask["counts"])).astype(bool)
 
 
 def encode(mask: np.ndarray) -> RLE:
@@ -244,7 +257,7 @@ def box_to_rle(box: Box, height: int, width: int) -> RLE:
 
 
 def clip_box(box: Box, width: int, height: int) -> Box:
-    return Box(
+    return schemas.Box(
         x1=min(max(box.x1, 0.0), width),
         y1=min(max(box.y1, 0.0), height),
         x2=min(max(box.x2, 0.0), width),
@@ -255,6 +268,6 @@ def clip_box(box: Box, width: int, height: int) -> Box:
 def region_mask(region: dict, height: int, width: int) -> RLE:
     """A region's mask, or its box rasterised when it only has a box."""
     if region.get("mask") is not None:
-        return RLE(**region["mask"])
+        return schemas.RLE(**region["mask"])
     b = region["bbox"]
-    return box_to_rle(Box(**b), height, width)
+    return box_to_rle(schemas.Box(**b), height, width)

@@ -8,15 +8,28 @@ from __future__ import annotations
 
 import colorsys
 import typing
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from synthvg import masks
 from synthvg.image_files import read_image
-from synthvg.schemas import RLE, Box
-from synthvg.schemas.records import RelationStage
+from synthvg.schemas.vocabulary import RelationStage
 from synthvg.storage import Snapshot, connect, fetch_dicts
+
+if TYPE_CHECKING:
+    from synthvg.schemas import Box
+
+
+class Corners(NamedTuple):
+    """A row's box as drawn (the :class:`~synthvg.schemas.Box` fields, without a record)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
 
 
 def palette(i: int) -> tuple[int, int, int]:
@@ -39,7 +52,7 @@ def draw_regions(image: Image.Image, regions: list[dict], alpha: float = 0.35) -
     overlay = np.asarray(base).astype(np.float32)
     for r in regions:
         if r.get("mask") is not None:
-            m = masks.decode(RLE(**r["mask"]))
+            m = masks.decode_row(r["mask"])
             if m.shape == overlay.shape[:2]:
                 overlay[m] = (1 - alpha) * overlay[m] + alpha * np.array(
                     palette(r["region_id"]), dtype=np.float32
@@ -47,7 +60,7 @@ def draw_regions(image: Image.Image, regions: list[dict], alpha: float = 0.35) -
     out = Image.fromarray(overlay.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
     text_font = load_font(max(12, min(out.size) // 40))
-    boxes = [Box(**r["bbox"]) for r in regions]
+    boxes = [Corners(**r["bbox"]) for r in regions]
     labels = [str(r["region_id"]) for r in regions]
     sizes: list[tuple[int, int]] = []
     for label in labels:
@@ -67,7 +80,7 @@ def draw_regions(image: Image.Image, regions: list[dict], alpha: float = 0.35) -
 
 
 def tag_positions(
-    boxes: list[Box], sizes: list[tuple[int, int]], image_size: tuple[int, int]
+    boxes: Sequence[Corners | Box], sizes: list[tuple[int, int]], image_size: tuple[int, int]
 ) -> list[tuple[float, float]]:
     """Where each region's id tag goes: its box's top-left corner, else the first of its other
     corners or of the places below the top-left that no earlier tag covers (small objects side

@@ -3,33 +3,31 @@
 from typing import TYPE_CHECKING
 
 from synthvg.lazy import lazy_getattr
-from synthvg.schemas.records import (
-    CATEGORIES,
-    RLE,
-    Box,
-    DepthMapRecord,
-    DescriptionRecord,
-    EditRecord,
-    ErrorRecord,
-    GenerationRecord,
-    ImageRecord,
-    ProposalRecord,
-    Record,
-    RegionCheckRecord,
-    RegionDepthRecord,
-    RegionRecord,
-    RegionSource,
-    RelationRecord,
-    RelationVerdictRecord,
-    RunManifest,
-    ShardFile,
-    ShardManifest,
-    StageSummary,
-)
 
-# The Arrow names resolve on first use (PEP 562): the records alone do not need pyarrow, so
-# `synthvg show` (masks and boxes) does not pay for it.
+# Every name resolves on first use (PEP 562): `synthvg show` draws masks and boxes without
+# pydantic (0.15 s to import and build the models) or pyarrow.
 _EXPORTS = {
+    "CATEGORIES": "synthvg.schemas.vocabulary",
+    "RLE": "synthvg.schemas.records",
+    "Box": "synthvg.schemas.records",
+    "DepthMapRecord": "synthvg.schemas.records",
+    "DescriptionRecord": "synthvg.schemas.records",
+    "EditRecord": "synthvg.schemas.records",
+    "ErrorRecord": "synthvg.schemas.records",
+    "GenerationRecord": "synthvg.schemas.records",
+    "ImageRecord": "synthvg.schemas.records",
+    "ProposalRecord": "synthvg.schemas.records",
+    "RegionCheckRecord": "synthvg.schemas.records",
+    "RegionDepthRecord": "synthvg.schemas.records",
+    "RegionRecord": "synthvg.schemas.records",
+    "RegionSource": "synthvg.schemas.records",
+    "RelationRecord": "synthvg.schemas.records",
+    "RelationVerdictRecord": "synthvg.schemas.records",
+    "RunManifest": "synthvg.schemas.records",
+    "ShardFile": "synthvg.schemas.records",
+    "ShardManifest": "synthvg.schemas.records",
+    "StageSummary": "synthvg.schemas.records",
+    "TABLES": "synthvg.schemas.records",
     "schema_of": "synthvg.schemas.arrow",
     "table_from_columns": "synthvg.schemas.arrow",
     "to_table": "synthvg.schemas.arrow",
@@ -37,24 +35,31 @@ _EXPORTS = {
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers (tests/test_lazy_exports.py)
     from synthvg.schemas.arrow import schema_of, table_from_columns, to_table
+    from synthvg.schemas.records import (
+        RLE,
+        TABLES,
+        Box,
+        DepthMapRecord,
+        DescriptionRecord,
+        EditRecord,
+        ErrorRecord,
+        GenerationRecord,
+        ImageRecord,
+        ProposalRecord,
+        RegionCheckRecord,
+        RegionDepthRecord,
+        RegionRecord,
+        RegionSource,
+        RelationRecord,
+        RelationVerdictRecord,
+        RunManifest,
+        ShardFile,
+        ShardManifest,
+        StageSummary,
+    )
+    from synthvg.schemas.vocabulary import CATEGORIES
 
 __getattr__ = lazy_getattr(__name__, _EXPORTS)
-
-#: Physical tables: name -> the record model that defines its schema.
-TABLES: dict[str, type[Record]] = {
-    "images": ImageRecord,
-    "regions": RegionRecord,
-    "proposals": ProposalRecord,
-    "region_checks": RegionCheckRecord,
-    "region_depth": RegionDepthRecord,
-    "depth_maps": DepthMapRecord,
-    "relations": RelationRecord,
-    "descriptions": DescriptionRecord,
-    "relation_verdicts": RelationVerdictRecord,
-    "edits": EditRecord,
-    "generations": GenerationRecord,
-    "errors": ErrorRecord,
-}
 
 __all__ = [
     "CATEGORIES",

@@ -13,19 +13,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Category = Literal["spatial", "interactional", "functional", "social", "emotional", "other"]
-CATEGORIES: tuple[str, ...] = (
-    "spatial",
-    "interactional",
-    "functional",
-    "social",
-    "emotional",
-    "other",
+from synthvg.schemas.vocabulary import (
+    CATEGORIES,  # noqa: F401  (named here too, as before vocabulary.py)
+    Category,
+    EditAction,
+    Generator,
+    RelationStage,
+    Verdict,
 )
-RelationStage = Literal["seed", "teacher", "robin", "edit"]
-Verdict = Literal["kept", "dropped", "unverified"]
-Generator = Literal["human", "rules", "model"]
-EditAction = Literal["rename", "add", "remove", "same_as"]
 
 
 class Record(BaseModel):
@@ -342,3 +337,20 @@ def relation_id(image_id: str, stage: str, subject_id: int, object_id: int, pred
     """Stable id of a relation: the same triple from the same stage always gets the same id."""
     key = f"{image_id}|{stage}|{subject_id}|{object_id}|{predicate}"
     return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+#: Physical tables: name -> the record model that defines its schema.
+TABLES: dict[str, type[Record]] = {
+    "images": ImageRecord,
+    "regions": RegionRecord,
+    "proposals": ProposalRecord,
+    "region_checks": RegionCheckRecord,
+    "region_depth": RegionDepthRecord,
+    "depth_maps": DepthMapRecord,
+    "relations": RelationRecord,
+    "descriptions": DescriptionRecord,
+    "relation_verdicts": RelationVerdictRecord,
+    "edits": EditRecord,
+    "generations": GenerationRecord,
+    "errors": ErrorRecord,
+}
