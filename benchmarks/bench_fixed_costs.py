@@ -24,7 +24,8 @@ Sections (``--only`` picks some; all by default):
            ``--baseline`` (another checkout's ``src/``, e.g. a worktree of main), interleaved.
   import   ``synthvg import`` (``import_svg``) of SVG-format Parquet files that the script
            writes in the release's layout (20 boxes, 38 relations per image) against DuckDB
-           flattening the same files into images, regions and relations Parquet.
+           flattening the same files into images, regions and relations Parquet, each run a
+           fresh process (and the call alone); with ``--baseline``, that tree's import too.
 
 The paper-scale root (146,000 images, 2.92M regions, 5.55M relations in shards of 500) is built
 once through the storage's own commit path (benchmarks/bench_query.py) and cached in --root.
@@ -538,68 +539,112 @@ def write_svg_files(
     return files
 
 
-def bench_import(
-    tmp: Path, images: int, runs: int, per_row: bool = True, masks: bool = False
-) -> list[str]:
-    """``import_svg`` against DuckDB flattening the same SVG Parquet files: the vectorised
-    import at shards of 1000 and at its default shard size, and the per-row path (the import
-    as it was before it was vectorised) at shards of 1000. Wall and CPU (process time: all
-    threads, DuckDB's included), each variant in turn within a repetition."""
-    import duckdb
+def _run_child(code: str, env: dict) -> tuple[float, float, str]:
+    """Wall and CPU seconds (all its threads) of a child running ``code``, and what it printed."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([PY, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    printed = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status:
+        raise RuntimeError(f"child failed ({status}): {code}")
+    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, printed
 
+
+#: A child importing the files: the call's own wall and CPU, then the report, as JSON.
+IMPORT_CHILD = """
+import json, sys, time
+from synthvg.export import svg_import
+if not {fast}:
+    svg_import._fast_layout = lambda schema: False
+w, c = time.perf_counter(), time.process_time()
+report = svg_import.import_svg({files!r}, {out!r}, shard_size={shard_size})
+print(json.dumps([time.perf_counter() - w, time.process_time() - c, vars(report)]))
+"""
+#: A child flattening the same files with DuckDB alone (``_flatten``).
+FLATTEN_CHILD = """
+import json, sys, time
+from pathlib import Path
+import duckdb
+from bench_fixed_costs import _flatten
+out = Path({out!r}); out.mkdir()
+con = duckdb.connect()
+w, c = time.perf_counter(), time.process_time()
+_flatten(con, {files!r}, out)
+print(json.dumps([time.perf_counter() - w, time.process_time() - c, None]))
+"""
+
+
+def bench_import(
+    tmp: Path,
+    images: int,
+    runs: int,
+    per_row: bool = True,
+    masks: bool = False,
+    baseline: Path | None = None,
+) -> list[str]:
+    """``import_svg`` against DuckDB flattening the same SVG Parquet files, each run a fresh
+    process (what a user's command pays, interpreter and imports included) and, apart, the
+    call alone: the vectorised import at shards of 1000 and at its default shard size, the
+    per-row path (the import as it was before it was vectorised) at shards of 1000, and with
+    ``baseline`` (another checkout's ``src/``) that tree's import at its default shard size.
+    Wall and CPU (all threads: DuckDB's, the import's reading and commit threads), each variant
+    in turn within a repetition."""
     from synthvg.export import svg_import
 
     files = write_svg_files(tmp / "svg", images, masks=masks)
-    con = duckdb.connect()
     default = svg_import.DEFAULT_SHARD_SIZE
+    src = REPO / "src"
+    bench = str(REPO / "benchmarks")
 
-    def run_import(shard_size: int, fast: bool):
-        def go(out: Path):
-            original = svg_import._fast_layout
-            if not fast:
-                svg_import._fast_layout = lambda schema: False
-            try:
-                return svg_import.import_svg(files, str(out), shard_size=shard_size)
-            finally:
-                svg_import._fast_layout = original
+    def env(tree: Path) -> dict:  # bytecode cached, as after an install
+        kept = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        return {**kept, "PYTHONPATH": os.pathsep.join([str(tree), bench])}
 
-        return go
+    def importing(tree: Path, shard_size: int | None, fast: bool = True):
+        size = "svg_import.DEFAULT_SHARD_SIZE" if shard_size is None else shard_size
+        return lambda out: _run_child(
+            IMPORT_CHILD.format(fast=fast, files=files, out=str(out), shard_size=size), env(tree)
+        )
 
     variants = {
         "DuckDB flattening (images, regions, relations with their predicates)": lambda out: (
-            out.mkdir(),
-            _flatten(con, files, out),
+            _run_child(FLATTEN_CHILD.format(out=str(out), files=files), env(src))
         ),
-        "`synthvg import`, vectorised, shards of 1000": run_import(1000, True),
-        f"`synthvg import`, vectorised, default shards ({default:,})": run_import(default, True),
+        "`synthvg import`, vectorised, shards of 1000": importing(src, 1000),
+        f"`synthvg import`, vectorised, default shards ({default:,})": importing(src, None),
     }
+    if baseline is not None:
+        variants[f"`synthvg import` of {baseline}, its default shards"] = importing(baseline, None)
     if per_row:
-        variants["`synthvg import`, per-row path (before), shards of 1000"] = run_import(
-            1000, False
+        variants["`synthvg import`, per-row path (before), shards of 1000"] = importing(
+            src, 1000, fast=False
         )
-    t: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+    t: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in variants}
     report = None
     for rep in range(runs):
         for k, (name, fn) in enumerate(variants.items()):
-            w0, c0 = time.perf_counter(), time.process_time()
-            result = fn(tmp / f"import-{rep}-{k}")
-            t[name].append((time.perf_counter() - w0, time.process_time() - c0))
-            report = result if k == 1 else report
-    duck_wall = _med([w for w, _ in t[next(iter(t))]])
-    duck_cpu = _med([c for _, c in t[next(iter(t))]])
+            wall, cpu, printed = fn(tmp / f"import-{rep}-{k}")
+            call_wall, call_cpu, got = json.loads(printed.strip().splitlines()[-1])
+            t[name].append((wall, cpu, call_wall, call_cpu))
+            report = got if k == 2 else report
+    assert report is not None
+    floor = [_med([x[i] for x in t[next(iter(t))]]) for i in range(4)]
     lines = [
-        f"`synthvg import` of {images:,} SVG-format images ({report.regions:,} regions, "
-        f"{report.relations:,} relations, {len(files)} files{', every region with an RLE mask' if masks else ''}) "
-        "against DuckDB flattening the same "
-        f"files into Parquet; medians of {runs}",
+        f"`synthvg import` of {images:,} SVG-format images ({report['regions']:,} regions, "
+        f"{report['relations']:,} relations, {len(files)} files{', every region with an RLE mask' if masks else ''}) "
+        "against DuckDB flattening the same files into Parquet; each run a fresh process; "
+        f"medians of {runs}. Process: the whole command (interpreter, imports); call: the "
+        "import or flattening alone",
         "",
-        "| variant | wall s | CPU s | x DuckDB (wall) | x DuckDB (CPU) |",
-        "|---|---:|---:|---:|---:|",
+        "| variant | process wall s | process CPU s | x DuckDB (wall / CPU) | call wall s | call CPU s | x DuckDB (wall / CPU) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, times in t.items():
-        wall, cpu = _med([w for w, _ in times]), _med([c for _, c in times])
+        m = [_med([x[i] for x in times]) for i in range(4)]
         lines.append(
-            f"| {name} | {wall:.2f} | {cpu:.2f} | {wall / duck_wall:.1f} | {cpu / duck_cpu:.1f} |"
+            f"| {name} | {m[0]:.2f} | {m[1]:.2f} | {m[0] / floor[0]:.1f} / {m[1] / floor[1]:.1f} "
+            f"| {m[2]:.2f} | {m[3]:.2f} | {m[2] / floor[2]:.1f} / {m[3] / floor[3]:.1f} |"
         )
     return lines
 
@@ -659,7 +704,8 @@ def main() -> None:
     ap.add_argument(
         "--baseline",
         type=Path,
-        help="another checkout's src/: section fixed-ab times a build's fixed cost in both trees",
+        help="another checkout's src/: section fixed-ab times a build's fixed cost in both "
+        "trees, section import adds that tree's import",
     )
     ap.add_argument("--ab-runs", type=int, default=5)
     args = ap.parse_args()
@@ -695,7 +741,12 @@ def main() -> None:
         (
             "import",
             lambda: bench_import(
-                tmp, args.import_images, args.import_runs, not args.no_per_row, args.import_masks
+                tmp,
+                args.import_images,
+                args.import_runs,
+                not args.no_per_row,
+                args.import_masks,
+                args.baseline,
             ),
         ),
         ("fixed-ab", lambda: bench_fixed_against(tmp, args.baseline, args.ab_runs)),

@@ -41,3 +41,21 @@ def test_the_build_flow_module_imports_prefect_but_no_sdk():
     modules = _modules_after("import synthvg.flows.build")
     assert "prefect" in modules
     assert not modules & (HEAVY - {"prefect"})
+
+
+def test_an_import_loads_no_stage_and_no_build_config(tmp_path):
+    """`synthvg import` writes tables and a plan: loading every stage and config model (through
+    synthvg.pipeline) cost it 0.28 s a run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "svg.parquet"
+    graph = json.dumps({"objects": ["a", "b"], "relations": [[0, 1, "on"]]})
+    box = {"bbox": [0.0, 0.0, 1.0, 1.0]}
+    row = {"image_id": "1", "metadata": {"width": 4, "height": 4}, "regions": [box, box]}
+    pq.write_table(pa.Table.from_pylist([{**row, "scene_graph": graph}]), path)
+    modules = _modules_after(
+        "from synthvg.export import import_svg\n"
+        f"assert import_svg([{str(path)!r}], {str(tmp_path / 'root')!r}).relations == 1"
+    )
+    assert not modules & (HEAVY | {"synthvg.pipeline", "synthvg.stages", "synthvg.schemas.config"})

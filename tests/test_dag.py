@@ -95,8 +95,8 @@ def test_demo_fingerprints_of_stages_before_the_first_skipped_one_are_unchanged(
     """seeds and regions keep the fingerprints of the chained scheme (no demo shard is redone
     for them); the teacher no longer chains through the skipped depth stage."""
     from synthvg import __version__
+    from synthvg.runs import stable_hash
     from synthvg.stages import STAGES
-    from synthvg.stages.base import stable_hash
 
     cfg = demo_config(tmp_path)
     previous, chained = SHARD.digest(), {}

@@ -17,7 +17,7 @@ import pytest
 from synthvg import masks
 from synthvg.export import svg_import
 from synthvg.export.svg_import import import_svg
-from synthvg.pipeline import PLAN_FILE
+from synthvg.runs import PLAN_FILE
 from synthvg.schemas.records import relation_id
 from synthvg.storage import Dataset
 

@@ -558,7 +558,7 @@ def verify(
         typer.echo(f"verified {checked} in {root}: all intact")
         return
     if withdraw_damaged:
-        from synthvg.pipeline import new_run_id
+        from synthvg.runs import new_run_id
         from synthvg.storage import BuildLocked, Dataset, build_lock
 
         dataset, run_id = Dataset(root), new_run_id()
@@ -819,7 +819,7 @@ def import_(
 
 def _maintain(root: str, action, what: str):
     """Run a writing maintenance action under the build lock; one-line errors."""
-    from synthvg.pipeline import new_run_id
+    from synthvg.runs import new_run_id
     from synthvg.storage import BuildLocked, StorageWriteError, build_lock
 
     dataset = _check_root(root)
@@ -903,7 +903,7 @@ def vacuum(
 @app.command()
 def migrate(root: RootOpt) -> None:
     """Convert a dataset of the old layout (JSON manifests) to Delta tables, once; safe to rerun after a kill."""
-    from synthvg.pipeline import new_run_id
+    from synthvg.runs import new_run_id
     from synthvg.storage import BuildLocked, Dataset, StorageWriteError, build_lock
     from synthvg.storage.versions import migrate as migrate_dataset
 

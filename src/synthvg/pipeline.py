@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
@@ -24,6 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from synthvg import __version__
+from synthvg.runs import PLAN_FILE, new_run_id, stable_hash
 from synthvg.schemas import RunManifest, StageSummary, to_table
 from synthvg.schemas.config import BuildConfig
 from synthvg.schemas.records import ErrorRecord
@@ -38,7 +38,7 @@ from synthvg.stages import (
     load_stage,
     plan_build,
 )
-from synthvg.stages.base import RunContext, StageFatal, stable_hash
+from synthvg.stages.base import RunContext, StageFatal
 from synthvg.stages.dag import shard_fingerprints
 from synthvg.storage.dataset import Dataset, StorageRefused, utcnow
 from synthvg.storage.lock import LockLost
@@ -46,7 +46,6 @@ from synthvg.storage.lock import LockLost
 log = logging.getLogger("synthvg")
 
 PLAN_STAGE = "plan"
-PLAN_FILE = "plan.json"
 
 
 class ShardResult(BaseModel):
@@ -62,10 +61,6 @@ class ShardResult(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     #: Why a shard committed as is was redone anyway (a committed file missing or changed).
     redone: str | None = None
-
-
-def new_run_id() -> str:
-    return utcnow().strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
 def active_stages(config: BuildConfig) -> list[str]:

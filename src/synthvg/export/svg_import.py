@@ -44,6 +44,7 @@ from pydantic import BaseModel
 
 from synthvg import masks
 from synthvg.predicates import normalise
+from synthvg.runs import PLAN_FILE, new_run_id, stable_hash
 from synthvg.schemas import (
     Box,
     DescriptionRecord,
@@ -1077,9 +1078,6 @@ def import_svg(
     """Store SVG-format rows as a new dataset root: ``images`` and ``regions`` (the ``seeds``
     stage's shards) and the graph as ``stage='edit'`` relations and names (the ``edit``
     stage's), with ``model='svg-release'``, so SQL, ``svg_full`` and export work on it."""
-    from synthvg.pipeline import PLAN_FILE, new_run_id
-    from synthvg.stages.base import stable_hash
-
     for path in paths:  # before anything is written: a wrong file leaves no half-made root
         try:
             pq.read_schema(path)

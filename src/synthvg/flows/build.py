@@ -37,7 +37,6 @@ from synthvg.pipeline import (
     failed_shard,
     finish_run,
     load_shards,
-    new_run_id,
     shard_done,
     start_run,
     summarize_stage,
@@ -46,6 +45,7 @@ from synthvg.pipeline import (
     with_spend,
     withdraw_stage,
 )
+from synthvg.runs import new_run_id
 from synthvg.schemas import RunManifest, StageSummary
 from synthvg.schemas.config import BuildConfig
 from synthvg.stages import ShardSpec, graph

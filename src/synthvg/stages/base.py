@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pydantic_core import to_jsonable_python
 
 from synthvg.config.build import BuildConfig
 from synthvg.config.fields import output_settings
+from synthvg.runs import stable_hash
 from synthvg.schemas import TABLES, ErrorRecord, schema_of
 from synthvg.schemas.records import Record
 from synthvg.storage.dataset import Dataset
@@ -200,10 +200,6 @@ class Stage(ABC):
         paid APIs return requests, cached, estimated tokens and ``cost_usd``.
         """
         return None
-
-
-def stable_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 _STAGE_CACHE: dict[str, tuple[str, Stage]] = {}

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from synthvg import __version__
+from synthvg.runs import stable_hash
 from synthvg.schemas.config import BuildConfig
-from synthvg.stages.base import ShardSpec, Stage, stable_hash
+from synthvg.stages.base import ShardSpec, Stage
 
 
 class StageNode(BaseModel):
