@@ -1,12 +1,13 @@
 """``synthvg import``: SVG-format Parquet files (see :mod:`synthvg.export.svg`) into a new root.
 
 Two paths write the same rows. The vectorised one reads each file in batches of
-:data:`BATCH_ROWS` rows with pyarrow; parses each scene graph once in Python (``orjson``: the
-strict reading ``json.loads`` agrees with) and hands it to DuckDB as plain JSON, which unnests
-the relation items and classifies them (each distinct raw predicate is normalised once in
-Python and looked up with Arrow) and hashes relation ids on every thread; regions are flattened and checked with pyarrow (masks stay
-in Arrow), mask areas come from batched pycocotools calls, repeated triples are dropped with
-one numpy sort, and the tables are built as Arrow columns
+:data:`BATCH_ROWS` rows with pyarrow, one batch ahead on a thread of its own, where it parses
+each scene graph once in Python (``orjson``: the strict reading ``json.loads`` agrees with);
+DuckDB gets the graphs as plain JSON and, in one query over all its threads, unnests the
+relation items and classifies them (each distinct raw predicate is normalised once in Python
+and looked up with Arrow), then hashes the relation ids on every thread; regions are flattened
+and checked with pyarrow (masks stay in Arrow), mask areas come from batched pycocotools calls,
+repeated triples are dropped with one numpy sort, the tables are built as Arrow columns
 (:func:`synthvg.schemas.table_from_columns`), no record per row. The per-row path
 (:class:`_Importer`, pydantic records) takes the rows whose output the vectorised path could
 not reproduce exactly: a scene graph that is no JSON object of string names and a relation
@@ -18,7 +19,8 @@ messages (one function each) and segmentation faults by the same code the per-ro
 
 A row's outputs (image, regions, names, relations, errors) go to the shard it would reach in
 a row-by-row import: row ``r`` belongs to shard ``(usable images before r) // shard_size``, and
-each shard's rows are written in input order.
+each shard's rows are written in input order. A full shard is committed on a thread of its own
+while the next batches are flattened (:class:`_Writer`).
 """
 
 from __future__ import annotations
