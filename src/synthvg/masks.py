@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from synthvg import schemas  # RLE and Box resolve on first use: `synthvg show` needs no pydantic
+from synthvg import schemas  # RLE and Box resolve on first use: `synthvg show` builds no record
 
 if TYPE_CHECKING:
     from synthvg.schemas import RLE, Box

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from synthvg.explorer.config import ExplorerConfig
 from synthvg.schemas import TABLES, schema_of
-from synthvg.schemas.records import CATEGORIES, RelationStage
+from synthvg.schemas.vocabulary import CATEGORIES, RelationStage
 from synthvg.storage import Dataset, SqlLimits, check_read_only, connect
 from synthvg.storage.query import QueryTimeout, run_with_timeout
 

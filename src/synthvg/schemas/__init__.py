@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 from synthvg.lazy import lazy_getattr
 
 # Every name resolves on first use (PEP 562): `synthvg show` draws masks and boxes without
-# pydantic (0.15 s to import and build the models) or pyarrow.
+# building the record models (~0.1 s of pydantic's model machinery) or importing pyarrow.
 _EXPORTS = {
     "CATEGORIES": "synthvg.schemas.vocabulary",
     "RLE": "synthvg.schemas.records",

@@ -14,7 +14,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthvg.schemas.vocabulary import (
-    CATEGORIES,  # noqa: F401  (named here too, as before vocabulary.py)
     Category,
     EditAction,
     Generator,
