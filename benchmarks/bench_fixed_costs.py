@@ -5,7 +5,8 @@ Sections (``--only`` picks some; all by default):
   cli      start-up of ``synthvg --help``, ``sql``, ``stats`` and ``show`` against a bare
            ``python -c "import duckdb; ..."``, each a fresh interpreter, interleaved, medians of
            wall and CPU time (user + sys: the steadier figure on a shared machine); ``sql`` on
-           the paper-scale root and on a small demo root.
+           the paper-scale root and on a small demo root; with ``--baseline``, the same
+           commands from that checkout, interleaved.
   views    every view query of docs/SCHEMA.md's examples (bench_query.QUERIES) through a held
            ``synthvg.storage.connect`` connection against raw DuckDB on the very same files:
            with DuckDB's defaults, and with the Parquet metadata cache the views' connection
@@ -19,7 +20,8 @@ Sections (``--only`` picks some; all by default):
            and the build process's API requests.
   parts    the parts of that fixed cost one by one: the OpenAI SDK's and scipy's imports (which
            every build used to pay), Prefect's, a temporary server's start, the statistics
-           computed against read from publish's file.
+           computed against read from publish's file, the flows' parameter schemas; and
+           ``show``'s own work (drawing, its PNG at zlib levels 6 and 1).
   fixed-ab the fixed cost of a build (8 images, one shard), plain and flow, in this tree and in
            ``--baseline`` (another checkout's ``src/``, e.g. a worktree of main), interleaved.
   import   ``synthvg import`` (``import_svg``) of SVG-format Parquet files that the script
@@ -82,7 +84,7 @@ def _demo_root(tmp: Path) -> str:
     return str(out)
 
 
-def bench_cli(paper_root: str, tmp: Path, runs: int) -> list[str]:
+def bench_cli(paper_root: str, tmp: Path, runs: int, baseline: Path | None = None) -> list[str]:
     demo = _demo_root(tmp)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     cli = [PY, "-m", "synthvg.cli"]
@@ -109,12 +111,17 @@ def bench_cli(paper_root: str, tmp: Path, runs: int) -> list[str]:
             str(tmp / "show.png"),
         ],
     }
+    envs = {name: env for name in commands}
+    if baseline is not None:  # the same commands from another checkout, side by side
+        for name in [n for n in commands if n.startswith("`synthvg")]:
+            commands[f"{name} of {baseline}"] = commands[name]
+            envs[f"{name} of {baseline}"] = {**env, "PYTHONPATH": str(baseline)}
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
-    for argv in commands.values():  # warm-up: page cache, bytecode
-        _run_process(argv, env)
+    for name, argv in commands.items():  # warm-up: page cache, bytecode
+        _run_process(argv, envs[name])
     for _ in range(runs):
         for name, argv in commands.items():
-            times[name].append(_run_process(argv, env))
+            times[name].append(_run_process(argv, envs[name]))
     bare_wall = _med([w for w, _ in times[next(iter(commands))]])
     bare_cpu = _med([c for _, c in times[next(iter(commands))]])
     lines = [
@@ -324,6 +331,7 @@ def bench_parts(paper_root: str, tmp: Path, runs: int) -> list[str]:
         f"| statistics of the paper-scale root: computed / read from publish's file | "
         f"{_med(computed):.2f} / {_med(read):.4f} | - |"
     )
+    rows += _show_parts(tmp, runs) + _flow_schemas(runs)
     return [
         f"Parts of a build's fixed cost, each a fresh process (imports: seconds over a bare "
         f"interpreter, medians of {runs} interleaved runs)",
@@ -331,6 +339,55 @@ def bench_parts(paper_root: str, tmp: Path, runs: int) -> list[str]:
         "| part | wall s | CPU s |",
         "|---|---:|---:|",
         *rows,
+    ]
+
+
+def _show_parts(tmp: Path, runs: int) -> list[str]:
+    """``synthvg show``'s own work, in this process once warm: drawing one image of the demo
+    root, and writing its PNG at zlib's default level and at the level 1 ``show`` uses."""
+    import io
+
+    from synthvg.render import render_image_from_dataset
+
+    demo = _demo_root(tmp)
+    render_image_from_dataset(demo, "coco:17627")
+    drawn, png6, png1 = [], [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        img = render_image_from_dataset(demo, "coco:17627")
+        drawn.append(time.perf_counter() - t0)
+        for level, out in ((6, png6), (1, png1)):
+            t0 = time.perf_counter()
+            img.save(io.BytesIO(), format="PNG", compress_level=level)
+            out.append(time.perf_counter() - t0)
+    return [
+        f"| `synthvg show`: drawing one image ({img.width} x {img.height}, its connection "
+        f"included) | {_med(drawn):.3f} | - |",
+        f"| `synthvg show`: its PNG at zlib level 6 / level 1 | {_med(png6):.3f} / "
+        f"{_med(png1):.3f} | - |",
+    ]
+
+
+def _flow_schemas(runs: int) -> list[str]:
+    """The JSON schemas of the build flows' parameters, which Prefect builds for every ``@flow``
+    (and again for ``with_options``) in every build process: ``BuildConfig`` each time."""
+    from prefect.utilities.callables import parameter_schema
+
+    from synthvg.flows.build import build_dataset, publish_flow, shards_flow
+
+    flows = {"build-dataset": build_dataset, "shards": shards_flow, "publish": publish_flow}
+    took = {name: [] for name in flows}
+    for _ in range(runs):
+        for name, f in flows.items():
+            t0 = time.perf_counter()
+            parameter_schema(f.fn)
+            took[name].append(time.perf_counter() - t0)
+    each = " / ".join(f"{_med(t):.3f}" for t in took.values())
+    total = sum(_med(t) for t in took.values()) + _med(took["shards"])
+    return [
+        f"| parameter schemas of the flows build-dataset / shards / publish (Prefect's "
+        f"`parameter_schema`; `shards` twice a build, `with_options`): {total:.2f} a build | "
+        f"{each} | - |"
     ]
 
 
@@ -705,7 +762,7 @@ def main() -> None:
         "--baseline",
         type=Path,
         help="another checkout's src/: section fixed-ab times a build's fixed cost in both "
-        "trees, section import adds that tree's import",
+        "trees, sections cli and import add that tree's commands",
     )
     ap.add_argument("--ab-runs", type=int, default=5)
     args = ap.parse_args()
@@ -725,7 +782,7 @@ def main() -> None:
         "",
     ]
     sections = [
-        ("cli", lambda: bench_cli(args.root, tmp, args.runs)),
+        ("cli", lambda: bench_cli(args.root, tmp, args.runs, args.baseline)),
         ("views", lambda: bench_views(args.root, args.runs)),
         (
             "prefect",
