@@ -84,9 +84,16 @@ def _demo_root(tmp: Path) -> str:
     return str(out)
 
 
+def _installed_env(src: Path) -> dict:
+    """The environment of a child running ``src``'s synthvg with its bytecode cached, as after an
+    install (a ``PYTHONDONTWRITEBYTECODE`` here would compile every module in every run)."""
+    kept = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return {**kept, "PYTHONPATH": os.pathsep.join([str(src), str(REPO / "benchmarks")])}
+
+
 def bench_cli(paper_root: str, tmp: Path, runs: int, baseline: Path | None = None) -> list[str]:
     demo = _demo_root(tmp)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = _installed_env(REPO / "src")
     cli = [PY, "-m", "synthvg.cli"]
     commands = {
         "bare `python -c 'import duckdb; ...SELECT 1'`": [PY, "-c", BARE],
@@ -115,7 +122,7 @@ def bench_cli(paper_root: str, tmp: Path, runs: int, baseline: Path | None = Non
     if baseline is not None:  # the same commands from another checkout, side by side
         for name in [n for n in commands if n.startswith("`synthvg")]:
             commands[f"{name} of {baseline}"] = commands[name]
-            envs[f"{name} of {baseline}"] = {**env, "PYTHONPATH": str(baseline)}
+            envs[f"{name} of {baseline}"] = _installed_env(baseline)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
     for name, argv in commands.items():  # warm-up: page cache, bytecode
         _run_process(argv, envs[name])
@@ -652,21 +659,17 @@ def bench_import(
     files = write_svg_files(tmp / "svg", images, masks=masks)
     default = svg_import.DEFAULT_SHARD_SIZE
     src = REPO / "src"
-    bench = str(REPO / "benchmarks")
-
-    def env(tree: Path) -> dict:  # bytecode cached, as after an install
-        kept = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        return {**kept, "PYTHONPATH": os.pathsep.join([str(tree), bench])}
 
     def importing(tree: Path, shard_size: int | None, fast: bool = True):
         size = "svg_import.DEFAULT_SHARD_SIZE" if shard_size is None else shard_size
         return lambda out: _run_child(
-            IMPORT_CHILD.format(fast=fast, files=files, out=str(out), shard_size=size), env(tree)
+            IMPORT_CHILD.format(fast=fast, files=files, out=str(out), shard_size=size),
+            _installed_env(tree),
         )
 
     variants = {
         "DuckDB flattening (images, regions, relations with their predicates)": lambda out: (
-            _run_child(FLATTEN_CHILD.format(out=str(out), files=files), env(src))
+            _run_child(FLATTEN_CHILD.format(out=str(out), files=files), _installed_env(src))
         ),
         "`synthvg import`, vectorised, shards of 1000": importing(src, 1000),
         f"`synthvg import`, vectorised, default shards ({default:,})": importing(src, None),
