@@ -66,13 +66,24 @@ def _med(xs: list[float]) -> float:
 
 
 # ----------------------------------------------------------------------------- cli
-def _run_process(argv: list[str], env: dict) -> tuple[float, float]:
+def _measured(argv: list[str], env: dict, capture: bool = False) -> tuple[float, float, str]:
+    """Wall and CPU seconds (all its threads, and the children it waited for) of a process, and
+    what it printed when ``capture`` (else its output is dropped)."""
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        argv, env=env, stdout=out, stderr=None if capture else subprocess.DEVNULL, text=True
+    )
+    printed = proc.stdout.read() if proc.stdout is not None else ""
     _, status, usage = os.wait4(proc.pid, 0)
     if status:
         raise RuntimeError(f"{argv} failed ({status})")
-    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
+    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, printed
+
+
+def _run_process(argv: list[str], env: dict) -> tuple[float, float]:
+    wall, cpu, _ = _measured(argv, env)
+    return wall, cpu
 
 
 def _demo_root(tmp: Path) -> str:
@@ -604,15 +615,8 @@ def write_svg_files(
 
 
 def _run_child(code: str, env: dict) -> tuple[float, float, str]:
-    """Wall and CPU seconds (all its threads) of a child running ``code``, and what it printed."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([PY, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    printed = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
-        raise RuntimeError(f"child failed ({status}): {code}")
-    return time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, printed
+    """Wall and CPU seconds of a child running ``code``, and what it printed."""
+    return _measured([PY, "-c", code], env, capture=True)
 
 
 #: A child importing the files: the call's own wall and CPU, then the report, as JSON.

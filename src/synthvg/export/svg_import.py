@@ -599,22 +599,9 @@ class _Vectorised:
 
     def batch(self, read: _Read) -> tuple[dict[str, pa.Table], np.ndarray]:
         """The tables of a batch's rows (``_idx``/``_seq`` tagged) and which rows gave an image."""
-        batch, path, idx0, raw_ids, duplicate = (
-            read.batch,
-            read.path,
-            read.idx0,
-            read.raw_ids,
-            read.duplicate,
-        )
-        slow, texts, plain, objects, literal = (
-            read.slow,
-            read.texts,
-            read.plain,
-            read.objects,
-            read.literal,
-        )
+        batch, idx0, slow = read.batch, read.idx0, read.slow
         n = batch.num_rows
-        ids = [_image_id(r) for r in raw_ids]
+        ids = [_image_id(r) for r in read.raw_ids]
         width, height = _dimension(batch, "width"), _dimension(batch, "height")
         regions = (
             batch.column("regions").combine_chunks()
@@ -632,7 +619,7 @@ class _Vectorised:
                 {
                     "idx": pa.array(clean + idx0),
                     "image_id": pa.array([ids[i] for i in clean], pa.string()),
-                    "sg": pa.array([plain[i] for i in clean], pa.string()),
+                    "sg": pa.array([read.plain[i] for i in clean], pa.string()),
                     "nreg": pa.array(flat.lengths[clean]),
                 }
             )
@@ -653,7 +640,7 @@ class _Vectorised:
         errors: list[tuple[int, int, str, str]] = []  # (idx, seq, kind, reason)
         for row in np.flatnonzero(~slow & ~meta_ok).tolist():
             errors.append((idx0 + row, 0, "svg_bad_metadata", BAD_METADATA))
-        names = [len(o) for o in objects]
+        names = [len(o) for o in read.objects]
         for row in np.flatnonzero(usable).tolist():
             if names[row] != flat.lengths[row]:
                 errors.append(
@@ -669,17 +656,21 @@ class _Vectorised:
             idx, k, nn = bad["idx"], bad["k"], bad["n"]
             if idx not in parsed:
                 i = idx - idx0
-                graph = literal[i] if i in literal else json.loads(texts[i])
+                graph = read.literal[i] if i in read.literal else json.loads(read.texts[i])
                 parsed[idx] = list(graph.get("relations") or [])  # type: ignore[union-attr]
             errors.append(
                 (idx, _RELATION_SEQ + k, "svg_bad_relation", _relation_error(parsed[idx][k], nn))
             )
-        region_rows = flat.zipped(usable, objects, idx0, pa.array(ids, pa.string()), width, height)
+        region_rows = flat.zipped(
+            usable, read.objects, idx0, pa.array(ids, pa.string()), width, height
+        )
         region_table, region_errors = self._regions(region_rows)
         errors += region_errors
 
         keep = np.flatnonzero(usable)
-        files = [self.importer.file(fn or raw_ids[i]) for i, fn in self._file_names(batch, keep)]
+        files = [
+            self.importer.file(fn or read.raw_ids[i]) for i, fn in self._file_names(batch, keep)
+        ]
         run_id = self.importer.run_id
         tables = {
             "images": _tag(
@@ -744,7 +735,7 @@ class _Vectorised:
                         "run_id": run_id,
                         "stage": "import",
                         "image_id": [ids[e[0] - idx0] for e in errors],
-                        "source": path,
+                        "source": read.path,
                         "kind": [e[2] for e in errors],
                         "reason": [e[3] for e in errors],
                         "created_at": pa.scalar(
@@ -763,7 +754,7 @@ class _Vectorised:
             per_row, gave = _per_row(
                 self.importer,
                 [
-                    (idx0 + int(i), _row_dict(row, path), bool(duplicate[i]))
+                    (idx0 + int(i), _row_dict(row, read.path), bool(read.duplicate[i]))
                     for i, row in zip(back, picked, strict=True)
                 ],
             )
