@@ -22,6 +22,9 @@ Sections (``--only`` picks some; all by default):
            every build used to pay), Prefect's, a temporary server's start, the statistics
            computed against read from publish's file, the flows' parameter schemas; and
            ``show``'s own work (drawing, its PNG at zlib levels 6 and 1).
+  groups   the cheap build of ``--build-images`` at the default shard size: plain, the flow with
+           one shard per task, and the flow with its default grouping (several shards per task
+           when every stage is light), interleaved.
   fixed-ab the fixed cost of a build (8 images, one shard), plain and flow, in this tree and in
            ``--baseline`` (another checkout's ``src/``, e.g. a worktree of main), interleaved.
   import   ``synthvg import`` (``import_svg``) of SVG-format Parquet files that the script
@@ -32,7 +35,7 @@ Sections (``--only`` picks some; all by default):
 The paper-scale root (146,000 images, 2.92M regions, 5.55M relations in shards of 500) is built
 once through the storage's own commit path (benchmarks/bench_query.py) and cached in --root.
 
-Usage: PYTHONPATH=src python benchmarks/bench_fixed_costs.py [--only cli,views,prefect,import,fixed-ab,parts]
+Usage: PYTHONPATH=src python benchmarks/bench_fixed_costs.py [--only cli,views,prefect,groups,import,fixed-ab,parts]
        [--root DIR] [--runs 7] [--build-images 10000] [--shard-sizes 100,500] [--workers 1]
        [--default-images 2000] [--import-images 20000]
 The Robin CPU re-measurement is its own script (torch): benchmarks/bench_robin.py --threads 1
@@ -224,7 +227,9 @@ def write_coco(path: Path, images: int, seed: int = 0) -> None:
     _coco_like(path, [(i, 640, 480) for i in range(1, images + 1)], 7.3, COCO_NAMES, r, points=8)
 
 
-def cheap_config(coco: Path, out: Path, shard_size: int, workers: int = 2):
+def cheap_config(
+    coco: Path, out: Path, shard_size: int, workers: int = 2, task_images: int | None = None
+):
     from synthvg.schemas.config import BuildConfig
 
     return BuildConfig.model_validate(
@@ -244,7 +249,12 @@ def cheap_config(coco: Path, out: Path, shard_size: int, workers: int = 2):
             "filters": {"backend": "rules"},
             "robin": {"backend": "none"},
             "edit": {"backend": "none"},
-            "executor": {"kind": "threads", "workers": workers, "retries": 0},
+            "executor": {
+                "kind": "threads",
+                "workers": workers,
+                "retries": 0,
+                "task_images": task_images,
+            },
         }
     )
 
@@ -525,6 +535,61 @@ def bench_prefect(
         *rows,
     ]
     return lines
+
+
+def bench_groups(tmp: Path, images: int, runs: int, workers: int) -> list[str]:
+    """The default shard size's cheap build three ways, interleaved: plain, the flow with one
+    shard per task (``executor.task_images: 1``) and the flow with its default grouping."""
+    from local_prefect import local_server
+
+    from synthvg.pipeline import task_groups
+    from synthvg.schemas.config import BuildConfig
+    from synthvg.stages import ShardSpec
+
+    size = BuildConfig.model_fields["shard_size"].default
+    coco = tmp / "coco" / f"groups-{images}.json"
+    write_coco(coco, images, seed=3)
+    shards = [ShardSpec(index=i, image_ids=["x"]) for i in range(-(-images // size))]
+    grouped = len(task_groups(cheap_config(coco, tmp, size, workers), shards))
+    variants = {
+        "plain (no Prefect)": ("plain", 1, 0),
+        f"flow, one shard per task ({3 * len(shards)} tasks)": ("flow", 1, 3 * len(shards)),
+        f"flow, default grouping ({3 * grouped} tasks)": ("flow", None, 3 * grouped),
+    }
+    home = tmp / "prefect-home-groups"
+    times: dict[str, list[tuple[float, float, float]]] = {v: [] for v in variants}
+    with local_server(home) as api:
+        env = _prefect_env(home, api, REPO / "src")
+        for rep in range(runs):
+            for label, (kind, task_images, _) in variants.items():
+                out = tmp / f"groups-{kind}-{task_images}-{rep}"
+                code = (
+                    "from bench_fixed_costs import cheap_config, run_variant; run_variant("
+                    f"{kind!r}, cheap_config({str(coco)!r}, {str(out)!r}, {size}, {workers}, {task_images}))"
+                )
+                s0 = server_cpu()
+                wall, cpu = _timed_child(code, env)
+                times[label].append((wall, cpu, server_cpu() - s0))
+    plain = _med([w for w, _, _ in times["plain (no Prefect)"]])
+    rows = []
+    for label, ts in times.items():
+        wall = _med([w for w, _, _ in ts])
+        extra = (
+            f"{wall - plain:+.1f} ({100 * (wall - plain) / wall:.0f}%)" if wall != plain else "-"
+        )
+        rows.append(
+            f"| {label} | {wall:.1f} | {extra} | {_med([c for _, c, _ in ts]):.1f} | "
+            f"{_med([s for _, _, s in ts]):.1f} |"
+        )
+    return [
+        f"{images:,}-image cheap build at the default shard size ({size}), flow with {workers} "
+        f"worker thread(s), own `prefect server start`; each a fresh process, medians of {runs} "
+        "interleaved rounds",
+        "",
+        "| variant | wall s | Prefect s (share of flow wall) | CPU s | server CPU s |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+    ]
 
 
 def _count_requests(path: str) -> None:
@@ -812,6 +877,10 @@ def main() -> None:
                 args.import_masks,
                 args.baseline,
             ),
+        ),
+        (
+            "groups",
+            lambda: bench_groups(tmp, args.build_images, args.prefect_runs, args.workers),
         ),
         ("fixed-ab", lambda: bench_fixed_against(tmp, args.baseline, args.ab_runs)),
         ("parts", lambda: bench_parts(args.root, tmp, args.runs)),

@@ -142,3 +142,45 @@ def test_the_refusal_names_what_the_rows_cost(tmp_path):
         if w.stage == "teacher"
     ]
     assert teacher.cost_usd == 0.25 and "$0.2500 was spent on them" in teacher.describe()
+
+
+def test_shards_run_with_fewer_collections_and_the_threshold_comes_back(tmp_path, monkeypatch):
+    """A stage sees the raised threshold; concurrent shards nest; the caller's is restored."""
+    import gc
+    import threading
+
+    from synthvg.pipeline import SHARD_GC_THRESHOLD, fewer_collections
+    from synthvg.stages.teacher import TeacherStage
+
+    seen = []
+    original = TeacherStage.process
+
+    def process(self, shard, inputs, ctx):
+        seen.append(gc.get_threshold()[0])
+        return original(self, shard, inputs, ctx)
+
+    monkeypatch.setattr(TeacherStage, "process", process)
+    before = gc.get_threshold()
+    gc.set_threshold(900, *before[1:])
+    try:
+        run_build(demo_config(tmp_path / "root", limit=2, regions={"proposer": "none"}))
+        assert seen == [SHARD_GC_THRESHOLD] and gc.get_threshold()[0] == 900
+
+        inside, release = threading.Event(), threading.Event()
+
+        def hold():
+            with fewer_collections():
+                inside.set()
+                release.wait(5)
+
+        other = threading.Thread(target=hold)
+        other.start()
+        inside.wait(5)
+        with fewer_collections():
+            pass  # this shard ends first: the other still runs with the raised threshold
+        assert gc.get_threshold()[0] == SHARD_GC_THRESHOLD
+        release.set()
+        other.join(5)
+        assert gc.get_threshold()[0] == 900
+    finally:
+        gc.set_threshold(*before)

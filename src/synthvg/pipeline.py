@@ -12,12 +12,14 @@ stages that read it, directly or not, and nothing else.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -66,6 +68,26 @@ class ShardResult(BaseModel):
 def active_stages(config: BuildConfig) -> list[str]:
     """The stages that run under ``config``, in build order."""
     return [name for name, node in graph(config).items() if node.skipped is None]
+
+
+#: Images per shard task when every stage that runs is light (:meth:`~synthvg.stages.base.Stage.light`): such a
+#: shard of 500 takes ~0.3-1 s, Prefect ~0.1-0.2 s per task (benchmarks/RESULTS.md).
+LIGHT_TASK_IMAGES = 2000
+
+
+def task_groups(config: BuildConfig, shards: list[ShardSpec]) -> list[list[ShardSpec]]:
+    """The shards each orchestrator task of a stage runs, in order: consecutive shards up to
+    ``executor.task_images`` images (see its description), never fewer groups than workers.
+
+    Commits stay per shard, so a killed build resumes shard by shard whatever the grouping.
+    """
+    ex = config.executor
+    images = ex.task_images
+    if images is None:
+        light = all(STAGES[s].light(config) for s in active_stages(config))
+        images = LIGHT_TASK_IMAGES if light else 1
+    per_task = max(1, min(images // config.shard_size, len(shards) // ex.workers))
+    return [shards[i : i + per_task] for i in range(0, len(shards), per_task)]
 
 
 def fingerprints(config: BuildConfig, shard: ShardSpec) -> dict[str, str]:
@@ -274,10 +296,11 @@ def run_shard(
         )
     ctx = RunContext(run_id=run_id, stage=stage_name, shard=shard.index)
     started_at = utcnow()
-    with guard():
-        stage = load_stage(STAGES[stage_name], config)
-        output = stage.process(shard, inputs, ctx)
-    tables = output.arrow_tables()
+    with fewer_collections():
+        with guard():
+            stage = load_stage(STAGES[stage_name], config)
+            output = stage.process(shard, inputs, ctx)
+        tables = output.arrow_tables()
     dataset.commit_shard(
         stage_name,
         shard.index,
@@ -300,6 +323,34 @@ def run_shard(
         metrics=output.metrics,
         redone=redone,
     )
+
+
+#: Allocations between young-generation collections while a shard runs (Python's default is
+#: 700). A stage makes millions of short-lived objects, few in cycles; at 700 the collector's
+#: passes over the whole heap (imports, the plan, Prefect's modules) took ~7% of a cheap build's
+#: CPU (benchmarks/RESULTS.md, "Garbage collection").
+SHARD_GC_THRESHOLD = 10_000
+_gc_lock = threading.Lock()
+_gc_holders = 0
+_gc_saved = gc.get_threshold()
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Collect garbage less often while any shard of this process runs (threads nest)."""
+    global _gc_holders, _gc_saved
+    with _gc_lock:
+        if _gc_holders == 0:
+            _gc_saved = gc.get_threshold()
+            gc.set_threshold(max(_gc_saved[0], SHARD_GC_THRESHOLD), *_gc_saved[1:])
+        _gc_holders += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holders -= 1
+            if _gc_holders == 0:
+                gc.set_threshold(*_gc_saved)
 
 
 def up_to_date_shard(stage: str, shard: ShardSpec) -> ShardResult:

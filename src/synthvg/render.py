@@ -48,16 +48,22 @@ def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 def draw_regions(image: Image.Image, regions: list[dict], alpha: float = 0.35) -> Image.Image:
     """Overlay each region's mask, box outline and id. ``regions``: rows of the regions table."""
-    base = image.convert("RGB")
-    overlay = np.asarray(base).astype(np.float32)
+    pixels = np.array(image.convert("RGB"))
     for r in regions:
-        if r.get("mask") is not None:
-            m = masks.decode_row(r["mask"])
-            if m.shape == overlay.shape[:2]:
-                overlay[m] = (1 - alpha) * overlay[m] + alpha * np.array(
-                    palette(r["region_id"]), dtype=np.float32
-                )
-    out = Image.fromarray(overlay.clip(0, 255).astype(np.uint8))
+        if r.get("mask") is None:
+            continue
+        m = masks.decode_row(r["mask"])
+        if m.shape != pixels.shape[:2]:
+            continue
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        if not rows.size:
+            continue
+        # Blend inside the mask's bounding window only: most masks cover a small part.
+        window = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        inside, part = m[window], pixels[window]
+        colour = np.array(palette(r["region_id"]), dtype=np.float32)
+        part[inside] = (1 - alpha) * part[inside] + alpha * colour
+    out = Image.fromarray(pixels)
     draw = ImageDraw.Draw(out)
     text_font = load_font(max(12, min(out.size) // 40))
     boxes = [Corners(**r["bbox"]) for r in regions]

@@ -28,6 +28,7 @@ from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
+from prefect.utilities.annotations import allow_failure
 
 from synthvg.flows.runners import placement, task_runners
 from synthvg.pipeline import (
@@ -40,6 +41,7 @@ from synthvg.pipeline import (
     shard_done,
     start_run,
     summarize_stage,
+    task_groups,
     up_to_date,
     up_to_date_shard,
     with_spend,
@@ -52,6 +54,7 @@ from synthvg.stages import ShardSpec, graph
 from synthvg.stats import HEADLINE_COUNTS, compute_stats
 from synthvg.storage import Dataset, LockLost, StorageRefused, StorageWriteError, build_lock
 from synthvg.tasks import plan_task, shard_task
+from synthvg.tasks.shard import ShardsFailed
 
 
 class BuildIncomplete(RuntimeError):
@@ -212,32 +215,44 @@ def _stage_table(
     return rows
 
 
-def _shard_outcome(future: PrefectFuture, stage: str, shard: ShardSpec) -> ShardResult:
+def _task_outcome(
+    future: PrefectFuture, stage: str, shards: list[ShardSpec]
+) -> tuple[list[ShardResult], StorageRefused | LockLost | None]:
+    """Each shard's result, and the storage fault or lost lock that ends the build, if any."""
     try:
-        result = future.result()  # first: the future's state is final only after it
-    except UnfinishedRun:  # an upstream task of the same shard failed, so this one never ran
-        return ShardResult(
-            stage=stage,
-            shard=shard.index,
-            status="failed",
-            message=f"an upstream stage did not complete shard {shard.index}",
-        )
-    except (StorageRefused, LockLost):
-        raise
+        results = future.result()  # first: the future's state is final only after it
+    except ShardsFailed as failed:
+        return failed.results, failed.fatal
+    except UnfinishedRun:  # cancelled or crashed before it ran
+        return [
+            ShardResult(
+                stage=stage,
+                shard=shard.index,
+                status="failed",
+                message=f"the task of shard {shard.index} did not run",
+            )
+            for shard in shards
+        ], None
+    except (StorageRefused, LockLost) as e:
+        return [failed_shard(stage, shard, e) for shard in shards], e
     except Exception as e:  # the task already retried; record it and go on with other shards
-        get_run_logger().error("%s shard %05d failed: %s", stage, shard.index, e)
-        return failed_shard(stage, shard, e)
-    return up_to_date_shard(stage, shard) if future.state.name == "Cached" else result
+        get_run_logger().error("%s shards %s failed: %s", stage, [s.index for s in shards], e)
+        return [failed_shard(stage, shard, e) for shard in shards], None
+    if future.state.name == "Cached":
+        return [up_to_date_shard(stage, shard) for shard in shards], None
+    return results, None
 
 
 @flow(name="shards", flow_run_name="shards", log_prints=False)
 def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> list[StageSummary]:
     """Every stage over every shard of the plan saved by ``plan-shards``.
 
-    Each shard task waits only for the tasks of the same shard that write what its stage reads,
-    so stage B works on shard 1 while stage A works on shard 2, and stages that do not read each
-    other run side by side (``executor.overlap``; without it each stage waits for every shard of
-    the stages it reads). Tasks are submitted shard by shard, so a thread pool's workers pick them
+    A task runs one stage over one shard, or over a few consecutive shards when the stages are
+    cheap (:func:`~synthvg.pipeline.task_groups`; every stage groups them alike). Each task
+    waits only for the tasks of the same shards that write what its stage reads, so stage B
+    works on shard 1 while stage A works on shard 2, and stages that do not read each other run
+    side by side (``executor.overlap``; without it each stage waits for every shard of the
+    stages it reads). Tasks are submitted shard by shard, so a thread pool's workers pick them
     up in an order that never waits on a task not yet started.
 
     A storage fault (read-only, full disk) or a lost lock ends the build once the shards
@@ -256,41 +271,44 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
         else 0,
         retry_jitter_factor=0.2,
     )
+    groups = task_groups(config, shards)
     t0 = time.perf_counter()
-    futures: dict[PrefectFuture, tuple[str, ShardSpec]] = {}
+    futures: dict[PrefectFuture, tuple[str, list[ShardSpec]]] = {}
     submitted: dict[tuple[str, int], PrefectFuture] = {}
 
-    def submit(stage: str, shard: ShardSpec) -> None:
+    def submit(stage: str, group: list[ShardSpec]) -> None:
         upstream = sorted({w for ws in nodes[stage].reads.values() for w in ws})
         with placement(ex, stage):
             future = task.with_options(
-                refresh_cache=not shard_done(dataset, config, stage, shard)
+                refresh_cache=not all(shard_done(dataset, config, stage, s) for s in group)
             ).submit(  # type: ignore[call-overload]  # Prefect's overloads miss wait_for with positionals
                 config,
                 stage,
-                shard,
+                group,
                 run_id,
                 fence,
-                wait_for=[submitted[(u, shard.index)] for u in upstream],
+                # Run even when an upstream task failed: its other shards may be done, and
+                # run_shard asks the storage whether each shard's upstream is.
+                wait_for=[allow_failure(submitted[(u, group[0].index)]) for u in upstream],
             )
-        submitted[(stage, shard.index)] = future
-        futures[future] = (stage, shard)
+        submitted[(stage, group[0].index)] = future
+        futures[future] = (stage, group)
 
     if ex.overlapped:
-        for shard in shards:
+        for group in groups:
             for stage in active:
-                submit(stage, shard)
+                submit(stage, group)
     else:
         for stage in active:
             wait(
                 [
-                    submitted[(u, sh.index)]
+                    submitted[(u, g[0].index)]
                     for u in {w for ws in nodes[stage].reads.values() for w in ws}
-                    for sh in shards
+                    for g in groups
                 ]
             )
-            for shard in shards:
-                submit(stage, shard)
+            for group in groups:
+                submit(stage, group)
 
     results: dict[str, list[ShardResult]] = {stage: [] for stage in active}
     finished: dict[str, float] = {}
@@ -305,18 +323,17 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
     progress = _PROGRESS.get(run_id)
     fatal: BaseException | None = None  # a storage fault or a lost lock: the build stops
     for future in as_completed(list(futures)):
-        stage, shard = futures[future]
-        try:
-            result = _shard_outcome(future, stage, shard)
-        except (StorageRefused, LockLost) as e:
-            fatal, result = fatal or e, failed_shard(stage, shard, e)
-        results[stage].append(result)
+        stage, group = futures[future]
+        done, ended = _task_outcome(future, stage, group)
+        fatal = fatal or ended
+        results[stage] += done
         if _due(stage_progress[stage], final=len(results[stage]) == len(shards)):
             update_progress_artifact(
                 stage_progress[stage], progress=100.0 * len(results[stage]) / len(shards)
             )
         if progress:
-            progress.advance(f"{stage} {shard.index:05d}")
+            for shard in group:
+                progress.advance(f"{stage} {shard.index:05d}")
         if len(results[stage]) == len(shards):
             finished[stage] = time.perf_counter() - t0
 

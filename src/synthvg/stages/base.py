@@ -178,6 +178,14 @@ class Stage(ABC):
         return "free"
 
     @classmethod
+    def light(cls, config: BuildConfig) -> bool:
+        """Whether a shard of this stage takes about as long as an orchestrator task's own cost
+        (~0.1-0.2 s for Prefect): rules and bookkeeping, no model, no API, no image decoding.
+        A build whose running stages are all light runs several shards per task
+        (:func:`synthvg.pipeline.task_groups`)."""
+        return False
+
+    @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         """What, besides the shard's image ids and upstream, decides this stage's output.
 

@@ -93,6 +93,10 @@ class FiltersStage(Stage):
             return "model"
         return "paid" if verifiers else "free"
 
+    @classmethod
+    def light(cls, config: BuildConfig) -> bool:
+        return cls.dry_run_mode(config) == "free"  # rules only, no verifier
+
     def __init__(self, config: BuildConfig):
         super().__init__(config)
         self.filters = enabled(config.filters, RuleFiltersConfig)

@@ -220,6 +220,10 @@ class SeedsStage(Stage):
         self.joiner = Joiner(merger, config.seeds.min_region_area)
 
     @classmethod
+    def light(cls, config: BuildConfig) -> bool:
+        return True  # annotations and image headers only
+
+    @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         # The annotation files' content decides the output, not just their paths.
         sources = [

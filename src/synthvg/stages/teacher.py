@@ -249,6 +249,10 @@ class TeacherStage(Stage):
         return "paid" if isinstance(config.teacher, OpenAITeacherConfig) else "free"
 
     @classmethod
+    def light(cls, config: BuildConfig) -> bool:
+        return config.teacher.backend == "rules"
+
+    @classmethod
     def fingerprint_payload(cls, config: BuildConfig) -> dict:
         payload = {**super().fingerprint_payload(config), "feed": config.regions.feed}
         if isinstance(config.teacher, OpenAITeacherConfig):
