@@ -17,9 +17,14 @@ from synthvg.storage import StorageRefused
 from synthvg.tasks.shard import ShardsFailed, run_shards
 
 
-def cheap_config(out, **overrides):
-    """Seeds, rule teacher and rule filters: every stage light."""
-    return demo_config(out, regions={"proposer": "none"}, **overrides)
+def cheap_config(out, images: bool = False, **overrides):
+    """Seeds (from the annotations alone, unless ``images``), rule teacher and rule filters:
+    every stage light, but seeds that decode image files."""
+    sources = [
+        {**s.model_dump(), **({} if images else {"images": None})}
+        for s in demo_config(out).seeds.sources
+    ]
+    return demo_config(out, regions={"proposer": "none"}, seeds={"sources": sources}, **overrides)
 
 
 def specs(n: int, size: int) -> list[ShardSpec]:
@@ -50,6 +55,8 @@ def test_heavy_stages_keep_one_shard_per_task_unless_told(tmp_path):
     assert sizes(task_groups(told, shards)) == [2] * 3
     below = cheap_config(tmp_path, shard_size=500, executor={"workers": 1, "task_images": 100})
     assert sizes(task_groups(below, shards)) == [1] * 6
+    decoding = cheap_config(tmp_path, images=True, shard_size=500, executor={"workers": 1})
+    assert sizes(task_groups(decoding, shards)) == [1] * 6  # seeds decode every image file
 
 
 @pytest.fixture
@@ -58,7 +65,9 @@ def seeded(tmp_path):
     cfg = cheap_config(tmp_path / "root", limit=6, shard_size=2)
     run_id = new_run_id()
     _, plan = prepare(cfg, run_id)
-    assert [r.status for r in run_shards(cfg, "seeds", plan.shards, run_id, None)] == ["written"] * 3
+    assert [r.status for r in run_shards(cfg, "seeds", plan.shards, run_id, None)] == [
+        "written"
+    ] * 3
     return cfg, run_id, plan.shards
 
 

@@ -70,8 +70,9 @@ def active_stages(config: BuildConfig) -> list[str]:
     return [name for name, node in graph(config).items() if node.skipped is None]
 
 
-#: Images per shard task when every stage that runs is light (:meth:`~synthvg.stages.base.Stage.light`): such a
-#: shard of 500 takes ~0.3-1 s, Prefect ~0.1-0.2 s per task (benchmarks/RESULTS.md).
+#: Images per shard task when every stage that runs is light
+#: (:meth:`~synthvg.stages.base.Stage.light`): such a shard of 500 takes ~0.3-1 s, Prefect
+#: ~0.1-0.2 s per task (benchmarks/RESULTS.md, "Prefect per task, stop 17").
 LIGHT_TASK_IMAGES = 2000
 
 
@@ -327,8 +328,8 @@ def run_shard(
 
 #: Allocations between young-generation collections while a shard runs (Python's default is
 #: 700). A stage makes millions of short-lived objects, few in cycles; at 700 the collector's
-#: passes over the whole heap (imports, the plan, Prefect's modules) took ~7% of a cheap build's
-#: CPU (benchmarks/RESULTS.md, "Garbage collection").
+#: passes over the whole heap (imports, the plan, Prefect's modules) took 3-13% of a cheap
+#: build's CPU (benchmarks/RESULTS.md, "Prefect per task, stop 17").
 SHARD_GC_THRESHOLD = 10_000
 _gc_lock = threading.Lock()
 _gc_holders = 0

@@ -49,7 +49,7 @@ class ExecutorConfig(Section):
         ge=1,
         description="images per Prefect shard task: a task runs consecutive shards of one stage up to this "
         "many images, each shard still committed on its own; none: 2000 when every stage that runs is light "
-        "(seeds, rule teacher, rule filters: no model, no API, no image decoding), whose shards take about "
+        "(seeds without image files, rule teacher, rule filters: no model, no API, no image decoding), whose shards take about "
         "as long as Prefect's ~0.1-0.2 s per task, else one shard per task; a stage never gets fewer tasks "
         "than workers (benchmarks/RESULTS.md)",
     )

@@ -248,7 +248,7 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
     """Every stage over every shard of the plan saved by ``plan-shards``.
 
     A task runs one stage over one shard, or over a few consecutive shards when the stages are
-    cheap (:func:`~synthvg.pipeline.task_groups`; every stage groups them alike). Each task
+    light (:func:`~synthvg.pipeline.task_groups`; every stage groups them alike). Each task
     waits only for the tasks of the same shards that write what its stage reads, so stage B
     works on shard 1 while stage A works on shard 2, and stages that do not read each other run
     side by side (``executor.overlap``; without it each stage waits for every shard of the
