@@ -272,6 +272,12 @@ def shards_flow(config: BuildConfig, run_id: str, fence: str | None = None) -> l
         retry_jitter_factor=0.2,
     )
     groups = task_groups(config, shards)
+    if len(groups) < len(shards):
+        logger.info(
+            "up to %d shards per task: %d tasks per stage (executor.task_images)",
+            len(groups[0]),
+            len(groups),
+        )
     t0 = time.perf_counter()
     futures: dict[PrefectFuture, tuple[str, list[ShardSpec]]] = {}
     submitted: dict[tuple[str, int], PrefectFuture] = {}
